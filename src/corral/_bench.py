@@ -1,0 +1,104 @@
+"""The harness behind ``corral bench``.
+
+Benchmarks live in ``benchmarks/<name>_bench.py`` at the top of the source tree. Each
+defines ``run(quick: bool) -> list[Row]``: for every case, corral and its baselines
+are measured side by side in the same run, several times, and the median kept. The
+table reports each figure as a ratio against the case's baseline, because absolute
+numbers on a shared 2-core machine mean little.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Row", "find_benchmarks", "main", "median"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure.
+
+    ``higher_is_better`` says how to read the ratio: for a rate it is value/baseline,
+    for a latency baseline/value, so a ratio above 1 always means corral is ahead.
+    """
+
+    case: str
+    impl: str
+    value: float | None  # None: the implementation failed or hung (see note)
+    unit: str
+    baseline: float | None = None
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
+
+
+def median(fn: Callable[[], float], repeats: int) -> float:
+    """The median of ``repeats`` calls of ``fn``, each returning one measurement."""
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def find_benchmarks() -> Path | None:
+    here = Path(__file__).resolve()
+    for root in (Path.cwd(), *here.parents):
+        candidate = root / "benchmarks"
+        if candidate.is_dir() and any(candidate.glob("*_bench.py")):
+            return candidate
+    return None
+
+
+def _format(rows: list[Row]) -> str:
+    header = ("case", "implementation", "value", "unit", "ratio", "note")
+    lines = [header]
+    for r in rows:
+        value = "failed" if r.value is None else f"{r.value:.4g}"
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
+        lines.append((r.case, r.impl, value, r.unit, ratio, r.note))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def main(quick: bool = True, only: str | None = None) -> int:
+    bench_dir = find_benchmarks()
+    if bench_dir is None:
+        print("corral bench: no benchmarks/ directory found; run it from a source checkout",
+              file=sys.stderr)
+        return 2
+    pattern = f"{only}_bench.py" if only else "*_bench.py"
+    files = sorted(bench_dir.glob(pattern))
+    if not files:
+        print(f"corral bench: nothing matches {pattern} in {bench_dir}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(bench_dir))
+    rows: list[Row] = []
+    for path in files:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        print(f"running {path.name} ({'quick' if quick else 'full'})...", flush=True)
+        rows.extend(module.run(quick))
+    print(_format(rows))
+    return 0

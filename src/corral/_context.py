@@ -1,0 +1,63 @@
+"""Contexts: the same corral objects, bound to one start method.
+
+``corral.get_context("spawn")`` returns a :class:`CorralContext`. Its ``Process``
+starts children with that method; every other attribute is corral's own object
+when corral has one (Queue, Lock, ...), and the stdlib context's otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from . import _process
+
+__all__ = ["CorralContext", "get_context"]
+
+
+class CorralContext:
+    """A start method plus corral's objects. Mirrors :class:`multiprocessing.context.BaseContext`."""
+
+    __module__ = "corral"
+
+    def __init__(self, method: str):
+        self._method = method
+        self._mp: BaseContext = multiprocessing.get_context(method)
+        self.Process: type[_process.Process] = _process.process_class_for(method)
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        return self._method
+
+    def get_context(self, method: str | None = None) -> CorralContext:
+        return self if method is None else get_context(method)
+
+    def __getattr__(self, name: str) -> Any:
+        import corral
+
+        native = getattr(corral, name, None)
+        if native is not None and getattr(native, "__module__", "").startswith("corral"):
+            return native
+        return getattr(self._mp, name)
+
+    def __repr__(self) -> str:
+        return f"<CorralContext {self._method!r}>"
+
+
+_contexts: dict[str, CorralContext] = {}
+
+
+def get_context(method: str | None = None) -> CorralContext:
+    """Return a context for ``method`` ("fork", "forkserver" or "spawn").
+
+    With no argument, the context of the current default start method
+    (:func:`multiprocessing.get_start_method`).
+    """
+    if method is None:
+        method = multiprocessing.get_start_method()
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"cannot find context for {method!r}")
+    try:
+        return _contexts[method]
+    except KeyError:
+        return _contexts.setdefault(method, CorralContext(method))

@@ -1,0 +1,98 @@
+"""The lifeline: how a child learns, at once, that the process that started it died.
+
+Parent side: one pipe per process, made when it starts its first corral child.
+The parent keeps the write end (close-on-exec, and closed in fork children by an
+at-fork hook), so the write end is closed exactly when the parent dies, however
+it dies. Every child receives the read end.
+
+Child side: the child reopens the read end through /proc/self/fd, which gives it an
+open file description of its own (fcntl ownership is per description, and the
+inherited one is shared with its siblings). It then arms signal-driven I/O on it:
+O_ASYNC, F_SETOWN to itself and F_SETSIG to ``LIFELINE_SIGNAL``. When the last
+write end closes, the kernel sends that signal (pipe_release -> kill_fasync). The
+child arms first and checks for POLLHUP second, so a parent that died before the
+child was armed is noticed too.
+
+Why not PR_SET_PDEATHSIG: it fires when the *thread* that forked the child exits,
+so a child started from a short-lived thread would be killed early, and under
+forkserver the forking thread belongs to the server, not to the parent. The
+lifeline belongs to the parent *process*, whatever its threads do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import threading
+from collections.abc import Callable
+
+from ._fdpass import FdHandle
+from ._linux import F_SETOWN, F_SETSIG
+
+__all__ = ["LIFELINE_SIGNAL", "arm", "child_end"]
+
+# A real-time signal nothing else in the stdlib uses. Real-time signals queue and
+# are never merged with user signals such as SIGUSR1.
+LIFELINE_SIGNAL: int = signal.SIGRTMIN + 6
+
+_lock = threading.Lock()
+_write_fd: int | None = None
+_read_handle: FdHandle | None = None
+
+
+def child_end() -> FdHandle:
+    """The read end to give to a new child, creating the pipe on first use."""
+    global _write_fd, _read_handle
+    with _lock:
+        if _read_handle is None:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            _write_fd, _read_handle = w, FdHandle(r, "lifeline")
+        return _read_handle
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not keep its parent's lifeline alive. The read end stays
+    # open: a corral child about to be bootstrapped still needs it.
+    global _write_fd, _read_handle, _lock, _armed_fd
+    _lock = threading.Lock()
+    if _write_fd is not None:
+        os.close(_write_fd)
+    _write_fd = _read_handle = None
+    # The parent's own armed lifeline signals the parent, never us.
+    if _armed_fd is not None:
+        os.close(_armed_fd)
+        _armed_fd = None
+
+
+_armed_fd: int | None = None
+
+os.register_at_fork(
+    before=lambda: _lock.acquire(),
+    after_in_parent=lambda: _lock.release(),
+    after_in_child=_after_fork_in_child,
+)
+
+
+def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
+    """In a child: call ``on_parent_death()`` (in the main thread) when the parent dies.
+
+    Consumes ``handle``. Must be called from the main thread.
+    """
+    global _armed_fd
+
+    def handler(signum: int, frame: object) -> None:
+        on_parent_death()
+
+    signal.signal(LIFELINE_SIGNAL, handler)
+    fd = os.open(f"/proc/self/fd/{handle.fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    handle.close()
+    fcntl.fcntl(fd, F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, F_SETSIG, LIFELINE_SIGNAL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    _armed_fd = fd
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if any(ev & select.POLLHUP for _, ev in poller.poll(0)):
+        on_parent_death()

@@ -1,0 +1,92 @@
+"""Thin wrappers over Linux facilities the stdlib does not expose.
+
+Everything is reached through ``ctypes`` on glibc; no compiled extension is needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Iterator
+
+__all__ = [
+    "F_SETOWN",
+    "F_SETSIG",
+    "children_of",
+    "libc",
+    "proc_state",
+    "set_child_subreaper",
+]
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+# fcntl commands for signal-driven I/O (include/uapi/asm-generic/fcntl.h); the
+# stdlib's fcntl module only has them on some builds.
+F_SETOWN = 8
+F_SETSIG = 10
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.prctl.restype = ctypes.c_int
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    res: int = libc.prctl(option, arg, 0, 0, 0)
+    if res == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return res
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    """Make orphaned descendants of this process come back to it instead of to PID 1."""
+    _prctl(PR_SET_CHILD_SUBREAPER, int(on))
+
+
+def is_child_subreaper() -> bool:
+    value = ctypes.c_int(0)
+    res = libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value), 0, 0, 0)
+    return res == 0 and value.value != 0
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from every one of its threads.
+
+    A child belongs to the *thread* that forked it, so each task's list is read.
+    Returns an empty list if the process is gone.
+    """
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter scheduler state of ``pid`` (R, S, D, T, t, Z, X...), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or ')'.
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+
+def descendants_of(pid: int) -> Iterator[int]:
+    """Every live descendant of ``pid``, parents before children (a snapshot; racy)."""
+    stack = children_of(pid)
+    while stack:
+        child = stack.pop()
+        yield child
+        stack.extend(children_of(child))

@@ -1,0 +1,191 @@
+"""Launchers, one per start method, built on the stdlib's.
+
+The stdlib's launchers (``multiprocessing.popen_*``) do the starting; these
+subclasses change what happens around it:
+
+- a pidfd is opened on the child at once, so signals can never hit a recycled pid;
+- the reaper watches the child and collects its exit status within milliseconds,
+  through that pidfd only;
+- ``terminate()`` and ``kill()`` freeze and signal the child's whole subtree;
+- ``poll()`` and ``wait()`` are safe to call from any thread, concurrently with the
+  reaper: exactly one of them collects the status.
+
+Under fork and spawn the child is ours, and ``waitid(P_PIDFD)`` reaps it. Under
+forkserver the server forks, reaps and reports the status over its socket (the
+stdlib's sentinel), so corral reads that socket instead; the pidfd is still used for
+signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
+from multiprocessing.connection import wait as _mp_wait
+from typing import Any
+
+from . import _linux, _reaper, _tree
+
+__all__ = ["popen_class_for"]
+
+
+def _decode(info: Any) -> int:
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    return -int(info.si_status)
+
+
+class _CorralPopen:
+    """Mixin over a stdlib launcher. ``pid`` and ``returncode`` as in the stdlib."""
+
+    pid: int
+    returncode: int | None
+    sentinel: int
+    _pidfd: int
+    _reap_lock: threading.Lock
+    _exit_callbacks: list[Callable[[], None]]
+
+    def _corral_after_launch(self) -> None:
+        self._reap_lock = threading.Lock()
+        self._exit_callbacks = []
+        self._pidfd = os.pidfd_open(self.pid)
+        self._corral_set_sentinel()
+        watch_fd = self._new_watch_fd()
+        fds = (self._pidfd,) if watch_fd == self._pidfd else (self._pidfd, watch_fd)
+        self._corral_finalizer = util.Finalize(self, _close_all, (watch_fd, fds))
+        _reaper.watch(watch_fd, self._reaper_callback)
+
+    # -- hooks for subclasses
+    def _corral_set_sentinel(self) -> None:
+        # The stdlib's sentinel is a pipe that any descendant inheriting its write
+        # end keeps open; a pidfd is readable exactly when the child has exited.
+        self.sentinel = self._pidfd
+
+    def _new_watch_fd(self) -> int:
+        """The fd the reaper polls; readable once the child has exited."""
+        return self._pidfd
+
+    def _collect(self, block: bool) -> int | None:
+        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | (0 if block else os.WNOHANG))
+        return None if info is None else _decode(info)
+
+    # -- shared
+    def _reaper_callback(self) -> bool:
+        return self.poll() is not None
+
+    def add_exit_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` once, in whichever thread collects the exit status."""
+        with self._reap_lock:
+            if self.returncode is None:
+                self._exit_callbacks.append(callback)
+                return
+        callback()
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        with self._reap_lock:
+            if self.returncode is None:
+                code = self._collect(block=flag == 0)
+                if code is None:
+                    return None
+                self.returncode = code
+                callbacks, self._exit_callbacks = self._exit_callbacks, []
+            else:
+                callbacks = []
+        for cb in callbacks:
+            cb()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None:
+            if timeout is not None and not _mp_wait([self.sentinel], timeout):
+                return None
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
+        return self.returncode
+
+    def _send_signal(self, sig: int) -> None:
+        if self.poll() is not None:
+            return
+        members = _tree.freeze_subtree(self.pid, self._pidfd)
+        try:
+            _tree.signal_members([(self.pid, self._pidfd), *members], sig)
+            if sig != signal.SIGKILL:
+                return
+            if members and _linux.is_child_subreaper():
+                # We are a subreaper, so the members come back to us as they die:
+                # reap them once all are dead, or they would stay zombies.
+                _tree.wait_dead([fd for _, fd in members], 1.0)
+                for _, fd in members:
+                    try:
+                        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+        finally:
+            _tree.close_members(members)
+
+    def terminate(self) -> None:
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        super().close()  # type: ignore[misc]
+        self._corral_finalizer()
+        self._pidfd = -1
+
+
+def _close_all(watch_fd: int, fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        if fd == watch_fd:
+            _reaper.close_watched(fd)
+        else:
+            os.close(fd)
+
+
+class ForkPopen(_CorralPopen, popen_fork.Popen):
+    def __init__(self, process_obj: Any):
+        popen_fork.Popen.__init__(self, process_obj)
+        self._corral_after_launch()
+
+
+class SpawnPopen(_CorralPopen, popen_spawn_posix.Popen):
+    def __init__(self, process_obj: Any):
+        popen_spawn_posix.Popen.__init__(self, process_obj)
+        self._corral_after_launch()
+
+
+class ForkServerPopen(_CorralPopen, popen_forkserver.Popen):
+    """The forkserver reaps; its status socket (the sentinel) carries the exit code."""
+
+    def __init__(self, process_obj: Any):
+        popen_forkserver.Popen.__init__(self, process_obj)
+        self._corral_after_launch()
+
+    def _corral_set_sentinel(self) -> None:
+        pass  # the status socket is the only thing that tells a forkserver child's exit
+
+    def _new_watch_fd(self) -> int:
+        # A duplicate, so that the stdlib may close its sentinel whenever it likes.
+        return os.dup(self.sentinel)
+
+    def _collect(self, block: bool) -> int | None:
+        code: int | None = popen_forkserver.Popen.poll(self, 0 if block else os.WNOHANG)
+        return code
+
+
+_POPENS: dict[str, type[_CorralPopen]] = {
+    "fork": ForkPopen,
+    "spawn": SpawnPopen,
+    "forkserver": ForkServerPopen,
+}
+
+
+def popen_class_for(method: str) -> type[_CorralPopen]:
+    try:
+        return _POPENS[method]
+    except KeyError:
+        raise ValueError(f"unsupported start method {method!r}") from None

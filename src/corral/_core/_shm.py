@@ -1,0 +1,99 @@
+"""Anonymous shared memory: memfd_create + mmap(MAP_SHARED).
+
+Why memfd rather than /dev/shm (``multiprocessing.shared_memory``):
+
+- nothing has a name, so nothing can be left behind in /dev/shm, and no
+  resource tracker is needed: the kernel frees the pages when the last fd and the
+  last mapping are gone, SIGKILL included;
+- the memory is reachable only through an fd, so other users cannot open it
+  (unlike /dev/shm entries, which are files with permissions to get wrong).
+
+Pages are allocated when first touched, so a large region costs what is written
+to it; ``release()`` punches a hole to give pages back after use.
+
+A region reaches a child as an argument at start (see ``_fdpass``); under fork it
+is simply inherited.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from typing import Any
+
+from ._fdpass import FdHandle
+from ._linux import libc
+
+__all__ = ["SharedMemory"]
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.fallocate.restype = ctypes.c_int
+
+
+class SharedMemory:
+    """A block of anonymous memory shared with the children this process starts.
+
+    Attributes:
+        size: the length in bytes.
+        buf: a writable ``memoryview`` over the whole block.
+        address: the block's address in this process, for ctypes and futexes.
+    """
+
+    def __init__(self, size: int, *, what: str = "shared memory", _handle: FdHandle | None = None):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        if _handle is None:
+            fd = os.memfd_create(f"corral-{what}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
+            _handle = FdHandle(fd, what)
+        self._handle = _handle
+        self.size = size
+        self._mmap = mmap.mmap(_handle.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buf = memoryview(self._mmap)
+        self._anchor = ctypes.c_char.from_buffer(self._mmap)
+        self.address: int = ctypes.addressof(self._anchor)
+
+    @property
+    def fd(self) -> int:
+        return self._handle.fd
+
+    def release(self, offset: int, length: int) -> None:
+        """Give the pages under ``[offset, offset+length)`` back to the kernel.
+
+        The range reads as zeros afterwards. Only whole pages inside the range are
+        freed.
+        """
+        if length <= 0:
+            return
+        if libc.fallocate(
+            self._handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length
+        ) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def close(self) -> None:
+        """Unmap and close. Safe to call twice. Views exported from ``buf`` must be gone."""
+        if self._handle.closed:
+            return
+        del self._anchor
+        self.buf.release()
+        self._mmap.close()
+        self._handle.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._handle, self.size))
+
+    def __repr__(self) -> str:
+        return f"<corral SharedMemory size={self.size} fd={self._handle.fd}>"
+
+
+def _rebuild(handle: FdHandle, size: int) -> SharedMemory:
+    return SharedMemory(size, what=handle.what, _handle=handle)

@@ -1,0 +1,328 @@
+"""corral.Process: multiprocessing.Process, minus the leaks.
+
+    parent                                   child
+    ------                                   -----
+    start()
+      lifeline read end, result memfd  --->  _bootstrap()
+      launcher (_core._popen)                  _core._bootstrap.setup(): subreaper, lifeline
+      reaper watches the pidfd                 run(), its outcome captured
+                                               stdlib exit: join/terminate own children
+                                               outcome pickled into the result memfd
+                                               _core._bootstrap.teardown(): kill leftovers
+    reaper: child exited -> waitid(P_PIDFD),
+      exitcode stored, result bytes read, memfd closed
+    result(): unpickle, return or re-raise
+
+The stdlib's ``BaseProcess`` does the bookkeeping (names, ``current_process()``,
+``active_children()``, the at-exit joining); corral replaces the launchers and
+wraps ``_bootstrap``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from multiprocessing import process as _mp_process
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from ._core import _bootstrap, _lifeline, _popen
+from ._core._fdpass import FdHandle
+from ._exceptions import CorralError, ProcessDied, RemoteTraceback
+
+__all__ = ["Process", "process_class_for"]
+
+_collect_lock = threading.Lock()
+
+
+def _reinit_after_fork() -> None:
+    global _collect_lock
+    _collect_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
+
+# Outcome records written by the child: (kind, payload, traceback, type name, message).
+_OK, _RAISE, _EXIT, _UNPICKLABLE = "ok", "raise", "exit", "unpicklable"
+
+
+class Process(_mp_process.BaseProcess):
+    """A child process with the :class:`multiprocessing.Process` API, that never leaks.
+
+    - It is reaped within milliseconds of exiting, whether or not anyone joins it.
+    - When the process that started it dies, by any means, it and every one of its
+      descendants die too.
+    - ``terminate()`` and ``kill()`` end its whole subtree.
+    - Whatever it leaves running when ``run()`` ends is killed before it exits.
+    - A daemonic child may start children of its own.
+    - :meth:`result` returns what the target returned, or re-raises what it raised.
+    """
+
+    __module__ = "corral"
+
+    # None: use multiprocessing.get_start_method() at start time.
+    _start_method: str | None = None
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+    ) -> None:
+        super().__init__(group, target, name, args, kwargs or {}, daemon=daemon)
+        self._corral_lifeline: FdHandle | None = None
+        self._corral_result_fd: FdHandle | None = None
+        self._corral_raw: bytes | None = None
+
+    @staticmethod
+    def _Popen(process_obj: Process) -> Any:
+        method = process_obj._start_method or multiprocessing.get_start_method()
+        return _popen.popen_class_for(method)(process_obj)
+
+    def run(self) -> Any:
+        """The child's work: call the target, and return what it returns.
+
+        Override it in a subclass, as with the stdlib; its return value is what
+        :meth:`result` gives back.
+        """
+        if self._target:  # type: ignore[attr-defined]
+            return self._target(*self._args, **self._kwargs)  # type: ignore[attr-defined]
+        return None
+
+    @property
+    def ppid(self) -> int:
+        """The pid of the process that created (and started) this one."""
+        pid: int = self._parent_pid
+        return pid
+
+    def start(self) -> None:
+        """Start the child. Unlike the stdlib, a daemonic process may do this too."""
+        self._check_closed()
+        assert self._popen is None, "cannot start a process twice"
+        assert self._parent_pid == os.getpid(), (
+            "can only start a process object created by current process"
+        )
+        _mp_process._cleanup()
+        self._corral_lifeline = _lifeline.child_end()
+        fd = os.memfd_create("corral-result", os.MFD_CLOEXEC)
+        self._corral_result_fd = FdHandle(fd, "process result")
+        try:
+            self._popen = self._Popen(self)
+        except BaseException:
+            self._corral_result_fd.close()
+            self._corral_result_fd = None
+            raise
+        finally:
+            self._corral_lifeline = None  # shared by all children; not ours to close
+        self._sentinel = self._popen.sentinel
+        # Avoid a reference cycle through the target (bpo-30775), as the stdlib does.
+        del self._target, self._args, self._kwargs
+        _mp_process._children.add(self)
+        self._popen.add_exit_callback(self._corral_collect)
+        _install_exit_hook()
+
+    def kill(self) -> None:
+        """Send SIGKILL to the child and every one of its descendants."""
+        super().kill()
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the child and every one of its descendants."""
+        super().terminate()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the child to finish and return what its target returned.
+
+        Raises:
+            TimeoutError: the child is still running after ``timeout`` seconds.
+            ProcessDied: the child ended without a result (a signal, ``os._exit()``,
+                or ``sys.exit()`` with a non-zero code).
+            Exception: whatever the target raised, with the child's traceback
+                attached as ``__cause__``.
+        """
+        self._check_closed()
+        if self._popen is None:
+            raise ValueError("can only get the result of a started process")
+        if self._popen.wait(timeout) is None:
+            raise TimeoutError(
+                f"process {self.name} (pid {self.pid}) did not finish within {timeout} s"
+            )
+        self._corral_collect()
+        raw = self._corral_raw
+        exitcode = self._popen.returncode
+        if not raw:
+            raise ProcessDied(exitcode, self.pid, self.name)
+        kind, payload, tb, typename, message = pickle.loads(raw)
+        if kind == _OK:
+            return pickle.loads(payload)
+        if kind == _EXIT:
+            if exitcode == 0:
+                return None
+            raise ProcessDied(exitcode, self.pid, self.name)
+        if kind == _RAISE:
+            try:
+                exc = pickle.loads(payload)
+            except Exception as unpickling_error:
+                exc = CorralError(
+                    f"process {self.name} raised {typename}: {message} "
+                    f"(the exception itself could not be unpickled: {unpickling_error!r})"
+                )
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+        raise CorralError(
+            f"process {self.name} returned a value that could not be pickled: {message}"
+        )
+
+    # -- parent side
+    def _corral_collect(self) -> None:
+        """Read the child's outcome out of the result memfd, once, and close it."""
+        with _collect_lock:
+            handle, self._corral_result_fd = self._corral_result_fd, None
+            if handle is None:
+                return
+            try:
+                size = os.fstat(handle.fd).st_size
+                chunks = []
+                offset = 0
+                while offset < size:
+                    chunk = os.pread(handle.fd, size - offset, offset)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    offset += len(chunk)
+                self._corral_raw = b"".join(chunks)
+            finally:
+                handle.close()
+
+    def close(self) -> None:
+        super().close()
+        self._corral_collect()
+
+    # -- child side
+    def _bootstrap(self, parent_sentinel: int | None = None) -> int:
+        lifeline, self._corral_lifeline = self._corral_lifeline, None
+        result_fd, self._corral_result_fd = self._corral_result_fd, None
+        assert lifeline is not None and result_fd is not None
+        try:
+            _bootstrap.setup(lifeline)
+        except BaseException:
+            # Nothing of the stdlib's error reporting has run yet.
+            traceback.print_exc()
+            raise
+        outcome: list[tuple[str, Any, str]] = []
+        run = self.run
+
+        def run_and_capture() -> Any:
+            try:
+                value = run()
+            except SystemExit as exc:
+                outcome.append((_EXIT, exc.code, ""))
+                raise
+            except Exception as exc:
+                outcome.append((_RAISE, exc, traceback.format_exc()))
+                raise
+            outcome.append((_OK, value, ""))
+            return value
+
+        self.run = run_and_capture  # type: ignore[method-assign]
+        try:
+            code: int = super()._bootstrap(parent_sentinel)  # type: ignore[misc]
+            return code
+        finally:
+            try:
+                _write_outcome(result_fd, outcome)
+            finally:
+                _bootstrap.teardown()
+
+
+def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any, str]]) -> None:
+    try:
+        if not outcome:
+            return
+        kind, obj, tb = outcome[0]
+        typename = message = ""
+        if kind == _RAISE:
+            typename = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            message = str(obj)
+        try:
+            payload = bytes(ForkingPickler.dumps(obj))
+        except Exception as exc:
+            if kind != _RAISE:
+                kind = _UNPICKLABLE
+                message = f"{type(exc).__name__}: {exc}"
+            payload = b""
+        data = pickle.dumps((kind, payload, tb, typename, message), pickle.HIGHEST_PROTOCOL)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(handle.fd, view) :]
+    finally:
+        handle.close()
+
+
+_exit_hook_installed = False
+
+
+def _install_exit_hook() -> None:
+    # atexit runs hooks last-in first-out; multiprocessing.util registered its
+    # _exit_function at import, so this runs before it.
+    global _exit_hook_installed
+    if not _exit_hook_installed:
+        import atexit
+
+        _exit_hook_installed = True
+        atexit.register(_on_interpreter_exit)
+
+
+# After an uncaught exception, how long running children get to honour SIGTERM
+# before they are killed. The stdlib would instead join them, possibly forever.
+CRASH_GRACE = 0.5
+
+
+def _on_interpreter_exit() -> None:
+    import sys
+
+    if getattr(sys, "last_value", None) is None or _mp_process.current_process().name != "MainProcess":
+        return
+    # The main module died of an exception: don't wait on children it can no
+    # longer coordinate. End them, their subtrees with them.
+    children = [p for p in _mp_process.active_children() if isinstance(p, Process)]
+    for p in children:
+        p.terminate()
+    for p in children:
+        p.join(CRASH_GRACE)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+
+
+class ForkProcess(Process):
+    __module__ = "corral._process"
+    _start_method = "fork"
+
+
+class SpawnProcess(Process):
+    __module__ = "corral._process"
+    _start_method = "spawn"
+
+
+class ForkServerProcess(Process):
+    __module__ = "corral._process"
+    _start_method = "forkserver"
+
+
+_BY_METHOD: dict[str, type[Process]] = {
+    "fork": ForkProcess,
+    "spawn": SpawnProcess,
+    "forkserver": ForkServerProcess,
+}
+
+
+def process_class_for(method: str) -> type[Process]:
+    return _BY_METHOD[method]
