@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pytest
 
 import corral
-from corral._core import _linux
+from corral._core import _lifeline, _linux
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -37,9 +37,11 @@ LEAK_GRACE = 3.0
 
 def pytest_configure(config: pytest.Config) -> None:
     _linux.set_child_subreaper(True)
-    # Long-lived stdlib helpers belong to the session, not to the first test that
-    # happens to start them.
+    # Long-lived helpers belong to the session, not to the first test that happens
+    # to start them: the stdlib's forkserver, and corral's per-process lifeline pipe
+    # (made once, on the first start(), and kept for the life of the process).
     multiprocessing.forkserver.ensure_running()
+    _lifeline.child_end()
 
 
 @pytest.fixture(params=START_METHODS)
@@ -95,6 +97,18 @@ def _snapshot() -> _Snapshot:
     )
 
 
+def _describe(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                comm = f.read().split(b")")[0].split(b"(", 1)[1].decode()
+        except (OSError, IndexError):
+            comm = "?"
+        out.append(f"{pid} ({comm})")
+    return out
+
+
 def _kill_and_reap(pids: set[int]) -> None:
     for pid in pids:
         for victim in [*_linux.descendants_of(pid), pid]:
@@ -124,9 +138,9 @@ def _no_leaks() -> Iterator[None]:
         zombies = sorted(p for p, s in states.items() if s == "Z")
         alive = sorted(p for p, s in states.items() if s not in ("Z", None))
         if zombies:
-            problems.append(f"zombie children nobody reaped: {zombies}")
+            problems.append(f"zombie children nobody reaped: {_describe(zombies)}")
         if alive:
-            problems.append(f"child processes still running: {alive}")
+            problems.append(f"child processes still running: {_describe(alive)}")
         _kill_and_reap(leaked)
 
     def new_threads() -> set[int]:

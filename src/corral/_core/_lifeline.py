@@ -8,7 +8,7 @@ it dies. Every child receives the read end.
 Child side: the child reopens the read end through /proc/self/fd, which gives it an
 open file description of its own (fcntl ownership is per description, and the
 inherited one is shared with its siblings). It then arms signal-driven I/O on it:
-O_ASYNC, F_SETOWN to itself and F_SETSIG to ``LIFELINE_SIGNAL``. When the last
+O_ASYNC, F_SETOWN_EX to its main thread and F_SETSIG to ``LIFELINE_SIGNAL``. When the last
 write end closes, the kernel sends that signal (pipe_release -> kill_fasync). The
 child arms first and checks for POLLHUP second, so a parent that died before the
 child was armed is noticed too.
@@ -25,11 +25,12 @@ import fcntl
 import os
 import select
 import signal
+import struct
 import threading
 from collections.abc import Callable
 
 from ._fdpass import FdHandle
-from ._linux import F_SETOWN, F_SETSIG
+from ._linux import F_OWNER_TID, F_SETOWN_EX, F_SETSIG
 
 __all__ = ["LIFELINE_SIGNAL", "arm", "child_end"]
 
@@ -80,6 +81,8 @@ def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
 
     Consumes ``handle``. Must be called from the main thread.
     """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the lifeline must be armed from the main thread")
     global _armed_fd
 
     def handler(signum: int, frame: object) -> None:
@@ -88,7 +91,10 @@ def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
     signal.signal(LIFELINE_SIGNAL, handler)
     fd = os.open(f"/proc/self/fd/{handle.fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     handle.close()
-    fcntl.fcntl(fd, F_SETOWN, os.getpid())
+    # Direct the signal at the main thread (F_OWNER_TID), not at the process: a
+    # process-directed signal may land on any thread (the reaper, say), and CPython
+    # runs handlers only in the main thread, which would sleep on unaware.
+    fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", F_OWNER_TID, threading.get_native_id()))
     fcntl.fcntl(fd, F_SETSIG, LIFELINE_SIGNAL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
     _armed_fd = fd

@@ -6,12 +6,13 @@ Everything is reached through ``ctypes`` on glibc; no compiled extension is need
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterator
 
 __all__ = [
+    "F_OWNER_TID",
     "F_SETOWN",
+    "F_SETOWN_EX",
     "F_SETSIG",
     "children_of",
     "libc",
@@ -27,8 +28,19 @@ PR_GET_CHILD_SUBREAPER = 37
 # stdlib's fcntl module only has them on some builds.
 F_SETOWN = 8
 F_SETSIG = 10
+F_SETOWN_EX = 15
+F_OWNER_TID = 0
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _load_libc() -> ctypes.CDLL:
+    # Not ctypes.util.find_library(): it runs ldconfig in a subprocess, at import time,
+    # in every process that imports corral.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc: the symbols already loaded into this process
+        return ctypes.CDLL(None, use_errno=True)
+
+
+libc = _load_libc()
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 libc.prctl.restype = ctypes.c_int
 

@@ -31,6 +31,10 @@ from . import _linux, _reaper, _tree
 __all__ = ["popen_class_for"]
 
 
+# The exit code reported when the status was collected by someone else.
+LOST_STATUS = 255
+
+
 def _decode(info: Any) -> int:
     if info.si_code == os.CLD_EXITED:
         return int(info.si_status)
@@ -68,7 +72,13 @@ class _CorralPopen:
         return self._pidfd
 
     def _collect(self, block: bool) -> int | None:
-        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | (0 if block else os.WNOHANG))
+        try:
+            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | (0 if block else os.WNOHANG))
+        except ChildProcessError:
+            # Someone else collected the status: a waitpid(-1) elsewhere in the
+            # program, or our own last-gasp cleanup in a dying child. The stdlib's
+            # forkserver launcher reports a lost status the same way.
+            return LOST_STATUS
         return None if info is None else _decode(info)
 
     # -- shared
@@ -110,20 +120,12 @@ class _CorralPopen:
         if self.poll() is not None:
             return
         members = _tree.freeze_subtree(self.pid, self._pidfd)
-        try:
-            _tree.signal_members([(self.pid, self._pidfd), *members], sig)
-            if sig != signal.SIGKILL:
-                return
-            if members and _linux.is_child_subreaper():
-                # We are a subreaper, so the members come back to us as they die:
-                # reap them once all are dead, or they would stay zombies.
-                _tree.wait_dead([fd for _, fd in members], 1.0)
-                for _, fd in members:
-                    try:
-                        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-                    except ChildProcessError:
-                        pass
-        finally:
+        _tree.signal_members([(self.pid, self._pidfd), *members], sig)
+        if members and _linux.is_child_subreaper():
+            # We are a subreaper, so the members come back to us as their parents
+            # die: reap them once they are all dead, or they would stay zombies.
+            _reap_when_all_dead(members)
+        else:
             _tree.close_members(members)
 
     def terminate(self) -> None:
@@ -136,6 +138,33 @@ class _CorralPopen:
         super().close()  # type: ignore[misc]
         self._corral_finalizer()
         self._pidfd = -1
+
+
+def _reap_when_all_dead(members: list[_tree.Member]) -> None:
+    """Have the reaper collect ``members`` once every one of them has exited.
+
+    Only once all are dead is every re-parenting to us done; then each is reaped by
+    its pidfd, and one that is not our child (its parent outside the subtree) is left
+    to its parent.
+    """
+    remaining = {fd for _, fd in members}
+    lock = threading.Lock()
+
+    def on_exit(fd: int) -> bool:
+        with lock:
+            remaining.discard(fd)
+            if remaining:
+                return True
+        for _, member_fd in members:
+            try:
+                os.waitid(os.P_PIDFD, member_fd, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                pass
+        _tree.close_members(members)
+        return True
+
+    for _, fd in members:
+        _reaper.watch(fd, lambda fd=fd: on_exit(fd))  # type: ignore[misc]
 
 
 def _close_all(watch_fd: int, fds: tuple[int, ...]) -> None:

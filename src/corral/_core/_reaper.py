@@ -27,7 +27,9 @@ __all__ = ["close_watched", "watch"]
 
 class _Reaper:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a garbage-collected launcher's finalizer calls close_watched(),
+        # and garbage collection can run inside any allocation made under the lock.
+        self._lock = threading.RLock()
         self._watched: dict[int, Callable[[], bool]] = {}
         self._to_close: list[int] = []
         self._thread: threading.Thread | None = None
@@ -103,7 +105,7 @@ class _Reaper:
                             del self._watched[fd]
 
     def _reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._watched.clear()
         self._to_close.clear()
         self._thread = None

@@ -1,0 +1,133 @@
+"""Targets and tools for tests: module-level, so that spawn and forkserver can pickle them."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import corral
+
+# Long enough to outlive any test; every process that sleeps this long is killed by
+# the test or by corral, never waited out.
+FOREVER = 300.0
+
+_KEEP: list[subprocess.Popen[bytes]] = []
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def sys_exit(code: int | None) -> None:
+    sys.exit(code)
+
+
+def sleep_forever() -> None:
+    time.sleep(FOREVER)
+
+
+def kill_self(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+
+
+def return_unpicklable() -> Any:
+    return lambda: None
+
+
+class UnpicklableError(Exception):
+    def __init__(self, a: int, b: int):  # args don't round-trip through pickle
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable_error() -> None:
+    raise UnpicklableError(1, 2)
+
+
+def report_identity(conn: Connection) -> None:
+    """Send (pid, parent_process().pid, current_process().name) of this child."""
+    parent = corral.parent_process()
+    conn.send((os.getpid(), parent.pid if parent else None, corral.current_process().name))
+
+
+def echo_forever(conn: Connection) -> None:
+    """Answer every message with the same message, until killed."""
+    while conn.poll(FOREVER):
+        conn.send(conn.recv())
+
+
+def spawn_descendants() -> list[int]:
+    """Start three kinds of descendant that outlive the caller unless someone kills them:
+    a subprocess, a raw os.fork() child, and a child that called setsid(). Returns pids.
+    """
+    pids = []
+    sub = subprocess.Popen(["sleep", str(FOREVER)])
+    pids.append(sub.pid)
+    _KEEP.append(sub)  # no Popen.__del__ warning: corral ends it, not us
+    for setsid in (False, True):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked child
+            try:
+                os.close(r)
+                if setsid:
+                    os.setsid()
+                os.write(w, b"x")
+                os.close(w)
+                time.sleep(FOREVER)
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.read(r, 1)  # the child is set up (and, if asked, in its own session)
+        os.close(r)
+        pids.append(pid)
+    return pids
+
+
+def leave_descendants_behind(conn: Connection, then_raise: bool) -> None:
+    """Start descendants, send their pids, then return (or raise)."""
+    conn.send(spawn_descendants())
+    if then_raise:
+        raise RuntimeError("raised with descendants running")
+
+
+def descendants_then_wait(conn: Connection) -> None:
+    """Start descendants, send their pids, then block until killed."""
+    leave_descendants_behind(conn, then_raise=False)
+    sleep_forever()
+
+
+def start_grandchild(method: str, daemon: bool) -> int:
+    """From inside a (possibly daemonic) corral child, start a corral child and get its result."""
+    p = corral.get_context(method).Process(target=double, args=(21,), daemon=daemon)
+    p.start()
+    value: int = p.result(timeout=60)
+    p.join(timeout=60)
+    return value
+
+
+def read_line(fd: int, timeout: float) -> str:
+    """Read one line from ``fd``, failing loudly after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError(f"no complete line within {timeout} s (got {data!r})")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise EOFError(f"EOF before a complete line (got {data!r})")
+        data += chunk
+    return data.decode()
