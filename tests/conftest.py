@@ -13,6 +13,7 @@ does not reap zombies).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import multiprocessing.forkserver
@@ -112,15 +113,11 @@ def _describe(pids: list[int]) -> list[str]:
 def _kill_and_reap(pids: set[int]) -> None:
     for pid in pids:
         for victim in [*_linux.descendants_of(pid), pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for pid in pids:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 @pytest.fixture(autouse=True)

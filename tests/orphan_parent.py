@@ -23,8 +23,8 @@ from multiprocessing.connection import Connection
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import corral  # noqa: E402
-from tests import helpers  # noqa: E402
+import corral
+from tests import helpers
 
 
 def child_main(method: str, conn: Connection) -> None:

@@ -7,6 +7,7 @@ come from benchmarks/process_bench.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -62,10 +63,8 @@ def _wait_all_dead(pidfds: dict[int, int], timeout: float) -> tuple[float, list[
 def _reap_and_close(pidfds: dict[int, int]) -> None:
     """Reap whatever of these came back to us (we are a subreaper), close the pidfds."""
     for fd in pidfds.values():
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            pass
         os.close(fd)
 
 
@@ -81,14 +80,16 @@ def _recv(conn: Connection, timeout: float = TIMEOUT) -> object:
 def test_exited_child_is_reaped_without_join(ctx: corral.CorralContext) -> None:
     p = ctx.Process(target=helpers.exit_with, args=(7,))
     p.start()
-    fd = os.pidfd_open(p.pid)
+    pid = p.pid
+    assert pid is not None
+    fd = os.pidfd_open(pid)
     try:
         assert select.select([fd], [], [], TIMEOUT)[0], "child never exited"
         exited = time.monotonic()
         # Under forkserver the server is the parent and reaps; either way, nobody
         # here has called join() or is_alive().
-        assert wait_until(lambda: _linux.proc_state(p.pid) is None, REAP_BOUND), (
-            f"pid {p.pid} still in state {_linux.proc_state(p.pid)!r}"
+        assert wait_until(lambda: _linux.proc_state(pid) is None, REAP_BOUND), (
+            f"pid {pid} still in state {_linux.proc_state(pid)!r}"
         )
         assert time.monotonic() - exited < REAP_BOUND
     finally:
@@ -113,7 +114,9 @@ def test_reaper_does_not_steal_subprocess_statuses(ctx: corral.CorralContext) ->
     children = [ctx.Process(target=helpers.exit_with, args=(3,)) for _ in range(4)]
     for p in children:
         p.start()
-    pops = [subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({n})"]) for n in (5, 6, 7)]
+    pops = [
+        subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({n})"]) for n in (5, 6, 7)
+    ]
     assert [pop.wait(TIMEOUT) for pop in pops] == [5, 6, 7]
     for p in children:
         p.join(TIMEOUT)
@@ -127,14 +130,18 @@ ORPHAN_PARENT = Path(__file__).with_name("orphan_parent.py")
 
 @pytest.mark.parametrize("how", ["exception", "exit", "SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize("from_thread", [False, True], ids=["main-thread", "short-thread"])
-def test_parent_death_takes_every_descendant(start_method: str, how: str, from_thread: bool) -> None:
+def test_parent_death_takes_every_descendant(
+    start_method: str, how: str, from_thread: bool
+) -> None:
     mode = how if how in ("exception", "exit") else "wait"
     argv = [sys.executable, str(ORPHAN_PARENT), start_method, mode]
     if from_thread:
         argv.append("--thread")
-    parent = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
-    assert parent.stdout is not None and parent.stdin is not None
+    parent = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert parent.stdout is not None
+    assert parent.stdin is not None
     pidfds: dict[int, int] = {}
     try:
         line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
@@ -163,10 +170,8 @@ def test_parent_death_takes_every_descendant(start_method: str, how: str, from_t
         parent.stdin.close()
         parent.stdout.close()
         for pid in pidfds:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         _reap_and_close(pidfds)
 
 
@@ -182,6 +187,7 @@ def test_terminate_and_kill_end_the_whole_subtree(ctx: corral.CorralContext, met
     descendants = _recv(r)
     r.close()
     assert isinstance(descendants, list)
+    assert p.pid is not None
     pidfds = _pidfds([p.pid, *descendants])
     try:
         getattr(p, method)()
@@ -199,20 +205,23 @@ def test_terminate_and_kill_end_the_whole_subtree(ctx: corral.CorralContext, met
 
 
 @pytest.mark.parametrize("then_raise", [False, True], ids=["returns", "raises"])
-def test_descendants_are_killed_when_target_ends(ctx: corral.CorralContext, then_raise: bool) -> None:
+def test_descendants_are_killed_when_target_ends(
+    ctx: corral.CorralContext, then_raise: bool
+) -> None:
     r, w = corral.Pipe(duplex=False)
     p = ctx.Process(target=helpers.leave_descendants_behind, args=(w, then_raise))
     p.start()
     w.close()
     descendants = _recv(r)
     r.close()
-    assert isinstance(descendants, list) and len(descendants) == 3
+    assert isinstance(descendants, list)
+    assert len(descendants) == 3
     pidfds = _pidfds(descendants)
     try:
         p.join(TIMEOUT)
         assert p.exitcode == (1 if then_raise else 0)
         # The child killed them *before* exiting: they are dead by the time join returns.
-        took, survivors = _wait_all_dead(pidfds, 0)
+        _took, survivors = _wait_all_dead(pidfds, 0)
         assert not survivors, f"descendants outlived their corral parent: {survivors}"
     finally:
         _reap_and_close(pidfds)
@@ -237,7 +246,9 @@ def test_stdlib_refuses_what_corral_allows() -> None:
         target=helpers.start_grandchild, args=("fork", False), daemon=True
     )
     r, w = multiprocessing.Pipe(duplex=False)
-    p = multiprocessing.get_context("fork").Process(target=_stdlib_daemon_child, args=(w,), daemon=True)
+    p = multiprocessing.get_context("fork").Process(
+        target=_stdlib_daemon_child, args=(w,), daemon=True
+    )
     p.start()
     w.close()
     message = _recv(r)
@@ -276,9 +287,11 @@ if __name__ == "__main__":
 def test_daemonic_subtrees_end_at_parent_exit(start_method: str) -> None:
     root = str(Path(__file__).resolve().parents[1])
     code = DAEMON_PARENT.format(root=root, method=start_method)
-    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
-    assert parent.stdout is not None and parent.stdin is not None
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    assert parent.stdin is not None
     pidfds: dict[int, int] = {}
     try:
         line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)

@@ -82,8 +82,10 @@ def _format(rows: list[Row]) -> str:
 def main(quick: bool = True, only: str | None = None) -> int:
     bench_dir = find_benchmarks()
     if bench_dir is None:
-        print("corral bench: no benchmarks/ directory found; run it from a source checkout",
-              file=sys.stderr)
+        print(
+            "corral bench: no benchmarks/ directory found; run it from a source checkout",
+            file=sys.stderr,
+        )
         return 2
     pattern = f"{only}_bench.py" if only else "*_bench.py"
     files = sorted(bench_dir.glob(pattern))
@@ -94,7 +96,8 @@ def main(quick: bool = True, only: str | None = None) -> int:
     rows: list[Row] = []
     for path in files:
         spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)

@@ -17,7 +17,7 @@ __all__ = ["CorralContext", "get_context"]
 
 
 class CorralContext:
-    """A start method plus corral's objects. Mirrors :class:`multiprocessing.context.BaseContext`."""
+    """A start method plus corral's objects, like :class:`multiprocessing.context.BaseContext`."""
 
     __module__ = "corral"
 

@@ -32,11 +32,22 @@ from typing import Any
 
 from ._core import _bootstrap, _lifeline, _popen
 from ._core._fdpass import FdHandle
+from ._core._popen import CorralPopen
 from ._exceptions import CorralError, ProcessDied, RemoteTraceback
 
 __all__ = ["Process", "process_class_for"]
 
 _collect_lock = threading.Lock()
+
+
+def _children() -> set[Any]:
+    """The stdlib's registry of started children (rebound in every forked child)."""
+    children: set[Any] = _mp_process._children  # type: ignore[attr-defined]
+    return children
+
+
+def _cleanup() -> None:
+    _mp_process._cleanup()  # type: ignore[attr-defined]
 
 
 def _reinit_after_fork() -> None:
@@ -67,6 +78,14 @@ class Process(_mp_process.BaseProcess):
     # None: use multiprocessing.get_start_method() at start time.
     _start_method: str | None = None
 
+    # Set by the stdlib's BaseProcess; typeshed does not declare them.
+    _popen: CorralPopen | None
+    _parent_pid: int
+    _target: Callable[..., object] | None
+    _args: tuple[Any, ...]
+    _kwargs: dict[str, Any]
+    _check_closed: Callable[[], None]
+
     def __init__(
         self,
         group: None = None,
@@ -83,7 +102,7 @@ class Process(_mp_process.BaseProcess):
         self._corral_raw: bytes | None = None
 
     @staticmethod
-    def _Popen(process_obj: Process) -> Any:
+    def _Popen(process_obj: Process) -> CorralPopen:
         method = process_obj._start_method or multiprocessing.get_start_method()
         return _popen.popen_class_for(method)(process_obj)
 
@@ -93,15 +112,14 @@ class Process(_mp_process.BaseProcess):
         Override it in a subclass, as with the stdlib; its return value is what
         :meth:`result` gives back.
         """
-        if self._target:  # type: ignore[attr-defined]
-            return self._target(*self._args, **self._kwargs)  # type: ignore[attr-defined]
+        if self._target:
+            return self._target(*self._args, **self._kwargs)
         return None
 
     @property
     def ppid(self) -> int:
         """The pid of the process that created (and started) this one."""
-        pid: int = self._parent_pid
-        return pid
+        return self._parent_pid
 
     def start(self) -> None:
         """Start the child. Unlike the stdlib, a daemonic process may do this too."""
@@ -110,23 +128,23 @@ class Process(_mp_process.BaseProcess):
         assert self._parent_pid == os.getpid(), (
             "can only start a process object created by current process"
         )
-        _mp_process._cleanup()
+        _cleanup()
         self._corral_lifeline = _lifeline.child_end()
         fd = os.memfd_create("corral-result", os.MFD_CLOEXEC)
         self._corral_result_fd = FdHandle(fd, "process result")
         try:
-            self._popen = self._Popen(self)
+            popen = self._popen = self._Popen(self)
         except BaseException:
             self._corral_result_fd.close()
             self._corral_result_fd = None
             raise
         finally:
             self._corral_lifeline = None  # shared by all children; not ours to close
-        self._sentinel = self._popen.sentinel
+        self._sentinel = popen.sentinel
         # Avoid a reference cycle through the target (bpo-30775), as the stdlib does.
         del self._target, self._args, self._kwargs
-        _mp_process._children.add(self)
-        self._popen.add_exit_callback(self._corral_collect)
+        _children().add(self)
+        popen.add_exit_callback(self._corral_collect)
         _install_exit_hook()
 
     def kill(self) -> None:
@@ -154,6 +172,7 @@ class Process(_mp_process.BaseProcess):
             raise TimeoutError(
                 f"process {self.name} (pid {self.pid}) did not finish within {timeout} s"
             )
+        _children().discard(self)  # as join() does
         self._corral_collect()
         raw = self._corral_raw
         exitcode = self._popen.returncode
@@ -209,7 +228,8 @@ class Process(_mp_process.BaseProcess):
     def _bootstrap(self, parent_sentinel: int | None = None) -> int:
         lifeline, self._corral_lifeline = self._corral_lifeline, None
         result_fd, self._corral_result_fd = self._corral_result_fd, None
-        assert lifeline is not None and result_fd is not None
+        assert lifeline is not None
+        assert result_fd is not None
         try:
             _bootstrap.setup(lifeline)
         except BaseException:
@@ -288,7 +308,10 @@ CRASH_GRACE = 0.5
 def _on_interpreter_exit() -> None:
     import sys
 
-    if getattr(sys, "last_value", None) is None or _mp_process.current_process().name != "MainProcess":
+    if (
+        getattr(sys, "last_value", None) is None
+        or _mp_process.current_process().name != "MainProcess"
+    ):
         return
     # The main module died of an exception: don't wait on children it can no
     # longer coordinate. End them, their subtrees with them.

@@ -31,6 +31,7 @@ F_SETSIG = 10
 F_SETOWN_EX = 15
 F_OWNER_TID = 0
 
+
 def _load_libc() -> ctypes.CDLL:
     # Not ctypes.util.find_library(): it runs ldconfig in a subprocess, at import time,
     # in every process that imports corral.

@@ -18,17 +18,18 @@ signals.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 from collections.abc import Callable
 from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
 from multiprocessing.connection import wait as _mp_wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _linux, _reaper, _tree
 
-__all__ = ["popen_class_for"]
+__all__ = ["CorralPopen", "popen_class_for"]
 
 
 # The exit code reported when the status was collected by someone else.
@@ -41,7 +42,7 @@ def _decode(info: Any) -> int:
     return -int(info.si_status)
 
 
-class _CorralPopen:
+class CorralPopen:
     """Mixin over a stdlib launcher. ``pid`` and ``returncode`` as in the stdlib."""
 
     pid: int
@@ -50,6 +51,10 @@ class _CorralPopen:
     _pidfd: int
     _reap_lock: threading.Lock
     _exit_callbacks: list[Callable[[], None]]
+
+    if TYPE_CHECKING:
+
+        def __init__(self, process_obj: Any) -> None: ...
 
     def _corral_after_launch(self) -> None:
         self._reap_lock = threading.Lock()
@@ -94,20 +99,20 @@ class _CorralPopen:
         callback()
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
-        if self.returncode is not None:
-            return self.returncode
+        if (code := self.returncode) is not None:
+            return code
         with self._reap_lock:
-            if self.returncode is None:
-                code = self._collect(block=flag == 0)
-                if code is None:
-                    return None
-                self.returncode = code
-                callbacks, self._exit_callbacks = self._exit_callbacks, []
-            else:
-                callbacks = []
+            code = self.returncode
+            if code is not None:  # collected by another thread while we waited
+                return code
+            code = self._collect(block=flag == 0)
+            if code is None:
+                return None
+            self.returncode = code
+            callbacks, self._exit_callbacks = self._exit_callbacks, []
         for cb in callbacks:
             cb()
-        return self.returncode
+        return code
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self.returncode is None:
@@ -156,10 +161,8 @@ def _reap_when_all_dead(members: list[_tree.Member]) -> None:
             if remaining:
                 return True
         for _, member_fd in members:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PIDFD, member_fd, os.WEXITED | os.WNOHANG)
-            except ChildProcessError:
-                pass
         _tree.close_members(members)
         return True
 
@@ -175,19 +178,19 @@ def _close_all(watch_fd: int, fds: tuple[int, ...]) -> None:
             os.close(fd)
 
 
-class ForkPopen(_CorralPopen, popen_fork.Popen):
+class ForkPopen(CorralPopen, popen_fork.Popen):
     def __init__(self, process_obj: Any):
         popen_fork.Popen.__init__(self, process_obj)
         self._corral_after_launch()
 
 
-class SpawnPopen(_CorralPopen, popen_spawn_posix.Popen):
+class SpawnPopen(CorralPopen, popen_spawn_posix.Popen):
     def __init__(self, process_obj: Any):
         popen_spawn_posix.Popen.__init__(self, process_obj)
         self._corral_after_launch()
 
 
-class ForkServerPopen(_CorralPopen, popen_forkserver.Popen):
+class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
     """The forkserver reaps; its status socket (the sentinel) carries the exit code."""
 
     def __init__(self, process_obj: Any):
@@ -206,14 +209,14 @@ class ForkServerPopen(_CorralPopen, popen_forkserver.Popen):
         return code
 
 
-_POPENS: dict[str, type[_CorralPopen]] = {
+_POPENS: dict[str, type[CorralPopen]] = {
     "fork": ForkPopen,
     "spawn": SpawnPopen,
     "forkserver": ForkServerPopen,
 }
 
 
-def popen_class_for(method: str) -> type[_CorralPopen]:
+def popen_class_for(method: str) -> type[CorralPopen]:
     try:
         return _POPENS[method]
     except KeyError:

@@ -17,6 +17,7 @@ there, and the parent's children are not the child's to reap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -40,9 +41,7 @@ class _Reaper:
             self._watched[fd] = callback
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                self._thread = threading.Thread(
-                    target=self._run, name="corral-reaper", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="corral-reaper", daemon=True)
                 self._thread.start()
             else:
                 self._wake()
@@ -58,10 +57,8 @@ class _Reaper:
             self._wake()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: already awake
             os.write(self._wake_w, b"x")
-        except BlockingIOError:  # already awake
-            pass
 
     def _run(self) -> None:
         while True:
@@ -83,10 +80,8 @@ class _Reaper:
                 poller.register(fd, select.POLLIN)
             for fd, _ in poller.poll():
                 if fd == wake_r:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
-                    except BlockingIOError:
-                        pass
                     continue
                 with self._lock:
                     callback = self._watched.get(fd)

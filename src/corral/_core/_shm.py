@@ -73,9 +73,12 @@ class SharedMemory:
         """
         if length <= 0:
             return
-        if libc.fallocate(
-            self._handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length
-        ) != 0:
+        if (
+            libc.fallocate(
+                self._handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length
+            )
+            != 0
+        ):
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
 

@@ -32,7 +32,10 @@ class Report:
 
     def check(self, name: str, passed: bool, detail: str = "") -> None:
         self.checks.append(Check(name, passed, detail))
-        print(f"{'PASS' if passed else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""), flush=True)
+        print(
+            f"{'PASS' if passed else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""),
+            flush=True,
+        )
 
     def note(self, text: str) -> None:
         """Context that is not a pass/fail claim, such as what the stdlib did."""
@@ -58,7 +61,9 @@ def scenario(
     name: str,
     summary: str,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-) -> Callable[[Callable[[argparse.Namespace, Report], None]], Callable[[argparse.Namespace, Report], None]]:
+) -> Callable[
+    [Callable[[argparse.Namespace, Report], None]], Callable[[argparse.Namespace, Report], None]
+]:
     def register(
         fn: Callable[[argparse.Namespace, Report], None],
     ) -> Callable[[argparse.Namespace, Report], None]:

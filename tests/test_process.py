@@ -1,0 +1,259 @@
+"""corral.Process keeps the multiprocessing.Process API; result() is new.
+
+Where corral mirrors the stdlib, the same assertions run against
+``multiprocessing.Process`` as the reference.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+from typing import Any
+
+import pytest
+
+import corral
+from corral._core._fdpass import FdHandle, SharingError
+
+from . import helpers
+
+TIMEOUT = 60.0
+
+
+class Doubler(corral.Process):
+    """Subclassing and overriding run(), as with the stdlib."""
+
+    def __init__(self, x: int) -> None:
+        super().__init__()
+        self.x = x
+
+    def run(self) -> int:  # type: ignore[override]  # typeshed: BaseProcess.run -> None
+        return self.x * 2
+
+
+@pytest.fixture(params=["corral", "multiprocessing"])
+def any_ctx(request: pytest.FixtureRequest, start_method: str) -> Any:
+    """corral's context, and the stdlib's as the reference implementation."""
+    if request.param == "corral":
+        return corral.get_context(start_method)
+    return multiprocessing.get_context(start_method)
+
+
+def test_stdlib_api_parity(any_ctx: Any) -> None:
+    r, w = multiprocessing.Pipe(duplex=False)
+    p = any_ctx.Process(target=helpers.report_identity, args=(w,), name="worker-1")
+    assert p.name == "worker-1"
+    assert p.daemon is False
+    assert (p.pid, p.exitcode, p.is_alive()) == (None, None, False)
+    p.daemon = True
+    p.start()
+    w.close()
+    assert r.poll(TIMEOUT)
+    pid, parent_pid, name = r.recv()
+    r.close()
+    p.join(TIMEOUT)
+    assert (pid, parent_pid, name) == (p.pid, os.getpid(), "worker-1")
+    assert p.exitcode == 0
+    assert not p.is_alive()
+    assert isinstance(p.sentinel, int)
+    assert isinstance(p.authkey, bytes)
+    with pytest.raises(AssertionError, match="cannot start a process twice"):
+        p.start()
+    p.close()
+    with pytest.raises(ValueError, match="closed"):
+        p.is_alive()
+
+
+def test_join_timeout_then_terminate(any_ctx: Any) -> None:
+    p = any_ctx.Process(target=helpers.sleep_forever)
+    p.start()
+    p.join(0.01)
+    assert p.exitcode is None
+    assert p.is_alive()
+    p.terminate()
+    p.join(TIMEOUT)
+    assert p.exitcode == -signal.SIGTERM
+
+
+def test_close_refuses_running_process(any_ctx: Any) -> None:
+    p = any_ctx.Process(target=helpers.sleep_forever)
+    p.start()
+    with pytest.raises(ValueError, match="still running"):
+        p.close()
+    p.kill()
+    p.join(TIMEOUT)
+    assert p.exitcode == -signal.SIGKILL
+    p.close()
+
+
+def test_exitcode_of_sys_exit(any_ctx: Any) -> None:
+    p = any_ctx.Process(target=helpers.sys_exit, args=(4,))
+    p.start()
+    p.join(TIMEOUT)
+    assert p.exitcode == 4
+
+
+def test_ppid_is_the_starting_process(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.double, args=(1,))
+    assert p.ppid == os.getpid()
+    p.start()
+    p.join(TIMEOUT)
+    assert p.ppid == os.getpid()
+
+
+def test_active_children_includes_corral_children(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.sleep_forever)
+    p.start()
+    try:
+        assert p in corral.active_children()
+        assert p in multiprocessing.active_children()
+    finally:
+        p.kill()
+        p.join(TIMEOUT)
+    assert p not in corral.active_children()
+
+
+# -- result() ----------------------------------------------------------------------
+
+
+def test_result_returns_target_value(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.double, args=(21,))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == 42
+    assert p.result(timeout=0) == 42  # again, without waiting
+    assert p.exitcode == 0
+
+
+def test_result_of_subclass_run(start_method: str) -> None:
+    # The subclass is bound to the default context; pick the method explicitly.
+    p = Doubler(5)
+    p._start_method = start_method
+    p.start()
+    assert p.result(timeout=TIMEOUT) == 10
+
+
+def test_result_reraises_with_remote_traceback(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.raise_value_error, args=("bad input",))
+    p.start()
+    with pytest.raises(ValueError, match="bad input") as info:
+        p.result(timeout=TIMEOUT)
+    cause = info.value.__cause__
+    assert isinstance(cause, corral.RemoteTraceback)
+    assert "raise_value_error" in str(cause)
+    assert "bad input" in str(cause)
+    assert p.exitcode == 1
+
+
+def test_result_when_exception_cannot_be_unpickled(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.raise_unpicklable_error)
+    p.start()
+    with pytest.raises(corral.CorralError, match=r"UnpicklableError: 1/2") as info:
+        p.result(timeout=TIMEOUT)
+    assert isinstance(info.value.__cause__, corral.RemoteTraceback)
+
+
+def test_result_of_unpicklable_return_value(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.return_unpicklable)
+    p.start()
+    with pytest.raises(corral.CorralError, match="could not be pickled"):
+        p.result(timeout=TIMEOUT)
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "exitcode", "sig"),
+    [
+        (helpers.exit_with, (3,), 3, None),
+        (helpers.exit_with, (0,), 0, None),
+        (helpers.kill_self, (signal.SIGKILL,), -signal.SIGKILL, signal.SIGKILL),
+        (helpers.kill_self, (signal.SIGSEGV,), -signal.SIGSEGV, signal.SIGSEGV),
+        (helpers.sys_exit, (5,), 5, None),
+    ],
+    ids=["os._exit(3)", "os._exit(0)", "SIGKILL", "SIGSEGV", "sys.exit(5)"],
+)
+def test_result_when_child_dies_without_one(
+    ctx: corral.CorralContext, target: Any, args: tuple[Any, ...], exitcode: int, sig: Any
+) -> None:
+    p = ctx.Process(target=target, args=args)
+    p.start()
+    with pytest.raises(corral.ProcessDied) as info:
+        p.result(timeout=TIMEOUT)
+    assert info.value.exitcode == exitcode
+    assert info.value.signal == sig
+    assert info.value.pid == p.pid
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.exitcode, copy.signal, copy.pid) == (exitcode, sig, p.pid)
+
+
+def test_result_of_sys_exit_zero_is_none(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.sys_exit, args=(None,))
+    p.start()
+    assert p.result(timeout=TIMEOUT) is None
+
+
+def test_result_timeout(ctx: corral.CorralContext) -> None:
+    p = ctx.Process(target=helpers.sleep_forever)
+    p.start()
+    with pytest.raises(TimeoutError):
+        p.result(timeout=0.05)
+    p.kill()
+    with pytest.raises(corral.ProcessDied) as info:
+        p.result(timeout=TIMEOUT)
+    assert info.value.signal == signal.SIGKILL
+
+
+def test_result_before_start() -> None:
+    with pytest.raises(ValueError, match="started"):
+        corral.Process(target=helpers.double, args=(1,)).result()
+
+
+# -- fd handles ------------------------------------------------------------------
+
+
+def test_fd_handle_refuses_pickling_outside_start() -> None:
+    r, w = os.pipe()
+    os.close(w)
+    handle = FdHandle(r, "queue")
+    try:
+        with pytest.raises(SharingError, match="only be passed to a child process"):
+            pickle.dumps(handle)
+    finally:
+        handle.close()
+
+
+# -- the module surface ----------------------------------------------------------
+
+
+def test_all_matches_exports() -> None:
+    public = {name for name in dir(corral) if not name.startswith("_")}
+    modules = {"annotations"}  # from __future__
+    assert set(corral.__all__) == public - modules
+    assert isinstance(corral.__all__, tuple)
+    assert list(corral.__all__) == sorted(corral.__all__)
+
+
+def test_every_multiprocessing_name_is_there() -> None:
+    missing = [name for name in multiprocessing.__all__ if not hasattr(corral, name)]
+    assert not missing
+
+
+def test_public_objects_report_public_module() -> None:
+    for name in ("Process", "CorralError", "ProcessDied", "CorralContext", "RemoteTraceback"):
+        assert getattr(corral, name).__module__ == "corral", name
+
+
+def test_get_context() -> None:
+    for method in ("fork", "forkserver", "spawn"):
+        ctx = corral.get_context(method)
+        assert ctx.get_start_method() == method
+        assert issubclass(ctx.Process, corral.Process)
+        r, w = ctx.Pipe(duplex=False)  # not reimplemented: the stdlib's
+        w.send(method)
+        assert r.recv() == method
+        r.close()
+        w.close()
+    assert corral.get_context().get_start_method() == multiprocessing.get_start_method()
+    with pytest.raises(ValueError, match="cannot find context"):
+        corral.get_context("teleport")
