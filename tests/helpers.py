@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import os
 import select
-import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 import corral
+from corral._demo._targets import descendants_then_wait as descendants_then_wait
+from corral._demo._targets import spawn_descendants as spawn_descendants
 
 # Long enough to outlive any test; every process that sleeps this long is killed by
 # the test or by corral, never waited out.
 FOREVER = 300.0
 
-_KEEP: list[subprocess.Popen[bytes]] = []
 
 
 def double(x: int) -> int:
@@ -68,45 +68,11 @@ def echo_forever(conn: Connection) -> None:
         conn.send(conn.recv())
 
 
-def spawn_descendants() -> list[int]:
-    """Start three kinds of descendant that outlive the caller unless someone kills them:
-    a subprocess, a raw os.fork() child, and a child that called setsid(). Returns pids.
-    """
-    pids = []
-    sub = subprocess.Popen(["sleep", str(FOREVER)])
-    pids.append(sub.pid)
-    _KEEP.append(sub)  # no Popen.__del__ warning: corral ends it, not us
-    for setsid in (False, True):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the forked child
-            try:
-                os.close(r)
-                if setsid:
-                    os.setsid()
-                os.write(w, b"x")
-                os.close(w)
-                time.sleep(FOREVER)
-            finally:
-                os._exit(0)
-        os.close(w)
-        os.read(r, 1)  # the child is set up (and, if asked, in its own session)
-        os.close(r)
-        pids.append(pid)
-    return pids
-
-
 def leave_descendants_behind(conn: Connection, then_raise: bool) -> None:
     """Start descendants, send their pids, then return (or raise)."""
     conn.send(spawn_descendants())
     if then_raise:
         raise RuntimeError("raised with descendants running")
-
-
-def descendants_then_wait(conn: Connection) -> None:
-    """Start descendants, send their pids, then block until killed."""
-    leave_descendants_behind(conn, then_raise=False)
-    sleep_forever()
 
 
 def start_grandchild(method: str, daemon: bool) -> int:

@@ -27,7 +27,6 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import process as _mp_process
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ._core import _bootstrap, _lifeline, _popen
@@ -262,26 +261,34 @@ class Process(_mp_process.BaseProcess):
                 _bootstrap.teardown()
 
 
+def _encode_outcome(outcome: list[tuple[str, Any, str]]) -> bytes:
+    kind, obj, tb = outcome[0]
+    if kind == _OK and obj is None:
+        return _OK_NONE
+    typename = message = ""
+    if kind == _RAISE:
+        typename = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        message = str(obj)
+    try:
+        payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        if kind != _RAISE:
+            kind = _UNPICKLABLE
+            message = f"{type(exc).__name__}: {exc}"
+        payload = b""
+    return pickle.dumps((kind, payload, tb, typename, message), pickle.HIGHEST_PROTOCOL)
+
+
+# The commonest outcome, encoded once: a target that returned None.
+_OK_NONE = pickle.dumps((_OK, pickle.dumps(None), "", "", ""), pickle.HIGHEST_PROTOCOL)
+
+
 def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any, str]]) -> None:
     try:
-        if not outcome:
-            return
-        kind, obj, tb = outcome[0]
-        typename = message = ""
-        if kind == _RAISE:
-            typename = f"{type(obj).__module__}.{type(obj).__qualname__}"
-            message = str(obj)
-        try:
-            payload = bytes(ForkingPickler.dumps(obj))
-        except Exception as exc:
-            if kind != _RAISE:
-                kind = _UNPICKLABLE
-                message = f"{type(exc).__name__}: {exc}"
-            payload = b""
-        data = pickle.dumps((kind, payload, tb, typename, message), pickle.HIGHEST_PROTOCOL)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(handle.fd, view) :]
+        if outcome:
+            view = memoryview(_encode_outcome(outcome))
+            while view:
+                view = view[os.write(handle.fd, view) :]
     finally:
         handle.close()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import signal
 import struct
 import threading
@@ -96,9 +95,13 @@ def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
     # runs handlers only in the main thread, which would sleep on unaware.
     fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", F_OWNER_TID, threading.get_native_id()))
     fcntl.fcntl(fd, F_SETSIG, LIFELINE_SIGNAL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK | os.O_ASYNC)
     _armed_fd = fd
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    if any(ev & select.POLLHUP for _, ev in poller.poll(0)):
+    # Armed first, checked second: a parent that died before we were armed is seen
+    # here (EOF), one that dies later raises the signal.
+    try:
+        gone = os.read(fd, 1) == b""
+    except BlockingIOError:
+        gone = False
+    if gone:
         on_parent_death()

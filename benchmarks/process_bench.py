@@ -1,0 +1,171 @@
+"""Process benchmarks: start+join latency, reaping latency, subtree teardown after SIGKILL.
+
+    corral bench --only process          # quick
+    corral bench --only process --full   # more repeats
+
+corral and multiprocessing run interleaved in the same process, and each figure
+is the median of several runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import corral
+from corral._bench import Row
+from corral._core import _linux
+
+
+def _noop() -> None:
+    pass
+
+
+def _start_join_ms(ctx: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        p = ctx.Process(target=_noop)
+        p.start()
+        p.join()
+        p.close()
+    return (time.perf_counter() - t0) / n * 1000
+
+
+def _reap_ms() -> float:
+    """From a child's exit to its reaping, with nobody joining."""
+    p = corral.Process(target=_noop)
+    p.start()
+    assert p.pid is not None
+    fd = os.pidfd_open(p.pid)
+    select.select([fd], [], [], 30)
+    exited = time.perf_counter()
+    while _linux.proc_state(p.pid) == "Z":
+        time.sleep(0.0002)
+    took = time.perf_counter() - exited
+    os.close(fd)
+    p.join()
+    return took * 1000
+
+
+PARENT = """
+import sys, time
+sys.path[:0] = {path!r}
+import {lib} as mp
+from corral._demo import _targets
+if __name__ == "__main__":
+    r, w = mp.Pipe(duplex=False)
+    p = mp.Process(target=_targets.descendants_then_wait, args=(w,))
+    p.start()
+    print(p.pid, *r.recv(), flush=True)
+    time.sleep(_targets.FOREVER)
+"""
+
+
+def _teardown_after_sigkill(lib: str, limit: float) -> tuple[float | None, int]:
+    """SIGKILL a parent with a child, a subprocess, a fork and a setsid() child below it.
+
+    Returns (ms until all four are gone or None, how many were still alive after ``limit``).
+    """
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(path=sys.path, lib=lib)], stdout=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    pids = [int(x) for x in parent.stdout.readline().split()]
+    subtree = list(_linux.descendants_of(parent.pid))
+    fds = {}
+    for pid in subtree:
+        with contextlib.suppress(ProcessLookupError):
+            fds[pid] = os.pidfd_open(pid)
+    t0 = time.perf_counter()
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    pending = {pid: fd for pid, fd in fds.items() if pid in pids}
+    while pending and time.perf_counter() - t0 < limit:
+        ready, _, _ = select.select(list(pending.values()), [], [], limit)
+        pending = {pid: fd for pid, fd in pending.items() if fd not in ready}
+    took = (time.perf_counter() - t0) * 1000
+    survivors = len(pending)
+    for fd in fds.values():
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    for fd in fds.values():
+        select.select([fd], [], [], 5)
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        os.close(fd)
+    return (None if survivors else took), survivors
+
+
+def run(quick: bool) -> list[Row]:
+    _linux.set_child_subreaper(True)  # orphans come back here to be counted and reaped
+    repeats = 3 if quick else 7
+    counts = (
+        {"fork": 30, "forkserver": 15, "spawn": 4}
+        if quick
+        else {"fork": 100, "forkserver": 40, "spawn": 10}
+    )
+    rows: list[Row] = []
+    for method, n in counts.items():
+        mp_ctx = multiprocessing.get_context(method)
+        co_ctx = corral.get_context(method)
+        _start_join_ms(mp_ctx, 1)
+        _start_join_ms(co_ctx, 1)  # warm up: imports, forkserver, lifeline
+        mp_runs, co_runs = [], []
+        for _ in range(repeats):
+            mp_runs.append(_start_join_ms(mp_ctx, n))
+            co_runs.append(_start_join_ms(co_ctx, n))
+        base = statistics.median(mp_runs)
+        rows.append(
+            Row(
+                f"start+join, {method}", "multiprocessing", base, "ms", base, higher_is_better=False
+            )
+        )
+        rows.append(
+            Row(
+                f"start+join, {method}",
+                "corral",
+                statistics.median(co_runs),
+                "ms",
+                base,
+                higher_is_better=False,
+                note="goal: corral/mp <= 1.2",
+            )
+        )
+
+    reap = statistics.median(_reap_ms() for _ in range(repeats * 3))
+    rows.append(Row("exit to reaped, no join()", "corral", reap, "ms", note="goal: <= 100 ms"))
+
+    limit = 1.0
+    co = [_teardown_after_sigkill("corral", limit) for _ in range(repeats)]
+    mp = [_teardown_after_sigkill("multiprocessing", limit) for _ in range(repeats)]
+    co_ms = [t for t, _ in co if t is not None]
+    rows.append(
+        Row(
+            "parent SIGKILL to subtree gone",
+            "corral",
+            statistics.median(co_ms) if len(co_ms) == len(co) else None,
+            "ms",
+            note=f"goal: <= 1000 ms, aim 100; survivors after {limit:g} s: "
+            f"{max(s for _, s in co)} of 4",
+        )
+    )
+    rows.append(
+        Row(
+            "parent SIGKILL to subtree gone",
+            "multiprocessing",
+            None,
+            "ms",
+            note=f"never: {statistics.median(s for _, s in mp):g} of 4 still alive "
+            f"after {limit:g} s",
+        )
+    )
+    return rows

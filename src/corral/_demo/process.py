@@ -1,0 +1,220 @@
+"""Process scenarios: zombies, orphans, tree termination, daemons with children, result().
+
+Each runs the same program with corral and with multiprocessing. The demo process
+makes itself a child subreaper, so that orphans come back to it and can be counted
+and cleaned up honestly (PID 1 on some machines never reaps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from types import ModuleType
+
+import corral
+from corral._core import _linux
+
+from . import Report, _targets, scenario
+
+LIBS: tuple[tuple[str, ModuleType], ...] = (
+    ("corral", corral),
+    ("multiprocessing", multiprocessing),
+)
+
+# The guarantee's bound: a parent's whole subtree is gone this long after it dies.
+ORPHAN_BOUND = 1.0
+
+
+def _pidfds(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            out[pid] = os.pidfd_open(pid)
+    return out
+
+
+def _alive_after(pidfds: dict[int, int], seconds: float) -> tuple[list[int], float]:
+    """Wait up to ``seconds`` for every process to exit: (survivors, time the last exit took)."""
+    start = time.monotonic()
+    pending = dict(pidfds)
+    while pending:
+        left = seconds - (time.monotonic() - start)
+        if left <= 0:
+            break
+        poller = select.poll()
+        for fd in pending.values():
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(left * 1000)}
+        pending = {pid: fd for pid, fd in pending.items() if fd not in ready}
+    return sorted(pending), time.monotonic() - start
+
+
+def _clean_up(pidfds: dict[int, int]) -> None:
+    """Kill what is left, reap what came back to us, close the pidfds."""
+    for fd in pidfds.values():
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    _alive_after(pidfds, 5.0)
+    for fd in pidfds.values():
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        os.close(fd)
+
+
+def _subreaper() -> None:
+    with contextlib.suppress(OSError):
+        _linux.set_child_subreaper(True)
+
+
+@scenario("zombies", "a child that exits is reaped at once, even if nobody joins it")
+def zombies(ns: argparse.Namespace, report: Report) -> None:
+    n = 5
+    for name, lib in LIBS:
+        procs = [lib.Process(target=_targets.exit_now) for _ in range(n)]
+        for p in procs:
+            p.start()
+        pidfds = _pidfds([p.pid for p in procs])
+        _alive_after(pidfds, 10.0)  # all have exited
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:
+            zombie_count = sum(_linux.proc_state(pid) == "Z" for pid in pidfds)
+            if zombie_count == 0:
+                break
+            time.sleep(0.005)
+        for fd in pidfds.values():
+            os.close(fd)
+        for p in procs:
+            p.join(10)
+        if name == "corral":
+            report.check(
+                f"corral: no zombies 100 ms after {n} children exited, with no join()",
+                zombie_count == 0,
+                f"{zombie_count} zombies",
+            )
+        else:
+            report.note(f"multiprocessing: {zombie_count} of {n} were zombies until join()")
+
+
+PARENT = """
+import sys, time
+sys.path[:0] = {path!r}
+lib = sys.argv[1]
+if lib == "corral":
+    import corral as mp
+else:
+    import multiprocessing as mp
+from corral._demo import _targets
+if __name__ == "__main__":
+    r, w = mp.Pipe(duplex=False)
+    p = mp.Process(target=_targets.descendants_then_wait, args=(w,))
+    p.start()
+    print(p.pid, *r.recv(), flush=True)
+    time.sleep(_targets.FOREVER)
+"""
+
+
+def _run_parent(lib: str) -> tuple[subprocess.Popen[bytes], list[int]]:
+    code = PARENT.format(path=sys.path)
+    parent = subprocess.Popen([sys.executable, "-c", code, lib], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    ready, _, _ = select.select([parent.stdout], [], [], 60)
+    if not ready:
+        parent.kill()
+        raise TimeoutError(f"the {lib} parent did not start its children within 60 s")
+    return parent, [int(x) for x in parent.stdout.readline().split()]
+
+
+@scenario("orphans", "when a parent is SIGKILLed, its children and their descendants go too")
+def orphans(ns: argparse.Namespace, report: Report) -> None:
+    _subreaper()
+    for name, _lib in LIBS:
+        parent, pids = _run_parent(name)
+        pidfds = _pidfds(list(_linux.descendants_of(parent.pid)))
+        parent.kill()
+        parent.wait(10)
+        assert parent.stdout is not None
+        parent.stdout.close()
+        survivors, took = _alive_after(pidfds, ORPHAN_BOUND)
+        mine = [pid for pid in survivors if pid in pids]
+        _clean_up(pidfds)
+        if name == "corral":
+            report.check(
+                f"corral: 0 of {len(pids)} descendants alive {ORPHAN_BOUND:g} s after the "
+                "parent's SIGKILL (child, subprocess, fork, setsid)",
+                not mine,
+                f"{len(mine)} alive; all gone in {took * 1000:.0f} ms" if not mine else "",
+            )
+        else:
+            report.note(
+                f"multiprocessing: {len(mine)} of {len(pids)} descendants still alive "
+                f"{ORPHAN_BOUND:g} s after the parent's SIGKILL"
+            )
+
+
+@scenario("tree-kill", "terminate() ends the child's whole subtree")
+def tree_kill(ns: argparse.Namespace, report: Report) -> None:
+    _subreaper()
+    for name, lib in LIBS:
+        r, w = lib.Pipe(duplex=False)
+        p = lib.Process(target=_targets.descendants_then_wait, args=(w,))
+        p.start()
+        w.close()
+        descendants = r.recv() if r.poll(60) else []
+        r.close()
+        pidfds = _pidfds(descendants)
+        p.terminate()
+        p.join(10)
+        survivors, _ = _alive_after(pidfds, ORPHAN_BOUND)
+        _clean_up(pidfds)
+        if name == "corral":
+            report.check(
+                "corral: terminate() left 0 of 3 descendants running",
+                not survivors and len(descendants) == 3,
+                f"{len(survivors)} left",
+            )
+        else:
+            report.note(f"multiprocessing: terminate() left {len(survivors)} of 3 descendants")
+
+
+@scenario("daemon-children", "a daemonic process may start children of its own")
+def daemon_children(ns: argparse.Namespace, report: Report) -> None:
+    for name, lib in LIBS:
+        r, w = lib.Pipe(duplex=False)
+        p = lib.Process(target=_targets.start_child_from_daemon, args=(name, w), daemon=True)
+        p.start()
+        w.close()
+        outcome = r.recv() if r.poll(60) else "no answer within 60 s"
+        r.close()
+        p.join(10)
+        if name == "corral":
+            report.check(
+                "corral: a daemonic child started a child", outcome.startswith("started"), outcome
+            )
+        else:
+            report.note(f"multiprocessing: {outcome}")
+
+
+@scenario("result", "result() returns the target's value, or re-raises its exception")
+def result(ns: argparse.Namespace, report: Report) -> None:
+    p = corral.Process(target=pow, args=(2, 10))
+    p.start()
+    report.check("corral: result() returned the target's value", p.result(timeout=60) == 1024)
+    p = corral.Process(target=int, args=("not a number",))
+    p.start()
+    try:
+        p.result(timeout=60)
+        raised = None
+    except ValueError as exc:
+        raised = exc
+    report.check(
+        "corral: result() re-raised the child's ValueError with its traceback",
+        raised is not None and isinstance(raised.__cause__, corral.RemoteTraceback),
+    )
+    report.note("multiprocessing: Process has no result(); the return value is dropped")
