@@ -50,7 +50,7 @@ from multiprocessing import (
 
 # --- The foundation: Process, contexts, exceptions. ---
 from ._context import CorralContext, get_context
-from ._exceptions import CorralError, ProcessDied
+from ._exceptions import CorralError, ProcessDied, RemoteTraceback
 from ._process import Process
 
 # --- Queues (_queue.py). ---
@@ -81,6 +81,7 @@ __all__ = (
     "RLock",
     "RawArray",
     "RawValue",
+    "RemoteTraceback",
     "Semaphore",
     "SimpleQueue",
     "TimeoutError",
