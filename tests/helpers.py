@@ -18,7 +18,6 @@ from corral._demo._targets import spawn_descendants as spawn_descendants
 FOREVER = 300.0
 
 
-
 def double(x: int) -> int:
     return x * 2
 
