@@ -11,27 +11,16 @@ from __future__ import annotations
 # --- Straight from multiprocessing: names corral does not reimplement (yet). ---
 # Each name is on its own line; remove a name here when corral provides its own.
 from multiprocessing import (
-    Array,
     AuthenticationError,
-    Barrier,
-    BoundedSemaphore,
     BufferTooShort,
-    Condition,
-    Event,
     JoinableQueue,
-    Lock,
     Manager,
     Pipe,
     Pool,
     ProcessError,
     Queue,
-    RawArray,
-    RawValue,
-    RLock,
-    Semaphore,
     SimpleQueue,
     TimeoutError,
-    Value,
     active_children,
     allow_connection_pickling,
     cpu_count,
@@ -48,14 +37,27 @@ from multiprocessing import (
     set_start_method,
 )
 
-# --- The foundation: Process, contexts, exceptions. ---
+# --- corral's own: Process and contexts, synchronisation, and every exception. ---
 from ._context import CorralContext, get_context
-from ._exceptions import CorralError, ProcessDied, RemoteTraceback
+from ._exceptions import (
+    CorralError,
+    OwnerDiedError,
+    OwnerDiedWarning,
+    ProcessDied,
+    RemoteTraceback,
+)
 from ._process import Process
-
-# --- Queues (_queue.py). ---
-
-# --- Synchronisation (_synchronize.py, _sharedctypes.py). ---
+from ._sharedctypes import Array, RawArray, RawValue, Value
+from ._synchronize import (
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+    SyncStatistics,
+)
 
 __version__ = "0.1.0"
 
@@ -72,6 +74,8 @@ __all__ = (
     "JoinableQueue",
     "Lock",
     "Manager",
+    "OwnerDiedError",
+    "OwnerDiedWarning",
     "Pipe",
     "Pool",
     "Process",
@@ -84,6 +88,7 @@ __all__ = (
     "RemoteTraceback",
     "Semaphore",
     "SimpleQueue",
+    "SyncStatistics",
     "TimeoutError",
     "Value",
     "active_children",

@@ -3,7 +3,15 @@
 The tree::
 
     CorralError                      root of everything corral raises
-    └── ProcessDied                  a child ended without producing a result
+    ├── ProcessDied                  a child ended without producing a result
+    ├── ShutDown                     get/put on a queue that was shut down (also queue.ShutDown)
+    ├── MessageTooLarge              put of an object the queue can never hold (also ValueError)
+    ├── OwnerDiedError               a lock's previous owner died holding it (also RuntimeError)
+    ├── WorkerCrashed                a pool task's worker died, retries exhausted (also ProcessDied,
+    │                                concurrent.futures.process.BrokenProcessPool)
+    └── TaskTimeout                  a pool task ran past task_timeout (also TimeoutError)
+
+    OwnerDiedWarning                 the same news as a warning (a RuntimeWarning, not an error)
 
 Each class also inherits the stdlib exception that a user of ``multiprocessing``
 would already catch, where one fits. Every exception here survives pickling,
@@ -13,9 +21,20 @@ because exceptions cross process boundaries.
 from __future__ import annotations
 
 import signal as _signal
+import sys
 from typing import Any
 
-__all__ = ["CorralError", "ProcessDied", "RemoteTraceback"]
+__all__ = [
+    "CorralError",
+    "MessageTooLarge",
+    "OwnerDiedError",
+    "OwnerDiedWarning",
+    "ProcessDied",
+    "RemoteTraceback",
+    "ShutDown",
+    "TaskTimeout",
+    "WorkerCrashed",
+]
 
 
 class CorralError(Exception):
@@ -87,3 +106,160 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+if sys.version_info >= (3, 13):
+    from queue import ShutDown as _QueueShutDown
+else:
+
+    class _QueueShutDown(Exception):
+        """Stands in for ``queue.ShutDown`` before Python 3.13."""
+
+
+class ShutDown(CorralError, _QueueShutDown):
+    """The queue was shut down.
+
+    Raised by ``put()`` (and ``put_many()``, ``put_nowait()``) of
+    :class:`corral.Queue` and its kin once ``shutdown()`` was called, and by
+    ``get()`` once the queue is shut down and empty (at once, after
+    ``shutdown(immediate=True)``). On Python 3.13+ it is also a
+    :class:`queue.ShutDown`, as ``queue.Queue.shutdown()`` raises.
+    """
+
+    __module__ = "corral"
+
+
+class MessageTooLarge(CorralError, ValueError):
+    """An object is too large for the queue to ever hold.
+
+    Raised by ``put()`` and ``put_many()`` of :class:`corral.Queue` before anything
+    is written: the queue is unchanged. Give the queue a larger ``capacity_bytes``.
+
+    Attributes:
+        size: the bytes the message needs, framing included.
+        capacity: the queue's ``capacity_bytes``.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, size: int, capacity: int):
+        self.size = size
+        self.capacity = capacity
+        super().__init__(
+            f"a message of {size} bytes can never fit in a queue of {capacity} bytes; "
+            "create the queue with a larger capacity_bytes"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.size, self.capacity))
+
+
+_OWNER_DIED = (
+    "the previous owner of this {what} died while holding it; the state it protects "
+    "may be half-updated. The lock is now held by the caller."
+)
+
+
+class OwnerDiedError(CorralError, RuntimeError):
+    """The previous owner of a lock died while holding it.
+
+    Raised by ``acquire()`` (and ``with``) of a :class:`corral.Lock` or
+    :class:`corral.RLock` created with ``on_owner_death="raise"``, when the process
+    or thread that held it was killed or exited. The lock **is held by the caller**
+    when this is raised: repair the shared state, then ``release()`` it.
+
+    Attributes:
+        what: which object, e.g. ``"corral.Lock"``.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, what: str = "lock"):
+        self.what = what
+        super().__init__(_OWNER_DIED.format(what=what))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what,))
+
+
+class OwnerDiedWarning(RuntimeWarning):
+    """The previous owner of a lock died while holding it; the caller now holds it.
+
+    Emitted by ``acquire()`` (and ``with``) of a :class:`corral.Lock` or
+    :class:`corral.RLock` created with the default ``on_owner_death="warn"``, and by
+    :class:`corral.Condition` when re-acquiring such a lock. ``lock.owner_died``
+    is True for that holding.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, what: str = "lock"):
+        self.what = what
+        super().__init__(_OWNER_DIED.format(what=what))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what,))
+
+
+from concurrent.futures.process import BrokenProcessPool as _BrokenProcessPool  # noqa: E402
+
+
+class WorkerCrashed(ProcessDied, _BrokenProcessPool):
+    """The worker running a pool task died, and the task's retries are exhausted.
+
+    Raised (for that task only) by :class:`corral.Pool` results, futures from
+    ``submit()`` and :class:`corral.ProcessPoolExecutor`, and by ``corral.map``,
+    when the worker process running the task was killed by a signal (SIGKILL, OOM,
+    segfault) or exited (``os._exit()``) mid-task ``retries + 1`` times. The pool
+    replaces the worker and keeps going; every other task is unaffected.
+
+    It is also a :class:`~concurrent.futures.process.BrokenProcessPool`, so code
+    written for the stdlib executor that catches worker deaths keeps catching them
+    (here the pool itself stays usable), and a :class:`ProcessDied`.
+
+    Attributes:
+        exitcode: the worker's exit code (negative signal number if signalled).
+        signal: the :class:`signal.Signals` that killed it, or ``None``.
+        pid: the worker's process id.
+        task: a short description of the task, e.g. ``"task 17 of map(square)"``.
+        attempts: how many times the task was run.
+    """
+
+    __module__ = "corral"
+
+    def __init__(
+        self, exitcode: int | None, pid: int | None = None, task: str = "a task", attempts: int = 1
+    ):
+        super().__init__(exitcode, pid, "worker")
+        self.task = task
+        self.attempts = attempts
+        tries = "" if attempts <= 1 else f" (its attempt {attempts}; no retries left)"
+        Exception.__init__(
+            self, f"worker {pid} {_describe_status(exitcode)} while running {task}{tries}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.exitcode, self.pid, self.task, self.attempts))
+
+
+class TaskTimeout(CorralError, TimeoutError):
+    """A pool task ran longer than the pool's ``task_timeout``.
+
+    Raised (for that task only) by :class:`corral.Pool` results, futures and
+    ``corral.map`` once the task's retries are exhausted. The worker running the task
+    was killed, with its whole subtree, and replaced: the task really stopped.
+
+    Attributes:
+        timeout: the ``task_timeout`` in seconds.
+        task: a short description of the task.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, timeout: float, task: str = "a task"):
+        self.timeout = timeout
+        self.task = task
+        super().__init__(f"{task} ran longer than task_timeout={timeout:g} s and was killed")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.timeout, self.task))

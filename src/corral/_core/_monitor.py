@@ -1,0 +1,412 @@
+"""A robust monitor: state in one page of shared memory, guarded by a robust
+mutex, with futex waiting and per-process accounting that survives SIGKILL.
+
+    page (memfd, 4096 B)
+    +---------+---------------------------------+---------------+------------------+
+    | mutex   | header: seq nwaiters recoveries | user area     | process slots    |
+    | 0..64   | 64..128                         | 128..256      | 256..4096        |
+    +---------+---------------------------------+---------------+------------------+
+
+- **mutex**: a robust pthread mutex (``_robust``). Every read or write of the
+  header, the user area or the slots happens while holding it, so its
+  acquire/release barriers order all shared state; no other atomics are needed.
+- **seq**: a futex word. Whoever changes state that waiters care about bumps it
+  under the mutex and, after unlocking, wakes the waiters if ``nwaiters`` said
+  there were any. A waiter reads ``seq`` under the mutex, unlocks, and sleeps
+  only if ``seq`` still holds that value (the kernel checks), so no wake-up is
+  lost between the unlock and the sleep.
+- **slots**: one per process that uses the object: ``(pid, start time)``
+  identifies the process without pid-reuse races (the start time comes from
+  ``/proc/<pid>/stat``); ``held`` and ``mark`` are for the layer above
+  (semaphore units held, barrier arrival); ``waiters`` counts its waiting threads.
+  Only the owning process writes its slot, except the reaper below.
+
+Death: a process killed while holding the mutex is detected by glibc (the next
+``lock`` returns EOWNERDEAD); ``lock()`` then reaps dead slots and calls
+``repair()`` so the layer can rebuild derived fields. A process killed while
+*not* holding it (a semaphore holder sleeping, a barrier party waiting) is found
+by ``reap()``, which waiters call each time a wait slice ends without news:
+every slot whose process is gone is handed to ``on_dead_slot()`` and cleared.
+
+Each field update is one aligned store, and layers order their stores so that a
+death between two of them leaves state that ``repair()`` can rebuild from the
+slots (for example a semaphore's value is recomputed as total - sum(held)).
+
+A process that exits cleanly gives its slots back at exit (``detach()``, run by
+``multiprocessing.util``'s exit hook in corral children and at interpreter exit
+in the main process); only processes that vanished are treated as dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import weakref
+from multiprocessing import util as _mp_util
+
+from ._futex import futex_wait, futex_wake
+from ._robust import MUTEX_SIZE, WAIT_SLICE, MutexError, RobustMutex, init_mutex
+from ._shm import SharedMemory
+
+__all__ = [
+    "PAGE",
+    "USER_OFFSET",
+    "USER_SIZE",
+    "Monitor",
+    "Slot",
+    "is_alive",
+    "pid_of_tid",
+    "proc_start_time",
+]
+
+PAGE = 4096
+HEADER_OFFSET = MUTEX_SIZE
+USER_OFFSET = 128
+USER_SIZE = 128
+SLOTS_OFFSET = 256
+
+
+class _Header(ctypes.Structure):
+    _fields_ = (
+        ("seq", ctypes.c_uint32),
+        ("nwaiters", ctypes.c_uint32),
+        ("recoveries", ctypes.c_uint32),
+        ("nslots", ctypes.c_uint32),
+    )
+
+
+class Slot(ctypes.Structure):
+    _fields_ = (
+        ("pid", ctypes.c_int32),
+        ("waiters", ctypes.c_uint32),
+        ("held", ctypes.c_int64),
+        ("start", ctypes.c_uint64),
+        ("mark", ctypes.c_uint64),
+    )
+
+
+NSLOTS = (PAGE - SLOTS_OFFSET) // ctypes.sizeof(Slot)  # 120 processes per object
+
+
+# -- process identity
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may contain anything; count from ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return rest[0].decode(), int(rest[19])  # fields 3 (state) and 22 (starttime)
+
+
+def proc_start_time(pid: int) -> int | None:
+    st = _stat(pid)
+    return None if st is None else st[1]
+
+
+def is_alive(pid: int, start: int) -> bool:
+    """Whether process ``pid``, started at ``start`` (clock ticks), still runs.
+
+    A zombie counts as dead: its robust mutexes are already released and it will
+    never touch shared memory again. A recycled pid has another start time.
+    """
+    st = _stat(pid)
+    return st is not None and st[0] not in ("Z", "X", "x") and st[1] == start
+
+
+def pid_of_tid(tid: int) -> int | None:
+    """The process (thread group) that kernel thread ``tid`` belongs to."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+_me: tuple[int, int] = (0, 0)
+
+
+def _self_identity() -> tuple[int, int]:
+    global _me
+    pid = os.getpid()
+    if _me[0] != pid:
+        _me = (pid, proc_start_time(pid) or 0)
+    return _me
+
+
+# -- the monitor
+
+
+class Monitor:
+    """One shared page: robust mutex, futex sequence word, process slots.
+
+    Layers subclass it to override ``repair()`` and ``on_dead_slot()``; they read
+    and write their own fields at ``user_address`` while holding ``lock()``.
+    """
+
+    eager_attach = False  # take a slot as soon as a process holds the object
+
+    def __init__(self, shm: SharedMemory | None = None):
+        create = shm is None
+        if shm is None:
+            shm = SharedMemory(PAGE, what=type(self).__name__)
+        self.shm = shm
+        base = shm.address
+        self.mutex = RobustMutex(base)
+        self.header = _Header.from_address(base + HEADER_OFFSET)
+        self.seq_address = base + HEADER_OFFSET
+        self.user_address = base + USER_OFFSET
+        self.slots = (Slot * NSLOTS).from_address(base + SLOTS_OFFSET)
+        self._slot_pid = 0
+        self._slot_index = -1
+        if create:
+            init_mutex(base)
+            self.header.nslots = NSLOTS
+        # Close the memfd and unmap when this monitor is garbage; the ctypes views
+        # above never outlive it (they are only reachable through it).
+        # Not at interpreter exit, though: detach() still needs the page then, and
+        # the kernel frees everything at exit anyway.
+        weakref.finalize(self, shm.close).atexit = False
+        if self.eager_attach:
+            _eager.add(self)
+            self.attach()
+
+    # -- the mutex
+    def lock(self) -> bool:
+        """Take the state mutex. Returns True when the previous holder had died
+        (the state has then been repaired already)."""
+        m = self.mutex
+        m.acquire()
+        if m.owner_died:
+            self.header.recoveries += 1
+            self.reap()
+            self.header.nwaiters = sum(s.waiters for s in self.slots if s.pid)
+            self.repair()
+            return True
+        return False
+
+    def unlock(self) -> None:
+        # EPERM (not held) is tolerated: a KeyboardInterrupt can land between a
+        # ``finally: unlock()`` and the ``lock()`` it pairs with, before the mutex
+        # was taken; reporting that would replace the interrupt with a MutexError.
+        rc = self.mutex.unlock_errno()
+        if rc != 0 and rc != errno.EPERM:
+            raise MutexError(rc, f"pthread_mutex_unlock: {errno.errorcode.get(rc, rc)}")
+
+    # -- hooks for layers
+    def repair(self) -> None:
+        """Rebuild derived fields after a holder died mid-update (lock held)."""
+
+    def on_dead_slot(self, slot: Slot) -> None:
+        """A process using the object is gone; ``slot`` still has its values (lock held)."""
+
+    def on_detach(self, slot: Slot) -> None:
+        """This process exits cleanly and gives ``slot`` back (lock held)."""
+
+    # -- slots
+    def my_slot(self) -> Slot:
+        """This process's slot, allocated on first use (lock held)."""
+        pid, start = _self_identity()
+        if self._slot_pid == pid:
+            s = self.slots[self._slot_index]
+            if s.pid == pid and s.start == start:
+                return s
+        free = -1
+        for i, s in enumerate(self.slots):
+            if s.pid == pid and s.start == start:
+                return self._remember(pid, i)
+            if free < 0 and s.pid == 0:
+                free = i
+        if free < 0:
+            self.reap()
+            free = next((i for i, s in enumerate(self.slots) if s.pid == 0), -1)
+            if free < 0:
+                raise RuntimeError(
+                    f"more than {NSLOTS} live processes use this corral "
+                    f"{type(self).__name__.lstrip('_')}"
+                )
+        s = self.slots[free]
+        s.held = 0
+        s.waiters = 0
+        s.mark = 0
+        s.start = start
+        s.pid = pid  # last: the slot is claimed once its pid is set
+        _register_exit_hook()
+        _attached.add(self)
+        return self._remember(pid, free)
+
+    def _remember(self, pid: int, index: int) -> Slot:
+        self._slot_pid = pid
+        self._slot_index = index
+        return self.slots[index]
+
+    def reap(self) -> int:
+        """Hand every slot of a vanished process to ``on_dead_slot`` and clear it
+        (lock held). Returns how many were found."""
+        me, my_start = _self_identity()
+        found = 0
+        for s in self.slots:
+            if s.pid == 0 or (s.pid == me and s.start == my_start) or is_alive(s.pid, s.start):
+                continue
+            found += 1
+            self.on_dead_slot(s)
+            self.header.nwaiters = max(0, self.header.nwaiters - s.waiters)
+            s.held = 0
+            s.waiters = 0
+            s.mark = 0
+            s.pid = 0
+        return found
+
+    def live_slots(self) -> list[Slot]:
+        """Slots of processes still running (lock held; reads /proc)."""
+        return [s for s in self.slots if s.pid and is_alive(s.pid, s.start)]
+
+    def attach(self) -> None:
+        self.lock()
+        try:
+            self.my_slot()
+        finally:
+            self.unlock()
+
+    def detach(self) -> None:
+        """Give this process's slot back (at clean exit)."""
+        pid, start = _self_identity()
+        if self._slot_pid != pid:
+            return
+        if not self.mutex.acquire(timeout=1.0):
+            return
+        try:
+            s = self.slots[self._slot_index]
+            if s.pid == pid and s.start == start:
+                self.on_detach(s)
+                s.held = 0
+                s.waiters = 0
+                s.pid = 0
+                self.bump()
+            self._slot_pid = 0
+        finally:
+            self.unlock()
+        self.wake_all()
+
+    # -- waiting
+    def bump(self) -> None:
+        """Record a change waiters care about (lock held); then call ``wake``."""
+        self.header.seq = (self.header.seq + 1) & 0xFFFFFFFF
+
+    def has_waiters(self) -> bool:
+        return bool(self.header.nwaiters != 0)
+
+    def wake(self, n: int) -> None:
+        """After unlocking: wake up to ``n`` waiters (skip it when ``has_waiters``
+        was False under the lock)."""
+        futex_wake(self.seq_address, n)
+
+    def wake_all(self) -> None:
+        futex_wake(self.seq_address, 0x7FFFFFFF)
+
+    def wait(self, timeout: float) -> tuple[bool, bool]:
+        """Sleep for a change (lock held on entry and on return).
+
+        Sleeps at most ``min(timeout, WAIT_SLICE)``. Returns ``(woken, died)``:
+        ``woken`` is False when the slice ended without news (callers then
+        ``reap()`` to look for dead peers); ``died`` is True when relocking found
+        a dead holder (state repaired).
+        """
+        s = self.my_slot()
+        h = self.header
+        s.waiters += 1
+        h.nwaiters += 1
+        seq = h.seq
+        self.unlock()
+        died = False
+        try:
+            woken = futex_wait(self.seq_address, seq, min(timeout, WAIT_SLICE))
+        finally:
+            died = self.lock()
+            s = self.my_slot()
+            s.waiters = max(0, s.waiters - 1)
+            h.nwaiters = max(0, h.nwaiters - 1)
+        return woken, died
+
+    def statistics_fields(self) -> tuple[int, int, list[Slot]]:
+        """(waiters, recoveries, live slots), read under the lock."""
+        self.lock()
+        try:
+            live = self.live_slots()
+            waiters = sum(s.waiters for s in live)
+            # Copies: the caller reads them after the lock is gone.
+            return waiters, self.header.recoveries, [_copy_slot(s) for s in live]
+        finally:
+            self.unlock()
+
+
+def _copy_slot(s: Slot) -> Slot:
+    c = Slot()
+    ctypes.pointer(c)[0] = s
+    return c
+
+
+# Monitors this process took a slot in, to give back at clean exit.
+_attached: weakref.WeakSet[Monitor] = weakref.WeakSet()
+# Monitors that every process holding them must attach to (barriers), so that a
+# forked child is a known party before it does anything.
+_eager: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_hook: _mp_util.Finalize | None = None
+
+
+def _detach_all() -> None:
+    for mon in list(_attached):
+        # The exit path: never let this mask the real exit.
+        with contextlib.suppress(Exception):
+            mon.detach()
+
+
+def _register_exit_hook() -> None:
+    global _hook
+    # Runs in corral children (multiprocessing's _bootstrap calls the exit
+    # function) and at interpreter exit in the main process; not after SIGKILL or
+    # os._exit(), and then the slots are reaped as dead. A Finalize belongs to the
+    # process that made it, and a child's _bootstrap clears the registry, so it is
+    # made again when needed.
+    if _hook is None or getattr(_hook, "_pid", None) != os.getpid() or not _hook.still_active():
+        _hook = _mp_util.Finalize(None, _detach_all, exitpriority=20)
+
+
+class _Anchor:
+    """Something for multiprocessing's after-fork registry to hold weakly."""
+
+
+_ANCHOR = _Anchor()
+
+
+def _on_child_bootstrap(_: object) -> None:
+    # A child's _bootstrap cleared the finalizers registered while its arguments
+    # were unpickled (spawn, forkserver) or inherited (fork): register ours again.
+    if len(_attached):
+        _register_exit_hook()
+
+
+_mp_util.register_after_fork(_ANCHOR, _on_child_bootstrap)
+
+
+def _after_fork_in_child() -> None:
+    for mon in list(_eager):
+        try:
+            if mon.mutex.acquire(timeout=1.0):
+                try:
+                    mon.my_slot()
+                finally:
+                    mon.unlock()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,131 @@
+"""Shared ctypes objects (``Value``, ``Array``, ``RawValue``, ``RawArray``).
+
+    RawValue / RawArray   a ctypes object laid over its own memfd page(s)
+      obj._wrapper        a _Block: keeps the memory alive, closes it when the
+                          object is garbage, and carries it to a child at start
+    Value / Array         the raw object wrapped by multiprocessing's own
+                          Synchronized* classes, with a corral RLock (or the lock
+                          given): get_lock() returns that corral lock
+
+Unlike ``multiprocessing.sharedctypes``, nothing goes through /dev/shm or a
+shared heap arena: each object is one anonymous memfd, freed by the kernel when
+the last process using it is gone, SIGKILL included.
+
+Pickling (only while a child starts, as with the stdlib) goes through the same
+``ForkingPickler`` reducer protocol as the stdlib's (``obj._wrapper`` with
+``create_memoryview()``), so corral's and the stdlib's objects can coexist in one
+program whichever reducer was registered last for a ctypes type.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from multiprocessing import sharedctypes as _mp_sharedctypes
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from ._core._shm import SharedMemory
+from ._synchronize import Lock, RLock
+
+# The stdlib module's helpers are not all in its type stubs.
+_mp_sc: Any = _mp_sharedctypes
+
+__all__ = ["Array", "RawArray", "RawValue", "Value"]
+
+_typecode_to_type: dict[str, Any] = dict(_mp_sc.typecode_to_type)
+
+
+class _Block:
+    """The shared memory under one ctypes object."""
+
+    __slots__ = ("shm",)
+
+    def __init__(self, shm: SharedMemory):
+        self.shm = shm
+
+    def create_memoryview(self) -> memoryview:
+        # The stdlib's reducer protocol (multiprocessing.heap.BufferWrapper).
+        return self.shm.buf
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Block, (self.shm,))
+
+    def __del__(self) -> None:
+        try:
+            self.shm.close()
+        except BufferError:  # the stdlib's rebuild exported the buffer; the fd still goes
+            self.shm._handle.close()
+
+
+def _as_type(typecode_or_type: Any) -> Any:
+    return _typecode_to_type.get(typecode_or_type, typecode_or_type)
+
+
+def _over(type_: Any, block: _Block, length: int | None) -> Any:
+    full = type_ if length is None else type_ * length
+    ForkingPickler.register(full, _reduce_ctype)
+    obj = full.from_address(block.shm.address)
+    obj._wrapper = block
+    return obj
+
+
+def _new(type_: Any, length: int | None) -> Any:
+    full = type_ if length is None else type_ * length
+    shm = SharedMemory(max(ctypes.sizeof(full), 1), what="shared ctypes")
+    return _over(type_, _Block(shm), length)
+
+
+def _reduce_ctype(obj: Any) -> tuple[Any, ...]:
+    wrapper = getattr(obj, "_wrapper", None)
+    if not isinstance(wrapper, _Block):
+        # One of the stdlib's own objects of the same ctypes type.
+        reduced: tuple[Any, ...] = _mp_sc.reduce_ctype(obj)
+        return reduced
+    if isinstance(obj, ctypes.Array):
+        return (_over, (obj._type_, wrapper, obj._length_))
+    return (_over, (type(obj), wrapper, None))
+
+
+def RawValue(typecode_or_type: Any, *args: Any) -> Any:
+    """A ctypes object in shared memory, without a lock."""
+    obj = _new(_as_type(typecode_or_type), None)
+    obj.__init__(*args)
+    return obj
+
+
+def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:
+    """A ctypes array in shared memory, without a lock."""
+    type_ = _as_type(typecode_or_type)
+    if isinstance(size_or_initializer, int):
+        return _new(type_, size_or_initializer)
+    values = list(size_or_initializer)
+    obj = _new(type_, len(values))
+    obj.__init__(*values)
+    return obj
+
+
+def _synchronized(obj: Any, lock: Any) -> Any:
+    if lock is False:
+        return obj
+    if lock is True or lock is None:
+        lock = RLock()
+    if not isinstance(lock, Lock):
+        raise AttributeError(f"{lock!r} has no method 'acquire' of a corral lock")
+    return _mp_sc.synchronized(obj, lock)
+
+
+def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+    """A ctypes object in shared memory, guarded by a corral RLock (``get_lock()``).
+
+    ``lock=False`` returns the raw object; a corral Lock or RLock may be given.
+    """
+    return _synchronized(RawValue(typecode_or_type, *args), lock)
+
+
+def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+    """A ctypes array in shared memory, guarded by a corral RLock (``get_lock()``)."""
+    return _synchronized(RawArray(typecode_or_type, size_or_initializer), lock)
+
+
+for _fn in (RawValue, RawArray, Value, Array):
+    _fn.__module__ = "corral"
