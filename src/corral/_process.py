@@ -315,10 +315,9 @@ CRASH_GRACE = 0.5
 def _on_interpreter_exit() -> None:
     import sys
 
-    if (
-        getattr(sys, "last_value", None) is None
-        or _mp_process.current_process().name != "MainProcess"
-    ):
+    crashed = getattr(sys, "last_value", None) is not None
+    interactive = hasattr(sys, "ps1")  # there, last_value may be an old exception
+    if not crashed or interactive or _mp_process.current_process().name != "MainProcess":
         return
     # The main module died of an exception: don't wait on children it can no
     # longer coordinate. End them, their subtrees with them.
