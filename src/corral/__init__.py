@@ -13,13 +13,10 @@ from __future__ import annotations
 from multiprocessing import (
     AuthenticationError,
     BufferTooShort,
-    JoinableQueue,
     Manager,
     Pipe,
     Pool,
     ProcessError,
-    Queue,
-    SimpleQueue,
     TimeoutError,
     active_children,
     allow_connection_pickling,
@@ -37,16 +34,19 @@ from multiprocessing import (
     set_start_method,
 )
 
-# --- corral's own: Process and contexts, synchronisation, and every exception. ---
+# --- corral's own: Process and contexts, queues, synchronisation, every exception. ---
 from ._context import CorralContext, get_context
 from ._exceptions import (
     CorralError,
+    MessageTooLarge,
     OwnerDiedError,
     OwnerDiedWarning,
     ProcessDied,
     RemoteTraceback,
+    ShutDown,
 )
 from ._process import Process
+from ._queue import JoinableQueue, Queue, QueueStatistics, SimpleQueue
 from ._sharedctypes import Array, RawArray, RawValue, Value
 from ._synchronize import (
     Barrier,
@@ -74,6 +74,7 @@ __all__ = (
     "JoinableQueue",
     "Lock",
     "Manager",
+    "MessageTooLarge",
     "OwnerDiedError",
     "OwnerDiedWarning",
     "Pipe",
@@ -82,11 +83,13 @@ __all__ = (
     "ProcessDied",
     "ProcessError",
     "Queue",
+    "QueueStatistics",
     "RLock",
     "RawArray",
     "RawValue",
     "RemoteTraceback",
     "Semaphore",
+    "ShutDown",
     "SimpleQueue",
     "SyncStatistics",
     "TimeoutError",
