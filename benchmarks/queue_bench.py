@@ -111,8 +111,9 @@ def _close(q: Any, impl: str) -> None:
         q.close()
 
 
-def one_to_one(impl: str, n: int, batch: int, payload: Any, big: bool = False,
-               warmup: int = 1) -> float:
+def one_to_one(
+    impl: str, n: int, batch: int, payload: Any, big: bool = False, warmup: int = 1
+) -> float:
     """Messages per second from one forked producer to this process, timed from the
     ``warmup``-th message (the first ones also pay for first-touch page faults)."""
     q = _make(impl, big)
@@ -148,8 +149,7 @@ def many_to_many(impl: str, n: int, k: int = 4) -> float:
     """Messages per second, ``k`` producers to ``k`` consumers, all forked."""
     q = _make(impl)
     start = _mp.Event()
-    producers = [_mp.Process(target=_mn_producer, args=(q, impl, n // k, start))
-                 for _ in range(k)]
+    producers = [_mp.Process(target=_mn_producer, args=(q, impl, n // k, start)) for _ in range(k)]
     consumers = [_mp.Process(target=_mn_consumer, args=(q, impl, start)) for _ in range(k)]
     for p in producers + consumers:
         p.start()
@@ -197,47 +197,94 @@ def run(quick: bool) -> list[Row]:
     n = 60_000 if quick else 300_000
     n_arrays = 30 if quick else 100
     impls = [i for i in IMPLS if i != "faster-fifo" or faster_fifo is not None]
-    missing = ("" if faster_fifo is not None
-               else "faster-fifo: not installed (pip install faster-fifo)")
+    missing = (
+        "" if faster_fifo is not None else "faster-fifo: not installed (pip install faster-fifo)"
+    )
     rows: list[Row] = []
 
-    def case(name: str, unit: str, fn: Callable[[str], float], impls_here: list[str],
-             note: str = "") -> dict[str, float | None]:
+    def case(
+        name: str, unit: str, fn: Callable[[str], float], impls_here: list[str], note: str = ""
+    ) -> dict[str, float | None]:
         values = {impl: _median(functools.partial(fn, impl), repeats) for impl in impls_here}
         base = values.get("mp.Queue")
         for impl, v in values.items():
-            rows.append(Row(name, impl, v, unit, baseline=base, note=note if impl == "corral"
-                            else ("" if v is not None else "failed")))
+            rows.append(
+                Row(
+                    name,
+                    impl,
+                    v,
+                    unit,
+                    baseline=base,
+                    note=note if impl == "corral" else ("" if v is not None else "failed"),
+                )
+            )
         if missing:
             rows.append(Row(name, "faster-fifo", None, unit, note=missing))
         return values
 
     case("64 B, 1->1, put/get", "msg/s", lambda i: one_to_one(i, n, 1, MSG), impls)
 
-    batched = case("64 B, 1->1, put_many/get_many", "msg/s",
-                   lambda i: one_to_one(i, n, BATCH, MSG), impls,
-                   note=f"batches of {BATCH}; stdlib queues have no batch API")
+    batched = case(
+        "64 B, 1->1, put_many/get_many",
+        "msg/s",
+        lambda i: one_to_one(i, n, BATCH, MSG),
+        impls,
+        note=f"batches of {BATCH}; stdlib queues have no batch API",
+    )
     bound = _median(lambda: pickle_bound(n), repeats)
-    rows.append(Row("64 B, 1->1, put_many/get_many", "pickle bound (dumps|loads)", bound,
-                    "msg/s", note="pipelined bound, measured in this run"))
+    rows.append(
+        Row(
+            "64 B, 1->1, put_many/get_many",
+            "pickle bound (dumps|loads)",
+            bound,
+            "msg/s",
+            note="pipelined bound, measured in this run",
+        )
+    )
     c = batched.get("corral")
     if c is not None and bound:
-        rows.append(Row("64 B, 1->1, put_many/get_many", "corral vs pickle bound", c, "msg/s",
-                        baseline=bound, note="goal >= 0.5x"))
+        rows.append(
+            Row(
+                "64 B, 1->1, put_many/get_many",
+                "corral vs pickle bound",
+                c,
+                "msg/s",
+                baseline=bound,
+                note="goal >= 0.5x",
+            )
+        )
     ff = batched.get("faster-fifo")
     if c is not None and ff:
-        rows.append(Row("64 B, 1->1, put_many/get_many", "corral vs faster-fifo get_many", c,
-                        "msg/s", baseline=ff, note="goal >= 2x"))
+        rows.append(
+            Row(
+                "64 B, 1->1, put_many/get_many",
+                "corral vs faster-fifo get_many",
+                c,
+                "msg/s",
+                baseline=ff,
+                note="goal >= 2x",
+            )
+        )
 
-    case("64 B, 4->4, put/get", "msg/s", lambda i: many_to_many(i, n), impls,
-         note="8 processes on this machine's cores: measures scheduling too")
+    case(
+        "64 B, 4->4, put/get",
+        "msg/s",
+        lambda i: many_to_many(i, n),
+        impls,
+        note="8 processes on this machine's cores: measures scheduling too",
+    )
 
     if HAVE_NUMPY:
         arr = np.ones(ARRAY_BYTES // 8)
-        values = case("16 MiB numpy, 1->1", "GB/s",
-                      lambda i: one_to_one(i, n_arrays, 1, arr, big=True,
-                                           warmup=WARMUP_ARRAYS) * ARRAY_BYTES / 1e9,
-                      impls, note=f"timed after {WARMUP_ARRAYS} arrays (first-touch faults)")
+        values = case(
+            "16 MiB numpy, 1->1",
+            "GB/s",
+            lambda i: (
+                one_to_one(i, n_arrays, 1, arr, big=True, warmup=WARMUP_ARRAYS) * ARRAY_BYTES / 1e9
+            ),
+            impls,
+            note=f"timed after {WARMUP_ARRAYS} arrays (first-touch faults)",
+        )
         del values
     else:
         rows.append(Row("16 MiB numpy, 1->1", "corral", None, "GB/s", note="numpy not installed"))

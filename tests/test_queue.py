@@ -261,8 +261,10 @@ def test_shutdown_wakes_blocked_getters_and_putters() -> None:
     getter.start()
     from .conftest import wait_until
 
-    assert wait_until(lambda: q.statistics().putters_waiting == 1
-                      and q2.statistics().getters_waiting == 1, TIMEOUT)
+    assert wait_until(
+        lambda: q.statistics().putters_waiting == 1 and q2.statistics().getters_waiting == 1,
+        TIMEOUT,
+    )
     t0 = time.monotonic()
     q.shutdown()
     q2.shutdown()
@@ -322,8 +324,14 @@ def test_statistics() -> None:
 
 
 def test_public_names_and_module() -> None:
-    for name in ("Queue", "JoinableQueue", "SimpleQueue", "ShutDown", "MessageTooLarge",
-                 "QueueStatistics"):
+    for name in (
+        "Queue",
+        "JoinableQueue",
+        "SimpleQueue",
+        "ShutDown",
+        "MessageTooLarge",
+        "QueueStatistics",
+    ):
         assert name in corral.__all__
         assert getattr(corral, name).__module__ == "corral"
     assert corral.get_context("spawn").Queue is corral.Queue
@@ -414,7 +422,8 @@ def test_freed_when_garbage_collected() -> None:
     del q
     gc.collect()
     assert not os.path.exists(f"/proc/self/fd/{fd}") or not os.readlink(
-        f"/proc/self/fd/{fd}").startswith("/memfd:corral-queue")
+        f"/proc/self/fd/{fd}"
+    ).startswith("/memfd:corral-queue")
 
 
 # -- across processes, every start method -------------------------------------------------
@@ -434,10 +443,13 @@ def test_child_that_put_can_be_joined_at_once(ctx: corral.CorralContext) -> None
 
 def test_fifo_per_producer(ctx: corral.CorralContext) -> None:
     q = ctx.Queue(50)
-    producers = [ctx.Process(target=targets.put_all, args=(q, [(n, i) for i in range(300)]))
-                 for n in range(2)]
-    producers.append(ctx.Process(target=targets.put_many_all,
-                                 args=(q, [(2, i) for i in range(300)])))
+    producers = [
+        ctx.Process(target=targets.put_all, args=(q, [(n, i) for i in range(300)]))
+        for n in range(2)
+    ]
+    producers.append(
+        ctx.Process(target=targets.put_many_all, args=(q, [(2, i) for i in range(300)]))
+    )
     for p in producers:
         p.start()
     got = [q.get(timeout=TIMEOUT) for _ in range(900)]

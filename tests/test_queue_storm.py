@@ -83,8 +83,7 @@ def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
         def _items(self, sizes: list[int]) -> list[tuple[int, Any]]:
             # Odd sizes travel as numpy arrays: out-of-band buffers, and (with
             # CLAIM_BYTES lowered by the test) copied out under a claim.
-            return [(next(self.ids), np.zeros(s, np.uint8) if s % 2 else bytes(s))
-                    for s in sizes]
+            return [(next(self.ids), np.zeros(s, np.uint8) if s % 2 else bytes(s)) for s in sizes]
 
         @rule(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=4))
         def put(self, sizes: list[int]) -> None:
@@ -118,8 +117,7 @@ def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
             for x in got:
                 self.model.got(x)
 
-        @rule(sizes=st.lists(st.integers(0, 20_000), min_size=1, max_size=5),
-              data=st.data())
+        @rule(sizes=st.lists(st.integers(0, 20_000), min_size=1, max_size=5), data=st.data())
         def kill_producer(self, sizes: list[int], data: st.DataObject) -> None:
             items = self._items(sizes)
             seen = data.draw(st.integers(1, len(items)), label="tokens before the kill")
@@ -180,8 +178,9 @@ def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
     return QueueUnderFire
 
 
-def test_kill_storm(ctx: corral.CorralContext, start_method: str,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_storm(
+    ctx: corral.CorralContext, start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_ring, "CLAIM_BYTES", 0)  # (forked children inherit it)
     fast = start_method == "fork"
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
@@ -202,6 +201,11 @@ def test_kill_storm_soak(ctx: corral.CorralContext, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_ring, "CLAIM_BYTES", 0)
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
         machine_for(ctx),
-        settings=settings(max_examples=200, stateful_step_count=25, deadline=None,
-                          database=None, suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=200,
+            stateful_step_count=25,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
     )

@@ -133,8 +133,9 @@ class Queue:
         if capacity_bytes <= 0:
             raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
         maxsize = max(0, int(maxsize))
-        self._setup(Ring(capacity_bytes + _FRAME_ROOM, maxsize, joinable=self._joinable),
-                    capacity_bytes)
+        self._setup(
+            Ring(capacity_bytes + _FRAME_ROOM, maxsize, joinable=self._joinable), capacity_bytes
+        )
 
     def _setup(self, ring: Ring, capacity_bytes: int) -> None:
         self._ring = ring
@@ -153,8 +154,10 @@ class Queue:
         return (_rebuild, (type(self), self._ring, self._capacity_bytes))
 
     def __repr__(self) -> str:
-        return (f"<corral.{type(self).__name__} maxsize={self._maxsize} "
-                f"capacity_bytes={self._capacity_bytes}>")
+        return (
+            f"<corral.{type(self).__name__} maxsize={self._maxsize} "
+            f"capacity_bytes={self._capacity_bytes}>"
+        )
 
     # -- put ---------------------------------------------------------------------
 
@@ -196,8 +199,9 @@ class Queue:
         """``put(obj, block=False)``."""
         self.put(obj, False)
 
-    def put_many(self, iterable: Iterable[Any], block: bool = True,
-                 timeout: float | None = None) -> None:
+    def put_many(
+        self, iterable: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> None:
         """Put every object of ``iterable``, in order, many per lock hold.
 
         Every object is pickled first, so an unpicklable or too large one raises
@@ -256,8 +260,9 @@ class Queue:
         """``get(block=False)``."""
         return self.get(False)
 
-    def get_many(self, max_items: int, block: bool = True,
-                 timeout: float | None = None) -> list[Any]:
+    def get_many(
+        self, max_items: int, block: bool = True, timeout: float | None = None
+    ) -> list[Any]:
         """Remove and return between 1 and ``max_items`` of the oldest messages.
 
         Waits (up to ``timeout``) only while the queue is empty, then takes what is
@@ -386,9 +391,13 @@ class Queue:
     def statistics(self) -> QueueStatistics:
         s = self._ring.statistics()
         return QueueStatistics(
-            items=s.items, bytes=s.bytes, capacity_bytes=self._capacity_bytes,
-            maxsize=s.maxsize, getters_waiting=s.getters_waiting,
-            putters_waiting=s.putters_waiting, unfinished_tasks=s.unfinished,
+            items=s.items,
+            bytes=s.bytes,
+            capacity_bytes=self._capacity_bytes,
+            maxsize=s.maxsize,
+            getters_waiting=s.getters_waiting,
+            putters_waiting=s.putters_waiting,
+            unfinished_tasks=s.unfinished,
             shutdown=s.shutdown,
         )
 

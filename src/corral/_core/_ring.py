@@ -254,8 +254,14 @@ class Ring:
     that received the ring (as a ``Process`` argument, or by fork).
     """
 
-    def __init__(self, capacity: int, maxsize: int = 0, *, joinable: bool = False,
-                 _shm: SharedMemory | None = None):
+    def __init__(
+        self,
+        capacity: int,
+        maxsize: int = 0,
+        *,
+        joinable: bool = False,
+        _shm: SharedMemory | None = None,
+    ):
         # Whole pages, so that the data area can be handed back page by page.
         capacity = max(PAGE, -(-capacity // PAGE) * PAGE)
         self.capacity = capacity
@@ -441,8 +447,13 @@ class Ring:
 
     # -- put -------------------------------------------------------------------------
 
-    def put(self, head: bytes, bufs: Sequence[memoryview] | None,
-            block: bool = True, timeout: float | None = None) -> None:
+    def put(
+        self,
+        head: bytes,
+        bufs: Sequence[memoryview] | None,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
         """Publish one message: nothing of it is visible before the ``tail`` store.
 
         Raises queue.Full, RingShutDown, or TooLarge (nothing written).
@@ -460,8 +471,12 @@ class Ring:
                 self._repair()
             head_pos, tail, count, _taken, gw, _pw, _jw, shut = _state_from(mm, OFF_HEAD)
             off = tail % cap
-            if (shut or off + size > retain or tail + size - head_pos > cap
-                    or (maxsize and count >= maxsize)):
+            if (
+                shut
+                or off + size > retain
+                or tail + size - head_pos > cap
+                or (maxsize and count >= maxsize)
+            ):
                 tail, off, count, gw = self._room(size, block, timeout)
             base = DATA + off
             if bufs:
@@ -483,8 +498,12 @@ class Ring:
         if gw:
             self._wake(self._put_seq, 1, gw)
 
-    def _room(self, size: int, block: bool, timeout: float | None,
-              ) -> tuple[int, int, int, int]:
+    def _room(
+        self,
+        size: int,
+        block: bool,
+        timeout: float | None,
+    ) -> tuple[int, int, int, int]:
         """With the mutex held: wait until a frame of ``size`` bytes fits (and one
         more message is allowed), write a pad frame if it must start a new lap, and
         return (tail, offset to write at, count, getters waiting)."""
@@ -517,8 +536,12 @@ class Ring:
         would reach past the retained pages and fits before ``head`` in the next lap.
         A backlog then cycles through warm pages instead of faulting in new ones."""
         cap = self.capacity
-        return (off + size > self.retain and off > 0 and head // cap == tail // cap
-                and size <= head % cap)
+        return (
+            off + size > self.retain
+            and off > 0
+            and head // cap == tail // cap
+            and size <= head % cap
+        )
 
     def _jump(self, pos: int) -> int:
         """With the mutex held and the ring empty: move head and tail to the next lap."""
@@ -546,8 +569,9 @@ class Ring:
                         _hook("put:copy")
             pos += _align(length)
 
-    def put_many(self, messages: Sequence[Message], block: bool = True,
-                 timeout: float | None = None) -> int:
+    def put_many(
+        self, messages: Sequence[Message], block: bool = True, timeout: float | None = None
+    ) -> int:
         """Publish messages in order, as many per lock hold (and per publishing
         store) as fit. Returns how many were put; raises queue.Full (some may have
         been put: see ``put_count``), RingShutDown, or TooLarge (nothing put).
@@ -555,8 +579,11 @@ class Ring:
         cap = self.capacity
         sizes = []
         for head, bufs in messages:
-            size = (frame_size(len(head), [b.nbytes for b in bufs]) if bufs
-                    else (FRAME_HEADER + 15 + len(head)) & -ALIGN)
+            size = (
+                frame_size(len(head), [b.nbytes for b in bufs])
+                if bufs
+                else (FRAME_HEADER + 15 + len(head)) & -ALIGN
+            )
             if size > cap:
                 raise TooLarge(size, cap)
             sizes.append(size)
@@ -568,14 +595,12 @@ class Ring:
         retain = self.retain
         frame_pack = _FRAME.pack_into
         while done < total:
-            if not self._lock(None if deadline is None
-                              else max(0.0, deadline - time.monotonic())):
+            if not self._lock(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 raise _full(done)
             start = done
             gw = 0
             try:
-                head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(
-                    mm, OFF_HEAD)
+                head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(mm, OFF_HEAD)
                 while done < total:
                     if shut:
                         raise RingShutDown
@@ -585,17 +610,18 @@ class Ring:
                         tail = self._jump(tail)
                         head_pos, off = tail, 0
                     pad = off + size > cap or (
-                        off + size > retain and self._wrap_early(head_pos, tail, off, size))
+                        off + size > retain and self._wrap_early(head_pos, tail, off, size)
+                    )
                     end = tail + cap - off + size if pad else tail + size
                     if end - head_pos > cap or (maxsize and count >= maxsize):
                         if done > start:
                             break  # publish what we have, then wait
-                        if not block or (
-                                deadline is not None and time.monotonic() >= deadline):
+                        if not block or (deadline is not None and time.monotonic() >= deadline):
                             raise _full(done)
                         self._sleep(_PUTTER, I_GET_SEQ, deadline)
-                        head_pos, tail, count, _taken, gw, _pw, _jw, shut = (
-                            _STATE.unpack_from(mm, OFF_HEAD))
+                        head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(
+                            mm, OFF_HEAD
+                        )
                         continue
                     if pad:
                         frame_pack(mm, DATA + off, cap - off, 0, PAD)
@@ -625,15 +651,15 @@ class Ring:
                 self._wake(self._put_seq, done - start, gw)
         return done
 
-    def put_many_flat(self, messages: list[bytes], block: bool = True,
-                      timeout: float | None = None) -> int:
+    def put_many_flat(
+        self, messages: list[bytes], block: bool = True, timeout: float | None = None
+    ) -> int:
         """``put_many`` of messages without out-of-band buffers."""
         if self._put_blob(messages, block, timeout):
             return len(messages)
         return self.put_many([(m, None) for m in messages], block, timeout)
 
-    def _put_blob(self, messages: list[bytes], block: bool,
-                  timeout: float | None) -> bool:
+    def _put_blob(self, messages: list[bytes], block: bool, timeout: float | None) -> bool:
         """The common case of ``put_many``: small messages without buffers. Frames
         them into one blob *outside* the mutex, then, if it fits where the ring is
         now, publishes it with one copy and one ``tail`` store. False: nothing was
@@ -647,8 +673,7 @@ class Ring:
             frame = framing.get(n)
             if frame is None:
                 size = (FRAME_HEADER + 15 + n) & -ALIGN
-                frame = framing[n] = (_FRAME.pack(size, n, 0),
-                                      _ZPAD[size - FRAME_HEADER - n], size)
+                frame = framing[n] = (_FRAME.pack(size, n, 0), _ZPAD[size - FRAME_HEADER - n], size)
             extend((frame[0], head, frame[1]))
             total += frame[2]
             if total > BLOB_MAX:
@@ -668,9 +693,13 @@ class Ring:
             head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(mm, OFF_HEAD)
             off = tail % cap
             k = len(messages)
-            if (shut or off + total > self.retain or tail + total - head_pos > cap
-                    or (head_pos == tail and off)
-                    or (self.maxsize and count + k > self.maxsize)):
+            if (
+                shut
+                or off + total > self.retain
+                or tail + total - head_pos > cap
+                or (head_pos == tail and off)
+                or (self.maxsize and count + k > self.maxsize)
+            ):
                 gw = 0
                 return False
             mm[DATA + off : DATA + off + total] = blob
@@ -706,8 +735,7 @@ class Ring:
         try:
             if m.owner_died:
                 self._repair()
-            head, tail, count, taken, _gw, pw, _jw, _shut, claim = _get_state_from(
-                mm, OFF_HEAD)
+            head, tail, count, taken, _gw, pw, _jw, _shut, claim = _get_state_from(mm, OFF_HEAD)
             if not count or claim:
                 head, tail, count, taken, pw = self._items(block, timeout)
             start = head
@@ -752,8 +780,7 @@ class Ring:
             self._wake(self._get_seq, WAKE_ALL, pw)
         return out
 
-    def _consume(self, start: int, end: int, tail: int, count: int, taken: int,
-                 pw: int) -> None:
+    def _consume(self, start: int, end: int, tail: int, count: int, taken: int, pw: int) -> None:
         """With the mutex held: the message in ``[start, end)`` was got."""
         cap = self.capacity
         q = self._q
@@ -770,8 +797,7 @@ class Ring:
         if (end - 1) % cap >= self.retain:
             self._give_back(start, end, tail)
 
-    def _get_claimed(self, start: int, end: int, base: int, plen: int,
-                     nbufs: int) -> Received:
+    def _get_claimed(self, start: int, end: int, base: int, plen: int, nbufs: int) -> Received:
         """Copy out the message claimed at ``start`` without the mutex, then consume it."""
         try:
             out = self._read_bufs(base, plen, nbufs)
@@ -790,7 +816,8 @@ class Ring:
         self._lock()
         try:
             head, tail, count, taken, gw, pw, _jw, _shut, claim = _GET_STATE.unpack_from(
-                self._mm, OFF_HEAD)
+                self._mm, OFF_HEAD
+            )
             if claim == _pid:
                 if head == start and count:  # (not dropped by shutdown(immediate))
                     self._consume(start, end, tail, count, taken, pw)
@@ -850,15 +877,17 @@ class Ring:
             pos += _align(length)
         return head, out
 
-    def get_many(self, max_items: int, block: bool = True,
-                 timeout: float | None = None) -> list[Received]:
+    def get_many(
+        self, max_items: int, block: bool = True, timeout: float | None = None
+    ) -> list[Received]:
         """Take between 1 and ``max_items`` messages in one lock hold (and one
         consuming store)."""
         got = self.get_many_raw(max_items, block, timeout)
         return _parse(got) if isinstance(got, bytes) else got
 
-    def get_many_raw(self, max_items: int, block: bool = True,
-                     timeout: float | None = None) -> bytes | list[Received]:
+    def get_many_raw(
+        self, max_items: int, block: bool = True, timeout: float | None = None
+    ) -> bytes | list[Received]:
         """``get_many``, but a small batch comes back as the blob of its frames,
         to be read with ``decode_blob`` (or ``_parse``) by the caller."""
         if max_items < 1:
@@ -875,7 +904,8 @@ class Ring:
             mm = self._mm
             cap = self.capacity
             head, tail, count, taken, _gw, pw, _jw, _shut, claim = _GET_STATE.unpack_from(
-                mm, OFF_HEAD)
+                mm, OFF_HEAD
+            )
             if not count or claim:
                 head, tail, count, taken, pw = self._items(block, timeout)
             n = min(count, max_items)
@@ -992,9 +1022,15 @@ class Ring:
     def statistics(self) -> RingStatistics:
         head, tail, count, taken, gw, pw, jw, shut = self._read_state()
         return RingStatistics(
-            items=count, bytes=tail - head, capacity=self.capacity, maxsize=self.maxsize,
-            getters_waiting=gw, putters_waiting=pw, joiners_waiting=jw,
-            unfinished=count + taken if self.joinable else 0, shutdown=bool(shut),
+            items=count,
+            bytes=tail - head,
+            capacity=self.capacity,
+            maxsize=self.maxsize,
+            getters_waiting=gw,
+            putters_waiting=pw,
+            joiners_waiting=jw,
+            unfinished=count + taken if self.joinable else 0,
+            shutdown=bool(shut),
         )
 
     def shutdown(self, immediate: bool = False) -> None:

@@ -71,8 +71,10 @@ def _stdlib_side(conn: Connection) -> None:
         conn.send(f"Empty after {time.monotonic() - t0:.2f} s")
 
 
-@scenario("queue-kill", "a producer SIGKILLed mid-put: corral's queue carries on, "
-          "multiprocessing.Queue is stuck")
+@scenario(
+    "queue-kill",
+    "a producer SIGKILLed mid-put: corral's queue carries on, multiprocessing.Queue is stuck",
+)
 def run(ns: argparse.Namespace, report: Report) -> None:
     Process = process_class_for("fork")
     q = _queue.Queue(capacity_bytes=2 * BIG)
@@ -84,11 +86,15 @@ def run(ns: argparse.Namespace, report: Report) -> None:
     p.kill()
     p.join(30)
     r.close()
-    report.check("corral: producer killed while copying a 64 MiB message",
-                 bool(reached) and p.exitcode == -signal.SIGKILL, f"exit code {p.exitcode}")
+    report.check(
+        "corral: producer killed while copying a 64 MiB message",
+        bool(reached) and p.exitcode == -signal.SIGKILL,
+        f"exit code {p.exitcode}",
+    )
     got = [q.get(timeout=5), q.get(timeout=5)]
-    report.check("corral: the messages put before arrive whole", got == ["first", "second"],
-                 repr(got))
+    report.check(
+        "corral: the messages put before arrive whole", got == ["first", "second"], repr(got)
+    )
     t0 = time.monotonic()
     try:
         q.get(timeout=1)
@@ -96,16 +102,21 @@ def run(ns: argparse.Namespace, report: Report) -> None:
     except queue.Empty:
         outcome = "Empty"
     elapsed = time.monotonic() - t0
-    report.check("corral: get(timeout=1) honours its timeout, nothing half-written shows",
-                 outcome == "Empty" and elapsed < 2, f"{outcome} after {elapsed:.2f} s")
+    report.check(
+        "corral: get(timeout=1) honours its timeout, nothing half-written shows",
+        outcome == "Empty" and elapsed < 2,
+        f"{outcome} after {elapsed:.2f} s",
+    )
     late = Process(target=_corral_late_producer, args=(q,))
     late.start()
     late.join(30)
     item = q.get(timeout=5)
     q.put(bytearray(BIG))
     big_ok = len(q.get(timeout=5)) == BIG
-    report.check("corral: the queue keeps working for everyone else",
-                 item == "from another producer" and big_ok and q.empty())
+    report.check(
+        "corral: the queue keeps working for everyone else",
+        item == "from another producer" and big_ok and q.empty(),
+    )
 
     r, w = multiprocessing.Pipe(duplex=False)
     side = Process(target=_stdlib_side, args=(w,))
@@ -113,10 +124,15 @@ def run(ns: argparse.Namespace, report: Report) -> None:
     w.close()
     verdict = "no answer"
     if r.poll(30) and r.recv() == "killed":
-        verdict = r.recv() if r.poll(STDLIB_PATIENCE) else (
-            f"stuck: get(timeout=1) still blocked after {STDLIB_PATIENCE:.0f} s")
+        verdict = (
+            r.recv()
+            if r.poll(STDLIB_PATIENCE)
+            else (f"stuck: get(timeout=1) still blocked after {STDLIB_PATIENCE:.0f} s")
+        )
     side.kill()
     side.join(30)
     r.close()
-    report.note(f"multiprocessing.Queue after the same kill: {verdict} (run in a child "
-                "under a timeout, then killed)")
+    report.note(
+        f"multiprocessing.Queue after the same kill: {verdict} (run in a child "
+        "under a timeout, then killed)"
+    )
