@@ -129,7 +129,7 @@ class CorralPopen:
         if members and _linux.is_child_subreaper():
             # We are a subreaper, so the members come back to us as their parents
             # die: reap them once they are all dead, or they would stay zombies.
-            _reap_when_all_dead(members)
+            _reap_when_all_dead(members, (self.pid, os.dup(self._pidfd)))
         else:
             _tree.close_members(members)
 
@@ -145,14 +145,17 @@ class CorralPopen:
         self._pidfd = -1
 
 
-def _reap_when_all_dead(members: list[_tree.Member]) -> None:
-    """Have the reaper collect ``members`` once every one of them has exited.
+def _reap_when_all_dead(members: list[_tree.Member], root: _tree.Member) -> None:
+    """Have the reaper collect ``members`` once every one of them, and the subtree's
+    root, has exited.
 
-    Only once all are dead is every re-parenting to us done; then each is reaped by
+    Only once all are dead is every re-parenting to us done (a member whose parent is
+    the root comes back to us only when the root dies); then each member is reaped by
     its pidfd, and one that is not our child (its parent outside the subtree) is left
-    to its parent.
+    to its parent. The root is the launcher's to reap; its pidfd here is a duplicate.
     """
-    remaining = {fd for _, fd in members}
+    watched = [*members, root]
+    remaining = {fd for _, fd in watched}
     lock = threading.Lock()
 
     def on_exit(fd: int) -> bool:
@@ -163,10 +166,10 @@ def _reap_when_all_dead(members: list[_tree.Member]) -> None:
         for _, member_fd in members:
             with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PIDFD, member_fd, os.WEXITED | os.WNOHANG)
-        _tree.close_members(members)
+        _tree.close_members(watched)
         return True
 
-    for _, fd in members:
+    for _, fd in watched:
         _reaper.watch(fd, lambda fd=fd: on_exit(fd))  # type: ignore[misc]
 
 
