@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral._core._fdpass import FdHandle, SharingError
+from corral._core._fdpass import FdHandle
 
 from . import helpers
 
@@ -217,7 +217,7 @@ def test_fd_handle_refuses_pickling_outside_start() -> None:
     os.close(w)
     handle = FdHandle(r, "queue")
     try:
-        with pytest.raises(SharingError, match="only be passed to a child process"):
+        with pytest.raises(corral.SharingError, match="only be passed to a child process"):
             pickle.dumps(handle)
     finally:
         handle.close()
@@ -240,7 +240,13 @@ def test_every_multiprocessing_name_is_there() -> None:
 
 
 def test_public_objects_report_public_module() -> None:
-    for name in ("Process", "CorralError", "ProcessDied", "CorralContext", "RemoteTraceback"):
+    own = [
+        n
+        for n in corral.__all__
+        if getattr(getattr(corral, n), "__module__", "").startswith("corral")
+    ]
+    assert {"Process", "Queue", "Lock", "Pool", "CorralError"} <= set(own)
+    for name in own:
         assert getattr(corral, name).__module__ == "corral", name
 
 
@@ -257,3 +263,15 @@ def test_get_context() -> None:
     assert corral.get_context().get_start_method() == multiprocessing.get_start_method()
     with pytest.raises(ValueError, match="cannot find context"):
         corral.get_context("teleport")
+
+
+def _process_class_name() -> str:
+    return type(corral.current_process()).__name__
+
+
+def test_context_binds_pools_to_its_start_method(ctx: corral.CorralContext) -> None:
+    expected = type(ctx.Process()).__name__  # ForkProcess, SpawnProcess, ...
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_process_class_name) == expected
+    with ctx.ProcessPoolExecutor(1) as executor:
+        assert executor.submit(_process_class_name).result(timeout=TIMEOUT) == expected

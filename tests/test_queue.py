@@ -24,7 +24,6 @@ import pytest
 
 import corral
 from corral._core import _ring
-from corral._core._fdpass import SharingError
 
 from . import queue_targets as targets
 
@@ -340,9 +339,9 @@ def test_public_names_and_module() -> None:
 def test_queue_cannot_be_sent_later() -> None:
     q = corral.Queue()
     other = corral.Queue()
-    with pytest.raises(SharingError, match=r"Process\(args=...\)"):
+    with pytest.raises(corral.SharingError, match=r"Process\(args=...\)"):
         other.put(q)
-    with pytest.raises(SharingError):
+    with pytest.raises(corral.SharingError):
         pickle.dumps(q)
     assert other.empty()
 

@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import corral
-from corral._core._fdpass import SharingError
 from tests.conftest import wait_until
 
 # Generous bound on "recovers within 100 ms" for loaded test machines; the
@@ -298,7 +297,7 @@ def test_thread_exit_while_holding_is_owner_death() -> None:
 
 def test_refuses_pickling_outside_start() -> None:
     for obj in (corral.Lock(), corral.Semaphore(), corral.Event(), corral.Barrier(2)):
-        with pytest.raises(SharingError):
+        with pytest.raises(corral.SharingError):
             pickle.dumps(obj)
 
 

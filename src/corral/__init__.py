@@ -15,7 +15,6 @@ from multiprocessing import (
     BufferTooShort,
     Manager,
     Pipe,
-    Pool,
     ProcessError,
     TimeoutError,
     active_children,
@@ -34,7 +33,7 @@ from multiprocessing import (
     set_start_method,
 )
 
-# --- corral's own: Process and contexts, queues, synchronisation, every exception. ---
+# --- corral's own objects, and every exception corral raises. ---
 from ._context import CorralContext, get_context
 from ._exceptions import (
     CorralError,
@@ -43,8 +42,15 @@ from ._exceptions import (
     OwnerDiedWarning,
     ProcessDied,
     RemoteTraceback,
+    SharingError,
     ShutDown,
+    StageError,
+    TaskTimeout,
+    WorkerCrashed,
 )
+from ._executor import ProcessPoolExecutor, map
+from ._pipeline import Pipeline
+from ._pool import AsyncResult, Pool, PoolStatistics
 from ._process import Process
 from ._queue import JoinableQueue, Queue, QueueStatistics, SimpleQueue
 from ._sharedctypes import Array, RawArray, RawValue, Value
@@ -63,6 +69,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "Array",
+    "AsyncResult",
     "AuthenticationError",
     "Barrier",
     "BoundedSemaphore",
@@ -78,10 +85,13 @@ __all__ = (
     "OwnerDiedError",
     "OwnerDiedWarning",
     "Pipe",
+    "Pipeline",
     "Pool",
+    "PoolStatistics",
     "Process",
     "ProcessDied",
     "ProcessError",
+    "ProcessPoolExecutor",
     "Queue",
     "QueueStatistics",
     "RLock",
@@ -89,11 +99,15 @@ __all__ = (
     "RawValue",
     "RemoteTraceback",
     "Semaphore",
+    "SharingError",
     "ShutDown",
     "SimpleQueue",
+    "StageError",
     "SyncStatistics",
+    "TaskTimeout",
     "TimeoutError",
     "Value",
+    "WorkerCrashed",
     "active_children",
     "allow_connection_pickling",
     "cpu_count",
@@ -104,6 +118,7 @@ __all__ = (
     "get_logger",
     "get_start_method",
     "log_to_stderr",
+    "map",
     "parent_process",
     "reducer",
     "set_executable",

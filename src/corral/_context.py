@@ -32,6 +32,31 @@ class CorralContext:
     def get_context(self, method: str | None = None) -> CorralContext:
         return self if method is None else get_context(method)
 
+    # Objects that start processes are bound to this context, as the stdlib's are.
+    def Pool(self, *args: Any, **kwargs: Any) -> Any:
+        import corral
+
+        kwargs.setdefault("context", self)
+        return corral.Pool(*args, **kwargs)
+
+    def ProcessPoolExecutor(self, *args: Any, **kwargs: Any) -> Any:
+        import corral
+
+        kwargs.setdefault("mp_context", self)
+        return corral.ProcessPoolExecutor(*args, **kwargs)
+
+    def Pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        import corral
+
+        kwargs.setdefault("context", self)
+        return corral.Pipeline(*args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        import corral
+
+        kwargs.setdefault("context", self)
+        return corral.map(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         import corral
 
@@ -61,3 +86,6 @@ def get_context(method: str | None = None) -> CorralContext:
         return _contexts[method]
     except KeyError:
         return _contexts.setdefault(method, CorralContext(method))
+
+
+get_context.__module__ = "corral"

@@ -4,11 +4,14 @@ The tree::
 
     CorralError                      root of everything corral raises
     ├── ProcessDied                  a child ended without producing a result
+    │   └── WorkerCrashed            a pool task's worker died, retries exhausted
+    │                                (also concurrent.futures.process.BrokenProcessPool)
+    ├── SharingError                 a corral object pickled outside a child's start
+    │                                (also RuntimeError)
     ├── ShutDown                     get/put on a queue that was shut down (also queue.ShutDown)
     ├── MessageTooLarge              put of an object the queue can never hold (also ValueError)
     ├── OwnerDiedError               a lock's previous owner died holding it (also RuntimeError)
-    ├── WorkerCrashed                a pool task's worker died, retries exhausted (also ProcessDied,
-    │                                concurrent.futures.process.BrokenProcessPool)
+    ├── StageError                   an item failed in a Pipeline stage (the cause attached)
     └── TaskTimeout                  a pool task ran past task_timeout (also TimeoutError)
 
     OwnerDiedWarning                 the same news as a warning (a RuntimeWarning, not an error)
@@ -31,7 +34,9 @@ __all__ = [
     "OwnerDiedWarning",
     "ProcessDied",
     "RemoteTraceback",
+    "SharingError",
     "ShutDown",
+    "StageError",
     "TaskTimeout",
     "WorkerCrashed",
 ]
@@ -89,6 +94,18 @@ class ProcessDied(CorralError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.exitcode, self.pid, self.name))
+
+
+class SharingError(CorralError, RuntimeError):
+    """A corral object that holds shared memory or a file descriptor was pickled
+    outside a child's start.
+
+    Raised when a Queue, Lock, Value or the like is sent through a queue or pipe, or
+    pickled by hand: such objects reach a child only as an argument when the child
+    starts (``Process(args=...)``), as with the stdlib's own locks and queues.
+    """
+
+    __module__ = "corral"
 
 
 class RemoteTraceback(Exception):
@@ -263,3 +280,30 @@ class TaskTimeout(CorralError, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.timeout, self.task))
+
+
+class StageError(CorralError):
+    """An item failed in a pipeline stage.
+
+    Raised by iterating a :class:`corral.Pipeline` when a stage with
+    ``on_error="stop"`` fails on an item; collected in ``Pipeline.errors`` (and not
+    raised) for a stage with ``on_error="skip"``. The original exception (with the
+    worker's traceback) is ``__cause__``.
+
+    Attributes:
+        stage: the stage's name.
+        item: the item that failed (its input to that stage), or ``None`` if it could
+            not be carried back.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, stage: str, item: Any, error: str, exception: BaseException | None = None):
+        self.stage = stage
+        self.item = item
+        self.error = error
+        self.exception = exception  # carried across processes; becomes __cause__
+        super().__init__(f"stage {stage!r} failed on item {item!r:.200}: {error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.stage, self.item, self.error, self.exception))

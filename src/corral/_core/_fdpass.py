@@ -18,11 +18,9 @@ from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _mp_reduction
 from typing import Any, Protocol
 
+from .._exceptions import SharingError
+
 __all__ = ["FdHandle", "SharingError"]
-
-
-class SharingError(RuntimeError):
-    """An object holding a file descriptor was pickled outside a child's start."""
 
 
 class _DupFd(Protocol):

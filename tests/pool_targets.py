@@ -1,0 +1,242 @@
+"""Tasks for the pool tests: module-level, so that spawn and forkserver can pickle them.
+
+Tasks that must be killed mid-run announce themselves on a channel queue that each
+worker receives at start (``Pool(initializer=set_channel, initargs=(queue,))``):
+``(pid, item)`` once they are running, so the test knows whom to kill and when.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import corral
+
+FOREVER = 300.0
+
+_channel: corral.Queue | None = None
+
+
+def set_channel(q: corral.Queue) -> None:
+    global _channel
+    _channel = q
+
+
+def _announce(*extra: Any) -> None:
+    assert _channel is not None, "the pool was not started with initializer=set_channel"
+    _channel.put((os.getpid(), *extra), timeout=30)
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def kwargs_echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x * 2
+
+
+def fail_if_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd item {x}")
+    return x * 2
+
+
+def block_once(x: int, bad: int, marker: str) -> int:
+    """Announce and block on item ``bad`` the first time (``marker`` records it)."""
+    if x == bad:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return x * 2  # the retry: run normally
+        os.close(fd)
+        _announce(x)
+        time.sleep(FOREVER)
+    return x * 2
+
+
+def block_on(x: int, bad: int) -> int:
+    """Announce and block on item ``bad``, every time."""
+    if x == bad:
+        _announce(x)
+        time.sleep(FOREVER)
+    return x * 2
+
+
+def block_with_grandchild(x: int, bad: int) -> int:
+    """On item ``bad``: start a grandchild, announce (own pid, item, its pid), block."""
+    if x == bad:
+        child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({FOREVER})"])
+        _announce(x, child.pid)
+        time.sleep(FOREVER)
+    return x * 2
+
+
+def die_on(x: int, bad: int, how: str) -> int:
+    """Kill this worker on item ``bad``: 'exit', 'sigkill' or 'segfault'."""
+    if x == bad:
+        if how == "exit":
+            os._exit(3)
+        elif how == "sigkill":
+            os.kill(os.getpid(), 9)
+        elif how == "segfault":
+            ctypes.string_at(0)
+    return x * 2
+
+
+def die_on_item(item: tuple[int, int, str]) -> int:
+    return die_on(*item)
+
+
+def die_once(x: int, bad: int, marker: str) -> int:
+    """os._exit on item ``bad`` the first time only."""
+    if x == bad:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return x * 2
+        os.close(fd)
+        os._exit(4)
+    return x * 2
+
+
+def die_on_item_once(item: tuple[int, int, str]) -> int:
+    return die_once(*item)
+
+
+def return_lock(x: int) -> Any:
+    return threading.Lock() if x == 1 else x
+
+
+class UnpicklableError(Exception):
+    def __init__(self, a: int, b: int):  # args don't round-trip through pickle
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable(x: int) -> int:
+    if x == 1:
+        raise UnpicklableError(1, 2)
+    return x
+
+
+class BadUnpickle:
+    """Pickles fine, fails to unpickle: exercises a worker-side loading error."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
+
+
+def _refuse() -> Any:
+    raise RuntimeError("refusing to be unpickled")
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def nested_pool(method: str, n: int) -> list[int]:
+    with corral.Pool(2, context=method) as pool:
+        return pool.map(double, range(n))
+
+
+def worker_pid(x: int) -> int:
+    return os.getpid()
+
+
+def rss_hog(x: int) -> int:
+    """Allocate (and keep) 40 MiB, so max_memory_per_child recycles this worker."""
+    global _hog
+    _hog = bytearray(40 * 1024 * 1024)
+    for i in range(0, len(_hog), 4096):
+        _hog[i] = 1
+    return os.getpid()
+
+
+_hog: bytearray | None = None
+
+
+def init_fail() -> None:
+    raise RuntimeError("initializer refuses")
+
+
+_initialized: int | None = None
+
+
+def init_set(value: int) -> None:
+    global _initialized
+    _initialized = value
+
+
+def get_initialized(x: int) -> int | None:
+    return _initialized
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def block_with_grandchild_always(x: int) -> int:
+    return block_with_grandchild(x, x)
+
+
+def _sigint_parent(method: str, what: str) -> None:
+    """``python -m tests.pool_targets sigint METHOD``: a parent for the Ctrl-C test.
+
+    Runs ``pool.map`` over tasks that each start a grandchild and block; prints
+    ``READY`` with every worker and grandchild pid once both workers are busy, then
+    waits in ``map`` for the test's SIGINT.
+    """
+    q = corral.Queue()
+    pool = corral.Pool(2, set_channel, (q,), context=method)
+
+    def report() -> None:
+        pids = []
+        for _ in range(2):
+            pid, _item, grandchild = q.get(timeout=60)
+            pids += [pid, grandchild]
+        print("READY", *pids, flush=True)
+
+    threading.Thread(target=report, daemon=True).start()
+    if what == "map":
+        pool.map(block_with_grandchild_always, range(10))
+    else:
+        pool.terminate()
+        pipeline = (
+            corral.Pipeline(range(10), context=method)
+            .stage(double, workers=1)
+            .stage(block_with_grandchild_always, workers=2, initializer=set_channel, initargs=(q,))
+        )
+        for _ in pipeline:
+            pass
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "sigint":
+        _sigint_parent(sys.argv[2], sys.argv[3])
+
+
+def batch_double(items: list[int]) -> list[int]:
+    return [x * 2 for x in items]
+
+
+def block_once_item(item: tuple[int, int, str]) -> int:
+    return block_once(*item)
+
+
+def add_one(x: Any) -> Any:
+    return x + 1

@@ -1,0 +1,441 @@
+"""corral.Pool: the stdlib API, under every start method, plus its fault guarantees."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import corral
+from tests import pool_targets as t
+
+TIMEOUT = 30.0
+
+
+def make_pool(ctx: corral.CorralContext, n: int = 2, **kw: Any) -> corral.Pool:
+    return corral.Pool(n, context=ctx, **kw)
+
+
+def channel_pool(
+    ctx: corral.CorralContext, n: int = 2, **kw: Any
+) -> tuple[corral.Pool, corral.Queue]:
+    q = corral.Queue()
+    return corral.Pool(n, t.set_channel, (q,), context=ctx, **kw), q
+
+
+def collect(it: Iterator[Any]) -> list[Any]:
+    """Every item of a pool iterator: a value, or the exception raised at that position."""
+    out: list[Any] = []
+    while True:
+        try:
+            out.append(it.next(TIMEOUT))  # type: ignore[attr-defined]
+        except StopIteration:
+            return out
+        except Exception as exc:
+            out.append(exc)
+
+
+def pidfd_dead(fd: int, timeout: float) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+# --- The stdlib API ---------------------------------------------------------------------
+
+
+def test_map_apply_starmap(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx) as pool:
+        assert pool.map(t.double, range(100)) == [x * 2 for x in range(100)]
+        assert pool.map(t.double, []) == []
+        assert pool.map(t.double, range(10), chunksize=3) == [x * 2 for x in range(10)]
+        assert pool.apply(t.add, (1, 2)) == 3
+        assert pool.apply(t.kwargs_echo, (1,), {"k": 2}) == ((1,), {"k": 2})
+        assert pool.starmap(t.add, [(1, 2), (3, 4)]) == [3, 7]
+        assert pool.starmap_async(t.add, [(1, 1)]).get(TIMEOUT) == [2]
+        assert list(pool.imap(t.double, range(50))) == [x * 2 for x in range(50)]
+        assert sorted(pool.imap_unordered(t.double, range(50))) == [x * 2 for x in range(50)]
+        assert list(pool.imap(t.double, range(7), chunksize=2)) == [x * 2 for x in range(7)]
+
+
+def test_async_result_semantics(ctx: corral.CorralContext) -> None:
+    got: list[Any] = []
+    errors: list[BaseException] = []
+    pool, q = channel_pool(ctx, 1)
+    with pool:
+        blocked = pool.apply_async(t.block_on, (1, 1))
+        assert q.get(timeout=TIMEOUT)[1] == 1
+        assert not blocked.ready()
+        with pytest.raises(ValueError, match="not ready"):
+            blocked.successful()
+        with pytest.raises(multiprocessing.TimeoutError):
+            blocked.get(0.01)
+        pool.terminate()
+    with make_pool(ctx, 1) as pool:
+        ok = pool.map_async(t.double, [1, 2], callback=got.append)
+        bad = pool.apply_async(t.fail_on, (1, 1), error_callback=errors.append)
+        assert ok.get(TIMEOUT) == [2, 4]
+        bad.wait(TIMEOUT)
+        assert bad.ready()
+        assert not bad.successful()
+        with pytest.raises(ValueError, match="bad item 1"):
+            bad.get(0)
+        assert ok.successful()
+    assert got == [[2, 4]]
+    assert isinstance(errors[0], ValueError)
+
+
+def test_map_raises_first_error(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx) as pool, pytest.raises(ValueError, match="odd item"):
+        pool.map(t.fail_if_odd, range(10))
+
+
+def test_submit_returns_a_future(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx) as pool:
+        fut = pool.submit(t.kwargs_echo, 1, 2, a=3)
+        assert isinstance(fut, Future)
+        assert fut.result(TIMEOUT) == ((1, 2), {"a": 3})
+        bad = pool.submit(t.fail_on, 2, 2)
+        assert isinstance(bad.exception(TIMEOUT), ValueError)
+
+
+def test_close_join_and_state_errors(ctx: corral.CorralContext) -> None:
+    pool = make_pool(ctx)
+    res = pool.map_async(t.double, range(20))
+    with pytest.raises(ValueError, match="still running"):
+        pool.join()
+    pool.close()
+    with pytest.raises(ValueError, match="not running"):
+        pool.apply_async(t.double, (1,))
+    pool.join(TIMEOUT)
+    assert res.get(0) == [x * 2 for x in range(20)]  # close() lets submitted work finish
+    with pytest.raises(NotImplementedError):
+        pickle.dumps(pool)
+
+
+def test_initializer_runs_in_every_worker(ctx: corral.CorralContext) -> None:
+    with corral.Pool(2, t.init_set, (42,), context=ctx) as pool:
+        assert set(pool.map(t.get_initialized, range(10))) == {42}
+
+
+def test_failing_initializer_breaks_the_pool_clearly(ctx: corral.CorralContext) -> None:
+    # Raised by the submission if the worker already failed, else by the result.
+    with (
+        corral.Pool(1, t.init_fail, context=ctx) as pool,
+        pytest.raises(corral.CorralError, match="initializer refuses"),
+    ):
+        pool.map_async(t.double, range(3)).get(TIMEOUT)
+
+
+# --- Errors keep their story --------------------------------------------------------------
+
+
+def test_task_exception_has_remote_traceback(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx) as pool:
+        with pytest.raises(ValueError, match="bad item 3") as info:
+            pool.apply(t.fail_on, (3, 3))
+        cause = info.value.__cause__
+        assert isinstance(cause, corral.RemoteTraceback)
+        assert "fail_on" in str(cause)
+
+
+def test_unpicklable_argument_result_exception_fail_alone(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx) as pool:
+        # argument: the whole chunk can't be pickled; only the culprit fails
+        items: list[Any] = [0, 1, t.BadUnpickle(), 3]
+        out = collect(pool.imap(t.identity, items))
+        assert out[0] == 0 and out[1] == 1 and out[3] == 3  # noqa: PT018
+        assert isinstance(out[2], corral.CorralError)
+        import threading
+
+        out = collect(pool.imap(t.identity, [0, threading.Lock(), 2]))
+        assert out[0] == 0 and out[2] == 2  # noqa: PT018
+        assert isinstance(out[1], TypeError)
+        # result
+        out = collect(pool.imap(t.return_lock, range(3)))
+        assert out[0] == 0 and out[2] == 2  # noqa: PT018
+        assert isinstance(out[1], corral.CorralError)
+        assert "could not be pickled" in str(out[1])
+        # exception that does not unpickle
+        out = collect(pool.imap(t.raise_unpicklable, range(3)))
+        assert out[0] == 0 and out[2] == 2  # noqa: PT018
+        assert isinstance(out[1], corral.CorralError)
+        assert "UnpicklableError" in str(out[1])
+        assert isinstance(out[1].__cause__, corral.RemoteTraceback)
+        # and the pool still works
+        assert pool.apply(t.double, (5,)) == 10
+
+
+def test_lambdas_and_closures(ctx: corral.CorralContext) -> None:
+    offset = 10
+    with make_pool(ctx) as pool:
+        assert pool.map(lambda x: x + offset, range(5)) == [10, 11, 12, 13, 14]
+        assert pool.submit(lambda: offset * 2).result(TIMEOUT) == 20
+
+
+def test_pool_inside_a_worker(ctx: corral.CorralContext, start_method: str) -> None:
+    with make_pool(ctx) as pool:
+        assert pool.apply(t.nested_pool, (start_method, 5)) == [0, 2, 4, 6, 8]
+
+
+# --- A crash costs one task, not the pool ------------------------------------------------
+
+
+def _die_on_items(n: int, bad: int, how: str) -> list[tuple[int, int, str]]:
+    return [(x, bad, how) for x in range(n)]
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
+def test_self_inflicted_crash_fails_only_its_task(ctx: corral.CorralContext, how: str) -> None:
+    n, bad = 200, 57
+    t0 = time.monotonic()
+    with make_pool(ctx) as pool:
+        res = [pool.apply_async(t.die_on, item) for item in _die_on_items(n, bad, how)]
+        mapped = collect(pool.imap(t.die_on_item, _die_on_items(n, bad, how)))
+        outcomes: list[Any] = []
+        for r in res:
+            r.wait(TIMEOUT)
+            outcomes.append(r.get(0) if r.successful() else r._value)
+        stats = pool.statistics()
+    took = time.monotonic() - t0
+    for results in (outcomes, mapped):
+        assert [r for i, r in enumerate(results) if i != bad] == [
+            x * 2 for x in range(n) if x != bad
+        ]
+        err = results[bad]
+        assert isinstance(err, corral.WorkerCrashed)
+        assert isinstance(err, BrokenProcessPool)
+        assert err.pid is not None
+        if how == "exit":
+            assert err.exitcode == 3
+        else:
+            assert err.signal == (signal.SIGKILL if how == "sigkill" else signal.SIGSEGV)
+        assert f"{bad}" in str(err)
+    assert stats.workers_restarted >= 2
+    assert took < TIMEOUT
+
+
+def test_killed_worker_task_is_retried(ctx: corral.CorralContext, tmp_path: Path) -> None:
+    """SIGKILL a worker mid-task from outside: the task is retried, nothing is lost."""
+    n, bad = 300, 123
+    marker = str(tmp_path / "ran-once")
+    pool, q = channel_pool(ctx, retries=1)
+    with pool:
+        res = pool.starmap_async(t.block_once, [(x, bad, marker) for x in range(n)])
+        pid, item = q.get(timeout=TIMEOUT)
+        assert item == bad
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        assert res.get(TIMEOUT) == [x * 2 for x in range(n)]
+        took = time.monotonic() - killed_at
+        stats = pool.statistics()
+    assert stats.workers_restarted == 1
+    assert stats.tasks_retried <= 1  # 0 when it shared a chunk: split and re-run, not charged
+    assert took < 10
+
+
+def test_killed_worker_without_retries_raises_worker_crashed(ctx: corral.CorralContext) -> None:
+    pool, q = channel_pool(ctx)
+    with pool:
+        futures = [pool.submit(t.block_on, x, 4) for x in range(10)]
+        pid, _ = q.get(timeout=TIMEOUT)
+        os.kill(pid, signal.SIGKILL)
+        exc = futures[4].exception(TIMEOUT)
+        assert isinstance(exc, corral.WorkerCrashed)
+        assert exc.pid == pid
+        assert exc.signal == signal.SIGKILL
+        assert [f.result(TIMEOUT) for i, f in enumerate(futures) if i != 4] == [
+            x * 2 for x in range(10) if x != 4
+        ]
+        assert pool.apply(t.double, (1,)) == 2
+
+
+def test_chunk_of_dead_worker_is_rerun_item_by_item(
+    ctx: corral.CorralContext, tmp_path: Path
+) -> None:
+    """Items that shared a chunk with the crash are re-run, never failed (retries=0)."""
+    n, bad = 100, 10
+    with make_pool(ctx) as pool:
+        res = pool.starmap_async(
+            t.die_once, [(x, bad, str(tmp_path / "m")) for x in range(n)], chunksize=25
+        )
+        assert res.get(TIMEOUT) == [x * 2 for x in range(n)]
+
+
+def test_crash_is_reported_after_retries(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx, retries=2) as pool:
+        fut = pool.submit(t.die_on, 1, 1, "exit")
+        exc = fut.exception(TIMEOUT)
+        assert isinstance(exc, corral.WorkerCrashed)
+        assert exc.attempts == 3
+        assert pool.statistics().tasks_retried == 2
+
+
+# --- Timeouts stop the task ----------------------------------------------------------------
+
+
+def test_task_timeout_kills_the_worker_tree(ctx: corral.CorralContext) -> None:
+    pool, q = channel_pool(ctx, task_timeout=1.0)
+    with pool:
+        res = [pool.apply_async(t.block_with_grandchild, (x, 2)) for x in range(6)]
+        pid, _, grandchild = q.get(timeout=TIMEOUT)
+        fds = [os.pidfd_open(pid), os.pidfd_open(grandchild)]
+        try:
+            t0 = time.monotonic()
+            res[2].wait(TIMEOUT)
+            took = time.monotonic() - t0
+            with pytest.raises(corral.TaskTimeout) as info:
+                res[2].get(0)
+            assert isinstance(info.value, TimeoutError)
+            assert took < 3
+            assert all(pidfd_dead(fd, 5) for fd in fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        assert [r.get(TIMEOUT) for i, r in enumerate(res) if i != 2] == [0, 2, 6, 8, 10]
+        assert pool.apply(t.double, (4,)) == 8
+
+
+def test_timed_out_task_is_retried(ctx: corral.CorralContext, tmp_path: Path) -> None:
+    pool, q = channel_pool(ctx, task_timeout=0.5, retries=1)
+    with pool:
+        res = pool.apply_async(t.block_once, (1, 1, str(tmp_path / "m")))
+        q.get(timeout=TIMEOUT)
+        assert res.get(TIMEOUT) == 2
+
+
+# --- Bounded memory ------------------------------------------------------------------------
+
+
+def test_imap_pulls_lazily_from_an_infinite_generator(ctx: corral.CorralContext) -> None:
+    pulled = 0
+
+    def counting() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    with make_pool(ctx) as pool:
+        it = pool.imap(t.double, counting())
+        got = [next(it) for _ in range(5000)]
+        assert got == [x * 2 for x in range(5000)]
+        bound = 5000 + 2 * 4 * 4096  # consumed + the window at its largest
+        assert pulled <= bound
+        unordered = pool.imap_unordered(t.double, itertools.count())
+        assert len([next(unordered) for _ in range(1000)]) == 1000
+
+
+def test_imap_input_error_is_raised_in_place(ctx: corral.CorralContext) -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise RuntimeError("input broke")
+
+    with make_pool(ctx) as pool:
+        it = pool.imap(t.double, broken())
+        assert next(it) == 2
+        assert next(it) == 4
+        with pytest.raises(RuntimeError, match="input broke"):
+            next(it)
+
+
+# --- Lifecycle ---------------------------------------------------------------------------
+
+
+def test_maxtasksperchild_recycles_workers(ctx: corral.CorralContext) -> None:
+    with corral.Pool(1, maxtasksperchild=2, context=ctx) as pool:
+        pids = pool.map(t.worker_pid, range(6))
+        assert len(set(pids)) == 3
+        assert [pids.count(p) for p in dict.fromkeys(pids)] == [2, 2, 2]
+
+
+def test_max_memory_per_child_recycles_after_the_task(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx, 1, max_memory_per_child=30 * 1024 * 1024) as pool:
+        first = pool.apply(t.rss_hog, (0,))
+        second = pool.apply(t.worker_pid, (0,))
+        assert first != second
+        assert pool.statistics().workers_restarted >= 1
+
+
+def test_events_hook(ctx: corral.CorralContext) -> None:
+    events: list[tuple[str, int]] = []
+    with make_pool(ctx, on_event=lambda kind, n: events.append((kind, n))) as pool:
+        pool.map(t.double, range(100))
+    assert sum(n for k, n in events if k == "submitted") == 100
+    assert sum(n for k, n in events if k == "completed") == 100
+
+
+def test_terminate_fails_unfinished_results(ctx: corral.CorralContext) -> None:
+    pool, q = channel_pool(ctx, 1)
+    res = pool.apply_async(t.block_on, (0, 0))
+    q.get(timeout=TIMEOUT)
+    pool.terminate()
+    pool.join(TIMEOUT)
+    with pytest.raises(corral.CorralError, match="terminated"):
+        res.get(TIMEOUT)
+
+
+def test_all_names_exported() -> None:
+    for name in ("Pool", "WorkerCrashed", "TaskTimeout", "AsyncResult", "PoolStatistics"):
+        assert name in corral.__all__
+        assert getattr(corral, name).__module__ == "corral"
+    for exc in (corral.WorkerCrashed(-9, 12, "task 3 of f", 2), corral.TaskTimeout(1.5, "task 1")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert str(back) == str(exc)
+        assert isinstance(back, corral.CorralError)
+
+
+def test_workers_are_named_in_ps(ctx: corral.CorralContext) -> None:
+    pytest.importorskip("setproctitle")
+    with make_pool(ctx, 2) as pool:
+        pids = set(pool.map(t.worker_pid, range(50), chunksize=1))
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert f.read().split(b"\0")[0].decode().startswith("corral worker ")
+
+
+def test_progress_bar_only_when_forced_off_a_terminal(
+    ctx: corral.CorralContext, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tqdm")
+    with make_pool(ctx, 1, progress=True) as pool:
+        pool.map(t.double, range(10))
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    with make_pool(ctx, 1, progress="force") as pool:
+        pool.map(t.double, range(10))
+    assert "10/10" in capsys.readouterr().err
+
+
+def test_close_join_completes_an_unconsumed_imap(ctx: corral.CorralContext) -> None:
+    """As with the stdlib's eager imap: close()+join() finish it; iterate afterwards."""
+    pool = make_pool(ctx)
+    it = pool.imap(t.double, iter(range(50_000)))
+    first = next(it)
+    pool.close()
+    pool.join(TIMEOUT)
+    assert [first, *it] == [x * 2 for x in range(50_000)]
+
+
+def test_large_arrays_travel_out_of_band(ctx: corral.CorralContext) -> None:
+    np = pytest.importorskip("numpy")
+    from corral._pool import OOB_MIN_BYTES
+
+    arrays = [np.full(OOB_MIN_BYTES // 8 * 3, float(i)) for i in range(4)]
+    with make_pool(ctx) as pool:
+        out = pool.map(t.add_one, arrays)
+        assert [float(a[0]) for a in out] == [1.0, 2.0, 3.0, 4.0]
+        assert all(a.shape == arrays[0].shape and a.flags.writeable for a in out)
+        out[0][0] = 42.0  # the parent's copy-on-write mapping is its own
+        mixed = pool.map(t.add_one, [arrays[0], 1, np.arange(3)])
+        assert mixed[1] == 2
+        assert list(mixed[2]) == [1, 2, 3]
