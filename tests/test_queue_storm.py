@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import queue
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ import corral
 from corral._core import _ring
 
 from . import queue_targets as targets
+
+# Typed or not depending on the hypothesis release; call it through one signature.
+_run_state_machine = cast(Callable[..., None], run_state_machine_as_test)
 
 TIMEOUT = 30.0
 DEFINITE, MAYBE = "definite", "maybe"
@@ -183,7 +187,7 @@ def test_kill_storm(
 ) -> None:
     monkeypatch.setattr(_ring, "CLAIM_BYTES", 0)  # (forked children inherit it)
     fast = start_method == "fork"
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+    _run_state_machine(
         machine_for(ctx),
         settings=settings(
             max_examples=20 if fast else 4,
@@ -199,7 +203,7 @@ def test_kill_storm(
 @pytest.mark.timeout(900)
 def test_kill_storm_soak(ctx: corral.CorralContext, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ring, "CLAIM_BYTES", 0)
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+    _run_state_machine(
         machine_for(ctx),
         settings=settings(
             max_examples=200,
