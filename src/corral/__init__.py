@@ -8,6 +8,9 @@ signatures. What corral does not reimplement yet comes straight from
 
 from __future__ import annotations
 
+import importlib as _importlib
+import typing as _typing
+
 # --- Straight from multiprocessing: names corral does not reimplement (yet). ---
 # Each name is on its own line; remove a name here when corral provides its own.
 from multiprocessing import (
@@ -33,7 +36,9 @@ from multiprocessing import (
     set_start_method,
 )
 
-# --- corral's own objects, and every exception corral raises. ---
+# --- corral's own. Process, contexts and exceptions load at once; the rest on first
+# use (PEP 562), because every spawned or forkserver child imports corral and should
+# pay only for what it uses.
 from ._context import CorralContext, get_context
 from ._exceptions import (
     CorralError,
@@ -48,22 +53,59 @@ from ._exceptions import (
     TaskTimeout,
     WorkerCrashed,
 )
-from ._executor import ProcessPoolExecutor, map
-from ._pipeline import Pipeline
-from ._pool import AsyncResult, Pool, PoolStatistics
 from ._process import Process
-from ._queue import JoinableQueue, Queue, QueueStatistics, SimpleQueue
-from ._sharedctypes import Array, RawArray, RawValue, Value
-from ._synchronize import (
-    Barrier,
-    BoundedSemaphore,
-    Condition,
-    Event,
-    Lock,
-    RLock,
-    Semaphore,
-    SyncStatistics,
-)
+
+if _typing.TYPE_CHECKING:
+    from ._executor import ProcessPoolExecutor, map
+    from ._pipeline import Pipeline
+    from ._pool import AsyncResult, Pool, PoolStatistics
+    from ._queue import JoinableQueue, Queue, QueueStatistics, SimpleQueue
+    from ._sharedctypes import Array, RawArray, RawValue, Value
+    from ._synchronize import (
+        Barrier,
+        BoundedSemaphore,
+        Condition,
+        Event,
+        Lock,
+        RLock,
+        Semaphore,
+        SyncStatistics,
+    )
+
+_LAZY = {
+    **dict.fromkeys(("ProcessPoolExecutor", "map"), "._executor"),
+    "Pipeline": "._pipeline",
+    **dict.fromkeys(("AsyncResult", "Pool", "PoolStatistics"), "._pool"),
+    **dict.fromkeys(("JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"), "._queue"),
+    **dict.fromkeys(("Array", "RawArray", "RawValue", "Value"), "._sharedctypes"),
+    **dict.fromkeys(
+        (
+            "Barrier",
+            "BoundedSemaphore",
+            "Condition",
+            "Event",
+            "Lock",
+            "RLock",
+            "Semaphore",
+            "SyncStatistics",
+        ),
+        "._synchronize",
+    ),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'corral' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

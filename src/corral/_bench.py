@@ -9,8 +9,9 @@ numbers on a shared 2-core machine mean little.
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -79,6 +80,35 @@ def _format(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def _run_isolated(path: Path, quick: bool) -> list[Row]:
+    """Run one benchmark file in a fresh interpreter.
+
+    A process that already ran other benchmarks is bigger (fork costs more), has
+    threads and stray state; each file gets a clean one instead.
+    """
+    code = (
+        "import json, sys, dataclasses, importlib.util\n"
+        f"sys.path.insert(0, {str(path.parent)!r})\n"
+        f"spec = importlib.util.spec_from_file_location({path.stem!r}, {str(path)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        f"sys.modules[{path.stem!r}] = module\n"
+        "spec.loader.exec_module(module)\n"
+        f"rows = module.run({quick!r})\n"
+        "print('\\n' + json.dumps([dataclasses.asdict(r) for r in rows]))\n"
+    )
+    if __name__ != "__main__":  # the child must be able to import what run() pickles
+        code = "if __name__ == '__main__':\n" + "".join(
+            f"    {line}\n" for line in code.splitlines()
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if done.returncode != 0:
+        print(f"corral bench: {path.name} failed with exit code {done.returncode}", file=sys.stderr)
+        return []
+    return [Row(**row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 def main(quick: bool = True, only: str | None = None) -> int:
     bench_dir = find_benchmarks()
     if bench_dir is None:
@@ -92,16 +122,9 @@ def main(quick: bool = True, only: str | None = None) -> int:
     if not files:
         print(f"corral bench: nothing matches {pattern} in {bench_dir}", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(bench_dir))
     rows: list[Row] = []
     for path in files:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
         print(f"running {path.name} ({'quick' if quick else 'full'})...", flush=True)
-        rows.extend(module.run(quick))
+        rows.extend(_run_isolated(path, quick))
     print(_format(rows))
     return 0

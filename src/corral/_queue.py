@@ -16,7 +16,6 @@ unchanged, and a child that put items can be joined at once. The ring itself
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import queue
 import weakref
@@ -338,6 +337,8 @@ class Queue:
         The message is taken in the event loop's own thread, so cancelling the await
         never loses one.
         """
+        import asyncio  # only here: it costs 10 ms at import, in every spawned child
+
         self._check_closed()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -354,6 +355,8 @@ class Queue:
     async def aput(self, obj: Any, timeout: float | None = None) -> None:
         """``put()`` for asyncio: waits for room in a helper thread, never in the
         event loop. The object is pickled once, in the event loop's thread."""
+        import asyncio  # only here: it costs 10 ms at import, in every spawned child
+
         self._check_closed()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from multiprocessing import forkserver as _mp_forkserver
 from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
 from multiprocessing.connection import wait as _mp_wait
 from typing import TYPE_CHECKING, Any
@@ -211,6 +212,21 @@ class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
         code: int | None = popen_forkserver.Popen.poll(self, 0 if block else os.WNOHANG)
         return code
 
+
+def _preload_corral_in_forkserver() -> None:
+    """Have the stdlib's forkserver import corral once, before it forks anything.
+
+    Otherwise every forkserver child imports corral anew to unpickle its process
+    object, which costs tens of milliseconds per start. Only the list is extended;
+    a server already running keeps what it has.
+    """
+    server = getattr(_mp_forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if server is not None and isinstance(modules, list) and "corral" not in modules:
+        server.set_forkserver_preload([*modules, "corral"])
+
+
+_preload_corral_in_forkserver()
 
 _POPENS: dict[str, type[CorralPopen]] = {
     "fork": ForkPopen,
