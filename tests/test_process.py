@@ -18,6 +18,7 @@ import corral
 from corral._core._fdpass import FdHandle
 
 from . import helpers
+from .conftest import wait_until
 
 TIMEOUT = 60.0
 
@@ -275,3 +276,37 @@ def test_context_binds_pools_to_its_start_method(ctx: corral.CorralContext) -> N
         assert pool.apply(_process_class_name) == expected
     with ctx.ProcessPoolExecutor(1) as executor:
         assert executor.submit(_process_class_name).result(timeout=TIMEOUT) == expected
+
+
+def test_children_that_exit_at_once(ctx: corral.CorralContext) -> None:
+    procs = [ctx.Process(target=int) for _ in range(20)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+        p.kill()
+        p.terminate()
+        assert p.exitcode == 0
+
+
+def test_forkserver_child_reaped_before_start_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server forks and reaps: a child that exits at once may be gone before the
+    # parent opens its pidfd. Force that order; start() must cope, and signalling
+    # the finished child must do nothing.
+    from corral._core import _linux
+
+    real_pidfd_open = os.pidfd_open
+
+    def late_pidfd_open(pid: int, flags: int = 0) -> int:
+        assert wait_until(lambda: _linux.proc_state(pid) is None, TIMEOUT)
+        return real_pidfd_open(pid, flags)
+
+    monkeypatch.setattr(os, "pidfd_open", late_pidfd_open)
+    p = corral.get_context("forkserver").Process(target=int)
+    p.start()
+    monkeypatch.undo()
+    p.join(TIMEOUT)
+    assert p.exitcode == 0
+    p.kill()
+    assert p.exitcode == 0

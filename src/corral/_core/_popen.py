@@ -60,14 +60,18 @@ class CorralPopen:
     def _corral_after_launch(self) -> None:
         self._reap_lock = threading.Lock()
         self._exit_callbacks = []
-        self._pidfd = os.pidfd_open(self.pid)
+        self._pidfd = self._open_pidfd()
         self._corral_set_sentinel()
         watch_fd = self._new_watch_fd()
-        fds = (self._pidfd,) if watch_fd == self._pidfd else (self._pidfd, watch_fd)
+        fds = tuple({fd for fd in (self._pidfd, watch_fd) if fd >= 0})
         self._corral_finalizer = util.Finalize(self, _close_all, (watch_fd, fds))
         _reaper.watch(watch_fd, self._reaper_callback)
 
     # -- hooks for subclasses
+    def _open_pidfd(self) -> int:
+        """A pidfd on the child (ours: it cannot have been reaped yet)."""
+        return os.pidfd_open(self.pid)
+
     def _corral_set_sentinel(self) -> None:
         # The stdlib's sentinel is a pipe that any descendant inheriting its write
         # end keeps open; a pidfd is readable exactly when the child has exited.
@@ -123,7 +127,7 @@ class CorralPopen:
         return self.returncode
 
     def _send_signal(self, sig: int) -> None:
-        if self.poll() is not None:
+        if self.poll() is not None or self._pidfd < 0:
             return
         members = _tree.freeze_subtree(self.pid, self._pidfd)
         _tree.signal_members([(self.pid, self._pidfd), *members], sig)
@@ -200,6 +204,24 @@ class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
     def __init__(self, process_obj: Any):
         popen_forkserver.Popen.__init__(self, process_obj)
         self._corral_after_launch()
+
+    def _open_pidfd(self) -> int:
+        """A pidfd on the child, or -1 if it is already gone.
+
+        The server forks and reaps, so the child may have exited and been reaped by
+        the time we learn its pid. Once its status is on the socket, a pidfd opened
+        now could name a recycled pid: it is dropped, and signals become no-ops, as
+        for any finished child. (A pid recycled between the server's reap and its
+        status write, a matter of microseconds, is the one window left.)
+        """
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return -1
+        if _mp_wait([self.sentinel], 0):
+            os.close(fd)
+            return -1
+        return fd
 
     def _corral_set_sentinel(self) -> None:
         pass  # the status socket is the only thing that tells a forkserver child's exit
