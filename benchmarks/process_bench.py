@@ -9,20 +9,17 @@ is the median of several runs.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import select
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
 import corral
 from corral._bench import Row
 from corral._core import _linux
+from corral._demo import _targets, _watch
 
 
 def _start_join_ms(ctx: Any, n: int) -> float:
@@ -53,53 +50,22 @@ def _reap_ms() -> float:
     return took * 1000
 
 
-PARENT = """
-import sys, time
-sys.path[:0] = {path!r}
-import {lib} as mp
-from corral._demo import _targets
-if __name__ == "__main__":
-    r, w = mp.Pipe(duplex=False)
-    p = mp.Process(target=_targets.descendants_then_wait, args=(w,))
-    p.start()
-    print(p.pid, *r.recv(), flush=True)
-    time.sleep(_targets.FOREVER)
-"""
-
-
 def _teardown_after_sigkill(lib: str, limit: float) -> tuple[float | None, int]:
     """SIGKILL a parent with a child, a subprocess, a fork and a setsid() child below it.
 
     Returns (ms until all four are gone or None, how many were still alive after ``limit``).
     """
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT.format(path=sys.path, lib=lib)], stdout=subprocess.PIPE
-    )
-    assert parent.stdout is not None
-    pids = [int(x) for x in parent.stdout.readline().split()]
-    subtree = list(_linux.descendants_of(parent.pid))
-    fds = {}
-    for pid in subtree:
-        with contextlib.suppress(ProcessLookupError):
-            fds[pid] = os.pidfd_open(pid)
+    parent, pids = _targets.start_parent(lib)
+    pidfds = _watch.pin(list(_linux.descendants_of(parent.pid)))
     t0 = time.perf_counter()
     parent.kill()
     parent.wait()
+    assert parent.stdout is not None
     parent.stdout.close()
-    pending = {pid: fd for pid, fd in fds.items() if pid in pids}
-    while pending and time.perf_counter() - t0 < limit:
-        ready, _, _ = select.select(list(pending.values()), [], [], limit)
-        pending = {pid: fd for pid, fd in pending.items() if fd not in ready}
+    alive, _ = _watch.wait_dead({p: fd for p, fd in pidfds.items() if p in pids}, limit)
     took = (time.perf_counter() - t0) * 1000
-    survivors = len(pending)
-    for fd in fds.values():
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-    for fd in fds.values():
-        select.select([fd], [], [], 5)
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-        os.close(fd)
+    survivors = len(alive)
+    _watch.kill_reap_close(pidfds)
     return (None if survivors else took), survivors
 
 

@@ -7,7 +7,6 @@ come from benchmarks/process_bench.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -22,6 +21,7 @@ import pytest
 
 import corral
 from corral._core import _linux
+from corral._demo import _watch
 
 from . import helpers
 from .conftest import wait_until
@@ -31,41 +31,6 @@ REAP_BOUND = 0.5
 # Guarantee 2 says 1 s.
 ORPHAN_BOUND = 1.0
 TIMEOUT = 60.0
-
-
-def _pidfds(pids: list[int]) -> dict[int, int]:
-    """Pin each pid with a pidfd; a process already reaped (a transient helper) is skipped."""
-    out = {}
-    for pid in pids:
-        try:
-            out[pid] = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-    return out
-
-
-def _wait_all_dead(pidfds: dict[int, int], timeout: float) -> tuple[float, list[int]]:
-    """Seconds until every pidfd reported its exit, and the pids still alive."""
-    start = time.monotonic()
-    pending = dict(pidfds)
-    while pending:
-        left = max(0.0, start + timeout - time.monotonic())
-        poller = select.poll()
-        for fd in pending.values():
-            poller.register(fd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(left * 1000)}
-        pending = {pid: fd for pid, fd in pending.items() if fd not in ready}
-        if left == 0:
-            break
-    return time.monotonic() - start, sorted(pending)
-
-
-def _reap_and_close(pidfds: dict[int, int]) -> None:
-    """Reap whatever of these came back to us (we are a subreaper), close the pidfds."""
-    for fd in pidfds.values():
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-        os.close(fd)
 
 
 def _recv(conn: Connection, timeout: float = TIMEOUT) -> object:
@@ -151,7 +116,7 @@ def test_parent_death_takes_every_descendant(
         # subprocess, the raw fork, the setsid() child, and stdlib helpers.
         subtree = list(_linux.descendants_of(parent.pid))
         assert set(reported) <= set(subtree), (reported, subtree)
-        pidfds = _pidfds(subtree)
+        pidfds = _watch.pin(subtree)
         if how == "SIGTERM":
             parent.send_signal(signal.SIGTERM)
         elif how == "SIGKILL":
@@ -160,7 +125,7 @@ def test_parent_death_takes_every_descendant(
             parent.stdin.write(b"die\n")
             parent.stdin.flush()
         assert parent.wait(TIMEOUT) != 0
-        took, survivors = _wait_all_dead(pidfds, TIMEOUT)
+        survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
         assert not survivors, f"still alive {TIMEOUT} s after the parent died: {survivors}"
         assert took < ORPHAN_BOUND, f"descendants took {took:.3f} s to die"
     finally:
@@ -169,10 +134,7 @@ def test_parent_death_takes_every_descendant(
             parent.wait(TIMEOUT)
         parent.stdin.close()
         parent.stdout.close()
-        for pid in pidfds:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _reap_and_close(pidfds)
+        _watch.kill_reap_close(pidfds)
 
 
 # -- 3. Tree termination -----------------------------------------------------------
@@ -188,17 +150,17 @@ def test_terminate_and_kill_end_the_whole_subtree(ctx: corral.CorralContext, met
     r.close()
     assert isinstance(descendants, list)
     assert p.pid is not None
-    pidfds = _pidfds([p.pid, *descendants])
+    pidfds = _watch.pin([p.pid, *descendants])
     try:
         getattr(p, method)()
         p.join(TIMEOUT)
         expected = -signal.SIGTERM if method == "terminate" else -signal.SIGKILL
         assert p.exitcode == expected
-        took, survivors = _wait_all_dead(pidfds, TIMEOUT)
+        survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
         assert not survivors
         assert took < ORPHAN_BOUND
     finally:
-        _reap_and_close(pidfds)
+        _watch.kill_reap_close(pidfds)
 
 
 # -- 4. Nothing left behind --------------------------------------------------------
@@ -216,15 +178,15 @@ def test_descendants_are_killed_when_target_ends(
     r.close()
     assert isinstance(descendants, list)
     assert len(descendants) == 3
-    pidfds = _pidfds(descendants)
+    pidfds = _watch.pin(descendants)
     try:
         p.join(TIMEOUT)
         assert p.exitcode == (1 if then_raise else 0)
         # The child killed them *before* exiting: they are dead by the time join returns.
-        _took, survivors = _wait_all_dead(pidfds, 0)
+        survivors, _ = _watch.wait_dead(pidfds, 0)
         assert not survivors, f"descendants outlived their corral parent: {survivors}"
     finally:
-        _reap_and_close(pidfds)
+        _watch.kill_reap_close(pidfds)
 
 
 # -- 5. Daemons may have children --------------------------------------------------
@@ -299,11 +261,11 @@ def test_daemonic_subtrees_end_at_parent_exit(start_method: str) -> None:
         pids = [int(x) for x in line.split()[1:]]
         subtree = list(_linux.descendants_of(parent.pid))  # with the stdlib's helpers
         assert set(pids) <= set(subtree)
-        pidfds = _pidfds(subtree)
+        pidfds = _watch.pin(subtree)
         parent.stdin.write(b"exit\n")
         parent.stdin.flush()
         assert parent.wait(TIMEOUT) == 0
-        took, survivors = _wait_all_dead(pidfds, TIMEOUT)
+        survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
         assert not survivors
         assert took < ORPHAN_BOUND
     finally:
@@ -312,7 +274,7 @@ def test_daemonic_subtrees_end_at_parent_exit(start_method: str) -> None:
             parent.wait(TIMEOUT)
         parent.stdin.close()
         parent.stdout.close()
-        _reap_and_close(pidfds)
+        _watch.kill_reap_close(pidfds)
 
 
 # -- 6. Robust to threads ----------------------------------------------------------

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
 import signal
 import subprocess
 import sys
@@ -14,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from corral._core import _linux
+from corral._demo import _watch
 from tests import helpers
 
 TIMEOUT = 60.0
@@ -39,9 +37,7 @@ def test_one_sigint_ends_the_parent_and_its_subtree(start_method: str, what: str
         reported = [int(x) for x in line.split()[1:]]
         subtree = list(_linux.descendants_of(parent.pid))
         assert set(reported) <= set(subtree), (reported, subtree)
-        for pid in subtree:
-            with contextlib.suppress(ProcessLookupError):
-                pidfds[pid] = os.pidfd_open(pid)
+        pidfds = _watch.pin(subtree)
         t0 = time.monotonic()
         parent.send_signal(signal.SIGINT)
         parent.wait(TIMEOUT)
@@ -50,23 +46,13 @@ def test_one_sigint_ends_the_parent_and_its_subtree(start_method: str, what: str
         assert "KeyboardInterrupt" in stderr, stderr
         assert took < SIGINT_BOUND, f"the parent took {took:.3f} s to exit"
         # Every worker and grandchild is gone (forkserver's own server is not ours).
-        pending = {pid: fd for pid, fd in pidfds.items() if pid in reported}
-        deadline = time.monotonic() + SIGINT_BOUND
-        while pending and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(pending.values()), [], [], deadline - time.monotonic())
-            pending = {pid: fd for pid, fd in pending.items() if fd not in ready}
-        assert not pending, f"still alive after the parent exited: {sorted(pending)}"
+        mine = {pid: fd for pid, fd in pidfds.items() if pid in reported}
+        survivors, _ = _watch.wait_dead(mine, SIGINT_BOUND)
+        assert not survivors, f"still alive after the parent exited: {survivors}"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(TIMEOUT)
         parent.stdout.close()
         parent.stderr.close()
-        for fd in pidfds.values():
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        for fd in pidfds.values():
-            select.select([fd], [], [], 5)
-            with contextlib.suppress(ChildProcessError):
-                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-            os.close(fd)
+        _watch.kill_reap_close(pidfds)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
+import sys
 import time
 from multiprocessing.connection import Connection
 
@@ -64,3 +66,36 @@ def start_child_from_daemon(lib: str, conn: Connection) -> None:
         conn.send(f"started a child (exit code {p.exitcode})")
     except AssertionError as exc:
         conn.send(f"AssertionError: {exc}")
+
+
+# A parent for the orphan scenarios: run with sys.executable -c PARENT LIB.
+PARENT = """
+import sys, time
+sys.path[:0] = {path!r}
+lib = sys.argv[1]
+if lib == "corral":
+    import corral as mp
+else:
+    import multiprocessing as mp
+from corral._demo import _targets
+if __name__ == "__main__":
+    r, w = mp.Pipe(duplex=False)
+    p = mp.Process(target=_targets.descendants_then_wait, args=(w,))
+    p.start()
+    print(p.pid, *r.recv(), flush=True)
+    time.sleep(_targets.FOREVER)
+"""
+
+
+def start_parent(lib: str) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """Start a parent (``lib``: "corral" or "multiprocessing") with one child that has
+    a subprocess, a raw fork and a setsid() child below it. Returns the parent and the
+    pids of those four."""
+    code = PARENT.format(path=sys.path)
+    parent = subprocess.Popen([sys.executable, "-c", code, lib], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    ready, _, _ = select.select([parent.stdout], [], [], 60)
+    if not ready:
+        parent.kill()
+        raise TimeoutError(f"the {lib} parent did not start its children within 60 s")
+    return parent, [int(x) for x in parent.stdout.readline().split()]

@@ -11,17 +11,13 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import select
-import signal
-import subprocess
-import sys
 import time
 from types import ModuleType
 
 import corral
 from corral._core import _linux
 
-from . import Report, _targets, scenario
+from . import Report, _targets, _watch, scenario
 
 LIBS: tuple[tuple[str, ModuleType], ...] = (
     ("corral", corral),
@@ -30,42 +26,6 @@ LIBS: tuple[tuple[str, ModuleType], ...] = (
 
 # The guarantee's bound: a parent's whole subtree is gone this long after it dies.
 ORPHAN_BOUND = 1.0
-
-
-def _pidfds(pids: list[int]) -> dict[int, int]:
-    out = {}
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            out[pid] = os.pidfd_open(pid)
-    return out
-
-
-def _alive_after(pidfds: dict[int, int], seconds: float) -> tuple[list[int], float]:
-    """Wait up to ``seconds`` for every process to exit: (survivors, time the last exit took)."""
-    start = time.monotonic()
-    pending = dict(pidfds)
-    while pending:
-        left = seconds - (time.monotonic() - start)
-        if left <= 0:
-            break
-        poller = select.poll()
-        for fd in pending.values():
-            poller.register(fd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(left * 1000)}
-        pending = {pid: fd for pid, fd in pending.items() if fd not in ready}
-    return sorted(pending), time.monotonic() - start
-
-
-def _clean_up(pidfds: dict[int, int]) -> None:
-    """Kill what is left, reap what came back to us, close the pidfds."""
-    for fd in pidfds.values():
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-    _alive_after(pidfds, 5.0)
-    for fd in pidfds.values():
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-        os.close(fd)
 
 
 def _subreaper() -> None:
@@ -80,8 +40,8 @@ def zombies(ns: argparse.Namespace, report: Report) -> None:
         procs = [lib.Process(target=_targets.exit_now) for _ in range(n)]
         for p in procs:
             p.start()
-        pidfds = _pidfds([p.pid for p in procs])
-        _alive_after(pidfds, 10.0)  # all have exited
+        pidfds = _watch.pin([p.pid for p in procs])
+        _watch.wait_dead(pidfds, 10.0)  # all have exited
         deadline = time.monotonic() + 0.1
         while time.monotonic() < deadline:
             zombie_count = sum(_linux.proc_state(pid) == "Z" for pid in pidfds)
@@ -102,48 +62,19 @@ def zombies(ns: argparse.Namespace, report: Report) -> None:
             report.note(f"multiprocessing: {zombie_count} of {n} were zombies until join()")
 
 
-PARENT = """
-import sys, time
-sys.path[:0] = {path!r}
-lib = sys.argv[1]
-if lib == "corral":
-    import corral as mp
-else:
-    import multiprocessing as mp
-from corral._demo import _targets
-if __name__ == "__main__":
-    r, w = mp.Pipe(duplex=False)
-    p = mp.Process(target=_targets.descendants_then_wait, args=(w,))
-    p.start()
-    print(p.pid, *r.recv(), flush=True)
-    time.sleep(_targets.FOREVER)
-"""
-
-
-def _run_parent(lib: str) -> tuple[subprocess.Popen[bytes], list[int]]:
-    code = PARENT.format(path=sys.path)
-    parent = subprocess.Popen([sys.executable, "-c", code, lib], stdout=subprocess.PIPE)
-    assert parent.stdout is not None
-    ready, _, _ = select.select([parent.stdout], [], [], 60)
-    if not ready:
-        parent.kill()
-        raise TimeoutError(f"the {lib} parent did not start its children within 60 s")
-    return parent, [int(x) for x in parent.stdout.readline().split()]
-
-
 @scenario("orphans", "when a parent is SIGKILLed, its children and their descendants go too")
 def orphans(ns: argparse.Namespace, report: Report) -> None:
     _subreaper()
     for name, _lib in LIBS:
-        parent, pids = _run_parent(name)
-        pidfds = _pidfds(list(_linux.descendants_of(parent.pid)))
+        parent, pids = _targets.start_parent(name)
+        pidfds = _watch.pin(list(_linux.descendants_of(parent.pid)))
         parent.kill()
         parent.wait(10)
         assert parent.stdout is not None
         parent.stdout.close()
-        survivors, took = _alive_after(pidfds, ORPHAN_BOUND)
+        survivors, took = _watch.wait_dead(pidfds, ORPHAN_BOUND)
         mine = [pid for pid in survivors if pid in pids]
-        _clean_up(pidfds)
+        _watch.kill_reap_close(pidfds)
         if name == "corral":
             report.check(
                 f"corral: 0 of {len(pids)} descendants alive {ORPHAN_BOUND:g} s after the "
@@ -168,11 +99,11 @@ def tree_kill(ns: argparse.Namespace, report: Report) -> None:
         w.close()
         descendants = r.recv() if r.poll(60) else []
         r.close()
-        pidfds = _pidfds(descendants)
+        pidfds = _watch.pin(descendants)
         p.terminate()
         p.join(10)
-        survivors, _ = _alive_after(pidfds, ORPHAN_BOUND)
-        _clean_up(pidfds)
+        survivors, _ = _watch.wait_dead(pidfds, ORPHAN_BOUND)
+        _watch.kill_reap_close(pidfds)
         if name == "corral":
             report.check(
                 "corral: terminate() left 0 of 3 descendants running",
