@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import pickle
 import threading
-import traceback
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import process as _mp_process
 from typing import Any
@@ -233,6 +232,8 @@ class Process(_mp_process.BaseProcess):
             _bootstrap.setup(lifeline)
         except BaseException:
             # Nothing of the stdlib's error reporting has run yet.
+            import traceback
+
             traceback.print_exc()
             raise
         outcome: list[tuple[str, Any, str]] = []
@@ -245,6 +246,8 @@ class Process(_mp_process.BaseProcess):
                 outcome.append((_EXIT, exc.code, ""))
                 raise
             except Exception as exc:
+                import traceback
+
                 outcome.append((_RAISE, exc, traceback.format_exc()))
                 raise
             outcome.append((_OK, value, ""))
