@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import corral
+from corral._core import _linux
 
 from . import Report, scenario
 
@@ -144,11 +145,23 @@ def _stdlib_office(path: str, buyers: int, seed: int, deadline: float) -> tuple[
     for p in procs:
         p.start()
     end = time.monotonic() + deadline
-    while holder.value == 0 and time.monotonic() < end:
-        time.sleep(0.001)
-    victim = next((p for p in procs if p.pid == holder.value), None)
+    victim = None
+    while victim is None and time.monotonic() < end:
+        pid = holder.value
+        if pid == 0:
+            time.sleep(0.001)
+            continue
+        # Freeze it, then make sure it still holds the lock (it clears `holder`
+        # before releasing): only then is the kill a death *inside* the lock.
+        os.kill(pid, signal.SIGSTOP)
+        while _linux.proc_state(pid) not in ("T", "t", "Z", None):
+            time.sleep(0.0005)
+        if holder.value == pid:
+            os.kill(pid, signal.SIGKILL)
+            victim = next(p for p in procs if p.pid == pid)
+        else:
+            os.kill(pid, signal.SIGCONT)
     if victim is not None:
-        os.kill(holder.value, signal.SIGKILL)
         victim.join(deadline)
     sold_after_kill = len(_read(path)["sold"])
     for p in procs:
