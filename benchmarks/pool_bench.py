@@ -24,8 +24,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
-import os
-import signal
 import statistics
 import tempfile
 import threading
@@ -35,6 +33,7 @@ from typing import Any
 
 import corral
 from corral._bench import Row
+from corral._demo import _targets
 
 WORKERS = 2
 # How long another library gets to finish the crash case before it counts as a hang.
@@ -53,22 +52,8 @@ def one_ms(x: int) -> int:
 _marker_dir = ""
 
 
-def one_ms_or_die(x: int, victims: tuple[int, ...], marker_dir: str) -> int:
-    """One ms of work; on a victim item, SIGKILL this worker (the first time only)."""
-    if x in victims:
-        try:
-            fd = os.open(os.path.join(marker_dir, str(x)), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.001)
-    return x * 2
-
-
 def crash_item(args: tuple[int, tuple[int, ...], str]) -> int:
-    return one_ms_or_die(*args)
+    return _targets.die_once(args)
 
 
 def array_roundtrip(a: Any) -> Any:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 import corral
+from corral._core import _linux
+from corral._demo import _watch
 from corral._demo._targets import descendants_then_wait as descendants_then_wait
 from corral._demo._targets import spawn_descendants as spawn_descendants
 
@@ -96,3 +99,18 @@ def read_line(fd: int, timeout: float) -> str:
             raise EOFError(f"EOF before a complete line (got {data!r})")
         data += chunk
     return data.decode()
+
+
+def ready_and_pinned(parent: subprocess.Popen[bytes]) -> tuple[list[int], dict[int, int]]:
+    """Read the parent's "READY pid..." line, then pin its whole subtree with pidfds.
+
+    Returns the pids it reported, and the pidfds of everything below it (the
+    reported ones plus any stdlib helpers), which the caller closes.
+    """
+    assert parent.stdout is not None
+    line = read_line(parent.stdout.fileno(), 60)
+    assert line.startswith("READY"), line
+    reported = [int(x) for x in line.split()[1:]]
+    subtree = list(_linux.descendants_of(parent.pid))
+    assert set(reported) <= set(subtree), (reported, subtree)
+    return reported, _watch.pin(subtree)

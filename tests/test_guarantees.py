@@ -109,14 +109,9 @@ def test_parent_death_takes_every_descendant(
     assert parent.stdin is not None
     pidfds: dict[int, int] = {}
     try:
-        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
-        assert line.startswith("READY"), line
-        reported = [int(x) for x in line.split()[1:]]
         # Everything below the parent: its corral child, the grandchild, the
         # subprocess, the raw fork, the setsid() child, and stdlib helpers.
-        subtree = list(_linux.descendants_of(parent.pid))
-        assert set(reported) <= set(subtree), (reported, subtree)
-        pidfds = _watch.pin(subtree)
+        _, pidfds = helpers.ready_and_pinned(parent)
         if how == "SIGTERM":
             parent.send_signal(signal.SIGTERM)
         elif how == "SIGKILL":
@@ -256,12 +251,7 @@ def test_daemonic_subtrees_end_at_parent_exit(start_method: str) -> None:
     assert parent.stdin is not None
     pidfds: dict[int, int] = {}
     try:
-        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
-        assert line.startswith("READY"), line
-        pids = [int(x) for x in line.split()[1:]]
-        subtree = list(_linux.descendants_of(parent.pid))  # with the stdlib's helpers
-        assert set(pids) <= set(subtree)
-        pidfds = _watch.pin(subtree)
+        _, pidfds = helpers.ready_and_pinned(parent)  # with the stdlib's helpers
         parent.stdin.write(b"exit\n")
         parent.stdin.flush()
         assert parent.wait(TIMEOUT) == 0

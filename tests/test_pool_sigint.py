@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from corral._core import _linux
 from corral._demo import _watch
 from tests import helpers
 
@@ -32,12 +31,7 @@ def test_one_sigint_ends_the_parent_and_its_subtree(start_method: str, what: str
     assert parent.stderr is not None
     pidfds: dict[int, int] = {}
     try:
-        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
-        assert line.startswith("READY"), line
-        reported = [int(x) for x in line.split()[1:]]
-        subtree = list(_linux.descendants_of(parent.pid))
-        assert set(reported) <= set(subtree), (reported, subtree)
-        pidfds = _watch.pin(subtree)
+        reported, pidfds = helpers.ready_and_pinned(parent)
         t0 = time.monotonic()
         parent.send_signal(signal.SIGINT)
         parent.wait(TIMEOUT)

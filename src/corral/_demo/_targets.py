@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,23 @@ def descendants_then_wait(conn: Connection) -> None:
     """Start descendants, send their pids, then block until killed."""
     conn.send(spawn_descendants())
     time.sleep(FOREVER)
+
+
+def die_once(item: tuple[int, tuple[int, ...], str]) -> int:
+    """One ms of work on ``(x, victims, marker_dir)``, returning ``x * 2``; on a victim
+    item, SIGKILL this worker, the first time only (a marker file remembers).
+    """
+    x, victims, marker_dir = item
+    if x in victims:
+        try:
+            fd = os.open(os.path.join(marker_dir, str(x)), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.001)
+    return x * 2
 
 
 def exit_now() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import _executor, _pipeline
 from .._core import _linux
-from . import Report, scenario
+from . import Report, _targets, scenario
 
 ITEMS = 2000
 KILLS = 5
@@ -39,20 +39,6 @@ def _parse(x: int) -> int:
 def _score(x: int) -> int:
     time.sleep(0.0005)
     return x + 1
-
-
-def _die_once(item: tuple[int, int, str]) -> int:
-    x, victim, marker = item
-    if x == victim:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.001)
-    return x * 2
 
 
 def _killer(stop: threading.Event, killed: list[int]) -> None:
@@ -100,7 +86,9 @@ def producer_consumer(ns: argparse.Namespace, report: Report) -> None:
 def _stdlib_map(items: list[Any]) -> str:
     pool = multiprocessing.get_context("fork").Pool(2)
     box: list[Any] = []
-    thread = threading.Thread(target=lambda: box.append(pool.map(_die_once, items)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: box.append(pool.map(_targets.die_once, items)), daemon=True
+    )
     thread.start()
     thread.join(STDLIB_PATIENCE)
     pool.terminate()
@@ -117,14 +105,16 @@ def _stdlib_map(items: list[Any]) -> str:
 def crash_recovery(ns: argparse.Namespace, report: Report) -> None:
     n = 1000
     with tempfile.TemporaryDirectory() as tmp:
-        items = [(x, n // 2, os.path.join(tmp, "corral")) for x in range(n)]
+        items = [(x, (n // 2,), tmp) for x in range(n)]
         t0 = time.monotonic()
-        out = list(_executor.map(_die_once, items, workers=2, retries=1, context="fork"))
+        out = list(_executor.map(_targets.die_once, items, workers=2, retries=1, context="fork"))
         took = time.monotonic() - t0
         report.check(
             "corral.map returns every result after the kill",
             out == [x * 2 for x in range(n)],
             f"{len(out)} of {n} in {took:.2f} s",
         )
-        stdlib = _stdlib_map([(x, n // 2, os.path.join(tmp, "stdlib")) for x in range(n)])
+        stdlib_markers = os.path.join(tmp, "stdlib")  # its own first kill
+        os.mkdir(stdlib_markers)
+        stdlib = _stdlib_map([(x, (n // 2,), stdlib_markers) for x in range(n)])
     report.note(f"multiprocessing.Pool.map: {stdlib}")
