@@ -44,13 +44,13 @@ def _park(conn: Connection, point: str) -> Any:
 
 def put_and_park(q: corral.Queue, item: Any, point: str, conn: Connection) -> None:
     """Put ``item`` and stop at hook ``point`` inside the put (mutex held)."""
-    _ring._hook = _park(conn, point)
+    _ring.set_hook(_park(conn, point))
     q.put(item)
 
 
 def get_and_park(q: corral.Queue, point: str, conn: Connection) -> None:
     """Get, and stop at hook ``point`` inside the get (mutex held)."""
-    _ring._hook = _park(conn, point)
+    _ring.set_hook(_park(conn, point))
     q.get(timeout=30)
 
 
@@ -78,3 +78,25 @@ def blocked_get(q: corral.Queue, conn: Connection) -> Any:
 
 def pid() -> int:
     return os.getpid()
+
+
+def use_pure_python() -> None:
+    """Turn the C fast path off in this process (no-op where it was not built)."""
+    if _ring._ringfast is not None:
+        _ring._ringfast.set_enabled(False)
+
+
+def put_tagged(q: corral.Queue, tag: str, n: int, pure: bool) -> int:
+    """Put (tag, i, payload) for i in range(n), through the C or the Python path."""
+    if pure:
+        use_pure_python()
+    for i in range(n):
+        q.put((tag, i, bytes(i % 700)), timeout=30)
+    return n
+
+
+def get_count(q: corral.Queue, n: int, pure: bool) -> list[Any]:
+    """Get ``n`` messages, through the C or the Python path."""
+    if pure:
+        use_pure_python()
+    return [q.get(timeout=30) for _ in range(n)]

@@ -146,6 +146,13 @@ class Queue:
         self._pending: deque[Received] = deque()
         self._ring_put = ring.put
         self._ring_get = ring.get
+        # The C fast path (None without it): one call for a put or get of a message
+        # without out-of-band buffers, in the common case (see _core/_ringfast.c).
+        fast = ring.fast
+        self._fast_put = None if fast is None else fast.put
+        self._fast_get = None if fast is None else fast.get
+        self._fast_put_many = None if fast is None else fast.put_many
+        self._fast_get_many = None if fast is None else fast.get_many
         # The ring's memory goes when the last queue object in a process does.
         self._finalizer = weakref.finalize(self, Ring.close, ring)
 
@@ -188,7 +195,12 @@ class Queue:
             data = _dumps(obj, _PROTOCOL, buffer_callback=buffers.append)
             raws = _raw(buffers) if buffers else None
         try:
-            self._ring_put(data, raws, block, timeout)
+            if raws is None and self._fast_put is not None:
+                rc = self._fast_put(data)
+                if rc:
+                    self._ring.put_after_fast(rc, data, block, timeout)
+            else:
+                self._ring_put(data, raws, block, timeout)
         except RingShutDown:
             raise ShutDown("the queue was shut down") from None
         except TooLarge as exc:
@@ -217,7 +229,9 @@ class Queue:
         flat = [_dumps(obj, _PROTOCOL, buffer_callback=callback) for obj in objs]
         try:
             if not buffers:  # the common case: nothing out of band
-                self._ring.put_many_flat(flat, block, timeout)
+                rc = self._fast_put_many(flat) if self._fast_put_many is not None else 1
+                if rc:
+                    self._ring.put_many_after_fast(rc, flat, block, timeout)
                 return
         except RingShutDown:
             raise ShutDown("the queue was shut down") from None
@@ -247,8 +261,17 @@ class Queue:
             self._check_closed()
             if self._pending:
                 return _decode(self._pending.popleft())
+        fast = self._fast_get
+        if fast is not None:
+            r = fast(block)
+            if type(r) is bytes:
+                return _loads(r)
         try:
-            r = self._ring_get(block, timeout)
+            r = (
+                self._ring_get(block, timeout)
+                if fast is None
+                else self._ring.get_after_fast(r, block, timeout)
+            )
         except RingShutDown:
             raise ShutDown("the queue was shut down and is empty") from None
         if isinstance(r, bytes):
@@ -280,8 +303,18 @@ class Queue:
             while self._pending and len(raws) < max_items:
                 raws.append(self._pending.popleft())
         else:
+            fast = self._fast_get_many
+            got = fast(max_items, block) if fast is not None else None
+            if type(got) is list:  # bytes only: the C fast path took them
+                try:
+                    return [_loads(r) for r in got]
+                except BaseException as exc:
+                    return self._decode_after_error(got, exc)
             try:
-                got = self._ring.get_many_raw(max_items, block, timeout)
+                if got is None:
+                    got = self._ring.get_many_raw(max_items, block, timeout)
+                else:
+                    got = self._ring.get_many_after_fast(got, max_items, block, timeout)
             except RingShutDown:
                 raise ShutDown("the queue was shut down and is empty") from None
             if type(got) is bytes:  # a small batch, as one blob: decode it in one pass
@@ -299,13 +332,17 @@ class Queue:
                 raws = got  # type: ignore[assignment]
         try:
             return [_loads(r) if type(r) is bytes else _decode(r) for r in raws]
-        except Exception:
-            pass
-        except BaseException:
+        except BaseException as exc:
+            return self._decode_after_error(raws, exc)
+
+    def _decode_after_error(self, raws: list[Received], exc: BaseException) -> list[Any]:
+        """Decoding ``raws`` (taken from the queue) raised: lose none of them. Ctrl-C
+        and the like keep them all for the next gets; if one is bad, those before it
+        are returned (unpickled again) and the rest, from the bad one on, are kept
+        for the next gets, whose first raises its error."""
+        if not isinstance(exc, Exception):
             self._pending.extendleft(reversed(raws))
-            raise
-        # One is bad: go again one by one, to return those before it (unpickled
-        # twice) and keep the rest, from the bad one on, for the next gets.
+            raise exc
         out: list[Any] = []
         for i, r in enumerate(raws):
             try:

@@ -52,6 +52,7 @@ memory ordering included.
 from __future__ import annotations
 
 import errno
+import importlib
 import mmap
 import os
 import platform
@@ -60,7 +61,8 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from types import ModuleType
+from typing import Any, cast
 
 from . import _linux
 from ._futex import futex_wait, futex_wake
@@ -78,6 +80,7 @@ __all__ = [
     "decode_blob",
     "frame_size",
     "parse_blob",
+    "set_hook",
 ]
 
 # -- tunables -------------------------------------------------------------------
@@ -193,6 +196,42 @@ _pid = os.getpid()
 _sched_yield = os.sched_yield
 
 
+# The C fast path (``_ringfast.c``): optional, same protocol. Left out when it was
+# not built, when its idea of the header layout differs, or when the environment
+# says CORRAL_PURE_PYTHON=1 (read at import, so also in every spawned child).
+def _load_fast() -> ModuleType | None:
+    if os.environ.get("CORRAL_PURE_PYTHON"):
+        return None
+    try:
+        mod = importlib.import_module(f"{__package__}._ringfast")
+    except ImportError:
+        return None
+    if mod.OFF_HEAD != OFF_HEAD:  # pragma: no cover - built against another libc
+        return None
+    return mod
+
+
+_ringfast = _load_fast()
+# What the fast calls return when they did not finish the job (see _ringfast.c).
+FAST_SLOW, FAST_OWNER_DIED, FAST_SWEEP, FAST_EMPTY = 1, 2, 3, 4
+if _ringfast is not None:
+    assert (FAST_SLOW, FAST_OWNER_DIED, FAST_SWEEP, FAST_EMPTY) == (
+        _ringfast.SLOW,
+        _ringfast.OWNER_DIED,
+        _ringfast.SWEEP,
+        _ringfast.EMPTY,
+    )
+
+
+def set_hook(hook: Callable[[str], None] | None) -> None:
+    """Install the test hook (see ``_hook``) in this process. The C fast path has no
+    hook points, so it is turned off while a hook is installed."""
+    global _hook
+    _hook = hook
+    if _ringfast is not None:
+        _ringfast.set_enabled(hook is None)
+
+
 def _after_fork() -> None:
     global _pid
     _pid = os.getpid()
@@ -284,6 +323,14 @@ class Ring:
         self._done_seq = addr + OFF_DONE_SEQ
         self._zero_wakes = 0
         self.retain = min(RETAIN_BYTES, capacity)
+        # The C fast path for this ring, or None: ``fast.put(bytes) -> int`` and
+        # ``fast.get(block) -> bytes | int``; any int but 0 from ``put`` and any int
+        # from ``get`` goes to ``put_after_fast`` / ``get_after_fast``.
+        self.fast: Any = (
+            None
+            if _ringfast is None
+            else _ringfast.Ops(addr, DATA, capacity, self.retain, maxsize, joinable)
+        )
         # What the hot paths need, in one attribute.
         self._hot = (capacity, self.retain, maxsize, self._mm, self._q, self._mutex)
 
@@ -294,6 +341,8 @@ class Ring:
         """Unmap and close this process's view. Nobody in this process may use it after."""
         if self._shm.fd < 0:
             return
+        if self.fast is not None:
+            self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
         self._q.release()
         self._i.release()
         self._header.release()
@@ -388,11 +437,7 @@ class Ring:
             self._zero_wakes += 1
             if self._zero_wakes >= 64:
                 self._zero_wakes = 0
-                self._lock()
-                try:
-                    self._sweep_waiters()
-                finally:
-                    self._unlock()
+                self._sweep()
 
     def _wake_everyone(self) -> None:
         for index in (I_PUT_SEQ, I_GET_SEQ, I_DONE_SEQ):
@@ -444,6 +489,63 @@ class Ring:
             return False
         finally:
             self._lock()
+
+    # -- after the C fast path ---------------------------------------------------------
+
+    def _recover(self) -> None:
+        """The fast path found the mutex's holder dead: it holds the mutex, already
+        made consistent. Repair, and let it go."""
+        try:
+            self._repair()
+        finally:
+            self._unlock()
+
+    def _sweep(self) -> None:
+        self._lock()
+        try:
+            self._sweep_waiters()
+        finally:
+            self._unlock()
+
+    def put_after_fast(
+        self, rc: int, head: bytes, block: bool = True, timeout: float | None = None
+    ) -> None:
+        """Finish a put that ``fast.put(head)`` answered with ``rc`` (not 0)."""
+        if rc == FAST_SWEEP:  # the message is in; waiters keep being absent
+            self._sweep()
+            return
+        if rc == FAST_OWNER_DIED:
+            self._recover()
+        self.put(head, None, block, timeout)
+
+    def get_after_fast(self, rc: int, block: bool = True, timeout: float | None = None) -> Received:
+        """Finish a get that ``fast.get(block)`` answered with ``rc``."""
+        if rc == FAST_EMPTY and not block:
+            raise queue.Empty  # seen under the mutex: exact
+        if rc == FAST_OWNER_DIED:
+            self._recover()
+        return self.get(block, timeout)
+
+    def put_many_after_fast(
+        self, rc: int, messages: list[bytes], block: bool = True, timeout: float | None = None
+    ) -> None:
+        """Finish a ``put_many`` that ``fast.put_many(messages)`` answered with ``rc``."""
+        if rc == FAST_SWEEP:
+            self._sweep()
+            return
+        if rc == FAST_OWNER_DIED:
+            self._recover()
+        self.put_many_flat(messages, block, timeout)
+
+    def get_many_after_fast(
+        self, rc: int, max_items: int, block: bool = True, timeout: float | None = None
+    ) -> bytes | list[Received]:
+        """Finish a ``get_many_raw`` that ``fast.get_many`` answered with ``rc``."""
+        if rc == FAST_EMPTY and not block:
+            raise queue.Empty
+        if rc == FAST_OWNER_DIED:
+            self._recover()
+        return self.get_many_raw(max_items, block, timeout)
 
     # -- put -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def _corral_producer(q: _queue.Queue, conn: Connection) -> None:
             conn.send_bytes(b"copying")
             signal.pause()
 
-    _ring._hook = hook
+    _ring.set_hook(hook)
     q.put(bytearray(BIG))
 
 

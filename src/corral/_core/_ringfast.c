@@ -1,0 +1,446 @@
+/* corral._core._ringfast: the common case of Ring.put and Ring.get, in C.
+ *
+ * Optional. corral works without it (the pure-Python paths in _ring.py are the
+ * reference); when it is built, a single put or get of a small message costs one
+ * C call instead of about twenty Python operations.
+ *
+ * It speaks exactly the protocol of _ring.py, on the same robust mutex, and does
+ * only the plain case: the mutex is free (a few trylocks), the frame fits before
+ * the retained pages end, the queue is not shut down, no claim, no out-of-band
+ * buffers. Anything else returns SLOW with nothing done and the mutex free, and
+ * the Python path starts again from the beginning. Read _ring.py's docstring and
+ * docs/design.md ("Queues") first.
+ *
+ * Memory ordering. All shared words are read and written under the mutex; the
+ * mutex orders them for the next holder. What the mutex does not cover is a holder
+ * SIGKILLed half way: the next holder (after EOWNERDEAD) sees the stores the dead
+ * one made, in program order (the robust-futex hand-over goes through the kernel),
+ * so program order is what matters. The frame is written first, then ``tail`` is
+ * published with a release store, so the compiler cannot move the frame's stores
+ * after it; ``head`` likewise. Lock-free readers (the getters' poll of ``count``)
+ * use relaxed atomic loads: they are hints, re-checked under the mutex.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Header layout: the same constants as _ring.py, which checks them at import. */
+#define OFF_HEAD ((Py_ssize_t)sizeof(pthread_mutex_t))
+#define OFF_TAIL (OFF_HEAD + 8)
+#define OFF_COUNT (OFF_HEAD + 16)
+#define OFF_TAKEN 72
+#define OFF_GETTERS 80
+#define OFF_PUTTERS 84
+#define OFF_SHUT 92
+#define OFF_CLAIM 96
+#define OFF_PUT_SEQ 128
+#define OFF_GET_SEQ 192
+#define FRAME_HEADER 16
+#define PAD 0xFFFFFFFFu
+#define WAKE_ALL 0x7FFFFFFF
+
+/* Return codes of put() (and of get() when it returns no bytes). */
+#define R_DONE 0
+#define R_SLOW 1       /* nothing done, mutex free: take the Python path */
+#define R_OWNER_DIED 2 /* nothing done, mutex HELD and made consistent: repair */
+#define R_SWEEP 3      /* done; wake-ups keep finding nobody: sweep dead waiters */
+#define R_EMPTY 4      /* get: empty (not shut down), mutex free */
+
+/* Trylocks before giving up on a busy mutex (the Python path then spins and
+ * sleeps). A holder keeps it well under a microsecond. */
+#define LOCK_SPIN 64
+/* Looks at ``count`` (yielding the CPU between them) by a get that found the ring
+ * empty, before it returns R_EMPTY. */
+#define POLL_ROUNDS 20
+/* Zero-result wake-ups (a counted waiter that nobody could wake) before R_SWEEP. */
+#define ZERO_WAKES_MAX 64
+
+static int enabled = 1;
+
+typedef struct {
+    PyObject_HEAD
+    char *base;        /* the mapping */
+    char *data;        /* base + DATA */
+    uint64_t cap;
+    uint64_t retain;
+    uint64_t maxsize;
+    int joinable;
+    unsigned zero_wakes;
+} Ops;
+
+#define U64(o, off) ((uint64_t *)((o)->base + (off)))
+#define U32(o, off) ((uint32_t *)((o)->base + (off)))
+
+static inline uint64_t load64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint32_t load32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void publish64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void store32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+static long futex_wake(uint32_t *addr, int n) {
+    return syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+/* Take the mutex: 0, R_SLOW (busy or an error for Python to report), or
+ * R_OWNER_DIED (held, made consistent). */
+static int lock(Ops *o) {
+    pthread_mutex_t *m = (pthread_mutex_t *)o->base;
+    for (int i = 0; i < LOCK_SPIN; i++) {
+        int rc = pthread_mutex_trylock(m);
+        if (rc == 0) return 0;
+        if (rc == EOWNERDEAD) {
+            if (pthread_mutex_consistent(m) != 0) {
+                pthread_mutex_unlock(m);
+                return R_SLOW;
+            }
+            return R_OWNER_DIED;
+        }
+        if (rc != EBUSY) return R_SLOW;
+    }
+    return R_SLOW;
+}
+
+static inline void unlock(Ops *o) { pthread_mutex_unlock((pthread_mutex_t *)o->base); }
+
+/* After letting the mutex go: wake ``n`` sleepers on the futex at ``off``. Returns
+ * R_SWEEP when wake-ups have found nobody too often. */
+static int wake(Ops *o, Py_ssize_t off, int n) {
+    if (futex_wake(U32(o, off), n) == 0) {
+        if (++o->zero_wakes >= ZERO_WAKES_MAX) {
+            o->zero_wakes = 0;
+            return R_SWEEP;
+        }
+    }
+    return R_DONE;
+}
+
+static void bump(Ops *o, Py_ssize_t off) {
+    uint32_t *p = U32(o, off);
+    store32(p, load32(p) + 1);
+}
+
+static int Ops_init(Ops *self, PyObject *args, PyObject *Py_UNUSED(kwds)) {
+    unsigned long long base, data, cap, retain, maxsize;
+    int joinable;
+    if (!PyArg_ParseTuple(args, "KKKKKp", &base, &data, &cap, &retain, &maxsize, &joinable))
+        return -1;
+    if (cap == 0 || retain > cap) {
+        PyErr_SetString(PyExc_ValueError, "bad ring geometry");
+        return -1;
+    }
+    self->base = (char *)(uintptr_t)base;
+    self->data = (char *)(uintptr_t)(base + data);
+    self->cap = cap;
+    self->retain = retain;
+    self->maxsize = maxsize;
+    self->joinable = joinable;
+    self->zero_wakes = 0;
+    return 0;
+}
+
+/* put(data: bytes) -> int. A frame without out-of-band buffers. */
+static PyObject *Ops_put(Ops *o, PyObject *arg) {
+    if (!enabled || o->base == NULL || !PyBytes_CheckExact(arg)) return PyLong_FromLong(R_SLOW);
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(arg);
+    uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
+    if (size > o->cap) return PyLong_FromLong(R_SLOW);
+    int rc = lock(o);
+    if (rc) return PyLong_FromLong(rc);
+    uint64_t head = load64(U64(o, OFF_HEAD));
+    uint64_t tail = load64(U64(o, OFF_TAIL));
+    uint64_t count = load64(U64(o, OFF_COUNT));
+    uint32_t gw = load32(U32(o, OFF_GETTERS));
+    uint64_t off = tail % o->cap;
+    if (load32(U32(o, OFF_SHUT)) || off + size > o->retain || tail + size - head > o->cap ||
+        (o->maxsize && count >= o->maxsize)) {
+        unlock(o);
+        return PyLong_FromLong(R_SLOW);
+    }
+    char *frame = o->data + off;
+    ((uint64_t *)frame)[0] = size;
+    ((uint32_t *)frame)[2] = (uint32_t)n;
+    ((uint32_t *)frame)[3] = 0;
+    memcpy(frame + FRAME_HEADER, PyBytes_AS_STRING(arg), n);
+    publish64(U64(o, OFF_TAIL), tail + size);
+    store64(U64(o, OFF_COUNT), count + 1);
+    if (gw) bump(o, OFF_PUT_SEQ);
+    unlock(o);
+    if (gw) rc = wake(o, OFF_PUT_SEQ, 1);
+    return PyLong_FromLong(rc);
+}
+
+/* put_many(messages: list[bytes]) -> int. All of them, published by one store, or
+ * nothing (R_SLOW: the Python path, which waits for room, goes message by message
+ * and reports partial progress). */
+static PyObject *Ops_put_many(Ops *o, PyObject *arg) {
+    if (!enabled || o->base == NULL || !PyList_CheckExact(arg)) return PyLong_FromLong(R_SLOW);
+    Py_ssize_t k = PyList_GET_SIZE(arg);
+    uint64_t total = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *b = PyList_GET_ITEM(arg, j);
+        if (!PyBytes_CheckExact(b)) return PyLong_FromLong(R_SLOW);
+        total += ((uint64_t)FRAME_HEADER + 15 + (uint64_t)PyBytes_GET_SIZE(b)) & ~(uint64_t)15;
+    }
+    if (k == 0 || total > o->cap) return PyLong_FromLong(R_SLOW);
+    int rc = lock(o);
+    if (rc) return PyLong_FromLong(rc);
+    uint64_t head = load64(U64(o, OFF_HEAD));
+    uint64_t tail = load64(U64(o, OFF_TAIL));
+    uint64_t count = load64(U64(o, OFF_COUNT));
+    uint32_t gw = load32(U32(o, OFF_GETTERS));
+    uint64_t off = tail % o->cap;
+    if (load32(U32(o, OFF_SHUT)) || off + total > o->retain || tail + total - head > o->cap ||
+        (o->maxsize && count + (uint64_t)k > o->maxsize)) {
+        unlock(o);
+        return PyLong_FromLong(R_SLOW);
+    }
+    /* The list cannot change meanwhile: no Python code runs until we return. */
+    char *frame = o->data + off;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *b = PyList_GET_ITEM(arg, j);
+        uint64_t n = (uint64_t)PyBytes_GET_SIZE(b);
+        uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
+        ((uint64_t *)frame)[0] = size;
+        ((uint32_t *)frame)[2] = (uint32_t)n;
+        ((uint32_t *)frame)[3] = 0;
+        memcpy(frame + FRAME_HEADER, PyBytes_AS_STRING(b), n);
+        frame += size;
+    }
+    publish64(U64(o, OFF_TAIL), tail + total);
+    store64(U64(o, OFF_COUNT), count + (uint64_t)k);
+    if (gw) bump(o, OFF_PUT_SEQ);
+    unlock(o);
+    if (gw) rc = wake(o, OFF_PUT_SEQ, k > WAKE_ALL ? WAKE_ALL : (int)k);
+    return PyLong_FromLong(rc);
+}
+
+/* Whether ``count`` turned non-zero within a few looks (GIL let go meanwhile). */
+static int poll_count(Ops *o) {
+    int seen = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < POLL_ROUNDS && !seen; i++) {
+        sched_yield();
+        seen = load64(U64(o, OFF_COUNT)) != 0;
+    }
+    Py_END_ALLOW_THREADS
+    return seen;
+}
+
+/* get(block: bool) -> bytes | int. The oldest message, if it has no out-of-band
+ * buffers; else an R_* code. */
+static PyObject *Ops_get(Ops *o, PyObject *arg) {
+    if (!enabled || o->base == NULL) return PyLong_FromLong(R_SLOW);
+    int block = PyObject_IsTrue(arg);
+    if (block < 0) return NULL;
+    int polled = 0;
+again:;
+    int rc = lock(o);
+    if (rc) return PyLong_FromLong(rc);
+    uint64_t head = load64(U64(o, OFF_HEAD));
+    uint64_t tail = load64(U64(o, OFF_TAIL));
+    uint64_t count = load64(U64(o, OFF_COUNT));
+    uint32_t pw = load32(U32(o, OFF_PUTTERS));
+    if (!count || load32(U32(o, OFF_CLAIM))) {
+        int shut = load32(U32(o, OFF_SHUT));
+        unlock(o);
+        if (count || shut) return PyLong_FromLong(R_SLOW);
+        if (block && !polled) {
+            polled = 1;
+            if (poll_count(o)) goto again;
+        }
+        return PyLong_FromLong(R_EMPTY);
+    }
+    uint64_t off = head % o->cap;
+    char *frame = o->data + off;
+    uint64_t flen = ((uint64_t *)frame)[0];
+    uint32_t plen = ((uint32_t *)frame)[2];
+    uint32_t nbufs = ((uint32_t *)frame)[3];
+    if (nbufs == PAD) {
+        head += flen;
+        off = 0;
+        frame = o->data;
+        flen = ((uint64_t *)frame)[0];
+        plen = ((uint32_t *)frame)[2];
+        nbufs = ((uint32_t *)frame)[3];
+    }
+    if (nbufs || off + flen > o->retain || flen < FRAME_HEADER + (uint64_t)plen) {
+        unlock(o);
+        return PyLong_FromLong(R_SLOW);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(frame + FRAME_HEADER, plen);
+    if (out == NULL) {
+        unlock(o);
+        return NULL;
+    }
+    uint64_t end = head + flen;
+    if (end == tail && end % o->cap) {
+        /* Emptied: both go to the start of the next lap (warm pages). head > tail
+         * between the two stores; _repair knows. */
+        uint64_t lap = end + o->cap - end % o->cap;
+        publish64(U64(o, OFF_HEAD), lap);
+        publish64(U64(o, OFF_TAIL), lap);
+    } else {
+        publish64(U64(o, OFF_HEAD), end);
+    }
+    store64(U64(o, OFF_COUNT), count - 1);
+    if (o->joinable) store64(U64(o, OFF_TAKEN), load64(U64(o, OFF_TAKEN)) + 1);
+    if (pw) bump(o, OFF_GET_SEQ);
+    unlock(o);
+    if (pw) wake(o, OFF_GET_SEQ, WAKE_ALL); /* a sweep, if due, comes with a put */
+    return out;
+}
+
+/* detach(): the mapping is going away; every later call returns SLOW. */
+static PyObject *Ops_detach(Ops *o, PyObject *Py_UNUSED(arg)) {
+    o->base = o->data = NULL;
+    Py_RETURN_NONE;
+}
+
+/* get_many(max_items: int, block: bool) -> list[bytes] | int. Up to ``max_items``
+ * of the oldest messages (at least one), or an R_* code: R_SLOW, with nothing
+ * taken, when one of those messages has out-of-band buffers or lies beyond the
+ * retained pages. */
+static PyObject *Ops_get_many(Ops *o, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "get_many(max_items, block)");
+        return NULL;
+    }
+    if (!enabled || o->base == NULL) return PyLong_FromLong(R_SLOW);
+    Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
+    if (max_items == -1 && PyErr_Occurred()) return NULL;
+    int block = PyObject_IsTrue(args[1]);
+    if (block < 0) return NULL;
+    if (max_items < 1) return PyLong_FromLong(R_SLOW);
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    int polled = 0;
+again:;
+    int rc = lock(o);
+    if (rc) {
+        Py_DECREF(out);
+        return PyLong_FromLong(rc);
+    }
+    uint64_t head = load64(U64(o, OFF_HEAD));
+    uint64_t tail = load64(U64(o, OFF_TAIL));
+    uint64_t count = load64(U64(o, OFF_COUNT));
+    uint32_t pw = load32(U32(o, OFF_PUTTERS));
+    if (!count || load32(U32(o, OFF_CLAIM))) {
+        int shut = load32(U32(o, OFF_SHUT));
+        unlock(o);
+        if (!count && !shut && block && !polled) {
+            polled = 1;
+            if (poll_count(o)) goto again;
+        }
+        Py_DECREF(out);
+        return PyLong_FromLong(count || shut ? R_SLOW : R_EMPTY);
+    }
+    uint64_t pos = head, k = 0;
+    while (k < count && (Py_ssize_t)k < max_items) {
+        uint64_t off = pos % o->cap;
+        char *frame = o->data + off;
+        uint64_t flen = ((uint64_t *)frame)[0];
+        uint32_t plen = ((uint32_t *)frame)[2];
+        uint32_t nbufs = ((uint32_t *)frame)[3];
+        if (nbufs == PAD) {
+            pos += flen;
+            continue;
+        }
+        if (nbufs || off + flen > o->retain || flen < FRAME_HEADER + (uint64_t)plen) break;
+        PyObject *b = PyBytes_FromStringAndSize(frame + FRAME_HEADER, plen);
+        if (b == NULL || PyList_Append(out, b) < 0) {
+            Py_XDECREF(b);
+            unlock(o);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(b);
+        pos += flen;
+        k++;
+    }
+    if (k < count && (Py_ssize_t)k < max_items) {
+        /* Stopped at a frame the Python path must read: it takes them all, so that
+         * a batch is as long as it would have been without the fast path. */
+        unlock(o);
+        Py_DECREF(out);
+        return PyLong_FromLong(R_SLOW);
+    }
+    if (pos == tail && pos % o->cap) {
+        uint64_t lap = pos + o->cap - pos % o->cap;
+        publish64(U64(o, OFF_HEAD), lap);
+        publish64(U64(o, OFF_TAIL), lap);
+    } else {
+        publish64(U64(o, OFF_HEAD), pos);
+    }
+    store64(U64(o, OFF_COUNT), count - k);
+    if (o->joinable) store64(U64(o, OFF_TAKEN), load64(U64(o, OFF_TAKEN)) + k);
+    if (pw) bump(o, OFF_GET_SEQ);
+    unlock(o);
+    if (pw) wake(o, OFF_GET_SEQ, WAKE_ALL);
+    return out;
+}
+
+static PyMethodDef Ops_methods[] = {
+    {"put_many", (PyCFunction)Ops_put_many, METH_O, "put_many(messages: list[bytes]) -> int"},
+    {"get_many", (PyCFunction)(void (*)(void))Ops_get_many, METH_FASTCALL,
+     "get_many(max_items: int, block: bool) -> list[bytes] | int"},
+    {"detach", (PyCFunction)Ops_detach, METH_NOARGS, "detach(): forget the mapping"},
+    {"put", (PyCFunction)Ops_put, METH_O, "put(data: bytes) -> int"},
+    {"get", (PyCFunction)Ops_get, METH_O, "get(block: bool) -> bytes | int"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject OpsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "corral._core._ringfast.Ops",
+    .tp_basicsize = sizeof(Ops),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ops(base, data, capacity, retain, maxsize, joinable): fast paths of one ring",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ops_init,
+    .tp_methods = Ops_methods,
+};
+
+static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
+    int v = PyObject_IsTrue(arg);
+    if (v < 0) return NULL;
+    enabled = v;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_enabled", set_enabled, METH_O, "Turn every fast path on or off (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "corral._core._ringfast",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__ringfast(void) {
+    if (PyType_Ready(&OpsType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL) return NULL;
+    Py_INCREF(&OpsType);
+    if (PyModule_AddObject(m, "Ops", (PyObject *)&OpsType) < 0 ||
+        PyModule_AddIntConstant(m, "OFF_HEAD", OFF_HEAD) < 0 ||
+        PyModule_AddIntConstant(m, "DONE", R_DONE) < 0 ||
+        PyModule_AddIntConstant(m, "SLOW", R_SLOW) < 0 ||
+        PyModule_AddIntConstant(m, "OWNER_DIED", R_OWNER_DIED) < 0 ||
+        PyModule_AddIntConstant(m, "SWEEP", R_SWEEP) < 0 ||
+        PyModule_AddIntConstant(m, "EMPTY", R_EMPTY) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

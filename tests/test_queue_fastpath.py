@@ -1,0 +1,165 @@
+"""The queues' optional C fast path (``_core/_ringfast.c``) against the pure-Python
+paths of ``_core/_ring.py``: both must speak one protocol, on one robust mutex.
+
+The rest of the queue tests run with whichever path this interpreter has (CI runs
+them a second time with CORRAL_PURE_PYTHON=1); these pin down what only the mix can
+show: processes on different paths sharing a queue, and the fast path handing a
+dead holder's mutex, a closed ring and a too-large message to the Python path.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+import corral
+from corral._core import _ring
+
+from . import queue_targets as targets
+
+TIMEOUT = 30.0
+
+needs_fast = pytest.mark.skipif(
+    _ring._ringfast is None, reason="the C fast path is not built in this interpreter"
+)
+
+
+def _compiler_available() -> bool:
+    cc = sysconfig.get_config_var("CC") or "cc"
+    return shutil.which(shlex.split(cc)[0]) is not None
+
+
+def test_fast_path_is_built_wherever_a_compiler_is() -> None:
+    """Guards against the build quietly leaving the extension out (its failure is
+    only a warning, so that corral installs without a compiler)."""
+    if os.environ.get("CORRAL_PURE_PYTHON"):
+        assert _ring._ringfast is None
+        assert corral.Queue()._fast_put is None
+    elif _compiler_available():
+        assert _ring._ringfast is not None
+        assert corral.Queue()._fast_put is not None
+
+
+def test_pure_python_on_request() -> None:
+    code = (
+        "import corral\n"
+        "q = corral.Queue()\n"
+        "assert q._fast_put is None and q._fast_get is None\n"
+        "q.put_many(range(5)); q.put('x')\n"
+        "assert [q.get(timeout=5) for _ in range(6)] == [0, 1, 2, 3, 4, 'x']\n"
+        "print('pure ok')\n"
+    )
+    env = dict(os.environ, CORRAL_PURE_PYTHON="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pure ok"
+
+
+@pytest.mark.parametrize(
+    ("maxsize", "capacity"), [(0, 64 * 1024), (20, 4 * 1024 * 1024)], ids=["bytes", "maxsize"]
+)
+def test_paths_mix_in_one_queue(ctx: corral.CorralContext, maxsize: int, capacity: int) -> None:
+    """A producer and a consumer on each path, plus this process (fast, where built),
+    on a queue small enough to wrap, pad and fill many times over: every message is
+    delivered once, in order per producer."""
+    n = 3000
+    q = ctx.Queue(maxsize, capacity_bytes=capacity)
+    producers = [
+        ctx.Process(target=targets.put_tagged, args=(q, tag, n, pure))
+        for tag, pure in (("pure", True), ("fast", False))
+    ]
+    consumer = ctx.Process(target=targets.get_count, args=(q, n, True))
+    for p in [*producers, consumer]:
+        p.start()
+    mine = [q.get(timeout=TIMEOUT) for _ in range(n)]
+    for p in producers:
+        assert p.result(timeout=TIMEOUT) == n
+    theirs = consumer.result(timeout=TIMEOUT)
+    for tag in ("pure", "fast"):
+        for got in (mine, theirs):
+            seq = [i for t, i, _ in got if t == tag]
+            assert seq == sorted(seq), f"{tag} out of order"
+        delivered = sorted(i for t, i, _ in mine + theirs if t == tag)
+        assert delivered == list(range(n))
+    assert all(len(payload) == i % 700 for _, i, payload in mine + theirs)
+    assert q.qsize() == 0
+
+
+@needs_fast
+@pytest.mark.parametrize("op", ["get", "put"])
+def test_fast_path_repairs_after_a_dead_holder(
+    ctx: corral.CorralContext, op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer SIGKILLed with the mutex held, before its publishing store: the
+    next fast call gets the mutex as EOWNERDEAD, hands it to the Python repair, and
+    then the operation completes."""
+    q = ctx.Queue()
+    q.put("before")
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=targets.put_and_park, args=(q, "lost", "put:publish", w))
+    p.start()
+    w.close()
+    assert r.poll(TIMEOUT), "the producer never reached its publishing store"
+    assert r.recv_bytes() == b"put:publish"
+    p.kill()
+    p.join(TIMEOUT)
+    r.close()
+    assert p.exitcode is not None
+    recovered = []
+    real = q._ring._recover
+
+    def spy() -> None:
+        recovered.append(1)
+        real()
+
+    monkeypatch.setattr(q._ring, "_recover", spy)
+    if op == "get":
+        assert q.get(timeout=TIMEOUT) == "before"
+    else:
+        q.put("after")
+        assert q.get(timeout=TIMEOUT) == "before"
+        assert q.get(timeout=TIMEOUT) == "after"
+    assert recovered == [1]
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    assert q.qsize() == 0
+
+
+@needs_fast
+def test_fast_calls_after_close_touch_nothing() -> None:
+    ring = _ring.Ring(1 << 20)
+    fast = ring.fast
+    assert fast.put(b"x") == 0
+    ring.close()
+    assert fast.put(b"y") == _ring.FAST_SLOW
+    assert fast.get(False) == _ring.FAST_SLOW
+
+
+@needs_fast
+def test_fast_path_leaves_what_it_cannot_do_to_python() -> None:
+    """Too large, shut down, and out-of-band buffers: each goes the Python way and
+    ends the Python way (an error at the call, or the message delivered)."""
+    q = corral.Queue(capacity_bytes=64 * 1024)
+    fast = q._ring.fast
+    assert fast.put(bytes(200 * 1024)) == _ring.FAST_SLOW  # too large: nothing written
+    with pytest.raises(corral.MessageTooLarge):
+        q.put(bytes(200 * 1024))
+    q.put(bytearray(b"out of band"))  # a buffer: the Python path writes it
+    assert fast.get(True) == _ring.FAST_SLOW
+    assert q.get(timeout=TIMEOUT) == bytearray(b"out of band")
+    assert fast.get(False) == _ring.FAST_EMPTY
+    q.shutdown()
+    assert fast.put(b"z") == _ring.FAST_SLOW
+    with pytest.raises(corral.ShutDown):
+        q.put("z")
+    with pytest.raises(corral.ShutDown):
+        q.get(timeout=TIMEOUT)
