@@ -151,7 +151,7 @@ static PyObject *Ops_put(Ops *o, PyObject *arg) {
     if (!enabled || o->base == NULL || !PyBytes_CheckExact(arg)) return PyLong_FromLong(R_SLOW);
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(arg);
     uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
-    if (size > o->cap) return PyLong_FromLong(R_SLOW);
+    if (size > o->cap || n > UINT32_MAX) return PyLong_FromLong(R_SLOW);
     int rc = lock(o);
     if (rc) return PyLong_FromLong(rc);
     uint64_t head = load64(U64(o, OFF_HEAD));
@@ -186,7 +186,8 @@ static PyObject *Ops_put_many(Ops *o, PyObject *arg) {
     uint64_t total = 0;
     for (Py_ssize_t j = 0; j < k; j++) {
         PyObject *b = PyList_GET_ITEM(arg, j);
-        if (!PyBytes_CheckExact(b)) return PyLong_FromLong(R_SLOW);
+        if (!PyBytes_CheckExact(b) || (uint64_t)PyBytes_GET_SIZE(b) > UINT32_MAX)
+            return PyLong_FromLong(R_SLOW);
         total += ((uint64_t)FRAME_HEADER + 15 + (uint64_t)PyBytes_GET_SIZE(b)) & ~(uint64_t)15;
     }
     if (k == 0 || total > o->cap) return PyLong_FromLong(R_SLOW);
