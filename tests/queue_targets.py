@@ -82,8 +82,8 @@ def pid() -> int:
 
 def use_pure_python() -> None:
     """Turn the C fast path off in this process (no-op where it was not built)."""
-    if _ring._ringfast is not None:
-        _ring._ringfast.set_enabled(False)
+    if _ring._speedups is not None:
+        _ring._speedups.set_enabled(False)
 
 
 def put_tagged(q: corral.Queue, tag: str, n: int, pure: bool) -> int:

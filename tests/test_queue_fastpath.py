@@ -1,5 +1,7 @@
-"""The queues' optional C fast path (``_core/_ringfast.c``) against the pure-Python
-paths of ``_core/_ring.py``: both must speak one protocol, on one robust mutex.
+"""The optional C fast paths (``_core/_speedups.c``) against the pure-Python paths
+of ``_core/_ring.py``: both must speak one protocol, on one robust mutex. (The
+locks' C paths are covered by test_synchronize.py, which CI also runs without
+them.)
 
 The rest of the queue tests run with whichever path this interpreter has (CI runs
 them a second time with CORRAL_PURE_PYTHON=1); these pin down what only the mix can
@@ -27,7 +29,7 @@ from . import queue_targets as targets
 TIMEOUT = 30.0
 
 needs_fast = pytest.mark.skipif(
-    _ring._ringfast is None, reason="the C fast path is not built in this interpreter"
+    _ring._speedups is None, reason="the C fast path is not built in this interpreter"
 )
 
 
@@ -39,12 +41,15 @@ def _compiler_available() -> bool:
 def test_fast_path_is_built_wherever_a_compiler_is() -> None:
     """Guards against the build quietly leaving the extension out (its failure is
     only a warning, so that corral installs without a compiler)."""
+    lock_bases = [c.__name__ for c in type(corral.Lock()).__mro__]
     if os.environ.get("CORRAL_PURE_PYTHON"):
-        assert _ring._ringfast is None
+        assert _ring._speedups is None
         assert corral.Queue()._fast_put is None
+        assert "_PyLockBase" in lock_bases
     elif _compiler_available():
-        assert _ring._ringfast is not None
+        assert _ring._speedups is not None
         assert corral.Queue()._fast_put is not None
+        assert "LockBase" in lock_bases
 
 
 def test_pure_python_on_request() -> None:

@@ -280,6 +280,44 @@ def test_thread_exit_while_holding_is_owner_death() -> None:
     assert lock.statistics().recoveries == 1
 
 
+@pytest.mark.parametrize("how", ["acquire", "with"])
+def test_owner_death_warning_points_at_the_caller(how: str) -> None:
+    """Through the C fast path and the Python one alike, the warning names the line
+    that acquired the lock."""
+    lock = corral.Lock()
+    t = threading.Thread(target=lock.acquire)
+    t.start()
+    t.join(10)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        if how == "acquire":
+            assert lock.acquire()
+            lock.release()
+        else:
+            with lock:
+                pass
+    assert [w.category for w in record] == [corral.OwnerDiedWarning]
+    assert record[0].filename == __file__
+    assert lock.acquire(timeout=5)
+    lock.release()
+
+
+def test_acquire_checks_its_arguments() -> None:
+    lock = corral.Lock()
+    with pytest.raises(TypeError):
+        lock.acquire(True, 1.0, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        lock.acquire(blok=True)  # type: ignore[call-arg]
+    assert not lock.locked()  # a refused call took nothing
+    assert lock.acquire(block=True, timeout=1.0)
+    assert not lock.acquire(block=False)
+    assert not lock.acquire(timeout=0.01)
+    with pytest.raises(TypeError):
+        lock.release(1)  # type: ignore[call-arg]
+    lock.release()
+    assert not lock.locked()
+
+
 def test_refuses_pickling_outside_start() -> None:
     for obj in (corral.Lock(), corral.Semaphore(), corral.Event(), corral.Barrier(2)):
         with pytest.raises(corral.SharingError):

@@ -147,7 +147,7 @@ class Queue:
         self._ring_put = ring.put
         self._ring_get = ring.get
         # The C fast path (None without it): one call for a put or get of a message
-        # without out-of-band buffers, in the common case (see _core/_ringfast.c).
+        # without out-of-band buffers, in the common case (see _core/_speedups.c).
         fast = ring.fast
         self._fast_put = None if fast is None else fast.put
         self._fast_get = None if fast is None else fast.get

@@ -45,9 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from threading import BrokenBarrierError
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._core._monitor import Monitor, Slot, pid_of_tid
+from ._core._native import speedups
 from ._core._robust import RobustMutex, init_mutex
 from ._core._robust import trylock_unchecked as _fast_trylock
 from ._core._robust import unlock_unchecked as _fast_unlock
@@ -119,7 +120,63 @@ _LOCK_MUTEX_OFFSET = 64
 SPIN_TRIES = 40
 
 
-class Lock:
+class _PyLockBase:
+    """The fast paths of :class:`Lock` in Python, where the C extension
+    (``_speedups.LockBase``, the same methods) was not built."""
+
+    __slots__ = ("owner_died",)
+    _m: ctypes.c_void_p
+
+    # The fast paths are written out in full: each Python call level costs about
+    # as much as a ctypes call.
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; with ``block`` False or a ``timeout``, return False
+        if it could not be had. ``timeout=None`` waits forever."""
+        rc = _fast_trylock(self._m)
+        if rc == 0:
+            self.owner_died = False
+            return True
+        return self._acquire_slow(rc, block, timeout)
+
+    def __enter__(self) -> bool:
+        rc = _fast_trylock(self._m)
+        if rc == 0:
+            self.owner_died = False
+            return True
+        return self._acquire_slow(rc, True, None)
+
+    def release(self) -> None:
+        """Release the lock. Raises RuntimeError unless this thread holds it."""
+        if _fast_unlock(self._m):
+            self._not_owner("release")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if _fast_unlock(self._m):
+            self._not_owner("release")
+
+    def _bind(self, address: int) -> None:
+        """(The C version keeps the address; this one uses ``self._m``.)"""
+
+    def _acquire_slow(self, rc: int, block: bool, timeout: float | None) -> bool:
+        raise NotImplementedError
+
+    def _not_owner(self, what: str) -> None:
+        raise NotImplementedError
+
+
+# The base with the fast paths: C where built, else the Python one above.
+if TYPE_CHECKING:
+    _LockBase = _PyLockBase
+else:
+    _LockBase = _PyLockBase if speedups is None else speedups.LockBase
+
+
+class Lock(_LockBase):
     """A lock shared between processes that recovers when its owner dies.
 
     As :class:`multiprocessing.Lock`, with these differences:
@@ -141,7 +198,7 @@ class Lock:
     """
 
     __module__ = "corral"
-    __slots__ = ("__weakref__", "_m", "_mon", "_mutex", "_on_owner_death", "owner_died")
+    __slots__ = ("__weakref__", "_m", "_mon", "_mutex", "_on_owner_death")
     _recursive = False
 
     def __init__(self, *, on_owner_death: OnOwnerDeath = "warn", _shm: SharedMemory | None = None):
@@ -153,40 +210,23 @@ class Lock:
             init_mutex(address, recursive=self._recursive)
         self._mutex = RobustMutex(address)
         self._m = ctypes.c_void_p(address)
+        self._bind(address)
         self._on_owner_death: OnOwnerDeath = on_owner_death
         self.owner_died = False
 
-    # The fast paths are written out in full: each Python call level costs about
-    # as much as a ctypes call.
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Acquire the lock; with ``block`` False or a ``timeout``, return False
-        if it could not be had. ``timeout=None`` waits forever."""
-        rc = _fast_trylock(self._m)
-        if rc == 0:
-            self.owner_died = False
-            return True
+    # acquire(), release(), __enter__ and __exit__ come from the base: a trylock (in
+    # C, with a short spin while the lock is busy) or an unlock, then the methods
+    # below for everything else.
+
+    def _acquire_fallback(self, rc: int, block: bool = True, timeout: float | None = None) -> bool:
+        """The C base's trylock returned ``rc`` (-1: it did not try; the arguments
+        are checked here first)."""
+        if rc < 0:
+            rc = _fast_trylock(self._m)
+            if rc == 0:
+                self.owner_died = False
+                return True
         return self._acquire_slow(rc, block, timeout)
-
-    def release(self) -> None:
-        """Release the lock. Raises RuntimeError unless this thread holds it."""
-        if _fast_unlock(self._m):
-            self._not_owner("release")
-
-    def __enter__(self) -> bool:
-        rc = _fast_trylock(self._m)
-        if rc == 0:
-            self.owner_died = False
-            return True
-        return self._acquire_slow(rc, True, None)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if _fast_unlock(self._m):
-            self._not_owner("release")
 
     def _not_owner(self, what: str) -> None:
         raise RuntimeError(

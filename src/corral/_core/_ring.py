@@ -52,7 +52,6 @@ memory ordering included.
 from __future__ import annotations
 
 import errno
-import importlib
 import mmap
 import os
 import platform
@@ -61,10 +60,9 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, cast
 
-from . import _linux
+from . import _linux, _native
 from ._futex import futex_wait, futex_wake
 from ._robust import MUTEX_SIZE, RobustMutex, init_mutex
 from ._shm import SharedMemory
@@ -196,30 +194,19 @@ _pid = os.getpid()
 _sched_yield = os.sched_yield
 
 
-# The C fast path (``_ringfast.c``): optional, same protocol. Left out when it was
-# not built, when its idea of the header layout differs, or when the environment
-# says CORRAL_PURE_PYTHON=1 (read at import, so also in every spawned child).
-def _load_fast() -> ModuleType | None:
-    if os.environ.get("CORRAL_PURE_PYTHON"):
-        return None
-    try:
-        mod = importlib.import_module(f"{__package__}._ringfast")
-    except ImportError:
-        return None
-    if mod.OFF_HEAD != OFF_HEAD:  # pragma: no cover - built against another libc
-        return None
-    return mod
-
-
-_ringfast = _load_fast()
-# What the fast calls return when they did not finish the job (see _ringfast.c).
+# The C fast path (``_speedups.c``, see ``_native``), unless its idea of the header
+# layout differs from ours.
+_speedups = _native.speedups
+if _speedups is not None and _speedups.OFF_HEAD != OFF_HEAD:  # pragma: no cover
+    _speedups = None
+# What the fast calls return when they did not finish the job (see _speedups.c).
 FAST_SLOW, FAST_OWNER_DIED, FAST_SWEEP, FAST_EMPTY = 1, 2, 3, 4
-if _ringfast is not None:
+if _speedups is not None:
     assert (FAST_SLOW, FAST_OWNER_DIED, FAST_SWEEP, FAST_EMPTY) == (
-        _ringfast.SLOW,
-        _ringfast.OWNER_DIED,
-        _ringfast.SWEEP,
-        _ringfast.EMPTY,
+        _speedups.SLOW,
+        _speedups.OWNER_DIED,
+        _speedups.SWEEP,
+        _speedups.EMPTY,
     )
 
 
@@ -228,8 +215,8 @@ def set_hook(hook: Callable[[str], None] | None) -> None:
     hook points, so it is turned off while a hook is installed."""
     global _hook
     _hook = hook
-    if _ringfast is not None:
-        _ringfast.set_enabled(hook is None)
+    if _speedups is not None:
+        _speedups.set_enabled(hook is None)
 
 
 def _after_fork() -> None:
@@ -328,8 +315,8 @@ class Ring:
         # from ``get`` goes to ``put_after_fast`` / ``get_after_fast``.
         self.fast: Any = (
             None
-            if _ringfast is None
-            else _ringfast.Ops(addr, DATA, capacity, self.retain, maxsize, joinable)
+            if _speedups is None
+            else _speedups.Ops(addr, DATA, capacity, self.retain, maxsize, joinable)
         )
         # What the hot paths need, in one attribute.
         self._hot = (capacity, self.retain, maxsize, self._mm, self._q, self._mutex)

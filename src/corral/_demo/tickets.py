@@ -219,7 +219,10 @@ def _run_corral(ns: argparse.Namespace, report: Report, path: str, rng: random.R
                         holders_killed += 1
                     by_pid[h].kill()
                     killed.add(h)
-            elif rng.random() < 0.002:
+            elif rng.random() < 0.002 and lock.statistics().recoveries == repairs.value:
+                # (Not while a repair is under way: a repairer killed mid-repair is a
+                # death the next holder recovers from, but it would leave one more
+                # recovery than completed repairs, and the count below is exact.)
                 waiting = [p for p in procs if p.exitcode is None and p.pid != h]
                 if waiting:
                     victim = rng.choice(waiting)
