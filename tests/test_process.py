@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -233,6 +235,23 @@ def test_all_matches_exports() -> None:
     assert set(corral.__all__) == public - modules
     assert isinstance(corral.__all__, tuple)
     assert list(corral.__all__) == sorted(corral.__all__)
+
+
+def test_import_loads_only_what_a_child_needs() -> None:
+    """Every spawned or forkserver child imports corral: queues, locks, the pool and
+    concurrent.futures (WorkerCrashed's stdlib base) load on first use only."""
+    code = (
+        "import sys, corral\n"
+        "heavy = ['concurrent.futures', 'logging', 'corral._queue', 'corral._pool',\n"
+        "         'corral._synchronize', 'corral._workercrash']\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "e = corral.WorkerCrashed(-9, 1)\n"
+        "print(isinstance(e, corral.ProcessDied), 'concurrent.futures' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.splitlines() == ["[]", "True True"]
 
 
 def test_every_multiprocessing_name_is_there() -> None:

@@ -51,7 +51,6 @@ from ._exceptions import (
     ShutDown,
     StageError,
     TaskTimeout,
-    WorkerCrashed,
 )
 from ._process import Process
 
@@ -71,10 +70,12 @@ if _typing.TYPE_CHECKING:
         Semaphore,
         SyncStatistics,
     )
+    from ._workercrash import WorkerCrashed
 
 _LAZY = {
     **dict.fromkeys(("ProcessPoolExecutor", "map"), "._executor"),
     "Pipeline": "._pipeline",
+    "WorkerCrashed": "._workercrash",
     **dict.fromkeys(("AsyncResult", "Pool", "PoolStatistics"), "._pool"),
     **dict.fromkeys(("JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"), "._queue"),
     **dict.fromkeys(("Array", "RawArray", "RawValue", "Value"), "._sharedctypes"),

@@ -49,8 +49,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Generic, TypeVar
 
 from ._context import CorralContext, get_context
-from ._exceptions import CorralError, RemoteTraceback, TaskTimeout, WorkerCrashed
+from ._exceptions import CorralError, RemoteTraceback, TaskTimeout
 from ._process import Process
+from ._workercrash import WorkerCrashed
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "PoolStatistics"]
 
