@@ -471,8 +471,9 @@ def test_consumers_in_children(ctx: corral.CorralContext) -> None:
 
 @pytest.mark.parametrize("size", [100, 100 * 1024 * 1024], ids=["small", "100MB"])
 def test_producer_killed_mid_put(ctx: corral.CorralContext, size: int) -> None:
-    """Killed inside put with the mutex held: after the frame was fully written but
-    before it was published (small), or in the middle of copying a 100 MB buffer."""
+    """Killed inside put: with the mutex held, after the frame was fully written but
+    before it was published (small), or holding a reservation, in the middle of
+    copying a 100 MB buffer."""
     q = ctx.Queue(capacity_bytes=128 * 1024 * 1024)
     q.put_many(["before", "also before"])
     r, w = ctx.Pipe(duplex=False)
@@ -496,6 +497,51 @@ def test_producer_killed_mid_put(ctx: corral.CorralContext, size: int) -> None:
     q.put(bytearray(size))
     assert q.get(timeout=TIMEOUT) == "after"
     assert len(q.get(timeout=TIMEOUT)) == size
+
+
+def test_gets_go_on_while_a_large_put_copies(ctx: corral.CorralContext) -> None:
+    """A large put reserves its frame and copies with the mutex let go: gets of the
+    messages before it go on meanwhile, other puts wait (within their timeout), and
+    when the large putter is killed mid-copy its reservation is dropped: nothing of
+    it is ever seen, and puts resume."""
+    q = ctx.Queue(capacity_bytes=64 * 1024 * 1024)
+    q.put_many(["before", "also before"])
+    r, w = ctx.Pipe(duplex=False)
+    big = bytearray(2 * _ring.COPY_CHUNK + 1)
+    p = ctx.Process(target=targets.put_and_park, args=(q, big, "put:copy", w))
+    p.start()
+    w.close()
+    _wait_for(r, b"put:copy")
+    t0 = time.monotonic()
+    assert q.get(timeout=TIMEOUT) == "before"
+    assert q.get_nowait() == "also before"
+    assert time.monotonic() - t0 < SLACK  # not held up by the copy
+    with pytest.raises(queue.Full):
+        q.put("waits for the reservation", timeout=0.3)
+    assert q.qsize() == 0
+    _kill(p)
+    r.close()
+    q.put("after")
+    assert q.get(timeout=TIMEOUT) == "after"
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    q.put(big)
+    assert q.get(timeout=TIMEOUT) == big
+
+
+def test_a_recycled_pid_holds_no_claim_or_reservation() -> None:
+    """A claim or reservation names its process by pid *and* start time: a live
+    process that merely got a dead holder's pid does not hold anything up."""
+    q = corral.Queue()
+    ring = q._ring
+    stranger = os.getppid()  # alive, and not the process that wrote these words
+    ring._q[_ring.Q_RESERVE_START] = ring._q[_ring.Q_CLAIM_START] = 1
+    ring._i[_ring.I_RESERVE] = stranger
+    q.put("not held up by the reservation", timeout=TIMEOUT)
+    assert ring._i[_ring.I_RESERVE] == 0
+    ring._i[_ring.I_CLAIM] = stranger
+    assert q.get(timeout=TIMEOUT) == "not held up by the reservation"
+    assert ring._i[_ring.I_CLAIM] == 0
 
 
 def test_consumer_killed_mid_get(ctx: corral.CorralContext) -> None:

@@ -38,6 +38,10 @@ zeros behind. It is fine for frames, which nobody reads before they are publishe
 Large messages: a get of a frame with at least ``CLAIM_BYTES`` of buffers records
 its pid in ``claim``, copies the frame out with the mutex let go (puts go on), then
 consumes it; a claim whose process is dead is dropped, leaving the message whole.
+A put of such a frame *reserves* it at ``tail`` (its pid and position in
+``reserve``), copies the buffers in with the mutex let go (gets go on; other puts
+wait), then publishes; a reservation whose process is dead is dropped, and as
+``tail`` never moved, nothing of it was visible.
 Small batches: ``put_many`` frames them into one blob before taking the mutex, and
 ``get_many`` copies them out in one piece and parses them after letting it go.
 
@@ -64,6 +68,7 @@ from typing import Any, cast
 
 from . import _linux, _native
 from ._futex import futex_wait, futex_wake
+from ._monitor import is_alive, proc_start_time
 from ._robust import MUTEX_SIZE, RobustMutex, init_mutex
 from ._shm import SharedMemory
 
@@ -142,6 +147,10 @@ OFF_PUTTERS = 84  # u32 putters asleep
 OFF_JOINERS = 88  # u32 joiners asleep
 OFF_SHUT = 92  # u32 0: open, 1: shut down, 2: shut down immediately
 OFF_CLAIM = 96  # u32 pid of the getter copying out the message at head, or 0
+OFF_RESERVE = 100  # u32 pid of the putter copying a message in past tail, or 0
+OFF_RESERVE_POS = 104  # u64 the position (== tail) where that message goes
+OFF_CLAIM_START = 112  # u64 start time of the claim's process (pids get reused)
+OFF_RESERVE_START = 120  # u64 start time of the reservation's process
 OFF_PUT_SEQ = 128  # u32 futex: bumped when messages are published and getters wait
 OFF_GET_SEQ = 192  # u32 futex: bumped when room is made and putters wait
 OFF_DONE_SEQ = 256  # u32 futex: bumped when the last task is done and joiners wait
@@ -150,13 +159,16 @@ OFF_SLOT_PID = 512  # u32[MAX_WAITERS] pid of each waiter
 OFF_SLOT_KIND = OFF_SLOT_PID + 4 * MAX_WAITERS  # u32[MAX_WAITERS] which counter it holds
 DATA = max(PAGE, 4096)
 assert OFF_COUNT + 8 <= OFF_TAKEN
+assert OFF_RESERVE_START + 8 <= OFF_PUT_SEQ
 assert OFF_SLOT_KIND + 4 * MAX_WAITERS <= DATA
 assert MUTEX_SIZE >= _MUTEX_BYTES
 
 # Indexes for the u64 ('Q') and u32 ('I') views of the header.
 Q_HEAD, Q_TAIL, Q_COUNT, Q_TAKEN = OFF_HEAD // 8, OFF_TAIL // 8, OFF_COUNT // 8, OFF_TAKEN // 8
 I_GETTERS, I_PUTTERS, I_JOINERS = OFF_GETTERS // 4, OFF_PUTTERS // 4, OFF_JOINERS // 4
-I_SHUT, I_CLAIM = OFF_SHUT // 4, OFF_CLAIM // 4
+I_SHUT, I_CLAIM, I_RESERVE = OFF_SHUT // 4, OFF_CLAIM // 4, OFF_RESERVE // 4
+Q_RESERVE_POS = OFF_RESERVE_POS // 8
+Q_CLAIM_START, Q_RESERVE_START = OFF_CLAIM_START // 8, OFF_RESERVE_START // 8
 I_PUT_SEQ, I_GET_SEQ, I_DONE_SEQ = OFF_PUT_SEQ // 4, OFF_GET_SEQ // 4, OFF_DONE_SEQ // 4
 I_SLOT_PID, I_SLOT_KIND = OFF_SLOT_PID // 4, OFF_SLOT_KIND // 4
 
@@ -219,9 +231,20 @@ def set_hook(hook: Callable[[str], None] | None) -> None:
         _speedups.set_enabled(hook is None)
 
 
+_start_time: int | None = None  # this process's, from /proc, read when first needed
+
+
+def _my_start() -> int:
+    global _start_time
+    if _start_time is None:
+        _start_time = proc_start_time(_pid) or 0
+    return _start_time
+
+
 def _after_fork() -> None:
-    global _pid
+    global _pid, _start_time
     _pid = os.getpid()
+    _start_time = None
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -397,6 +420,7 @@ class Ring:
             pos += flen
         q[Q_COUNT] = count
         self._claim_alive()
+        self._reserved()
         self._sweep_waiters()
         # A wake-up meant for (or owed by) the dead holder may be lost: wake everyone.
         self._wake_everyone()
@@ -553,6 +577,9 @@ class Ring:
         cap, retain, maxsize, mm, q, m = self._hot
         if size > cap:
             raise TooLarge(size, cap)
+        if bufs and size >= CLAIM_BYTES:
+            self._put_reserved(head, bufs, size, block, timeout)
+            return
         if not m.try_acquire() and not self._lock_slow(timeout if block else None):
             raise queue.Full
         try:
@@ -562,6 +589,7 @@ class Ring:
             off = tail % cap
             if (
                 shut
+                or self._i[I_RESERVE]
                 or off + size > retain
                 or tail + size - head_pos > cap
                 or (maxsize and count >= maxsize)
@@ -587,6 +615,66 @@ class Ring:
         if gw:
             self._wake(self._put_seq, 1, gw)
 
+    def _put_reserved(
+        self,
+        head: bytes,
+        bufs: Sequence[memoryview],
+        size: int,
+        block: bool,
+        timeout: float | None,
+    ) -> None:
+        """``put`` of a large message: reserve its frame at ``tail`` under the mutex,
+        copy the buffers in with the mutex let go (gets go on meanwhile), then
+        publish under the mutex. Other puts wait for the reservation; one whose
+        putter died is dropped, and nothing of it was ever visible."""
+        if not self._lock(timeout if block else None):
+            raise queue.Full
+        try:
+            old_tail = self._q[Q_TAIL]
+            tail, off, _count, _gw = self._room(size, block, timeout)
+            if tail != old_tail:
+                self._q[Q_TAIL] = tail  # a pad frame, on its own: nothing to get
+            base = DATA + off
+            _frame_into(self._mm, base, size, len(head), len(bufs))
+            self._q[Q_RESERVE_START] = _my_start()
+            self._i[I_RESERVE] = _pid
+            self._q[Q_RESERVE_POS] = tail
+        finally:
+            self._unlock()
+        try:
+            self._write_bufs(base, head, bufs)
+        except BaseException:
+            self._lock()
+            try:
+                if self._i[I_RESERVE] == _pid and self._q[Q_RESERVE_POS] == tail:
+                    self._i[I_RESERVE] = 0
+                    self._bump(I_GET_SEQ)
+            finally:
+                self._unlock()
+            futex_wake(self._get_seq, WAKE_ALL)
+            raise
+        self._lock()
+        try:
+            q, i = self._q, self._i
+            if i[I_RESERVE] != _pid or q[Q_RESERVE_POS] != tail or q[Q_TAIL] != tail:
+                raise RingShutDown  # dropped by shutdown(immediate=True)
+            if _hook is not None:
+                _hook("put:publish")
+            q[Q_TAIL] = tail + size  # publish
+            q[Q_COUNT] += 1
+            i[I_RESERVE] = 0
+            gw, pw = i[I_GETTERS], i[I_PUTTERS]
+            if gw:
+                self._bump(I_PUT_SEQ)
+            if pw:
+                self._bump(I_GET_SEQ)
+        finally:
+            self._unlock()
+        if gw:
+            self._wake(self._put_seq, 1, gw)
+        if pw:
+            self._wake(self._get_seq, WAKE_ALL, pw)
+
     def _room(
         self,
         size: int,
@@ -604,6 +692,13 @@ class Ring:
             head, tail, count, _t, gw, _pw, _jw, shut = _STATE.unpack_from(mm, OFF_HEAD)
             if shut:
                 raise RingShutDown
+            if self._reserved():
+                # A putter is copying a large message in at tail: nothing else may
+                # be written until it publishes (or is found dead).
+                if not block or (deadline is not None and time.monotonic() >= deadline):
+                    raise queue.Full
+                self._sleep(_PUTTER, I_GET_SEQ, deadline)
+                continue
             off = tail % cap
             if head == tail and off:  # empty (after a repair): start a lap
                 tail = self._jump(tail)
@@ -633,7 +728,8 @@ class Ring:
         )
 
     def _jump(self, pos: int) -> int:
-        """With the mutex held and the ring empty: move head and tail to the next lap."""
+        """With the mutex held and the ring empty: move head and tail to the next lap.
+        (Never while a putter holds a reservation: its frame goes at ``tail``.)"""
         new = pos + self.capacity - pos % self.capacity
         self._q[Q_HEAD] = new  # head > tail until the next store; _repair knows
         self._q[Q_TAIL] = new
@@ -690,6 +786,13 @@ class Ring:
             gw = 0
             try:
                 head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(mm, OFF_HEAD)
+                while not shut and self._reserved():  # see _room
+                    if not block or (deadline is not None and time.monotonic() >= deadline):
+                        raise _full(done)
+                    self._sleep(_PUTTER, I_GET_SEQ, deadline)
+                    head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(
+                        mm, OFF_HEAD
+                    )
                 while done < total:
                     if shut:
                         raise RingShutDown
@@ -784,6 +887,7 @@ class Ring:
             k = len(messages)
             if (
                 shut
+                or self._i[I_RESERVE]
                 or off + total > self.retain
                 or tail + total - head_pos > cap
                 or (head_pos == tail and off)
@@ -837,6 +941,7 @@ class Ring:
             base = DATA + off
             out: Received
             if nbufs and flen >= CLAIM_BYTES:
+                self._q[Q_CLAIM_START] = _my_start()
                 self._i[I_CLAIM] = _pid
                 claimed = True
             else:
@@ -848,7 +953,7 @@ class Ring:
                     _hook("get:copied")
                 # (what _consume does, inlined: this is the hot path)
                 end = head + flen
-                if end == tail and end % cap:
+                if end == tail and end % cap and not self._i[I_RESERVE]:
                     self._jump(end)  # emptied: the next put reuses warm pages
                 else:
                     q[Q_HEAD] = end  # consumed
@@ -873,7 +978,7 @@ class Ring:
         """With the mutex held: the message in ``[start, end)`` was got."""
         cap = self.capacity
         q = self._q
-        if end == tail and end % cap:
+        if end == tail and end % cap and not self._i[I_RESERVE]:
             # Emptied: both go to the next lap, so the next put reuses warm pages.
             self._jump(end)
         else:
@@ -927,9 +1032,21 @@ class Ring:
         claim = self._i[I_CLAIM]
         if not claim:
             return False
-        if _alive(claim):
+        if is_alive(claim, self._q[Q_CLAIM_START]):  # (a recycled pid has another start)
             return True
         self._i[I_CLAIM] = 0
+        return False
+
+    def _reserved(self) -> bool:
+        """With the mutex held: whether a live putter holds a reservation (a dead
+        one's is dropped here: its frame lies past ``tail``, never published)."""
+        owner = self._i[I_RESERVE]
+        if not owner:
+            return False
+        if owner == _pid or is_alive(owner, self._q[Q_RESERVE_START]):
+            # (Our own pid: another thread of this process is copying.)
+            return True
+        self._i[I_RESERVE] = 0
         return False
 
     def _items(self, block: bool, timeout: float | None) -> tuple[int, int, int, int, int]:
@@ -1029,7 +1146,7 @@ class Ring:
             if _hook is not None:
                 _hook("get:copied")
             q = self._q
-            if head == tail and head % cap:
+            if head == tail and head % cap and not self._i[I_RESERVE]:
                 self._jump(head)
             else:
                 q[Q_HEAD] = head  # consumed, all at once
@@ -1074,7 +1191,9 @@ class Ring:
         before): return its pages beyond ``retain`` to the kernel, except any that
         the next lap already uses."""
         cap = self.capacity
-        emptied = new == tail
+        # Emptied, and no putter is writing a reserved frame at tail: the rest of
+        # the lap is free too.
+        emptied = new == tail and not self._i[I_RESERVE]
         lap_of_tail = tail // cap
         pos = old
         while pos < new:
@@ -1133,6 +1252,8 @@ class Ring:
                 q[Q_COUNT] = 0
                 if self.capacity > self.retain:
                     self._shm.release(DATA + self.retain, self.capacity - self.retain)
+            if immediate:
+                i[I_RESERVE] = 0  # its putter finds it gone, and drops its message
             i[I_SHUT] = max(i[I_SHUT], 2 if immediate else 1)
             self._wake_everyone()
         finally:

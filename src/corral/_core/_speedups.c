@@ -10,8 +10,8 @@
  *
  * It speaks exactly the protocol of _ring.py, on the same robust mutex, and does
  * only the plain case: the mutex is free (a few trylocks), the frame fits before
- * the retained pages end, the queue is not shut down, no claim, no out-of-band
- * buffers. Anything else returns SLOW with nothing done and the mutex free, and
+ * the retained pages end, the queue is not shut down, no claim and no
+ * reservation (a large put copying in at tail), no out-of-band buffers. Anything else returns SLOW with nothing done and the mutex free, and
  * the Python path starts again from the beginning. Read _ring.py's docstring and
  * docs/design.md ("Queues") first.
  *
@@ -46,6 +46,7 @@
 #define OFF_PUTTERS 84
 #define OFF_SHUT 92
 #define OFF_CLAIM 96
+#define OFF_RESERVE 100
 #define OFF_PUT_SEQ 128
 #define OFF_GET_SEQ 192
 #define FRAME_HEADER 16
@@ -164,8 +165,8 @@ static PyObject *Ops_put(Ops *o, PyObject *arg) {
     uint64_t count = load64(U64(o, OFF_COUNT));
     uint32_t gw = load32(U32(o, OFF_GETTERS));
     uint64_t off = tail % o->cap;
-    if (load32(U32(o, OFF_SHUT)) || off + size > o->retain || tail + size - head > o->cap ||
-        (o->maxsize && count >= o->maxsize)) {
+    if (load32(U32(o, OFF_SHUT)) || load32(U32(o, OFF_RESERVE)) || off + size > o->retain ||
+        tail + size - head > o->cap || (o->maxsize && count >= o->maxsize)) {
         unlock(o);
         return PyLong_FromLong(R_SLOW);
     }
@@ -203,8 +204,8 @@ static PyObject *Ops_put_many(Ops *o, PyObject *arg) {
     uint64_t count = load64(U64(o, OFF_COUNT));
     uint32_t gw = load32(U32(o, OFF_GETTERS));
     uint64_t off = tail % o->cap;
-    if (load32(U32(o, OFF_SHUT)) || off + total > o->retain || tail + total - head > o->cap ||
-        (o->maxsize && count + (uint64_t)k > o->maxsize)) {
+    if (load32(U32(o, OFF_SHUT)) || load32(U32(o, OFF_RESERVE)) || off + total > o->retain ||
+        tail + total - head > o->cap || (o->maxsize && count + (uint64_t)k > o->maxsize)) {
         unlock(o);
         return PyLong_FromLong(R_SLOW);
     }
@@ -287,7 +288,7 @@ again:;
         return NULL;
     }
     uint64_t end = head + flen;
-    if (end == tail && end % o->cap) {
+    if (end == tail && end % o->cap && !load32(U32(o, OFF_RESERVE))) {
         /* Emptied: both go to the start of the next lap (warm pages). head > tail
          * between the two stores; _repair knows. */
         uint64_t lap = end + o->cap - end % o->cap;
@@ -378,7 +379,7 @@ again:;
         Py_DECREF(out);
         return PyLong_FromLong(R_SLOW);
     }
-    if (pos == tail && pos % o->cap) {
+    if (pos == tail && pos % o->cap && !load32(U32(o, OFF_RESERVE))) {
         uint64_t lap = pos + o->cap - pos % o->cap;
         publish64(U64(o, OFF_HEAD), lap);
         publish64(U64(o, OFF_TAIL), lap);
