@@ -11,8 +11,9 @@
  * It speaks exactly the protocol of _ring.py, on the same robust mutex, and does
  * only the plain case: the mutex is free (a few trylocks), the frame fits before
  * the retained pages end, the queue is not shut down, no claim and no
- * reservation (a large put copying in at tail), no out-of-band buffers. Anything else returns SLOW with nothing done and the mutex free, and
- * the Python path starts again from the beginning. Read _ring.py's docstring and
+ * reservation (a large put copying in at tail), no out-of-band buffers.
+ * Anything else returns SLOW with nothing done and the mutex free, and the
+ * Python path starts again from the beginning. Read _ring.py's docstring and
  * docs/design.md ("Queues") first.
  *
  * Memory ordering. All shared words are read and written under the mutex; the
@@ -60,7 +61,7 @@
 #define R_SWEEP 3      /* done; wake-ups keep finding nobody: sweep dead waiters */
 #define R_EMPTY 4      /* get: empty (not shut down), mutex free */
 
-/* Trylocks before giving up on a busy mutex (the Python path then spins and
+/* Looks at a busy mutex before giving up on it (the Python path then spins and
  * sleeps). A holder keeps it well under a microsecond. */
 #define LOCK_SPIN 64
 /* Looks at ``count`` (yielding the CPU between them) by a get that found the ring
@@ -95,23 +96,39 @@ static long futex_wake(uint32_t *addr, int n) {
     return syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
+/* The owner's TID in the lock word of a glibc mutex (the first int); the rest
+ * are the FUTEX_WAITERS and FUTEX_OWNER_DIED bits. */
+#define FUTEX_TID_MASK 0x3fffffff
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
 /* Take the mutex: 0, R_SLOW (busy or an error for Python to report), or
- * R_OWNER_DIED (held, made consistent). */
+ * R_OWNER_DIED (held, made consistent). While it is busy, read its lock word and
+ * try again only when the word shows no owner: a stream of failing trylocks (each
+ * a compare-and-swap) would keep taking the cache line from the holder. */
 static int lock(Ops *o) {
     pthread_mutex_t *m = (pthread_mutex_t *)o->base;
-    for (int i = 0; i < LOCK_SPIN; i++) {
-        int rc = pthread_mutex_trylock(m);
-        if (rc == 0) return 0;
-        if (rc == EOWNERDEAD) {
-            if (pthread_mutex_consistent(m) != 0) {
-                pthread_mutex_unlock(m);
-                return R_SLOW;
-            }
-            return R_OWNER_DIED;
-        }
-        if (rc != EBUSY) return R_SLOW;
+    int *word = (int *)m;
+    int rc = pthread_mutex_trylock(m);
+    for (int i = 0; rc == EBUSY && i < LOCK_SPIN; i++) {
+        cpu_relax();
+        if ((__atomic_load_n(word, __ATOMIC_RELAXED) & FUTEX_TID_MASK) == 0)
+            rc = pthread_mutex_trylock(m);
     }
-    return R_SLOW;
+    if (rc == EOWNERDEAD) {
+        /* Ours now. (consistent() fails only on a mutex that is not robust, or
+         * not ours: never here. Unlocking it unmade would leave it unusable for
+         * good, so the Python repair runs either way.) */
+        pthread_mutex_consistent(m);
+        return R_OWNER_DIED;
+    }
+    return rc == 0 ? 0 : R_SLOW;
 }
 
 static inline void unlock(Ops *o) { pthread_mutex_unlock((pthread_mutex_t *)o->base); }
@@ -435,18 +452,6 @@ static PyObject *str_acquire_fallback, *str_not_owner, *str_release;
  * tries a few more times and then sleeps in the kernel. A few microseconds:
  * critical sections are usually shorter than a sleep and a wake-up. */
 #define LOCK_ACQUIRE_SPIN 200
-
-/* The owner's TID in the lock word of a glibc mutex (the first int); the rest
- * are the FUTEX_WAITERS and FUTEX_OWNER_DIED bits. */
-#define FUTEX_TID_MASK 0x3fffffff
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
-}
 
 /* trylock; while busy, watch the lock word and try again only when it shows no
  * owner. Reading leaves the cache line shared, so the holder's unlock and the
