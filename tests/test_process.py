@@ -242,7 +242,7 @@ def test_import_loads_only_what_a_child_needs() -> None:
     concurrent.futures (WorkerCrashed's stdlib base) load on first use only."""
     code = (
         "import sys, corral\n"
-        "heavy = ['concurrent.futures', 'logging', 'corral._queue', 'corral._pool',\n"
+        "heavy = ['concurrent.futures', 'logging', 'typing', 'corral._queue', 'corral._pool',\n"
         "         'corral._synchronize', 'corral._workercrash']\n"
         "print([m for m in heavy if m in sys.modules])\n"
         "e = corral.WorkerCrashed(-9, 1)\n"

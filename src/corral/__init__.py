@@ -9,7 +9,6 @@ signatures. What corral does not reimplement yet comes straight from
 from __future__ import annotations
 
 import importlib as _importlib
-import typing as _typing
 
 # --- Straight from multiprocessing: names corral does not reimplement (yet). ---
 # Each name is on its own line; remove a name here when corral provides its own.
@@ -54,7 +53,11 @@ from ._exceptions import (
 )
 from ._process import Process
 
-if _typing.TYPE_CHECKING:
+# (typing is not imported at run time: it costs a few ms in every spawned child.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any as _Any
+
     from ._executor import ProcessPoolExecutor, map
     from ._pipeline import Pipeline
     from ._pool import AsyncResult, Pool, PoolStatistics
@@ -95,7 +98,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _typing.Any:
+def __getattr__(name: str) -> _Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'corral' has no attribute {name!r}")

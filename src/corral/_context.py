@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import multiprocessing
 from multiprocessing.context import BaseContext
-from typing import Any
 
 from . import _process
+
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["CorralContext", "get_context"]
 

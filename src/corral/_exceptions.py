@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import signal as _signal
 import sys
-from typing import Any
+
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "CorralError",

@@ -26,12 +26,16 @@ import pickle
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import process as _mp_process
-from typing import Any
 
 from ._core import _bootstrap, _lifeline, _popen
 from ._core._fdpass import FdHandle
 from ._core._popen import CorralPopen
 from ._exceptions import CorralError, ProcessDied, RemoteTraceback
+
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Process", "process_class_for"]
 

@@ -253,7 +253,11 @@ class Queue:
 
         Raises:
             queue.Empty: nothing arrived within ``timeout`` (at once if ``block`` is
-                false).
+                false). As with ``multiprocessing.Queue``, whose non-blocking get
+                gives up when another consumer holds its read lock, a non-blocking
+                get also gives up while another live process is copying out the
+                oldest message (a large one, 1 MiB or more of buffers): ``qsize()``
+                still counts that message until the copy is done.
             ShutDown: the queue was shut down and is empty.
             Exception: whatever unpickling raised; that message is consumed.
         """

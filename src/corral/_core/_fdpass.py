@@ -16,15 +16,19 @@ from __future__ import annotations
 import os
 from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _mp_reduction
-from typing import Any, Protocol
 
 from .._exceptions import SharingError
 
 __all__ = ["FdHandle", "SharingError"]
 
 
-class _DupFd(Protocol):
-    def detach(self) -> int: ...
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class _DupFd(Protocol):
+        def detach(self) -> int: ...
 
 
 class FdHandle:

@@ -26,9 +26,13 @@ from collections.abc import Callable
 from multiprocessing import forkserver as _mp_forkserver
 from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
 from multiprocessing.connection import wait as _mp_wait
-from typing import TYPE_CHECKING, Any
 
 from . import _linux, _reaper, _tree
+
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["CorralPopen", "popen_class_for"]
 
