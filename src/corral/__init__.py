@@ -75,6 +75,8 @@ if TYPE_CHECKING:
     )
     from ._workercrash import WorkerCrashed
 
+del TYPE_CHECKING  # not a public name
+
 _LAZY = {
     **dict.fromkeys(("ProcessPoolExecutor", "map"), "._executor"),
     "Pipeline": "._pipeline",
