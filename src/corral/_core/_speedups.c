@@ -169,35 +169,65 @@ static int Ops_init(Ops *self, PyObject *args, PyObject *Py_UNUSED(kwds)) {
     return 0;
 }
 
+/* The state a put needs between taking the mutex and letting it go. */
+typedef struct {
+    uint64_t tail, count;
+    uint32_t gw;
+} PutState;
+
+/* Take the mutex and check that ``total`` bytes of ``k`` new frames fit at ``tail``
+ * with nothing unusual about the ring: 0 (mutex held, ``st`` filled), or an R_*
+ * code with the mutex let go (held for R_OWNER_DIED). */
+static int put_begin(Ops *o, uint64_t total, uint64_t k, PutState *st) {
+    int rc = lock(o);
+    if (rc) return rc;
+    uint64_t head = load64(U64(o, OFF_HEAD));
+    st->tail = load64(U64(o, OFF_TAIL));
+    st->count = load64(U64(o, OFF_COUNT));
+    st->gw = load32(U32(o, OFF_GETTERS));
+    uint64_t off = st->tail % o->cap;
+    if (load32(U32(o, OFF_SHUT)) || load32(U32(o, OFF_RESERVE)) || off + total > o->retain ||
+        st->tail + total - head > o->cap || (o->maxsize && st->count + k > o->maxsize)) {
+        unlock(o);
+        return R_SLOW;
+    }
+    return 0;
+}
+
+/* Write one frame (no out-of-band buffers) for ``b``; return where the next goes. */
+static char *write_frame(char *frame, PyObject *b) {
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(b);
+    uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
+    ((uint64_t *)frame)[0] = size;
+    ((uint32_t *)frame)[2] = (uint32_t)n;
+    ((uint32_t *)frame)[3] = 0;
+    memcpy(frame + FRAME_HEADER, PyBytes_AS_STRING(b), n);
+    return frame + size;
+}
+
+/* Publish the ``k`` frames written past ``tail`` (one release store), let the
+ * mutex go, wake getters if any wait: R_DONE or R_SWEEP. */
+static PyObject *put_finish(Ops *o, PutState *st, uint64_t total, uint64_t k) {
+    publish64(U64(o, OFF_TAIL), st->tail + total);
+    store64(U64(o, OFF_COUNT), st->count + k);
+    if (st->gw) bump(o, OFF_PUT_SEQ);
+    unlock(o);
+    int rc = R_DONE;
+    if (st->gw) rc = wake(o, OFF_PUT_SEQ, k > WAKE_ALL ? WAKE_ALL : (int)k);
+    return PyLong_FromLong(rc);
+}
+
 /* put(data: bytes) -> int. A frame without out-of-band buffers. */
 static PyObject *Ops_put(Ops *o, PyObject *arg) {
     if (!enabled || o->base == NULL || !PyBytes_CheckExact(arg)) return PyLong_FromLong(R_SLOW);
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(arg);
     uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
     if (size > o->cap || n > UINT32_MAX) return PyLong_FromLong(R_SLOW);
-    int rc = lock(o);
+    PutState st;
+    int rc = put_begin(o, size, 1, &st);
     if (rc) return PyLong_FromLong(rc);
-    uint64_t head = load64(U64(o, OFF_HEAD));
-    uint64_t tail = load64(U64(o, OFF_TAIL));
-    uint64_t count = load64(U64(o, OFF_COUNT));
-    uint32_t gw = load32(U32(o, OFF_GETTERS));
-    uint64_t off = tail % o->cap;
-    if (load32(U32(o, OFF_SHUT)) || load32(U32(o, OFF_RESERVE)) || off + size > o->retain ||
-        tail + size - head > o->cap || (o->maxsize && count >= o->maxsize)) {
-        unlock(o);
-        return PyLong_FromLong(R_SLOW);
-    }
-    char *frame = o->data + off;
-    ((uint64_t *)frame)[0] = size;
-    ((uint32_t *)frame)[2] = (uint32_t)n;
-    ((uint32_t *)frame)[3] = 0;
-    memcpy(frame + FRAME_HEADER, PyBytes_AS_STRING(arg), n);
-    publish64(U64(o, OFF_TAIL), tail + size);
-    store64(U64(o, OFF_COUNT), count + 1);
-    if (gw) bump(o, OFF_PUT_SEQ);
-    unlock(o);
-    if (gw) rc = wake(o, OFF_PUT_SEQ, 1);
-    return PyLong_FromLong(rc);
+    write_frame(o->data + st.tail % o->cap, arg);
+    return put_finish(o, &st, size, 1);
 }
 
 /* put_many(messages: list[bytes]) -> int. All of them, published by one store, or
@@ -214,36 +244,13 @@ static PyObject *Ops_put_many(Ops *o, PyObject *arg) {
         total += ((uint64_t)FRAME_HEADER + 15 + (uint64_t)PyBytes_GET_SIZE(b)) & ~(uint64_t)15;
     }
     if (k == 0 || total > o->cap) return PyLong_FromLong(R_SLOW);
-    int rc = lock(o);
+    PutState st;
+    int rc = put_begin(o, total, (uint64_t)k, &st);
     if (rc) return PyLong_FromLong(rc);
-    uint64_t head = load64(U64(o, OFF_HEAD));
-    uint64_t tail = load64(U64(o, OFF_TAIL));
-    uint64_t count = load64(U64(o, OFF_COUNT));
-    uint32_t gw = load32(U32(o, OFF_GETTERS));
-    uint64_t off = tail % o->cap;
-    if (load32(U32(o, OFF_SHUT)) || load32(U32(o, OFF_RESERVE)) || off + total > o->retain ||
-        tail + total - head > o->cap || (o->maxsize && count + (uint64_t)k > o->maxsize)) {
-        unlock(o);
-        return PyLong_FromLong(R_SLOW);
-    }
     /* The list cannot change meanwhile: no Python code runs until we return. */
-    char *frame = o->data + off;
-    for (Py_ssize_t j = 0; j < k; j++) {
-        PyObject *b = PyList_GET_ITEM(arg, j);
-        uint64_t n = (uint64_t)PyBytes_GET_SIZE(b);
-        uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
-        ((uint64_t *)frame)[0] = size;
-        ((uint32_t *)frame)[2] = (uint32_t)n;
-        ((uint32_t *)frame)[3] = 0;
-        memcpy(frame + FRAME_HEADER, PyBytes_AS_STRING(b), n);
-        frame += size;
-    }
-    publish64(U64(o, OFF_TAIL), tail + total);
-    store64(U64(o, OFF_COUNT), count + (uint64_t)k);
-    if (gw) bump(o, OFF_PUT_SEQ);
-    unlock(o);
-    if (gw) rc = wake(o, OFF_PUT_SEQ, k > WAKE_ALL ? WAKE_ALL : (int)k);
-    return PyLong_FromLong(rc);
+    char *frame = o->data + st.tail % o->cap;
+    for (Py_ssize_t j = 0; j < k; j++) frame = write_frame(frame, PyList_GET_ITEM(arg, j));
+    return put_finish(o, &st, total, (uint64_t)k);
 }
 
 /* Whether ``count`` turned non-zero within a few looks (GIL let go meanwhile). */
@@ -258,54 +265,56 @@ static int poll_count(Ops *o) {
     return seen;
 }
 
-/* get(block: bool) -> bytes | int. The oldest message, if it has no out-of-band
- * buffers; else an R_* code. */
-static PyObject *Ops_get(Ops *o, PyObject *arg) {
-    if (!enabled || o->base == NULL) return PyLong_FromLong(R_SLOW);
-    int block = PyObject_IsTrue(arg);
-    if (block < 0) return NULL;
+/* The state a get needs between taking the mutex and letting it go. */
+typedef struct {
+    uint64_t head, tail, count;
+    uint32_t pw;
+} GetState;
+
+/* Take the mutex with a message at ``head`` and no claim on it: 0 (mutex held,
+ * ``st`` filled), or an R_* code with the mutex let go (held for R_OWNER_DIED). A
+ * blocking get that finds the ring empty polls once before answering R_EMPTY. */
+static int get_begin(Ops *o, int block, GetState *st) {
     int polled = 0;
-again:;
-    int rc = lock(o);
-    if (rc) return PyLong_FromLong(rc);
-    uint64_t head = load64(U64(o, OFF_HEAD));
-    uint64_t tail = load64(U64(o, OFF_TAIL));
-    uint64_t count = load64(U64(o, OFF_COUNT));
-    uint32_t pw = load32(U32(o, OFF_PUTTERS));
-    if (!count || load32(U32(o, OFF_CLAIM))) {
+    for (;;) {
+        int rc = lock(o);
+        if (rc) return rc;
+        st->head = load64(U64(o, OFF_HEAD));
+        st->tail = load64(U64(o, OFF_TAIL));
+        st->count = load64(U64(o, OFF_COUNT));
+        st->pw = load32(U32(o, OFF_PUTTERS));
+        if (st->count && !load32(U32(o, OFF_CLAIM))) return 0;
         int shut = load32(U32(o, OFF_SHUT));
         unlock(o);
-        if (count || shut) return PyLong_FromLong(R_SLOW);
-        if (block && !polled) {
-            polled = 1;
-            if (poll_count(o)) goto again;
-        }
-        return PyLong_FromLong(R_EMPTY);
+        if (st->count || shut) return R_SLOW;
+        if (!block || polled || !poll_count(o)) return R_EMPTY;
+        polled = 1;
     }
-    uint64_t off = head % o->cap;
+}
+
+/* The frame at ``*pos`` (past the pad that ends a lap there, if any, moving
+ * ``*pos``), if it is one the fast path reads: no out-of-band buffers, within the
+ * retained pages. NULL otherwise. */
+static char *plain_frame(Ops *o, uint64_t *pos, uint64_t *flen, uint32_t *plen) {
+    uint64_t off = *pos % o->cap;
     char *frame = o->data + off;
-    uint64_t flen = ((uint64_t *)frame)[0];
-    uint32_t plen = ((uint32_t *)frame)[2];
-    uint32_t nbufs = ((uint32_t *)frame)[3];
-    if (nbufs == PAD) {
-        head += flen;
+    if (((uint32_t *)frame)[3] == PAD) {
+        *pos += ((uint64_t *)frame)[0];
         off = 0;
         frame = o->data;
-        flen = ((uint64_t *)frame)[0];
-        plen = ((uint32_t *)frame)[2];
-        nbufs = ((uint32_t *)frame)[3];
     }
-    if (nbufs || off + flen > o->retain || flen < FRAME_HEADER + (uint64_t)plen) {
-        unlock(o);
-        return PyLong_FromLong(R_SLOW);
-    }
-    PyObject *out = PyBytes_FromStringAndSize(frame + FRAME_HEADER, plen);
-    if (out == NULL) {
-        unlock(o);
+    *flen = ((uint64_t *)frame)[0];
+    *plen = ((uint32_t *)frame)[2];
+    if (((uint32_t *)frame)[3] || off + *flen > o->retain ||
+        *flen < FRAME_HEADER + (uint64_t)*plen)
         return NULL;
-    }
-    uint64_t end = head + flen;
-    if (end == tail && end % o->cap && !load32(U32(o, OFF_RESERVE))) {
+    return frame;
+}
+
+/* Consume the ``k`` messages in ``[head, end)`` (one release store of ``head``),
+ * let the mutex go, wake putters if any wait. */
+static void get_finish(Ops *o, GetState *st, uint64_t end, uint64_t k) {
+    if (end == st->tail && end % o->cap && !load32(U32(o, OFF_RESERVE))) {
         /* Emptied: both go to the start of the next lap (warm pages). head > tail
          * between the two stores; _repair knows. */
         uint64_t lap = end + o->cap - end % o->cap;
@@ -314,11 +323,35 @@ again:;
     } else {
         publish64(U64(o, OFF_HEAD), end);
     }
-    store64(U64(o, OFF_COUNT), count - 1);
-    if (o->joinable) store64(U64(o, OFF_TAKEN), load64(U64(o, OFF_TAKEN)) + 1);
-    if (pw) bump(o, OFF_GET_SEQ);
+    store64(U64(o, OFF_COUNT), st->count - k);
+    if (o->joinable) store64(U64(o, OFF_TAKEN), load64(U64(o, OFF_TAKEN)) + k);
+    if (st->pw) bump(o, OFF_GET_SEQ);
     unlock(o);
-    if (pw) wake(o, OFF_GET_SEQ, WAKE_ALL); /* a sweep, if due, comes with a put */
+    if (st->pw) wake(o, OFF_GET_SEQ, WAKE_ALL); /* a sweep, if due, comes with a put */
+}
+
+/* get(block: bool) -> bytes | int. The oldest message, if it has no out-of-band
+ * buffers; else an R_* code. */
+static PyObject *Ops_get(Ops *o, PyObject *arg) {
+    if (!enabled || o->base == NULL) return PyLong_FromLong(R_SLOW);
+    int block = PyObject_IsTrue(arg);
+    if (block < 0) return NULL;
+    GetState st;
+    int rc = get_begin(o, block, &st);
+    if (rc) return PyLong_FromLong(rc);
+    uint64_t pos = st.head, flen;
+    uint32_t plen;
+    char *frame = plain_frame(o, &pos, &flen, &plen);
+    if (frame == NULL) {
+        unlock(o);
+        return PyLong_FromLong(R_SLOW);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(frame + FRAME_HEADER, plen);
+    if (out == NULL) {
+        unlock(o);
+        return NULL;
+    }
+    get_finish(o, &st, pos + flen, 1);
     return out;
 }
 
@@ -345,39 +378,24 @@ static PyObject *Ops_get_many(Ops *o, PyObject *const *args, Py_ssize_t nargs) {
     if (max_items < 1) return PyLong_FromLong(R_SLOW);
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    int polled = 0;
-again:;
-    int rc = lock(o);
+    GetState st;
+    int rc = get_begin(o, block, &st);
     if (rc) {
         Py_DECREF(out);
         return PyLong_FromLong(rc);
     }
-    uint64_t head = load64(U64(o, OFF_HEAD));
-    uint64_t tail = load64(U64(o, OFF_TAIL));
-    uint64_t count = load64(U64(o, OFF_COUNT));
-    uint32_t pw = load32(U32(o, OFF_PUTTERS));
-    if (!count || load32(U32(o, OFF_CLAIM))) {
-        int shut = load32(U32(o, OFF_SHUT));
-        unlock(o);
-        if (!count && !shut && block && !polled) {
-            polled = 1;
-            if (poll_count(o)) goto again;
+    uint64_t pos = st.head, k = 0, n = st.count, flen;
+    if ((uint64_t)max_items < n) n = (uint64_t)max_items;
+    uint32_t plen;
+    for (; k < n; k++) {
+        char *frame = plain_frame(o, &pos, &flen, &plen);
+        if (frame == NULL) {
+            /* A frame the Python path must read: it takes the whole batch, so
+             * that a batch is as long as it would have been without the fast path. */
+            unlock(o);
+            Py_DECREF(out);
+            return PyLong_FromLong(R_SLOW);
         }
-        Py_DECREF(out);
-        return PyLong_FromLong(count || shut ? R_SLOW : R_EMPTY);
-    }
-    uint64_t pos = head, k = 0;
-    while (k < count && (Py_ssize_t)k < max_items) {
-        uint64_t off = pos % o->cap;
-        char *frame = o->data + off;
-        uint64_t flen = ((uint64_t *)frame)[0];
-        uint32_t plen = ((uint32_t *)frame)[2];
-        uint32_t nbufs = ((uint32_t *)frame)[3];
-        if (nbufs == PAD) {
-            pos += flen;
-            continue;
-        }
-        if (nbufs || off + flen > o->retain || flen < FRAME_HEADER + (uint64_t)plen) break;
         PyObject *b = PyBytes_FromStringAndSize(frame + FRAME_HEADER, plen);
         if (b == NULL || PyList_Append(out, b) < 0) {
             Py_XDECREF(b);
@@ -387,27 +405,8 @@ again:;
         }
         Py_DECREF(b);
         pos += flen;
-        k++;
     }
-    if (k < count && (Py_ssize_t)k < max_items) {
-        /* Stopped at a frame the Python path must read: it takes them all, so that
-         * a batch is as long as it would have been without the fast path. */
-        unlock(o);
-        Py_DECREF(out);
-        return PyLong_FromLong(R_SLOW);
-    }
-    if (pos == tail && pos % o->cap && !load32(U32(o, OFF_RESERVE))) {
-        uint64_t lap = pos + o->cap - pos % o->cap;
-        publish64(U64(o, OFF_HEAD), lap);
-        publish64(U64(o, OFF_TAIL), lap);
-    } else {
-        publish64(U64(o, OFF_HEAD), pos);
-    }
-    store64(U64(o, OFF_COUNT), count - k);
-    if (o->joinable) store64(U64(o, OFF_TAKEN), load64(U64(o, OFF_TAKEN)) + k);
-    if (pw) bump(o, OFF_GET_SEQ);
-    unlock(o);
-    if (pw) wake(o, OFF_GET_SEQ, WAKE_ALL);
+    get_finish(o, &st, pos, k);
     return out;
 }
 
