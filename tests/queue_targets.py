@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,6 +46,23 @@ def _park(conn: Connection, point: str) -> Any:
 def put_and_park(q: corral.Queue, item: Any, point: str, conn: Connection) -> None:
     """Put ``item`` and stop at hook ``point`` inside the put (mutex held)."""
     _ring.set_hook(_park(conn, point))
+    q.put(item)
+
+
+def put_publish_and_park(q: corral.Queue, item: Any, point: str, conn: Connection) -> None:
+    """Put ``item`` and stop at hook ``point`` (the publishing store) after making
+    that store itself: the message is published, ``count`` not yet raised."""
+    ring = q._ring
+    park = _park(conn, point)
+
+    def publish_then_park(where: str) -> None:
+        if where == point:
+            tail = ring._q[_ring.Q_TAIL]
+            (frame_len,) = struct.unpack_from("@Q", ring._mm, _ring.DATA + tail % ring.capacity)
+            ring._q[_ring.Q_TAIL] = tail + frame_len
+        park(where)
+
+    _ring.set_hook(publish_then_park)
     q.put(item)
 
 

@@ -101,16 +101,20 @@ def test_paths_mix_in_one_queue(ctx: corral.CorralContext, maxsize: int, capacit
 
 @needs_fast
 @pytest.mark.parametrize("op", ["get", "put"])
+@pytest.mark.parametrize("published", [False, True], ids=["before-tail", "after-tail"])
 def test_fast_path_repairs_after_a_dead_holder(
-    ctx: corral.CorralContext, op: str, monkeypatch: pytest.MonkeyPatch
+    ctx: corral.CorralContext, op: str, published: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A producer SIGKILLed with the mutex held, before its publishing store: the
-    next fast call gets the mutex as EOWNERDEAD, hands it to the Python repair, and
-    then the operation completes."""
+    """A producer SIGKILLed with the mutex held, before its publishing ``tail`` store
+    (the message is absent) or after it but before its ``count`` store (the message
+    is there, and only a recount finds it). The next fast call takes the mutex as
+    EOWNERDEAD and repairs the ring in C, before anything else runs; then the
+    operation completes. Python's repair is not needed."""
     q = ctx.Queue()
     q.put("before")
     r, w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=targets.put_and_park, args=(q, "lost", "put:publish", w))
+    target = targets.put_publish_and_park if published else targets.put_and_park
+    p = ctx.Process(target=target, args=(q, "maybe", "put:publish", w))
     p.start()
     w.close()
     assert r.poll(TIMEOUT), "the producer never reached its publishing store"
@@ -119,21 +123,16 @@ def test_fast_path_repairs_after_a_dead_holder(
     p.join(TIMEOUT)
     r.close()
     assert p.exitcode is not None
-    recovered = []
-    real = q._ring._recover
-
-    def spy() -> None:
-        recovered.append(1)
-        real()
-
-    monkeypatch.setattr(q._ring, "_recover", spy)
-    if op == "get":
-        assert q.get(timeout=TIMEOUT) == "before"
-    else:
+    python_repairs = []
+    monkeypatch.setattr(q._ring, "_repair", lambda: python_repairs.append(1))
+    expected = ["before", "maybe"] if published else ["before"]
+    if op == "put":
         q.put("after")
-        assert q.get(timeout=TIMEOUT) == "before"
-        assert q.get(timeout=TIMEOUT) == "after"
-    assert recovered == [1]
+        expected.append("after")
+    assert python_repairs == []  # the C path repaired (and the mutex is consistent)
+    monkeypatch.undo()
+    assert q.qsize() == len(expected)
+    assert [q.get(timeout=TIMEOUT) for _ in expected] == expected
     with pytest.raises(queue.Empty):
         q.get_nowait()
     assert q.qsize() == 0

@@ -212,11 +212,10 @@ _speedups = _native.speedups
 if _speedups is not None and _speedups.OFF_HEAD != OFF_HEAD:  # pragma: no cover
     _speedups = None
 # What the fast calls return when they did not finish the job (see _speedups.c).
-FAST_SLOW, FAST_OWNER_DIED, FAST_SWEEP, FAST_EMPTY = 1, 2, 3, 4
+FAST_SLOW, FAST_SWEEP, FAST_EMPTY = 1, 2, 3
 if _speedups is not None:
-    assert (FAST_SLOW, FAST_OWNER_DIED, FAST_SWEEP, FAST_EMPTY) == (
+    assert (FAST_SLOW, FAST_SWEEP, FAST_EMPTY) == (
         _speedups.SLOW,
-        _speedups.OWNER_DIED,
         _speedups.SWEEP,
         _speedups.EMPTY,
     )
@@ -503,14 +502,6 @@ class Ring:
 
     # -- after the C fast path ---------------------------------------------------------
 
-    def _recover(self) -> None:
-        """The fast path found the mutex's holder dead: it holds the mutex, already
-        made consistent. Repair, and let it go."""
-        try:
-            self._repair()
-        finally:
-            self._unlock()
-
     def _sweep(self) -> None:
         self._lock()
         try:
@@ -525,16 +516,12 @@ class Ring:
         if rc == FAST_SWEEP:  # the message is in; waiters keep being absent
             self._sweep()
             return
-        if rc == FAST_OWNER_DIED:
-            self._recover()
         self.put(head, None, block, timeout)
 
     def get_after_fast(self, rc: int, block: bool = True, timeout: float | None = None) -> Received:
         """Finish a get that ``fast.get(block)`` answered with ``rc``."""
         if rc == FAST_EMPTY and not block:
             raise queue.Empty  # seen under the mutex: exact
-        if rc == FAST_OWNER_DIED:
-            self._recover()
         return self.get(block, timeout)
 
     def put_many_after_fast(
@@ -544,8 +531,6 @@ class Ring:
         if rc == FAST_SWEEP:
             self._sweep()
             return
-        if rc == FAST_OWNER_DIED:
-            self._recover()
         self.put_many_flat(messages, block, timeout)
 
     def get_many_after_fast(
@@ -554,8 +539,6 @@ class Ring:
         """Finish a ``get_many_raw`` that ``fast.get_many`` answered with ``rc``."""
         if rc == FAST_EMPTY and not block:
             raise queue.Empty
-        if rc == FAST_OWNER_DIED:
-            self._recover()
         return self.get_many_raw(max_items, block, timeout)
 
     # -- put -------------------------------------------------------------------------

@@ -50,16 +50,16 @@
 #define OFF_RESERVE 100
 #define OFF_PUT_SEQ 128
 #define OFF_GET_SEQ 192
+#define OFF_DONE_SEQ 256
 #define FRAME_HEADER 16
 #define PAD 0xFFFFFFFFu
 #define WAKE_ALL 0x7FFFFFFF
 
 /* Return codes of put() (and of get() when it returns no bytes). */
 #define R_DONE 0
-#define R_SLOW 1       /* nothing done, mutex free: take the Python path */
-#define R_OWNER_DIED 2 /* nothing done, mutex HELD and made consistent: repair */
-#define R_SWEEP 3      /* done; wake-ups keep finding nobody: sweep dead waiters */
-#define R_EMPTY 4      /* get: empty (not shut down), mutex free */
+#define R_SLOW 1  /* nothing done, mutex free: take the Python path */
+#define R_SWEEP 2 /* done; wake-ups keep finding nobody: sweep dead waiters */
+#define R_EMPTY 3 /* get: empty (not shut down), mutex free */
 
 /* Looks at a busy mutex before giving up on it (the Python path then spins and
  * sleeps). A holder keeps it well under a microsecond. */
@@ -108,10 +108,15 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* Take the mutex: 0, R_SLOW (busy or an error for Python to report), or
- * R_OWNER_DIED (held, made consistent). While it is busy, read its lock word and
- * try again only when the word shows no owner: a stream of failing trylocks (each
- * a compare-and-swap) would keep taking the cache line from the holder. */
+static void repair(Ops *o);
+
+/* Take the mutex: 0, or R_SLOW (busy, or an error for Python to report) with the
+ * mutex not held. While it is busy, read its lock word and try again only when the
+ * word shows no owner: a stream of failing trylocks (each a compare-and-swap) would
+ * keep taking the cache line from the holder. After a holder's death (EOWNERDEAD)
+ * the ring is repaired here, before this call returns: no Python code runs between
+ * the death being seen and the repair, so nothing (a KeyboardInterrupt, say) can
+ * leave the mutex held and unrepaired. */
 static int lock(Ops *o) {
     pthread_mutex_t *m = (pthread_mutex_t *)o->base;
     int *word = (int *)m;
@@ -122,11 +127,11 @@ static int lock(Ops *o) {
             rc = pthread_mutex_trylock(m);
     }
     if (rc == EOWNERDEAD) {
-        /* Ours now. (consistent() fails only on a mutex that is not robust, or
-         * not ours: never here. Unlocking it unmade would leave it unusable for
-         * good, so the Python repair runs either way.) */
+        /* Ours now. consistent() fails only on a mutex that is not robust or not
+         * ours: never here. */
         pthread_mutex_consistent(m);
-        return R_OWNER_DIED;
+        repair(o);
+        return 0;
     }
     return rc == 0 ? 0 : R_SLOW;
 }
@@ -148,6 +153,40 @@ static int wake(Ops *o, Py_ssize_t off, int n) {
 static void bump(Ops *o, Py_ssize_t off) {
     uint32_t *p = U32(o, off);
     store32(p, load32(p) + 1);
+}
+
+/* With the mutex held, after its holder died holding it: Ring._repair of _ring.py.
+ * ``head`` and ``tail`` are the truth; ``count`` is recomputed by walking the
+ * frames between them. What Ring._repair also does is left to be done when met:
+ * a dead getter's claim (Ring._items), a dead putter's reservation (Ring._room)
+ * and dead waiters (the zero-wake sweep). Everyone is woken, as a wake-up meant
+ * for the dead holder may be lost. */
+static void repair(Ops *o) {
+    uint64_t head = load64(U64(o, OFF_HEAD)), tail = load64(U64(o, OFF_TAIL));
+    if (head > tail) { /* died between the two stores of a lap jump */
+        publish64(U64(o, OFF_TAIL), head);
+        tail = head;
+    }
+    uint64_t count = 0, pos = head;
+    while (pos < tail) {
+        uint64_t off = pos % o->cap;
+        char *frame = o->data + off;
+        uint64_t flen = ((uint64_t *)frame)[0];
+        if (flen == 0 || flen % 16 || off + flen > o->cap || pos + flen > tail) {
+            /* Cannot happen if the protocol holds; never loop or read wild. */
+            publish64(U64(o, OFF_HEAD), tail);
+            count = 0;
+            break;
+        }
+        if (((uint32_t *)frame)[3] != PAD) count++;
+        pos += flen;
+    }
+    store64(U64(o, OFF_COUNT), count);
+    static const Py_ssize_t seqs[] = {OFF_PUT_SEQ, OFF_GET_SEQ, OFF_DONE_SEQ};
+    for (int i = 0; i < 3; i++) {
+        bump(o, seqs[i]);
+        futex_wake(U32(o, seqs[i]), WAKE_ALL);
+    }
 }
 
 static int Ops_init(Ops *self, PyObject *args, PyObject *Py_UNUSED(kwds)) {
@@ -177,7 +216,7 @@ typedef struct {
 
 /* Take the mutex and check that ``total`` bytes of ``k`` new frames fit at ``tail``
  * with nothing unusual about the ring: 0 (mutex held, ``st`` filled), or an R_*
- * code with the mutex let go (held for R_OWNER_DIED). */
+ * code with the mutex let go. */
 static int put_begin(Ops *o, uint64_t total, uint64_t k, PutState *st) {
     int rc = lock(o);
     if (rc) return rc;
@@ -272,7 +311,7 @@ typedef struct {
 } GetState;
 
 /* Take the mutex with a message at ``head`` and no claim on it: 0 (mutex held,
- * ``st`` filled), or an R_* code with the mutex let go (held for R_OWNER_DIED). A
+ * ``st`` filled), or an R_* code with the mutex let go. A
  * blocking get that finds the ring empty polls once before answering R_EMPTY. */
 static int get_begin(Ops *o, int block, GetState *st) {
     int polled = 0;
@@ -607,7 +646,6 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         PyModule_AddIntConstant(m, "OFF_HEAD", OFF_HEAD) < 0 ||
         PyModule_AddIntConstant(m, "DONE", R_DONE) < 0 ||
         PyModule_AddIntConstant(m, "SLOW", R_SLOW) < 0 ||
-        PyModule_AddIntConstant(m, "OWNER_DIED", R_OWNER_DIED) < 0 ||
         PyModule_AddIntConstant(m, "SWEEP", R_SWEEP) < 0 ||
         PyModule_AddIntConstant(m, "EMPTY", R_EMPTY) < 0) {
         Py_DECREF(m);
