@@ -24,6 +24,7 @@ import pytest
 
 import corral
 from corral._core import _ring
+from corral._core._monitor import proc_start_time
 
 from . import queue_targets as targets
 
@@ -542,6 +543,42 @@ def test_a_recycled_pid_holds_no_claim_or_reservation() -> None:
     ring._i[_ring.I_CLAIM] = stranger
     assert q.get(timeout=TIMEOUT) == "not held up by the reservation"
     assert ring._i[_ring.I_CLAIM] == 0
+
+
+def test_pages_handed_back_spare_a_reserved_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """White-box: a get that hands pages beyond ``retain`` back to the kernel must
+    keep those of a frame a putter is still writing in the next lap, even when the
+    consumed frame starts in the page where the reserved one ends."""
+    page = _ring.PAGE
+    monkeypatch.setattr(_ring, "RETAIN_BYTES", page)
+    ring = _ring.Ring(8 * page)
+    try:
+        data = _ring.DATA
+        # Lap 0: A [0, 2p-96), B [2p-96, 4p), C [4p, 7p).
+        a, b, c = 2 * page - 96, 2 * page + 96, 3 * page
+        for frame in (a, b, c):
+            ring.put(bytes(frame - 16), None)
+        assert ring.get() == bytes(a - 16)  # head is now at 2p-96, in page [p, 2p)
+        ring.put(bytes(1008), None)  # D: no room left in lap 0, starts lap 1 at 0
+        tail = ring._q[_ring.Q_TAIL]
+        assert tail == ring.capacity + 1024
+        # A putter holds a reservation at tail and has written its frame, which
+        # ends at 2p-128: in the same page as head.
+        reserved = 2 * page - 128 - 1024
+        _ring._FRAME.pack_into(ring._mm, data + 1024, reserved, 0, 1)
+        ring._mm[data + 1040 : data + 1024 + reserved] = b"\xab" * (reserved - 16)
+        owner = os.getppid()
+        start = proc_start_time(owner)
+        assert start is not None
+        ring._q[_ring.Q_RESERVE_START] = start
+        ring._q[_ring.Q_RESERVE_POS] = tail
+        ring._i[_ring.I_RESERVE] = owner
+        assert ring.get() == bytes(b - 16)  # B: its pages beyond retain are handed back
+        written = bytes(ring._mm[data + 1040 : data + 1024 + reserved])
+        assert written == b"\xab" * (reserved - 16)
+        ring._i[_ring.I_RESERVE] = 0
+    finally:
+        ring.close()
 
 
 def test_consumer_killed_mid_get(ctx: corral.CorralContext) -> None:

@@ -1174,10 +1174,16 @@ class Ring:
         before): return its pages beyond ``retain`` to the kernel, except any that
         the next lap already uses."""
         cap = self.capacity
+        reserved = self._i[I_RESERVE] != 0
         # Emptied, and no putter is writing a reserved frame at tail: the rest of
         # the lap is free too.
-        emptied = new == tail and not self._i[I_RESERVE]
+        emptied = new == tail and not reserved
         lap_of_tail = tail // cap
+        # Where the live data of tail's lap ends: at tail, or past the frame a
+        # putter is writing there (it never wraps), which must keep its pages.
+        live_end = tail % cap
+        if reserved and self._q[Q_RESERVE_POS] == tail:
+            live_end += _U64_FROM(self._mm, DATA + live_end)[0]
         pos = old
         while pos < new:
             lap = pos // cap
@@ -1186,7 +1192,7 @@ class Ring:
             hi = cap if seg_end == (lap + 1) * cap or emptied else seg_end % cap // PAGE * PAGE
             if lap_of_tail > lap and not emptied:
                 # The next lap's live data starts at offset 0: keep its pages.
-                lo = max(lo, -(-(tail % cap) // PAGE) * PAGE)
+                lo = max(lo, -(-live_end // PAGE) * PAGE)
             lo = max(lo, self.retain)
             if hi > lo:
                 self._shm.release(DATA + lo, hi - lo)
