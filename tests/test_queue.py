@@ -530,6 +530,51 @@ def test_gets_go_on_while_a_large_put_copies(ctx: corral.CorralContext) -> None:
     assert q.get(timeout=TIMEOUT) == big
 
 
+def test_reservation_in_a_thread_and_immediate_shutdown() -> None:
+    """A thread of this process holds a reservation (parked mid-copy): other
+    threads' puts wait for it, gets of earlier messages do not. Then
+    shutdown(immediate=True) drops it, and the reserving put raises ShutDown."""
+    q = corral.Queue(capacity_bytes=64 * 1024 * 1024)
+    q.put("before")
+    parked, resume = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def hook(where: str) -> None:
+        if where == "put:copy" and not parked.is_set():
+            parked.set()
+            assert resume.wait(TIMEOUT)
+
+    def reserving_put() -> None:
+        try:
+            q.put(bytearray(2 * _ring.COPY_CHUNK + 1))
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    _ring.set_hook(hook)
+    t = threading.Thread(target=reserving_put)
+    try:
+        t.start()
+        assert parked.wait(TIMEOUT)
+        assert q.get(timeout=TIMEOUT) == "before"
+        with pytest.raises(queue.Full):
+            q.put("waits for the reservation", timeout=0.3)
+        q.shutdown(immediate=True)
+        resume.set()
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    finally:
+        resume.set()
+        _ring.set_hook(None)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], corral.ShutDown)
+    assert q.qsize() == 0
+    with pytest.raises(corral.ShutDown):
+        q.get(timeout=TIMEOUT)
+    with pytest.raises(corral.ShutDown):
+        q.put("after")
+
+
 def test_a_recycled_pid_holds_no_claim_or_reservation() -> None:
     """A claim or reservation names its process by pid *and* start time: a live
     process that merely got a dead holder's pid does not hold anything up."""
