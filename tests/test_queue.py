@@ -575,6 +575,41 @@ def test_reservation_in_a_thread_and_immediate_shutdown() -> None:
         q.put("after")
 
 
+def test_get_many_before_a_lone_pad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reservation that starts a new lap publishes the pad that ends the old one
+    on its own, with nothing after it yet: a get_many of everything before it must
+    stop at the pad, not read it as a message."""
+    monkeypatch.setattr(_ring, "COPY_CHUNK", 256 * 1024)  # so that the copy parks
+    q = corral.Queue(capacity_bytes=4 * 1024 * 1024)
+    filler = 3 * 1024 * 1024 + 512 * 1024  # what is left of the lap is a small blob
+    q.put(bytes(filler))
+    q.put_many(["a", "b"])
+    assert len(q.get(timeout=TIMEOUT)) == filler  # room at the lap's start
+    parked, resume = threading.Event(), threading.Event()
+
+    def hook(where: str) -> None:
+        if where == "put:copy" and not parked.is_set():
+            parked.set()
+            assert resume.wait(TIMEOUT)
+
+    big = bytearray(2 * 1024 * 1024)
+    _ring.set_hook(hook)
+    t = threading.Thread(target=q.put, args=(big,))
+    try:
+        t.start()
+        assert parked.wait(TIMEOUT)
+        ring = q._ring
+        assert ring._q[_ring.Q_TAIL] % ring.capacity == 0  # the lone pad is published
+        assert q.get_many(10, timeout=TIMEOUT) == ["a", "b"]
+        assert q.qsize() == 0
+    finally:
+        resume.set()
+        t.join(TIMEOUT)
+        _ring.set_hook(None)
+    assert not t.is_alive()
+    assert q.get(timeout=TIMEOUT) == big
+
+
 def test_a_recycled_pid_holds_no_claim_or_reservation() -> None:
     """A claim or reservation names its process by pid *and* start time: a live
     process that merely got a dead holder's pid does not hold anything up."""

@@ -1152,9 +1152,12 @@ class Ring:
         """With the mutex held: the end of the first ``n`` frames if they can be
         taken as one small blob (in one lap, at most BLOB_MAX bytes), else 0."""
         cap = self.capacity
-        if n == count:
-            if head // cap == (tail - 1) // cap and tail - head <= BLOB_MAX:
-                return tail  # no pad can lie inside one lap
+        if n == count and tail % cap:
+            # All of them, and tail inside the lap of head: no pad can lie between.
+            # (With tail at a lap's end there may be a pad there, published on its
+            # own by a reservation that starts the next lap: walk instead.)
+            if head // cap == tail // cap and tail - head <= BLOB_MAX:
+                return tail
             return 0
         mm = self._mm
         unpack = _U64_FROM
