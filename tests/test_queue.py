@@ -610,6 +610,48 @@ def test_get_many_before_a_lone_pad(monkeypatch: pytest.MonkeyPatch) -> None:
     assert q.get(timeout=TIMEOUT) == big
 
 
+def test_put_many_woken_for_room_respects_a_reservation() -> None:
+    """White-box: a put_many asleep for room, woken by a get, must not write past
+    tail if a reservation was made meanwhile (only the reserving putter may)."""
+    from .conftest import wait_until
+
+    ring = _ring.Ring(1 << 20, maxsize=1)
+    try:
+        ring.put(b"x", None)  # full: maxsize
+        result: list[object] = []
+
+        def batch() -> None:
+            messages: list[_ring.Message] = [(b"y", None), (b"z", None)]
+            try:
+                result.append(ring.put_many(messages, timeout=0.5))
+            except queue.Full as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=batch)
+        t.start()
+        assert wait_until(lambda: ring.statistics().putters_waiting == 1, TIMEOUT)
+        owner = os.getppid()  # a live process, standing for a reserving putter
+        start = proc_start_time(owner)
+        assert start is not None
+        ring._lock()
+        try:
+            ring._q[_ring.Q_RESERVE_START] = start
+            ring._q[_ring.Q_RESERVE_POS] = ring._q[_ring.Q_TAIL]
+            ring._i[_ring.I_RESERVE] = owner
+        finally:
+            ring._unlock()
+        assert ring.get() == b"x"  # room, and the batch is woken
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+        assert len(result) == 1
+        assert isinstance(result[0], queue.Full)  # waited for the reservation
+        assert getattr(result[0], "put_count", None) == 0
+        assert ring.qsize() == 0
+        ring._i[_ring.I_RESERVE] = 0
+    finally:
+        ring.close()
+
+
 def test_a_recycled_pid_holds_no_claim_or_reservation() -> None:
     """A claim or reservation names its process by pid *and* start time: a live
     process that merely got a dead holder's pid does not hold anything up."""

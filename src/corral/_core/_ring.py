@@ -769,16 +769,19 @@ class Ring:
             gw = 0
             try:
                 head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(mm, OFF_HEAD)
-                while not shut and self._reserved():  # see _room
-                    if not block or (deadline is not None and time.monotonic() >= deadline):
-                        raise _full(done)
-                    self._sleep(_PUTTER, I_GET_SEQ, deadline)
-                    head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(
-                        mm, OFF_HEAD
-                    )
                 while done < total:
                     if shut:
                         raise RingShutDown
+                    if done == start and self._reserved():
+                        # See _room. (Checked again after every sleep below: the
+                        # mutex is let go there, and a reservation may be made.)
+                        if not block or (deadline is not None and time.monotonic() >= deadline):
+                            raise _full(done)
+                        self._sleep(_PUTTER, I_GET_SEQ, deadline)
+                        head_pos, tail, count, _taken, gw, _pw, _jw, shut = _STATE.unpack_from(
+                            mm, OFF_HEAD
+                        )
+                        continue
                     size = sizes[done]
                     off = tail % cap
                     if head_pos == tail and off:  # empty (after a repair)
