@@ -623,7 +623,7 @@ def test_put_many_woken_for_room_respects_a_reservation() -> None:
         def batch() -> None:
             messages: list[_ring.Message] = [(b"y", None), (b"z", None)]
             try:
-                result.append(ring.put_many(messages, timeout=0.5))
+                result.append(ring.put_many(messages, timeout=2.0))
             except queue.Full as exc:
                 result.append(exc)
 
