@@ -214,7 +214,11 @@ def _run_corral(ns: argparse.Namespace, report: Report, path: str, rng: random.R
             if h and h != seen_holder and h in by_pid:
                 seen_holder = h
                 if holders_killed == 0 or rng.random() < KILL_HOLDER_P:
-                    time.sleep(rng.uniform(0, 2 * THINK[1]))
+                    # The first strike comes within the holder's first think (at
+                    # least THINK[0]), so that at least one death inside the lock
+                    # happens in every run; later ones land anywhere in its turn.
+                    first = holders_killed == 0
+                    time.sleep(rng.uniform(0, THINK[0] / 2 if first else 2 * THINK[1]))
                     if holder.value == h:
                         holders_killed += 1
                     by_pid[h].kill()
