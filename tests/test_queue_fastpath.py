@@ -5,8 +5,9 @@ them.)
 
 The rest of the queue tests run with whichever path this interpreter has (CI runs
 them a second time with CORRAL_PURE_PYTHON=1); these pin down what only the mix can
-show: processes on different paths sharing a queue, and the fast path handing a
-dead holder's mutex, a closed ring and a too-large message to the Python path.
+show: processes on different paths sharing a queue, the fast path repairing after a
+dead holder by itself, and what it leaves to the Python path (a closed ring, a
+too-large message, buffers, a shut-down queue).
 """
 
 from __future__ import annotations
