@@ -582,8 +582,8 @@ def test_get_many_before_a_lone_pad(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ring, "COPY_CHUNK", 256 * 1024)  # so that the copy parks
     q = corral.Queue(capacity_bytes=4 * 1024 * 1024)
     filler = 3 * 1024 * 1024 + 512 * 1024  # what is left of the lap is a small blob
-    q.put(bytes(filler))
-    q.put_many(["a", "b"])
+    q.put(bytes(filler), timeout=TIMEOUT)
+    q.put_many(["a", "b"], timeout=TIMEOUT)
     assert len(q.get(timeout=TIMEOUT)) == filler  # room at the lap's start
     parked, resume = threading.Event(), threading.Event()
 
@@ -594,7 +594,7 @@ def test_get_many_before_a_lone_pad(monkeypatch: pytest.MonkeyPatch) -> None:
 
     big = bytearray(2 * 1024 * 1024)
     _ring.set_hook(hook)
-    t = threading.Thread(target=q.put, args=(big,))
+    t = threading.Thread(target=q.put, args=(big, True, TIMEOUT))
     try:
         t.start()
         assert parked.wait(TIMEOUT)
@@ -617,7 +617,7 @@ def test_put_many_woken_for_room_respects_a_reservation() -> None:
 
     ring = _ring.Ring(1 << 20, maxsize=1)
     try:
-        ring.put(b"x", None)  # full: maxsize
+        ring.put(b"x", None, timeout=TIMEOUT)  # full: maxsize
         result: list[object] = []
 
         def batch() -> None:
@@ -636,11 +636,10 @@ def test_put_many_woken_for_room_respects_a_reservation() -> None:
         ring._lock()
         try:
             ring._q[_ring.Q_RESERVE_START] = start
-            ring._q[_ring.Q_RESERVE_POS] = ring._q[_ring.Q_TAIL]
             ring._i[_ring.I_RESERVE] = owner
         finally:
             ring._unlock()
-        assert ring.get() == b"x"  # room, and the batch is woken
+        assert ring.get(timeout=TIMEOUT) == b"x"  # room, and the batch is woken
         t.join(TIMEOUT)
         assert not t.is_alive()
         assert len(result) == 1
@@ -679,9 +678,9 @@ def test_pages_handed_back_spare_a_reserved_frame(monkeypatch: pytest.MonkeyPatc
         # Lap 0: A [0, 2p-96), B [2p-96, 4p), C [4p, 7p).
         a, b, c = 2 * page - 96, 2 * page + 96, 3 * page
         for frame in (a, b, c):
-            ring.put(bytes(frame - 16), None)
-        assert ring.get() == bytes(a - 16)  # head is now at 2p-96, in page [p, 2p)
-        ring.put(bytes(1008), None)  # D: no room left in lap 0, starts lap 1 at 0
+            ring.put(bytes(frame - 16), None, timeout=TIMEOUT)
+        assert ring.get(timeout=TIMEOUT) == bytes(a - 16)  # head: 2p-96, in page [p, 2p)
+        ring.put(bytes(1008), None, timeout=TIMEOUT)  # D: no room in lap 0: lap 1 at 0
         tail = ring._q[_ring.Q_TAIL]
         assert tail == ring.capacity + 1024
         # A putter holds a reservation at tail and has written its frame, which
@@ -693,9 +692,8 @@ def test_pages_handed_back_spare_a_reserved_frame(monkeypatch: pytest.MonkeyPatc
         start = proc_start_time(owner)
         assert start is not None
         ring._q[_ring.Q_RESERVE_START] = start
-        ring._q[_ring.Q_RESERVE_POS] = tail
         ring._i[_ring.I_RESERVE] = owner
-        assert ring.get() == bytes(b - 16)  # B: its pages beyond retain are handed back
+        assert ring.get(timeout=TIMEOUT) == bytes(b - 16)  # B: its pages beyond retain go
         written = bytes(ring._mm[data + 1040 : data + 1024 + reserved])
         assert written == b"\xab" * (reserved - 16)
         ring._i[_ring.I_RESERVE] = 0

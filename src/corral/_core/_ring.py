@@ -38,10 +38,10 @@ zeros behind. It is fine for frames, which nobody reads before they are publishe
 Large messages: a get of a frame with at least ``CLAIM_BYTES`` of buffers records
 its pid in ``claim``, copies the frame out with the mutex let go (puts go on), then
 consumes it; a claim whose process is dead is dropped, leaving the message whole.
-A put of such a frame *reserves* it at ``tail`` (its pid and position in
-``reserve``), copies the buffers in with the mutex let go (gets go on; other puts
-wait), then publishes; a reservation whose process is dead is dropped, and as
-``tail`` never moved, nothing of it was visible.
+A put of such a frame *reserves* it at ``tail`` (its pid in ``reserve``; nothing
+moves ``tail`` while a reservation is held), copies the buffers in with the mutex
+let go (gets go on; other puts wait), then publishes; a reservation whose process
+is dead is dropped, and as ``tail`` never moved, nothing of it was visible.
 Small batches: ``put_many`` frames them into one blob before taking the mutex, and
 ``get_many`` copies them out in one piece and parses them after letting it go.
 
@@ -147,8 +147,7 @@ OFF_PUTTERS = 84  # u32 putters asleep
 OFF_JOINERS = 88  # u32 joiners asleep
 OFF_SHUT = 92  # u32 0: open, 1: shut down, 2: shut down immediately
 OFF_CLAIM = 96  # u32 pid of the getter copying out the message at head, or 0
-OFF_RESERVE = 100  # u32 pid of the putter copying a message in past tail, or 0
-OFF_RESERVE_POS = 104  # u64 the position (== tail) where that message goes
+OFF_RESERVE = 100  # u32 pid of the putter copying a message in at tail, or 0
 OFF_CLAIM_START = 112  # u64 start time of the claim's process (pids get reused)
 OFF_RESERVE_START = 120  # u64 start time of the reservation's process
 OFF_PUT_SEQ = 128  # u32 futex: bumped when messages are published and getters wait
@@ -167,7 +166,6 @@ assert MUTEX_SIZE >= _MUTEX_BYTES
 Q_HEAD, Q_TAIL, Q_COUNT, Q_TAKEN = OFF_HEAD // 8, OFF_TAIL // 8, OFF_COUNT // 8, OFF_TAKEN // 8
 I_GETTERS, I_PUTTERS, I_JOINERS = OFF_GETTERS // 4, OFF_PUTTERS // 4, OFF_JOINERS // 4
 I_SHUT, I_CLAIM, I_RESERVE = OFF_SHUT // 4, OFF_CLAIM // 4, OFF_RESERVE // 4
-Q_RESERVE_POS = OFF_RESERVE_POS // 8
 Q_CLAIM_START, Q_RESERVE_START = OFF_CLAIM_START // 8, OFF_RESERVE_START // 8
 I_PUT_SEQ, I_GET_SEQ, I_DONE_SEQ = OFF_PUT_SEQ // 4, OFF_GET_SEQ // 4, OFF_DONE_SEQ // 4
 I_SLOT_PID, I_SLOT_KIND = OFF_SLOT_PID // 4, OFF_SLOT_KIND // 4
@@ -522,7 +520,8 @@ class Ring:
         """Finish a get that ``fast.get(block)`` answered with ``rc``."""
         if rc == FAST_EMPTY and not block:
             raise queue.Empty  # seen under the mutex: exact
-        return self.get(block, timeout)
+        # (EMPTY: the C call has already polled; go to sleep without polling again.)
+        return self.get(block, timeout, poll=rc != FAST_EMPTY)
 
     def put_many_after_fast(
         self, rc: int, messages: list[bytes], block: bool = True, timeout: float | None = None
@@ -539,7 +538,7 @@ class Ring:
         """Finish a ``get_many_raw`` that ``fast.get_many`` answered with ``rc``."""
         if rc == FAST_EMPTY and not block:
             raise queue.Empty
-        return self.get_many_raw(max_items, block, timeout)
+        return self.get_many_raw(max_items, block, timeout, poll=rc != FAST_EMPTY)
 
     # -- put -------------------------------------------------------------------------
 
@@ -620,8 +619,7 @@ class Ring:
             base = DATA + off
             _frame_into(self._mm, base, size, len(head), len(bufs))
             self._q[Q_RESERVE_START] = _my_start()
-            self._i[I_RESERVE] = _pid
-            self._q[Q_RESERVE_POS] = tail
+            self._i[I_RESERVE] = _pid  # (tail stays put until it is let go)
         finally:
             self._unlock()
         try:
@@ -629,7 +627,7 @@ class Ring:
         except BaseException:
             self._lock()
             try:
-                if self._i[I_RESERVE] == _pid and self._q[Q_RESERVE_POS] == tail:
+                if self._i[I_RESERVE] == _pid:
                     self._i[I_RESERVE] = 0
                     self._bump(I_GET_SEQ)
             finally:
@@ -639,7 +637,7 @@ class Ring:
         self._lock()
         try:
             q, i = self._q, self._i
-            if i[I_RESERVE] != _pid or q[Q_RESERVE_POS] != tail or q[Q_TAIL] != tail:
+            if i[I_RESERVE] != _pid or q[Q_TAIL] != tail:
                 raise RingShutDown  # dropped by shutdown(immediate=True)
             if _hook is not None:
                 _hook("put:publish")
@@ -709,6 +707,16 @@ class Ring:
             and head // cap == tail // cap
             and size <= head % cap
         )
+
+    def _consumed_to(self, end: int, tail: int) -> None:
+        """With the mutex held: everything before ``end`` was got (the consuming
+        store). If that emptied the ring, head and tail both go to the next lap, so
+        the next put reuses warm pages; not while a putter holds a reservation,
+        whose frame goes at ``tail``."""
+        if end == tail and end % self.capacity and not self._i[I_RESERVE]:
+            self._jump(end)
+        else:
+            self._q[Q_HEAD] = end
 
     def _jump(self, pos: int) -> int:
         """With the mutex held and the ring empty: move head and tail to the next lap.
@@ -899,7 +907,9 @@ class Ring:
 
     # -- get -------------------------------------------------------------------------
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Received:
+    def get(
+        self, block: bool = True, timeout: float | None = None, *, poll: bool = True
+    ) -> Received:
         """Take the oldest message. Raises queue.Empty or RingShutDown (shut down, empty).
 
         A large message with buffers is *claimed* instead: the getter records its pid,
@@ -916,7 +926,7 @@ class Ring:
                 self._repair()
             head, tail, count, taken, _gw, pw, _jw, _shut, claim = _get_state_from(mm, OFF_HEAD)
             if not count or claim:
-                head, tail, count, taken, pw = self._items(block, timeout)
+                head, tail, count, taken, pw = self._items(block, timeout, poll)
             start = head
             off = head % cap
             flen, plen, nbufs = _frame_from(mm, DATA + off)
@@ -938,7 +948,7 @@ class Ring:
                 if _hook is not None:
                     _hook("get:copied")
                 # (what _consume does, inlined: this is the hot path)
-                end = head + flen
+                end = head + flen  # (what _consumed_to does, inlined)
                 if end == tail and end % cap and not self._i[I_RESERVE]:
                     self._jump(end)  # emptied: the next put reuses warm pages
                 else:
@@ -964,11 +974,7 @@ class Ring:
         """With the mutex held: the message in ``[start, end)`` was got."""
         cap = self.capacity
         q = self._q
-        if end == tail and end % cap and not self._i[I_RESERVE]:
-            # Emptied: both go to the next lap, so the next put reuses warm pages.
-            self._jump(end)
-        else:
-            q[Q_HEAD] = end  # consumed
+        self._consumed_to(end, tail)
         q[Q_COUNT] = count - 1
         if self.joinable:
             q[Q_TAKEN] = taken + 1
@@ -1035,12 +1041,14 @@ class Ring:
         self._i[I_RESERVE] = 0
         return False
 
-    def _items(self, block: bool, timeout: float | None) -> tuple[int, int, int, int, int]:
+    def _items(
+        self, block: bool, timeout: float | None, poll: bool = True
+    ) -> tuple[int, int, int, int, int]:
         """With the mutex held: wait until there is a message and no live claim on
         it; return (head, tail, count, taken, putters waiting)."""
         mm = self._mm
         deadline = _deadline(block, timeout)
-        spin = block and POLL_ROUNDS > 0
+        spin = block and poll and POLL_ROUNDS > 0
         while True:
             head, tail, count, taken, _gw, pw, _jw, shut = _STATE.unpack_from(mm, OFF_HEAD)
             claimed = count and self._claim_alive()
@@ -1078,7 +1086,7 @@ class Ring:
         return _parse(got) if isinstance(got, bytes) else got
 
     def get_many_raw(
-        self, max_items: int, block: bool = True, timeout: float | None = None
+        self, max_items: int, block: bool = True, timeout: float | None = None, *, poll: bool = True
     ) -> bytes | list[Received]:
         """``get_many``, but a small batch comes back as the blob of its frames,
         to be read with ``decode_blob`` (or ``_parse``) by the caller."""
@@ -1099,7 +1107,7 @@ class Ring:
                 mm, OFF_HEAD
             )
             if not count or claim:
-                head, tail, count, taken, pw = self._items(block, timeout)
+                head, tail, count, taken, pw = self._items(block, timeout, poll)
             n = min(count, max_items)
             start = head
             give_back = False
@@ -1132,10 +1140,7 @@ class Ring:
             if _hook is not None:
                 _hook("get:copied")
             q = self._q
-            if head == tail and head % cap and not self._i[I_RESERVE]:
-                self._jump(head)
-            else:
-                q[Q_HEAD] = head  # consumed, all at once
+            self._consumed_to(head, tail)  # all at once
             q[Q_COUNT] = count - n
             if self.joinable:
                 q[Q_TAKEN] = taken + n
@@ -1188,7 +1193,7 @@ class Ring:
         # Where the live data of tail's lap ends: at tail, or past the frame a
         # putter is writing there (it never wraps), which must keep its pages.
         live_end = tail % cap
-        if reserved and self._q[Q_RESERVE_POS] == tail:
+        if reserved:
             live_end += _U64_FROM(self._mm, DATA + live_end)[0]
         pos = old
         while pos < new:
