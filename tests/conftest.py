@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -125,6 +126,11 @@ def _no_leaks() -> Iterator[None]:
     before = _snapshot()
     yield
     problems: list[str] = []
+    # corral.map keeps its pools for the next call, until interpreter exit; a test
+    # is a shorter life, so its kept pools end with it.
+    executor = sys.modules.get("corral._executor")
+    if executor is not None:
+        executor._close_kept()
 
     def new_children() -> set[int]:
         return set(_linux.children_of(os.getpid())) - before.children
