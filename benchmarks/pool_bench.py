@@ -1,23 +1,25 @@
 """Pool benchmarks: issue 9's "Measured" table, corral next to the pools people use.
 
-    corral bench --only pool          # quick (about a minute)
+    corral bench --only pool          # quick (about 30 s on 2 cores)
     corral bench --only pool --full   # more items and repeats
 
 Cases (every figure a median; ratios against the row's baseline):
 a. 100k trivial tasks (``x * 2``), ``map`` with each library's default options:
-   corral.Pool.map against mp.Pool.map, each the median of 5 runs (goal >= 1.2x);
-   ProcessPoolExecutor (chunksize 1, so on fewer items), loky and pebble (chunksize
-   1000) and mpire, where installed.
+   corral.Pool.map against mp.Pool.map, each the median of 5 runs (9 with --full)
+   after one untimed run (goal >= 1.2x). Also ProcessPoolExecutor (chunksize 1, so
+   on 5k items), loky and pebble (chunksize 1000) and mpire, where installed.
 b. The same through corral's ``imap`` with no chunksize, against mp.Pool.map (goal
-   >= 0.8x) and against ``mp.Pool.imap(chunksize=1)`` (on fewer items).
-c. 2k tasks of about 1 ms with 3 workers SIGKILLed during the run: each victim task
-   kills its own worker the first time it runs (``corral._demo._targets.die_once``),
-   so every library sees the same kills. corral (``retries=1``) is timed against the
-   same run without kills (goal <= 1.2x). Every task that returns appends its index
-   to a file, so each row also says whether every item ran to completion exactly
-   once. For the other libraries the row says what happened: hung, broken (the pool
-   raised), lost tasks, or a time when every result came back.
-d. 16 MiB numpy arrays in and out of ``Pool.map`` against mp.Pool.map (goal >= 10x).
+   >= 0.8x) and against ``mp.Pool.imap(chunksize=1)`` (on 5k items; goal >= 20x).
+c. 2k tasks (10k with --full) of about 1 ms with 3 workers SIGKILLed during the run:
+   each victim task kills its own worker the first time it runs
+   (``corral._demo._targets.die_once``), so every library sees the same kills.
+   corral (``retries=1``) is timed against the same run without kills, the median of
+   3 runs each (goal <= 1.2x). Every task that returns appends its index to a file,
+   so each row also says whether every item ran to completion exactly once. For the
+   other libraries the row says what happened: hung, broken (the pool raised), lost
+   tasks, or a time when every result came back.
+d. 8 numpy arrays of 16 MiB in and out of ``Pool.map(chunksize=1)`` against
+   mp.Pool.map (goal >= 10x).
 e. ``corral.map(f, 100 items, workers=2)``: the time per call of the second and later
    calls against ``imap`` on a corral.Pool(2) that the caller keeps (goal <= 2x).
 
@@ -62,11 +64,12 @@ from corral._bench import Row
 from corral._demo import _targets
 
 WORKERS = 2
-# How long one child may take, quick mode; --full allows FULL_SCALE times as long.
-# Generous: it only decides when a run counts as hung, so it costs time only then.
+# How long one child may take in quick mode; --full allows FULL_SCALE times as long.
+# Generous: it only decides when a child counts as hung, so it costs time only then.
 DEADLINE = 30.0
-# How long a baseline gets for one run of the crash case (2k x 1 ms on two workers
-# takes about 1 s) before it counts as hung. Scaled with the number of items.
+# How long one run of the crash case may take (2k x 1 ms on two workers takes about
+# 1 s) before it counts as hung; scaled with the number of items. A baseline that
+# hangs there costs this much time, every run.
 HANG_AFTER = 10.0
 FULL_SCALE = 4
 ARRAY_BYTES = 16 * 1024 * 1024
@@ -139,8 +142,11 @@ def _measure(name: str, deadline: float, **args: Any) -> _Outcome:
             child.wait()
         out.seek(0)
         err.seek(0)
-        lines = out.read().decode(errors="replace").splitlines()
-        reports = [json.loads(line[len(_REPORT) :]) for line in lines if line.startswith(_REPORT)]
+        reports: list[dict[str, Any]] = []
+        for line in out.read().decode(errors="replace").splitlines():
+            if line.startswith(_REPORT):
+                with contextlib.suppress(ValueError):  # a line cut short by the kill
+                    reports.append(json.loads(line[len(_REPORT) :]))
         last_error = ["", *err.read().decode(errors="replace").strip().splitlines()][-1]
     if not exited:
         return _Outcome(reports, "hung", f"killed after {deadline:g} s")
@@ -270,10 +276,11 @@ def _pool(lib: str, chunksize: int | None = None, retries: int = 0) -> Iterator[
 
 
 def trivial(lib: str, n: int, repeats: int, chunksize: int | None = None) -> None:
-    """Cases a and b: report the seconds of each of ``repeats`` maps of ``double``."""
+    """Cases a and b: report the seconds of each of ``repeats`` maps of ``double``,
+    after one untimed map (workers started, memory touched) that checks the results."""
     data = list(range(n))
     with _pool(lib, chunksize) as pool_map:
-        assert pool_map(double, list(range(100))) == [x * 2 for x in range(100)]
+        assert pool_map(double, data) == [x * 2 for x in data]
         _report(seconds=[_timed(lambda: pool_map(double, data)) for _ in range(repeats)])
 
 
@@ -373,6 +380,9 @@ def _k_per_s(outcome: _Outcome, n: int) -> float | None:
     return n / statistics.median(seconds) / 1000 if seconds else None
 
 
+_Measured = tuple[_Outcome, float | None]  # how the child ended, and its figure
+
+
 def _skipped(case: str, impl: str, unit: str) -> Row:
     return Row(case, impl, None, unit, note=SKIPPED_NOTE, status="skipped")
 
@@ -385,7 +395,6 @@ def _trivial_rows(quick: bool, deadline: float) -> list[Row]:
     other_runs = 1 if quick else 3
     map_case, imap_case, unit = "100k trivial tasks, map", "100k trivial tasks, imap", "k tasks/s"
     rows: list[Row] = []
-    _Measured = tuple[_Outcome, float | None]
 
     def measure(lib: str, items: int, runs: int, chunksize: int | None = None) -> _Measured:
         outcome = _measure("trivial", deadline, lib=lib, n=items, repeats=runs, chunksize=chunksize)
@@ -433,8 +442,8 @@ def _count_note(root: str, n: int) -> str:
     if not twice and not never:
         return "every item counted once" + over
     found = [
-        f"{twice} items ran more than once" if twice else "",
-        f"{never} never ran" if never else "",
+        f"{twice} items completed more than once" if twice else "",
+        f"{never} never completed" if never else "",
     ]
     return ", ".join(filter(None, found)) + over
 
@@ -461,7 +470,7 @@ def _crash_verdict(outcome: _Outcome, runs: int) -> tuple[float | None, _Outcome
     return None, _Outcome(outcome.reports, verdict[0], detail)
 
 
-def _crash_rows(quick: bool, deadline: float) -> list[Row]:
+def _crash_rows(quick: bool) -> list[Row]:
     """Case c."""
     n = 2_000 if quick else 10_000
     corral_runs = 3 if quick else 7
@@ -513,12 +522,14 @@ def _array_rows(quick: bool, deadline: float) -> list[Row]:
     """Case d."""
     case, unit = "16 MiB numpy arrays, args + results", "GB/s"
     if not _installed("numpy"):
-        return [_skipped(case, impl, unit) for impl in ("multiprocessing.Pool.map", "corral")]
+        return [
+            _skipped(case, impl, unit) for impl in ("multiprocessing.Pool.map", "corral.Pool.map")
+        ]
     count = 8 if quick else 32
     repeats = 3 if quick else 7
     gb = count * ARRAY_BYTES * 2 / 2**30  # in and out
 
-    def measure(lib: str) -> tuple[_Outcome, float | None]:
+    def measure(lib: str) -> _Measured:
         outcome = _measure("arrays", deadline, lib=lib, count=count, repeats=repeats)
         seconds = _last(outcome, "seconds")
         return outcome, gb / statistics.median(seconds) if seconds else None
@@ -560,7 +571,7 @@ def run(quick: bool) -> list[Row]:
     deadline = DEADLINE if quick else DEADLINE * FULL_SCALE
     return [
         *_trivial_rows(quick, deadline),
-        *_crash_rows(quick, deadline),
+        *_crash_rows(quick),
         *_array_rows(quick, deadline),
         *_reuse_rows(quick, deadline),
     ]
