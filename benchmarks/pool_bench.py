@@ -123,7 +123,12 @@ def _measure(name: str, deadline: float, **args: Any) -> _Outcome:
     code += "m._child_main()"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here.parent), env.get("PYTHONPATH")]))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryDirectory(prefix="pool_bench-") as tmp,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        env["TMPDIR"] = tmp  # what a killed child leaves there (pymp-* dirs) goes with it
         child = subprocess.Popen(
             [sys.executable, "-c", code, name, json.dumps(args)],
             stdin=subprocess.DEVNULL,
