@@ -1,6 +1,6 @@
 """Pool benchmarks: issue 9's "Measured" table, corral next to the pools people use.
 
-    corral bench --only pool          # quick (about 30 s on 2 cores)
+    corral bench --only pool          # quick (30-45 s on 2 cores)
     corral bench --only pool --full   # more items and repeats
 
 Cases (every figure a median; ratios against the row's baseline):
