@@ -254,6 +254,7 @@ def counted(item: tuple[int, int, str, str, Any]) -> Any:
     """Record that item ``x`` ran (a line in ``path``), then misbehave as ``how`` on ``bad``."""
     x, bad, how, path, _payload = item
     _count_run(path, x)
+    time.sleep(0.0002)  # slower than _worker.LOG_MIN_SECONDS: outcomes are logged
     if x == bad:
         if how in ("exit", "sigkill", "segfault"):
             die_on(x, bad, how)
@@ -280,6 +281,7 @@ def counted_block(item: tuple[int, int, str]) -> int:
     """Record that item ``x`` ran; on ``bad``, announce it and block until killed."""
     x, bad, path = item
     _count_run(path, x)
+    time.sleep(0.0002)  # slower than _worker.LOG_MIN_SECONDS: outcomes are logged
     if x == bad:
         _announce(x)
         time.sleep(FOREVER)

@@ -96,6 +96,9 @@ class Job:
         self.commit_every = 1  # items between two commits, once measured
         self.balance_cap = MAX_CHUNK
         self.input_done = True
+        # Log every outcome, however fast the items (see _worker.LOG_MIN_SECONDS):
+        # a call that retries crashes wants its finished items kept through them.
+        self.log_all = retries > 0
         self.stopped = False  # hand out nothing more
         self.kill_running = False  # and stop what runs (a user's cancel)
 

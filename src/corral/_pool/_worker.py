@@ -1,8 +1,8 @@
 """The worker: run chunks in order, and make each item's outcome durable as it goes.
 
-    parent --chunk (seq, mode, fn, items, commit_every)--> worker
+    parent --chunk (seq, mode, fn, items, commit_every, log_all)--> worker
     worker: for each item: running word := (seq, items started)   # shared memory
-                           run it; keep its outcome
+                           run it; keep its outcome (and log it, see below)
                            every ``commit_every`` items: send the outcomes kept
     parent <--("r", count, errors, seconds, final, retiring) + values-- worker
 
@@ -10,9 +10,15 @@ The running word and the commits are what let the parent account for every item
 when a worker dies mid-chunk (see ``_engine.Engine._on_death``): items whose
 outcome arrived are done; the item the word names was running and is charged one
 attempt; later items never started and are re-queued, uncharged. Items between
-the two had finished, but their outcomes died with the worker: they are reported
-as lost, never run again. ``commit_every`` keeps that window to about
-``COMMIT_SECONDS`` of work: 1 for items that take longer than that.
+the two had finished: their outcomes are in the outcome log (``_log``), which the
+parent reads after the death.
+
+Commits come about every ``COMMIT_SECONDS`` of work; items slower than that are
+committed one by one and need no log. Items faster than ``LOG_MIN_SECONDS`` are
+logged only when the call asked for it (``log_all``: calls with retries, pipeline
+stages), since the log costs more than such an item: otherwise, if their worker
+dies, those that finished since the last commit are reported lost
+(``WorkerCrashed``), and are not run again.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ __all__ = ["COMMIT_SECONDS", "MODE_CALL", "MODE_MAP", "MODE_STAR", "WorkerSetup"
 COMMIT_SECONDS = 0.002
 # Upper bound on items between two commits: what the outcome log can index.
 MAX_COMMIT_ITEMS = MAX_RECORDS
+# Items faster than this are logged only by calls that ask (``log_all``): logging
+# an outcome costs about 1.4 µs (pickling it alone, and writing it), 5x a trivial
+# task's whole cost in a map (100k trivial tasks: 0.17x mp.Pool.map with every
+# item logged, 1.0x without). Unlogged, if their worker dies, those that finished
+# since its last commit (at most COMMIT_SECONDS of work) are reported lost, never
+# run again. Slower items are always logged (a few % of their time at most).
+LOG_MIN_SECONDS = 50e-6
+# The same threshold, as items between commits: logging is on for 1 < n <= this.
+_LOG_MAX_COMMIT_ITEMS = int(COMMIT_SECONDS / LOG_MIN_SECONDS)
 
 MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
 
@@ -139,7 +154,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         if frame is None or not len(frame[0]):
             return
         try:
-            seq, mode, fn, items, commit_every = decode(*frame)
+            seq, mode, fn, items, commit_every, log_all = decode(*frame)
         except BaseException as exc:
             if _terminating:
                 raise
@@ -147,7 +162,9 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
             continue
         del frame
         done += len(items)
-        retiring = _run_chunk(end, words, log, setup, seq, mode, fn, items, commit_every, done)
+        retiring = _run_chunk(
+            end, words, log, setup, seq, mode, fn, items, commit_every, log_all, done
+        )
         del fn, items
         if retiring:
             return
@@ -178,6 +195,7 @@ def _run_chunk(
     fn: Callable[..., Any],
     items: list[Any],
     commit_every: int,
+    log_all: bool,
     done: int,
 ) -> bool:
     """Run one chunk, committing outcomes as it goes; True if the worker retires after.
@@ -195,7 +213,8 @@ def _run_chunk(
     word = (seq << 32) + 1  # (chunk, items started): stored before each item runs
     n = left = len(items)
     since = 0
-    logging = commit_every > 1
+    log_most = MAX_COMMIT_ITEMS if log_all else _LOG_MAX_COMMIT_ITEMS
+    logging = 1 < commit_every <= log_most
     if logging:
         log.start(seq, 0)
     last = time.perf_counter()
@@ -224,7 +243,7 @@ def _run_chunk(
             commit_every = commit_policy((now - last) / since)
             values, errors, since, last = [], {}, 0, now
             append = values.append
-            logging = commit_every > 1
+            logging = 1 < commit_every <= log_most
             if logging:
                 log.start(seq, n - left)
     retiring = (setup.maxtasks is not None and done >= setup.maxtasks) or (
