@@ -762,6 +762,7 @@ class Engine:
             exc = CorralError(f"the pool is broken: {self.broken}")
             exc.__cause__ = self.broken
         with self.lock:
+            self._drop_finished_jobs()
             jobs = list(self.jobs)
             self.jobs.clear()
         seen = set()

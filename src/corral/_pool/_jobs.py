@@ -482,10 +482,10 @@ class IMapJob(Job):
             self._pull()
             with self.cond:
                 while True:
+                    if self._take_ready(buf):
+                        return  # outcomes that came before an abort still count
                     if self.abort_exc is not None:
                         raise self.abort_exc
-                    if self._take_ready(buf):
-                        return
                     if self.source is None and self.consumed == self.pulled:
                         self.finished()
                         if self.source_error is not None:
