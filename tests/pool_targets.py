@@ -286,3 +286,16 @@ def counted_block(item: tuple[int, int, str]) -> int:
         _announce(x)
         time.sleep(FOREVER)
     return x * 2
+
+
+def batch_fail_on_multiples_of_7(items: list[int]) -> list[int]:
+    """A batched stage that refuses any batch holding a multiple of 7 (but not 0)."""
+    if any(x % 7 == 0 and x for x in items):
+        raise ValueError(f"a multiple of 7 in {items}")
+    return [x * 2 for x in items]
+
+
+def die_on_13(x: int) -> int:
+    if x == 13:
+        os.kill(os.getpid(), 9)
+    return x

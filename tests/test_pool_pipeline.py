@@ -83,3 +83,21 @@ def test_killed_stage_worker_loses_nothing(ctx: corral.CorralContext, tmp_path: 
     rest = list(it)
     assert [first, *rest] == [x * 4 for x in range(n)]
     assert time.monotonic() - t0 < TIMEOUT
+
+
+def test_batched_skip_drops_only_the_bad_items(ctx: corral.CorralContext) -> None:
+    """A failing batch runs again item by item: 3 bad of 20 skip 3, not 3 batches."""
+    p = corral.Pipeline(range(20), context=ctx).stage(
+        t.batch_fail_on_multiples_of_7, workers=2, batch=4, on_error="skip"
+    )
+    assert list(p) == [x * 2 for x in range(20) if x not in (7, 14)]
+    assert sorted(e.item for e in p.errors) == [7, 14]
+    assert {e.stage for e in p.errors} == {"batch_fail_on_multiples_of_7"}
+    assert all(isinstance(e.__cause__, ValueError) for e in p.errors)
+
+
+def test_a_crash_in_a_skip_stage_names_its_item(ctx: corral.CorralContext) -> None:
+    p = corral.Pipeline(range(20), context=ctx).stage(t.die_on_13, workers=2, on_error="skip")
+    assert list(p) == [x for x in range(20) if x != 13]
+    assert [e.item for e in p.errors] == [13]
+    assert isinstance(p.errors[0].__cause__, corral.WorkerCrashed)

@@ -350,7 +350,8 @@ class Pipeline:
             exc.__cause__ = exc.exception
             exc.exception = None
         if not isinstance(exc, StageError):  # WorkerCrashed, TaskTimeout, ...
-            err = StageError(stage.name, None, f"{type(exc).__name__}: {exc}")
+            item = getattr(exc, "_corral_item", None)  # the item (or batch) it ran
+            err = StageError(stage.name, item, f"{type(exc).__name__}: {exc}")
             err.__cause__ = exc
         if stage.on_error == "skip":
             self.errors.append(err)  # type: ignore[arg-type]

@@ -656,6 +656,7 @@ class Engine:
     def _lost(self, chunk: Chunk, i: int, exitcode: int | None, pid: int | None) -> None:
         what = chunk.job.describe(chunk.index(i), chunk.items[i])
         err = WorkerCrashed(exitcode, pid, what + " (it had finished; its result was lost)")
+        err._corral_item = chunk.items[i]  # type: ignore[attr-defined]  # for StageError
         self._finish(chunk, i, [None], {0: err})
 
     def _charge_running(
@@ -681,6 +682,7 @@ class Engine:
             err = TaskTimeout(job.timeout, what)
         else:
             err = WorkerCrashed(exitcode, pid, what, attempts)
+        err._corral_item = chunk.items[i]  # type: ignore[attr-defined]  # for StageError
         self._finish(chunk, i, [None], {0: err})
 
     def _next_deadline(self) -> float | None:
