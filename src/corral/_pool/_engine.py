@@ -682,7 +682,7 @@ class Engine:
             err = TaskTimeout(job.timeout, what)
         else:
             err = WorkerCrashed(exitcode, pid, what, attempts)
-        err._corral_item = chunk.items[i]  # type: ignore[attr-defined]  # for StageError
+        err._corral_item = chunk.items[i]  # type: ignore[union-attr]  # for StageError
         self._finish(chunk, i, [None], {0: err})
 
     def _next_deadline(self) -> float | None:
