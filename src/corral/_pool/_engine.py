@@ -55,6 +55,9 @@ PREFETCH = 1
 # A prefetched chunk must be small: a big one would wait in a busy worker's socket
 # while an idle worker could have run it.
 PREFETCH_MAX_BYTES = 32 * 1024
+# Nothing is prefetched behind a chunk that has been running longer than this (a
+# few automatic chunks' worth): the wait behind it could be long.
+PREFETCH_STALE = 0.1
 # terminate(): how long busy workers get to act on SIGTERM (their teardown kills and
 # reaps what they started) before they and their subtrees are SIGKILLed. Ctrl-C
 # promises the parent's KeyboardInterrupt within 1 s, so this stays well below.
@@ -391,36 +394,50 @@ class Engine:
     # Handing out work.
 
     def _dispatch(self) -> None:
-        maxtasks = self.options.maxtasksperchild
-        for w in self.workers:
-            while (
-                w.ready
-                and not w.retiring
-                and w.kill_reason is None
-                and not w.channel.broken
-                and len(w.chunks) < self._slots(w)
-                and (maxtasks is None or w.sent < maxtasks)
-            ):
-                chunk = self._next_chunk(w)
-                if chunk is None:
-                    break
-                assert chunk.frame is not None
-                if w.chunks and len(chunk.frame.data) > PREFETCH_MAX_BYTES:
-                    self.stash.appendleft(chunk)  # for the next idle worker
-                    break
-                if not chunk.job.start_chunk():
-                    chunk.frame.discard()
+        # Idle workers first: a chunk must never wait behind a running one while a
+        # worker is idle. Then one more chunk each, for workers that will want it soon.
+        for prefetch in (False, True):
+            for w in self.workers:
+                if w.chunks if not prefetch else not w.chunks:
                     continue
-                w.channel.send(chunk.frame)
-                chunk.frame = None
-                w.sent += len(chunk.items)
-                if not w.chunks:
-                    chunk.started_at = time.monotonic()
-                w.chunks.append(chunk)
+                self._feed(w)
+
+    def _feed(self, w: LocalWorker) -> None:
+        """Send ``w`` chunks while it has room for them."""
+        maxtasks = self.options.maxtasksperchild
+        while (
+            w.ready
+            and not w.retiring
+            and w.kill_reason is None
+            and not w.channel.broken
+            and len(w.chunks) < self._slots(w)
+            and (maxtasks is None or w.sent < maxtasks)
+        ):
+            chunk = self._next_chunk(w)
+            if chunk is None:
+                break
+            assert chunk.frame is not None
+            if w.chunks and len(chunk.frame.data) > PREFETCH_MAX_BYTES:
+                self.stash.appendleft(chunk)  # for the next idle worker
+                break
+            if not chunk.job.start_chunk():
+                chunk.frame.discard()
+                continue
+            w.channel.send(chunk.frame)
+            chunk.frame = None
+            w.sent += len(chunk.items)
+            if not w.chunks:
+                chunk.started_at = time.monotonic()
+            w.chunks.append(chunk)
 
     def _slots(self, w: LocalWorker) -> int:
-        # A chunk with a deadline runs alone: its clock starts when it is sent.
-        if w.chunks and w.chunks[0].job.timeout is not None:
+        if not w.chunks:
+            return 1
+        head = w.chunks[0]
+        # A chunk with a deadline runs alone: its clock starts when it is sent. And
+        # nothing is queued behind a chunk that has run long already: it might run
+        # much longer, and what waits behind it can't be taken back.
+        if head.job.timeout is not None or time.monotonic() - head.started_at > PREFETCH_STALE:
             return 1
         return 1 + PREFETCH
 
@@ -639,7 +656,7 @@ class Engine:
                 if pos in logged:
                     self._deliver_logged(chunk, pos, *logged[pos])
                 elif pos < finished or pos < started - 1:
-                    self._lost(chunk, pos, exitcode, pid)
+                    self._lost(w, chunk, pos, exitcode, pid)
                 else:  # the item it was running
                     self._charge_running(w, chunk, pos, exitcode, pid)
             self._requeue(chunk, range(started, len(chunk.items)))
@@ -653,10 +670,19 @@ class Engine:
             obj = decode_error(obj, chunk.job.describe(chunk.index(i), chunk.items[i]))
         self._finish(chunk, i, [None], {0: obj})
 
-    def _lost(self, chunk: Chunk, i: int, exitcode: int | None, pid: int | None) -> None:
-        what = chunk.job.describe(chunk.index(i), chunk.items[i])
-        err = WorkerCrashed(exitcode, pid, what + " (it had finished; its result was lost)")
-        err._corral_item = chunk.items[i]  # type: ignore[attr-defined]  # for StageError
+    def _lost(
+        self, w: LocalWorker, chunk: Chunk, i: int, exitcode: int | None, pid: int | None
+    ) -> None:
+        """An item that finished, whose outcome died with its worker: never re-run."""
+        job = chunk.job
+        what = job.describe(chunk.index(i), chunk.items[i])
+        err: BaseException
+        if w.kill_reason == "timeout" and job.timeout is not None:
+            # Killed at its deadline while its result was still on the way.
+            err = TaskTimeout(job.timeout, what + " (it had finished; its result was late)")
+        else:
+            err = WorkerCrashed(exitcode, pid, what + " (it had finished; its result was lost)")
+        _tag(err, chunk.items[i])
         self._finish(chunk, i, [None], {0: err})
 
     def _charge_running(
@@ -682,7 +708,7 @@ class Engine:
             err = TaskTimeout(job.timeout, what)
         else:
             err = WorkerCrashed(exitcode, pid, what, attempts)
-        err._corral_item = chunk.items[i]  # type: ignore[union-attr]  # for StageError
+        _tag(err, chunk.items[i])
         self._finish(chunk, i, [None], {0: err})
 
     def _next_deadline(self) -> float | None:
@@ -777,6 +803,11 @@ class Engine:
                 seen.add(id(job))
                 job.abort(exc)
         self.stash.clear()
+
+
+def _tag(err: BaseException, item: Any) -> None:
+    """Name the item an engine-made error is about (a pipeline's StageError reads it)."""
+    vars(err)["_corral_item"] = item
 
 
 def _terminate_all_at_exit() -> None:

@@ -357,9 +357,10 @@ class IMapIterator(Generic[T]):
         self._job.stop()
 
     def __del__(self) -> None:
-        # Abandoned: nobody will read what is left, so stop pulling and running it.
-        with contextlib.suppress(Exception):
-            self._job.stop()
+        # Abandoned: nobody will read what is left, so hand out none of it. No lock
+        # is taken here (the collector may run this inside any of them): plain
+        # stores, seen by the scheduler at its next turn.
+        self._job.stopped = True
 
 
 class IMapJob(Job):
