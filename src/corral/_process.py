@@ -30,6 +30,7 @@ from multiprocessing import process as _mp_process
 from ._core import _bootstrap, _lifeline, _popen
 from ._core._fdpass import FdHandle
 from ._core._popen import CorralPopen
+from ._core._shm import NAME_PREFIX
 from ._exceptions import CorralError, ProcessDied, RemoteTraceback
 
 # typing costs a few ms at import, and every spawned child imports this module.
@@ -132,7 +133,7 @@ class Process(_mp_process.BaseProcess):
         )
         _cleanup()
         self._corral_lifeline = _lifeline.child_end()
-        fd = os.memfd_create("corral-result", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"{NAME_PREFIX}result", os.MFD_CLOEXEC)
         self._corral_result_fd = FdHandle(fd, "process result")
         try:
             popen = self._popen = self._Popen(self)
