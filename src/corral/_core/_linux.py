@@ -15,8 +15,13 @@ __all__ = [
     "F_SETOWN_EX",
     "F_SETSIG",
     "children_of",
+    "descendants_of",
+    "is_alive",
     "libc",
+    "pid_of_tid",
+    "proc_start_time",
     "proc_state",
+    "self_identity",
     "set_child_subreaper",
 ]
 
@@ -110,6 +115,61 @@ def proc_state(pid: int) -> str | None:
         return None
     # The command name is in parentheses and may itself contain spaces or ')'.
     return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of ``pid``, or None if gone."""
+    data = _read_small(f"/proc/{pid}/stat")
+    if data is None:
+        return None
+    # The command name is in parentheses and may contain anything; count from ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return rest[0].decode(), int(rest[19])  # fields 3 (state) and 22 (starttime)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None if it is gone. With the
+    pid, it names a process for good: a recycled pid has another start time."""
+    st = _stat(pid)
+    return None if st is None else st[1]
+
+
+def is_alive(pid: int, start: int) -> bool:
+    """Whether process ``pid``, started at ``start`` (from ``proc_start_time``), still
+    runs: corral's one liveness check, for every record of "process X holds this".
+
+    A zombie counts as dead: its robust mutexes are already released and it will
+    never touch shared memory again. A recycled pid has another start time.
+    ``start`` may be kept in 32 bits (the ring's waiter table): it is then compared
+    with the low 32 bits of the real one (2**32 ticks are 497 days at 100 Hz).
+    """
+    st = _stat(pid)
+    if st is None or st[0] in ("Z", "X", "x"):
+        return False
+    return st[1] == start or (start <= 0xFFFFFFFF and st[1] & 0xFFFFFFFF == start)
+
+
+def pid_of_tid(tid: int) -> int | None:
+    """The process (thread group) that kernel thread ``tid`` belongs to."""
+    data = _read_small(f"/proc/{tid}/status")
+    if data is None:
+        return None
+    for line in data.splitlines():
+        if line.startswith(b"Tgid:"):
+            return int(line.split()[1])
+    return None
+
+
+_me: tuple[int, int] = (0, 0)
+
+
+def self_identity() -> tuple[int, int]:
+    """(pid, start time) of this process, read once per process."""
+    global _me
+    pid = os.getpid()
+    if _me[0] != pid:
+        _me = (pid, proc_start_time(pid) or 0)
+    return _me
 
 
 def descendants_of(pid: int) -> Iterator[int]:
