@@ -27,6 +27,7 @@ from typing import Any
 from ._core._ring import (
     DEFAULT_CAPACITY,
     FAST_SLOW,
+    NothingToAck,
     Received,
     Ring,
     RingShutDown,
@@ -145,7 +146,7 @@ class Queue:
             raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
         maxsize = max(0, int(maxsize))
         self._setup(
-            Ring(capacity_bytes + _FRAME_ROOM, maxsize, joinable=self._joinable), capacity_bytes
+            Ring(capacity_bytes + _FRAME_ROOM, maxsize, acks=self._joinable), capacity_bytes
         )
 
     def _setup(self, ring: Ring, capacity_bytes: int) -> None:
@@ -435,7 +436,7 @@ class Queue:
             maxsize=s.maxsize,
             getters_waiting=s.getters_waiting,
             putters_waiting=s.putters_waiting,
-            unfinished_tasks=s.unfinished,
+            unfinished_tasks=s.unacked,
             shutdown=s.shutdown,
         )
 
@@ -478,7 +479,10 @@ class JoinableQueue(Queue):
 
     def task_done(self) -> None:
         """Mark one task got earlier as done. ValueError if called too often."""
-        self._ring.task_done()
+        try:
+            self._ring.ack()
+        except NothingToAck:
+            raise ValueError("task_done() called more times than there were items") from None
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until every task put has been marked done.
@@ -486,7 +490,7 @@ class JoinableQueue(Queue):
         Raises:
             TimeoutError: tasks were still unfinished after ``timeout`` seconds.
         """
-        if not self._ring.join(timeout):
+        if not self._ring.wait_acked(timeout):
             raise TimeoutError(f"tasks still unfinished after {timeout} s")
 
 

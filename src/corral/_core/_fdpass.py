@@ -17,7 +17,7 @@ import os
 from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _mp_reduction
 
-from .._exceptions import SharingError
+from ._errors import SharingError
 
 __all__ = ["FdHandle", "SharingError"]
 

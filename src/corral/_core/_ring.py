@@ -68,6 +68,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _ringbatch, _ringlayout, _ringsingle
+from ._errors import NothingToAck, RingShutDown, TooLarge
 from ._futex import futex_wake
 from ._ringbatch import BatchOps
 from ._ringlayout import (
@@ -112,7 +113,6 @@ from ._ringlayout import (
     parse_blob,
     place,
 )
-from ._ringsingle import RingShutDown, TooLarge
 from ._shm import SharedMemory
 
 __all__ = [
@@ -135,6 +135,7 @@ __all__ = [
     "Q_TAIL",
     "RETAIN_BYTES",
     "Message",
+    "NothingToAck",
     "Received",
     "Ring",
     "RingShutDown",
@@ -173,7 +174,7 @@ class RingStatistics:
     getters_waiting: int
     putters_waiting: int
     joiners_waiting: int
-    unfinished: int
+    unacked: int  # messages put and not yet acknowledged (acks rings), else 0
     shutdown: bool
 
 
@@ -183,7 +184,7 @@ class Ring(BatchOps):
     """
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_attach, (self._shm, self.capacity, self.maxsize, self.joinable))
+        return (_attach, (self._shm, self.capacity, self.maxsize, self.acks))
 
     # -- state -----------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class Ring(BatchOps):
             getters_waiting=gw,
             putters_waiting=pw,
             joiners_waiting=jw,
-            unfinished=count + taken if self.joinable else 0,
+            unacked=count + taken if self.acks else 0,
             shutdown=bool(shut),
         )
 
@@ -258,15 +259,20 @@ class Ring(BatchOps):
         finally:
             self._unlock()
 
-    # -- tasks (JoinableQueue) ---------------------------------------------------------
+    # -- acknowledgements (a ring made with acks=True) --------------------------------
+    #
+    # Such a ring also counts the messages got and not yet acknowledged, in the same
+    # lock hold as the get (so that "nothing put is unacknowledged" never reads true
+    # in between). The queue layer builds JoinableQueue's task_done/join on these.
 
-    def task_done(self) -> None:
+    def ack(self) -> None:
+        """Acknowledge one message got earlier. NothingToAck if none is pending."""
         q, i = self._q, self._i
         self._lock()
         try:
             taken = q[Q_TAKEN]
             if taken <= 0:
-                raise ValueError("task_done() called more times than there were items")
+                raise NothingToAck
             q[Q_TAKEN] = taken - 1
             wake = bool(i[I_JOINERS]) and taken == 1 and q[Q_COUNT] == 0
             if wake:
@@ -276,8 +282,8 @@ class Ring(BatchOps):
         if wake:
             futex_wake(self._done_seq, WAKE_ALL)
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until every message put has been got and marked done. False on timeout."""
+    def wait_acked(self, timeout: float | None = None) -> bool:
+        """Wait until every message put has been got and acknowledged. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         q = self._q
         self._lock()
@@ -291,8 +297,8 @@ class Ring(BatchOps):
             self._unlock()
 
 
-def _attach(shm: SharedMemory, capacity: int, maxsize: int, joinable: bool) -> Ring:
+def _attach(shm: SharedMemory, capacity: int, maxsize: int, acks: bool) -> Ring:
     (magic,) = struct.unpack_from("@Q", shm.buf, OFF_CONST)
     if magic != MAGIC:
-        raise ValueError("not a corral queue")
-    return Ring(capacity, maxsize, joinable=joinable, _shm=shm)
+        raise ValueError("not a corral ring")
+    return Ring(capacity, maxsize, acks=acks, _shm=shm)

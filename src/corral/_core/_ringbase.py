@@ -78,14 +78,14 @@ class RingBase:
         capacity: int,
         maxsize: int = 0,
         *,
-        joinable: bool = False,
+        acks: bool = False,
         _shm: SharedMemory | None = None,
     ):
         # Whole pages, so that the data area can be handed back page by page.
         capacity = max(PAGE, -(-capacity // PAGE) * PAGE)
         self.capacity = capacity
         self.maxsize = maxsize
-        self.joinable = joinable
+        self.acks = acks  # count messages got until ack() (see Ring.ack)
         if _shm is None:
             _shm = SharedMemory(DATA + capacity, what="queue")
             init_mutex(_shm.address + OFF_MUTEX)
@@ -115,7 +115,7 @@ class RingBase:
         self.fast: Any = (
             NO_FAST_PATH
             if speedups is None
-            else speedups.Ops(addr, DATA, capacity, self.retain, maxsize, joinable)
+            else speedups.Ops(addr, DATA, capacity, self.retain, maxsize, acks)
         )
         self.try_put = self.fast.put
         self.try_get = self.fast.get

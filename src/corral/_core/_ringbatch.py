@@ -15,6 +15,7 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 
+from ._errors import RingShutDown, TooLarge
 from ._ringbase import deadline_of
 from ._ringlayout import (
     ALIGN,
@@ -44,7 +45,7 @@ from ._ringlayout import (
     parse_blob,
     place,
 )
-from ._ringsingle import RingShutDown, SingleOps, TooLarge
+from ._ringsingle import SingleOps
 
 __all__ = ["BatchOps", "full_after"]
 
@@ -247,7 +248,7 @@ class BatchOps(SingleOps):
             q = self._q
             self._consumed_to(end, tail)  # all at once
             q[Q_COUNT] = count - n
-            if self.joinable:
+            if self.acks:
                 q[Q_TAKEN] = taken + n
             if pw:
                 self._bump(I_GET_SEQ)

@@ -11,7 +11,7 @@ Header page (offset 0; u64 and u32 fields, native byte order)::
     0    robust mutex (pthread_mutex_t: 40 B on x86-64, 48 B on aarch64)
     H    head, tail, count          (H = sizeof(pthread_mutex_t): one cache line
                                      with the mutex, so a holder touches one line)
-    72   taken                      u64 messages got but not yet task_done()
+    72   taken                      u64 messages got but not yet acknowledged (ack)
     80   getters putters joiners    u32 each: threads asleep (or about to be)
     92   shut                       u32 0 open, 1 shut down, 2 shut down immediately
     96   claim reserve              u32 pids: a getter copying out at head, a putter
@@ -115,7 +115,7 @@ OFF_MUTEX = 0
 OFF_HEAD = _MUTEX_BYTES  # u64 position of the first unconsumed frame
 OFF_TAIL = OFF_HEAD + 8  # u64 position one past the last published frame
 OFF_COUNT = OFF_HEAD + 16  # u64 messages between head and tail
-OFF_TAKEN = 72  # u64 messages got but not yet task_done()
+OFF_TAKEN = 72  # u64 messages got but not yet acknowledged (Ring.ack), if counted
 OFF_GETTERS = 80  # u32 getters asleep (or about to be)
 OFF_PUTTERS = 84  # u32 putters asleep
 OFF_JOINERS = 88  # u32 joiners asleep

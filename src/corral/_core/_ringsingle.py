@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import _linux
+from ._errors import RingShutDown, TooLarge
 from ._futex import futex_wake
 from ._ringbase import RingBase, deadline_of
 from ._ringlayout import (
@@ -59,7 +60,7 @@ from ._ringlayout import (
     read_frame_bufs,
 )
 
-__all__ = ["RingShutDown", "SingleOps", "TooLarge"]
+__all__ = ["SingleOps"]
 
 # Test hook (see _ring.set_hook, which sets it here). None in normal use.
 _hook: Callable[[str], None] | None = None
@@ -69,22 +70,6 @@ _get_state_from = GET_STATE.unpack_from
 _frame_from = FRAME.unpack_from
 _frame_into = FRAME.pack_into
 _self_identity = _linux.self_identity
-
-
-class RingShutDown(Exception):
-    """Internal: the ring was shut down (the queue layer raises corral.ShutDown)."""
-
-
-class TooLarge(ValueError):
-    """Internal: a message can never fit (the queue layer raises MessageTooLarge)."""
-
-    def __init__(self, size: int, capacity: int):
-        super().__init__(f"a message of {size} bytes can never fit in {capacity} bytes")
-        self.size = size
-        self.capacity = capacity
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.size, self.capacity))
 
 
 class SingleOps(RingBase):
@@ -317,7 +302,7 @@ class SingleOps(RingBase):
                 end = head + flen
                 self._consumed_to(end, tail)
                 q[Q_COUNT] = count - 1
-                if self.joinable:
+                if self.acks:
                     q[Q_TAKEN] = taken + 1
                 if pw:
                     self._bump(I_GET_SEQ)
@@ -338,7 +323,7 @@ class SingleOps(RingBase):
         q = self._q
         self._consumed_to(end, tail)
         q[Q_COUNT] = count - 1
-        if self.joinable:
+        if self.acks:
             q[Q_TAKEN] = taken + 1
         if pw:
             self._bump(I_GET_SEQ)
