@@ -1,5 +1,5 @@
-/* corral._core._speedups: the common cases of the queues' Ring.put and Ring.get,
- * and of Lock.acquire and release, in C.
+/* corral._core._speedups: the common cases of the ring's put and get (Ops), and a
+ * generic fast acquire/release of a robust mutex (LockBase), in C.
  *
  * Optional. corral works without it (the pure-Python paths in _ring.py and
  * _synchronize.py are the reference); when it is built, a single put or get of a
@@ -492,12 +492,14 @@ static PyTypeObject OpsType = {
     .tp_methods = Ops_methods,
 };
 
-/* -- LockBase: the fast paths of corral.Lock and RLock -----------------------------
+/* -- LockBase: a fast acquire/release of a robust mutex, for subclassing ----------
  *
- * acquire() and release() on the robust mutex, holding the GIL. Anything but
- * success goes to the Python subclass: ``self._acquire_fallback(rc, *args,
- * **kwargs)`` (busy after the spin, EOWNERDEAD, a timeout to honour, arguments to
- * check) and ``self._not_owner("release")``. */
+ * Generic: it knows no lock type above it. acquire() and release() run on the
+ * robust mutex bound with _bind(address), holding the GIL. Anything but success
+ * goes to two methods that the Python subclass provides (corral.Lock and RLock
+ * do): ``self._acquire_fallback(rc, *args, **kwargs)`` (busy after the spin,
+ * EOWNERDEAD, a timeout to honour, arguments to check) and
+ * ``self._not_owner("release")``. */
 
 typedef struct {
     PyObject_HEAD
@@ -604,7 +606,8 @@ static PyTypeObject LockBaseType = {
     .tp_name = "corral._core._speedups.LockBase",
     .tp_basicsize = sizeof(LockBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "The fast paths of corral.Lock: subclass it, then call _bind(address).",
+    .tp_doc = "Fast acquire/release of a robust mutex: subclass it (providing "
+              "_acquire_fallback and _not_owner), then call _bind(address).",
     .tp_new = PyType_GenericNew,
     .tp_methods = LockBase_methods,
     .tp_members = LockBase_members,
