@@ -36,7 +36,20 @@ def test_demo_lists_scenarios() -> None:
         assert name in done.stdout
 
 
-def test_bench_reports_missing_benchmark() -> None:
+def test_bench_only_lists_its_choices() -> None:
     done = corral_cli("bench", "--only", "no-such")
     assert done.returncode == 2
-    assert "nothing matches" in done.stderr
+    assert "invalid choice: 'no-such'" in done.stderr
+    for name in ("process", "queue", "sync", "pool"):
+        assert name in done.stderr
+    done = corral_cli("bench", "--help")
+    assert done.returncode == 0
+    assert "{pool,process,queue,sync}" in done.stdout
+
+
+def test_version() -> None:
+    import corral
+
+    done = corral_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"corral {corral.__version__}"

@@ -766,7 +766,7 @@ def test_demo_scenario_passes(capsys: pytest.CaptureFixture[str]) -> None:
     """``corral demo queue-kill``: the producer killed mid-put, corral against the stdlib."""
     import argparse
 
-    from corral._demo import Report, all_scenarios
+    from corral._tools._demo import Report, all_scenarios
 
     report = Report()
     all_scenarios()["queue-kill"].run(argparse.Namespace(), report)
