@@ -29,7 +29,6 @@ from multiprocessing import process as _mp_process
 
 from ._core import _bootstrap, _lifeline
 from ._core._fdpass import FdHandle
-from ._core._shm import NAME_PREFIX
 from ._exceptions import CorralError, ProcessDied, RemoteTraceback
 
 # typing costs a few ms at import, and every spawned child imports this module.
@@ -145,6 +144,8 @@ class Process(_mp_process.BaseProcess):
         )
         _cleanup()
         self._corral_lifeline = _lifeline.child_end()
+        from ._core._shm import NAME_PREFIX  # (not at import: a spawned child needs none)
+
         fd = os.memfd_create(f"{NAME_PREFIX}result", os.MFD_CLOEXEC)
         self._corral_result_fd = FdHandle(fd, "process result")
         try:

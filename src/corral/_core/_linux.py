@@ -1,13 +1,24 @@
 """Thin wrappers over Linux facilities the stdlib does not expose.
 
 Everything is reached through ``ctypes`` on glibc; no compiled extension is needed.
+``libc`` (and with it ``ctypes``) is loaded on first use: a spawned child that only
+needs ``prctl`` gets it from the C extension when that is built, and imports
+``ctypes`` (about 1.5 ms) only without it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Iterator
+
+from . import _native
+
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
+
+    libc: ctypes.CDLL
 
 __all__ = [
     "F_OWNER_TID",
@@ -38,21 +49,50 @@ F_OWNER_TID = 0
 
 
 def _load_libc() -> ctypes.CDLL:
+    import ctypes
+
     # Not ctypes.util.find_library(): it runs ldconfig in a subprocess, at import time,
     # in every process that imports corral.
     try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
+        lib = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:  # not glibc: the symbols already loaded into this process
-        return ctypes.CDLL(None, use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)
+    lib.prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    lib.prctl.restype = ctypes.c_int
+    return lib
 
 
-libc = _load_libc()
-libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-libc.prctl.restype = ctypes.c_int
+_libc_loaded: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    """libc through ctypes, loaded on first use (``libc`` is this, for importers)."""
+    global _libc_loaded
+    if _libc_loaded is None:
+        _libc_loaded = _load_libc()
+    return _libc_loaded
+
+
+def __getattr__(name: str) -> object:
+    if name == "libc":
+        return _libc()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _prctl(option: int, arg: int = 0) -> int:
-    res: int = libc.prctl(option, arg, 0, 0, 0)
+    fast = getattr(_native.speedups, "prctl", None)
+    if fast is not None:
+        res: int = fast(option, arg)  # raises OSError
+        return res
+    import ctypes
+
+    res = _libc().prctl(option, arg, 0, 0, 0)
     if res == -1:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -65,8 +105,10 @@ def set_child_subreaper(on: bool = True) -> None:
 
 
 def is_child_subreaper() -> bool:
+    import ctypes
+
     value = ctypes.c_int(0)
-    res = libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value), 0, 0, 0)
+    res = _libc().prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value), 0, 0, 0)
     return res == 0 and value.value != 0
 
 

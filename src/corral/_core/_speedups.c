@@ -35,6 +35,7 @@
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -615,6 +616,22 @@ static PyTypeObject LockBaseType = {
 
 /* -- module ------------------------------------------------------------------------ */
 
+/* prctl(option, arg) -> int: prctl(2) with its last three arguments 0; OSError on
+ * failure. For _linux, so that a spawned child needs no ctypes to set itself up. */
+static PyObject *prctl_(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "prctl(option, arg)");
+        return NULL;
+    }
+    long option = PyLong_AsLong(args[0]);
+    if (option == -1 && PyErr_Occurred()) return NULL;
+    unsigned long arg = PyLong_AsUnsignedLong(args[1]);
+    if (arg == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    int res = prctl((int)option, arg, 0UL, 0UL, 0UL);
+    if (res == -1) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(res);
+}
+
 static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     int v = PyObject_IsTrue(arg);
     if (v < 0) return NULL;
@@ -624,6 +641,8 @@ static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"set_enabled", set_enabled, METH_O, "Turn every fast path on or off (tests)."},
+    {"prctl", (PyCFunction)(void (*)(void))prctl_, METH_FASTCALL,
+     "prctl(option, arg) -> int: prctl(2), the other arguments 0"},
     {NULL, NULL, 0, NULL},
 };
 
