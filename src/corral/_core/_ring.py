@@ -205,15 +205,15 @@ class Ring(BatchOps):
         return bool(tail - head > self.capacity - 2 * ALIGN)
 
     def statistics(self) -> RingStatistics:
-        head, tail, count, taken, gw, pw, jw, shut = self._read_state()
+        head, tail, count, taken, getters, putters, joiners, shut = self._read_state()
         return RingStatistics(
             items=count,
             bytes=tail - head,
             capacity=self.capacity,
             maxsize=self.maxsize,
-            getters_waiting=gw,
-            putters_waiting=pw,
-            joiners_waiting=jw,
+            getters_waiting=getters,
+            putters_waiting=putters,
+            joiners_waiting=joiners,
             unacked=count + taken if self.acks else 0,
             shutdown=bool(shut),
         )
@@ -244,7 +244,7 @@ class Ring(BatchOps):
         cap = self.capacity
         self._lock()
         try:
-            head, tail, count, _t, _gw, _pw, _jw, shut = STATE.unpack_from(self._mm, OFF_HEAD)
+            head, tail, count, _, _, _, _, shut = STATE.unpack_from(self._mm, OFF_HEAD)
             if shut:
                 return
             if not size:

@@ -85,13 +85,13 @@ class BatchOps(SingleOps):
             if not self._lock(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 raise full_after(done)
             start = done
-            gw = 0
+            getters = 0
             try:
-                done, gw = self._put_run(messages, sizes, done, block, deadline)
+                done, getters = self._put_run(messages, sizes, done, block, deadline)
             finally:
                 self._unlock()
-            if gw:
-                self._wake(self._put_seq, done - start, gw)
+            if getters:
+                self._wake(self._put_seq, done - start, getters)
         return done
 
     def _put_run(
@@ -108,7 +108,7 @@ class BatchOps(SingleOps):
         mm, q, cap, maxsize = self._mm, self._q, self.capacity, self.maxsize
         start = done
         while True:
-            head_pos, tail, count, _taken, gw, _pw, _jw, shut = STATE.unpack_from(mm, OFF_HEAD)
+            head_pos, tail, count, _, getters, _, _, shut = STATE.unpack_from(mm, OFF_HEAD)
             if shut:
                 raise RingShutDown
             if not self._reserved():  # (see _room; checked again after each sleep)
@@ -130,9 +130,9 @@ class BatchOps(SingleOps):
                         _hook("put:publish")
                     q[Q_TAIL] = tail  # publish the whole run
                     q[Q_COUNT] = count
-                    if gw:
+                    if getters:
                         self._bump(I_PUT_SEQ)
-                    return done, gw
+                    return done, getters
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise full_after(done)
             self._sleep(PUTTER, I_GET_SEQ, deadline)
@@ -180,18 +180,18 @@ class BatchOps(SingleOps):
         m = self._mutex
         if not m.try_acquire() and not self._lock_slow(timeout if block else None):
             return False
-        gw = 0
+        getters = 0
         try:
             if m.owner_died:
                 self._repair()
             mm = self._mm
-            head_pos, tail, count, _taken, gw, _pw, _jw, shut = STATE.unpack_from(mm, OFF_HEAD)
+            head_pos, tail, count, _, getters, _, _, shut = STATE.unpack_from(mm, OFF_HEAD)
             if (
                 shut
                 or self._i[I_RESERVE]
                 or not fits_plain(head_pos, tail, count, total, k, cap, self.retain, self.maxsize)
             ):
-                gw = 0
+                getters = 0
                 return False
             off = tail % cap
             mm[DATA + off : DATA + off + total] = blob
@@ -200,14 +200,14 @@ class BatchOps(SingleOps):
             q = self._q
             q[Q_TAIL] = tail + total  # publish the whole batch
             q[Q_COUNT] = count + k
-            if gw:
+            if getters:
                 self._bump(I_PUT_SEQ)
         finally:
             rc = m.unlock_errno()
             if rc:
                 self._unlock_failed(rc)
-        if gw:
-            self._wake(self._put_seq, k, gw)
+        if getters:
+            self._wake(self._put_seq, k, getters)
         return True
 
     # -- get_many --------------------------------------------------------------------
@@ -236,11 +236,11 @@ class BatchOps(SingleOps):
         try:
             if m.owner_died:
                 self._repair()
-            head, tail, count, taken, _gw, pw, _jw, _shut, claim = GET_STATE.unpack_from(
+            head, tail, count, taken, _, putters, _, _, claim = GET_STATE.unpack_from(
                 self._mm, OFF_HEAD
             )
             if not count or claim:
-                head, tail, count, taken, pw = self._items(block, timeout, after != FAST_EMPTY)
+                head, tail, count, taken, putters = self._items(block, timeout, after != FAST_EMPTY)
             n = min(count, max_items)
             got, end, give_back = self._copy_out(head, tail, count, n)
             if _hook is not None:
@@ -250,7 +250,7 @@ class BatchOps(SingleOps):
             q[Q_COUNT] = count - n
             if self.acks:
                 q[Q_TAKEN] = taken + n
-            if pw:
+            if putters:
                 self._bump(I_GET_SEQ)
             if give_back:
                 self._give_back(head, end, tail)
@@ -258,8 +258,8 @@ class BatchOps(SingleOps):
             rc = m.unlock_errno()
             if rc:
                 self._unlock_failed(rc)
-        if pw:
-            self._wake(self._get_seq, WAKE_ALL, pw)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
         return got
 
     def _copy_out(

@@ -104,13 +104,13 @@ class SingleOps(RingBase):
         try:
             if m.owner_died:
                 self._repair()
-            head_pos, tail, count, _taken, gw, _pw, _jw, shut = _state_from(mm, OFF_HEAD)
+            head_pos, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
             if (
                 shut
                 or self._i[I_RESERVE]
                 or not fits_plain(head_pos, tail, count, size, 1, cap, retain, maxsize)
             ):
-                tail, off, count, gw = self._room(size, block, timeout)
+                tail, off, count, getters = self._room(size, block, timeout)
             else:
                 off = tail % cap
             self._write_frame(DATA + off, size, head, bufs)
@@ -118,14 +118,14 @@ class SingleOps(RingBase):
                 _hook("put:publish")
             q[Q_TAIL] = tail + size  # publish
             q[Q_COUNT] = count + 1
-            if gw:
+            if getters:
                 self._bump(I_PUT_SEQ)
         finally:
             rc = m.unlock_errno()
             if rc:
                 self._unlock_failed(rc)
-        if gw:
-            self._wake(self._put_seq, 1, gw)
+        if getters:
+            self._wake(self._put_seq, 1, getters)
 
     def _put_reserved(
         self,
@@ -144,7 +144,7 @@ class SingleOps(RingBase):
             raise queue.Full
         try:
             old_tail = self._q[Q_TAIL]
-            tail, off, _count, _gw = self._room(size, block, timeout)
+            tail, off, _count, _getters = self._room(size, block, timeout)
             if tail != old_tail:
                 self._q[Q_TAIL] = tail  # a pad frame, on its own: nothing to get
             base = DATA + off
@@ -168,17 +168,17 @@ class SingleOps(RingBase):
             q[Q_TAIL] = tail + size  # publish
             q[Q_COUNT] += 1
             i[I_RESERVE] = 0
-            gw, pw = i[I_GETTERS], i[I_PUTTERS]
-            if gw:
+            getters, putters = i[I_GETTERS], i[I_PUTTERS]
+            if getters:
                 self._bump(I_PUT_SEQ)
-            if pw:
+            if putters:
                 self._bump(I_GET_SEQ)
         finally:
             self._unlock()
-        if gw:
-            self._wake(self._put_seq, 1, gw)
-        if pw:
-            self._wake(self._get_seq, WAKE_ALL, pw)
+        if getters:
+            self._wake(self._put_seq, 1, getters)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
 
     def _let_go(self, index: int, pid: int, seq_index: int, seq_address: int) -> None:
         """Drop this process's claim or reservation (the word at ``index``) after
@@ -201,7 +201,7 @@ class SingleOps(RingBase):
         maxsize = self.maxsize
         deadline = deadline_of(block, timeout)
         while True:
-            head, tail, count, _t, gw, _pw, _jw, shut = _state_from(mm, OFF_HEAD)
+            head, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
             if shut:
                 raise RingShutDown
             if not self._reserved():
@@ -216,7 +216,7 @@ class SingleOps(RingBase):
                         _frame_into(mm, DATA + off, cap - off, 0, PAD)
                         tail += cap - off
                         off = 0
-                    return tail, off, count, gw
+                    return tail, off, count, getters
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise queue.Full
             self._sleep(PUTTER, I_GET_SEQ, deadline)
@@ -274,10 +274,10 @@ class SingleOps(RingBase):
         try:
             if m.owner_died:
                 self._repair()
-            head, tail, count, taken, _gw, pw, _jw, _shut, claim = _get_state_from(mm, OFF_HEAD)
+            head, tail, count, taken, _, putters, _, _, claim = _get_state_from(mm, OFF_HEAD)
             if not count or claim:
                 # (FAST_EMPTY: the C call has polled already; sleep without polling.)
-                head, tail, count, taken, pw = self._items(block, timeout, after != FAST_EMPTY)
+                head, tail, count, taken, putters = self._items(block, timeout, after != FAST_EMPTY)
             start = head
             off = head % cap
             flen, plen, nbufs = _frame_from(mm, DATA + off)
@@ -304,7 +304,7 @@ class SingleOps(RingBase):
                 q[Q_COUNT] = count - 1
                 if self.acks:
                     q[Q_TAKEN] = taken + 1
-                if pw:
+                if putters:
                     self._bump(I_GET_SEQ)
                 if off + flen > retain:
                     self._give_back(start, end, tail)
@@ -314,18 +314,20 @@ class SingleOps(RingBase):
                 self._unlock_failed(rc)
         if claimed:
             return self._get_claimed(start, head + flen, base, plen, nbufs)
-        if pw:
-            self._wake(self._get_seq, WAKE_ALL, pw)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
         return out
 
-    def _consume(self, start: int, end: int, tail: int, count: int, taken: int, pw: int) -> None:
+    def _consume(
+        self, start: int, end: int, tail: int, count: int, taken: int, putters: int
+    ) -> None:
         """With the mutex held: the message in ``[start, end)`` was got."""
         q = self._q
         self._consumed_to(end, tail)
         q[Q_COUNT] = count - 1
         if self.acks:
             q[Q_TAKEN] = taken + 1
-        if pw:
+        if putters:
             self._bump(I_GET_SEQ)
         if (end - 1) % self.capacity >= self.retain:
             self._give_back(start, end, tail)
@@ -342,21 +344,21 @@ class SingleOps(RingBase):
             raise
         self._lock()
         try:
-            head, tail, count, taken, gw, pw, _jw, _shut, claim = _get_state_from(
+            head, tail, count, taken, getters, putters, _, _, claim = _get_state_from(
                 self._mm, OFF_HEAD
             )
             if claim == pid:
                 if head == start and count:  # (not dropped by shutdown(immediate))
-                    self._consume(start, end, tail, count, taken, pw)
+                    self._consume(start, end, tail, count, taken, putters)
                 self._i[I_CLAIM] = 0
-                if gw:
+                if getters:
                     self._bump(I_PUT_SEQ)  # the claim is gone: waiting getters, look
         finally:
             self._unlock()
-        if gw:
-            self._wake(self._put_seq, WAKE_ALL, gw)
-        if pw:
-            self._wake(self._get_seq, WAKE_ALL, pw)
+        if getters:
+            self._wake(self._put_seq, WAKE_ALL, getters)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
         return out
 
     def _items(
@@ -368,10 +370,10 @@ class SingleOps(RingBase):
         deadline = deadline_of(block, timeout)
         spin = block and poll and POLL_ROUNDS > 0
         while True:
-            head, tail, count, taken, _gw, pw, _jw, shut = _state_from(mm, OFF_HEAD)
+            head, tail, count, taken, _, putters, _, shut = _state_from(mm, OFF_HEAD)
             claimed = count and self._claim_alive()
             if count and not claimed:
-                return head, tail, count, taken, pw
+                return head, tail, count, taken, putters
             if shut and not count:
                 raise RingShutDown
             if not block or (deadline is not None and time.monotonic() >= deadline):
