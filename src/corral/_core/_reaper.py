@@ -28,9 +28,10 @@ from collections.abc import Callable
 
 __all__ = ["close_watched", "watch"]
 
-# How long the thread waits with nothing to watch before it exits. Longer saves a
-# thread start on the next Process.start() (about 0.1-1 ms on a busy 2-core box);
-# shorter gives the thread back sooner.
+# How long the thread waits with nothing to watch before it exits, and its longest
+# single wait. Longer saves a thread start on the next Process.start() (about
+# 0.1-1 ms on a busy 2-core box) and idle wake-ups; shorter gives the thread back
+# sooner.
 IDLE_LINGER = 0.2
 
 
@@ -71,8 +72,6 @@ class _Reaper:
             self._unregister(fd)
             if self._running != fd:
                 os.close(fd)  # the thread holds no reference to it: gone from the set
-                if not self._watched:
-                    self._wake()  # it may wait with no timeout: let it linger, then go
                 return
             # The thread is running this fd's callback: let it close the fd when the
             # callback returns, so the number cannot be reused under its feet.
@@ -108,10 +107,14 @@ class _Reaper:
                     return
                 epoll = self._epoll
                 wake_r = self._wake_r
-                timeout = -1 if self._watched else IDLE_LINGER
+                # Never without a timeout: a thread whose last fd was closed from
+                # outside finds out within a slice, with no wake-up (which would cost
+                # the closing thread a GIL hand-off).
+                timeout = IDLE_LINGER
             assert epoll is not None
             events = epoll.poll(timeout)
-            idle = not events
+            with self._lock:
+                idle = not events and not self._watched
             for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
