@@ -15,6 +15,7 @@ does not reap zombies).
 from __future__ import annotations
 
 import multiprocessing.forkserver
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -52,6 +53,11 @@ def ctx(start_method: str) -> corral.CorralContext:
 def _no_leaks() -> Iterator[None]:
     check = LeakCheck()
     yield
+    # corral.map keeps its pools for the next call, until interpreter exit; a test
+    # is a shorter life, so its kept pools end with it.
+    executor = sys.modules.get("corral._executor")
+    if executor is not None:
+        executor._close_kept()
     problems = check.finish()
     if problems:
         pytest.fail("test leaked resources:\n  " + "\n  ".join(problems), pytrace=False)

@@ -240,3 +240,49 @@ def block_once_item(item: tuple[int, int, str]) -> int:
 
 def add_one(x: Any) -> Any:
     return x + 1
+
+
+def _count_run(path: str, x: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def counted(item: tuple[int, int, str, str, Any]) -> Any:
+    """Record that item ``x`` ran (a line in ``path``), then misbehave as ``how`` on ``bad``."""
+    x, bad, how, path, _payload = item
+    _count_run(path, x)
+    time.sleep(0.0002)  # slower than _worker.LOG_MIN_SECONDS: outcomes are logged
+    if x == bad:
+        if how in ("exit", "sigkill", "segfault"):
+            die_on(x, bad, how)
+        elif how == "raise":
+            raise ValueError(f"bad item {x}")
+        elif how == "result_pickle":
+            return threading.Lock()
+        elif how == "result_unpickle":
+            return BadUnpickle()
+        elif how == "timeout":
+            time.sleep(FOREVER)
+    return x * 2
+
+
+def counted_sleep(item: tuple[int, float, str]) -> int:
+    """Record that item ``x`` ran, then sleep ``seconds``."""
+    x, seconds, path = item
+    _count_run(path, x)
+    time.sleep(seconds)
+    return x * 2
+
+
+def counted_block(item: tuple[int, int, str]) -> int:
+    """Record that item ``x`` ran; on ``bad``, announce it and block until killed."""
+    x, bad, path = item
+    _count_run(path, x)
+    time.sleep(0.0002)  # slower than _worker.LOG_MIN_SECONDS: outcomes are logged
+    if x == bad:
+        _announce(x)
+        time.sleep(FOREVER)
+    return x * 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral._pool import PREFETCH
+from corral._pool._engine import PREFETCH
 from tests import pool_targets as t
 
 TIMEOUT = 30.0

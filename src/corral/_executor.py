@@ -1,37 +1,56 @@
 """corral.ProcessPoolExecutor and corral.map: two more fronts over the pool's engine.
 
-Both are thin: every guarantee (crash recovery, retries, task timeouts, lazy input,
-clean Ctrl-C) comes from ``_pool._Engine``.
+Both are thin: every guarantee (per-item accounting, retries, task timeouts, lazy
+input, clean Ctrl-C) comes from ``_pool``.
+
+``corral.map`` keeps one pool per (workers, start method, options) across calls,
+as loky's ``get_reusable_executor`` does, so that a loop of small ``corral.map``
+calls does not start workers each time. A kept pool is replaced when it is
+broken, terminated (a Ctrl-C) or its workers were started by another process
+(after a fork); it is terminated at interpreter exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ._context import CorralContext
 from ._pool import Pool, PoolStatistics
+from ._pool._jobs import CorralFuture
+from ._pool._progress import ProgressArg
+from ._pool._worker import MODE_STAR
 
 __all__ = ["ProcessPoolExecutor", "map"]
 
+A = TypeVar("A")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ProcessPoolExecutor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` on corral's pool engine.
 
     Same constructor as the stdlib's, plus the options of :class:`corral.Pool`
-    (``retries``, ``task_timeout``, ``max_memory_per_child``, ``progress``,
-    ``on_event``). Unlike the stdlib's, a worker's death fails only the task it was
-    running (:class:`corral.WorkerCrashed`, once retries are exhausted); the executor
-    never becomes broken. Works with ``asyncio``'s ``loop.run_in_executor``.
+    (``retries``, ``task_timeout``, ``initializer_timeout``, ``max_memory_per_child``,
+    ``progress``, ``on_event``). Unlike the stdlib's, a worker's death fails only the
+    task it was running (:class:`corral.WorkerCrashed`, once retries are exhausted);
+    the executor never becomes broken. Works with ``asyncio``'s
+    ``loop.run_in_executor``.
 
-    :meth:`map` pulls its input lazily, a bounded window at a time, with automatic
-    chunks unless ``chunksize`` is given.
+    - ``Future.cancel()`` stops a running task too (its worker's tree is killed).
+    - A ``KeyboardInterrupt`` that leaves a ``with`` block (or interrupts
+      ``shutdown(wait=True)``) ends every worker and its subtree at once, instead of
+      waiting for the queued work.
+    - :meth:`map` pulls its input lazily, a bounded window at a time, with automatic
+      chunks unless ``chunksize`` is given; ``shutdown`` reads the rest of it, as
+      the stdlib's (eager) ``map`` would have.
     """
 
     __module__ = "corral"
@@ -46,7 +65,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         retries: int = 0,
         task_timeout: float | None = None,
-        progress: bool | str = False,
+        initializer_timeout: float | None = None,
+        progress: ProgressArg = False,
         max_memory_per_child: int | None = None,
         on_event: Callable[[str, int], object] | None = None,
     ):
@@ -60,6 +80,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             mp_context,
             retries=retries,
             task_timeout=task_timeout,
+            initializer_timeout=initializer_timeout,
             progress=progress,
             max_memory_per_child=max_memory_per_child,
             on_event=on_event,
@@ -68,9 +89,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
 
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> CorralFuture[T]:
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -92,18 +111,34 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            it = self._pool._imap(fn, zip(*iterables, strict=False), chunksize, 1, ordered=True)
+            it = self._pool._imap(
+                fn, zip(*iterables, strict=False), chunksize, MODE_STAR, True, None, None, None
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         return _timed(it, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
             self._shutdown = True
+        engine = self._pool._engine
         if cancel_futures:
-            self._pool._engine.cancel_pending()
+            engine.cancel_pending()
+        engine.drain_inputs()
         self._pool.close()
         if wait:
-            self._pool.join()
+            try:
+                self._pool.join()
+            except KeyboardInterrupt:
+                self._pool.terminate()
+                raise
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            with self._shutdown_lock:
+                self._shutdown = True
+            self._pool.terminate()  # one Ctrl-C: don't wait for the queued work
+            return
+        self.shutdown(wait=True)
 
     def statistics(self) -> PoolStatistics:
         """Workers alive and restarted, tasks in flight, completed and retried."""
@@ -125,40 +160,85 @@ def _timed(it: Any, deadline: float | None) -> Iterator[Any]:
         it.cancel()
 
 
+# --- corral.map and its kept pools ----------------------------------------------------
+
+_kept: dict[tuple[Any, ...], tuple[int, Pool]] = {}
+_kept_lock = threading.Lock()
+
+
+def _kept_pool(workers: int | None, options: dict[str, Any]) -> Pool:
+    """The pool kept for these options, made (or remade) if there is none usable."""
+    context = options.get("context")
+    if isinstance(context, CorralContext):
+        context = context.get_start_method()
+    try:
+        key = (workers, context, *sorted((k, v) for k, v in options.items() if k != "context"))
+        hash(key)
+    except TypeError:  # unhashable options (initargs with a list, say): a pool per call
+        return Pool(workers, **options)
+    with _kept_lock:
+        pid, pool = _kept.get(key, (0, None))
+        engine = pool._engine if pool is not None else None
+        if (
+            pool is None
+            or pid != os.getpid()
+            or engine is None
+            or engine.state != "run"
+            or engine.broken is not None
+        ):
+            if pool is not None and pid == os.getpid():
+                pool.terminate()
+            pool = Pool(workers, **options)
+            _kept[key] = (os.getpid(), pool)
+        return pool
+
+
+def _close_kept() -> None:
+    with _kept_lock:
+        pools = [pool for pid, pool in _kept.values() if pid == os.getpid()]
+        _kept.clear()
+    for pool in pools:
+        pool.terminate()
+
+
+atexit.register(_close_kept)
+
+
 def map(
-    fn: Callable[[Any], T],
-    iterable: Iterable[Any],
+    fn: Callable[[A], T],
+    iterable: Iterable[A],
     *,
     workers: int | None = None,
     ordered: bool = True,
     chunksize: int | None = None,
+    task_timeout: float | None = None,
+    progress: ProgressArg = False,
+    total: int | None = None,
     **pool_options: Any,
 ) -> Generator[T, None, None]:
     """``fn`` over ``iterable`` on every core: an iterator of results, in one call.
 
-    A pool of ``workers`` processes (default: one per CPU) is made now, fed lazily
-    (an infinite iterable works), and torn down when the iterator is exhausted,
-    closed, or garbage-collected. ``ordered=False`` yields results as they complete.
-    ``pool_options`` are :class:`corral.Pool`'s: ``retries``, ``task_timeout``,
-    ``context``, ``initializer``, ``initargs``, ``maxtasksperchild``,
-    ``max_memory_per_child``, ``progress``, ``on_event``.
+    The work runs on a pool of ``workers`` processes (default: one per CPU) that
+    corral keeps for the next call with the same options, so repeated calls don't
+    start workers again. The input is read lazily (an infinite iterable works).
+    ``ordered=False`` yields results as they complete. Leaving the loop early stops
+    the call's remaining tasks; a Ctrl-C terminates the pool (the next call makes a
+    new one). ``task_timeout`` and ``progress`` (a bar for this call; ``total`` for
+    inputs without ``len()``) are per call; ``pool_options`` are
+    :class:`corral.Pool`'s: ``retries``, ``context``, ``initializer``, ``initargs``,
+    ``maxtasksperchild``, ``max_memory_per_child``, ``on_event``.
     """
-    pool = Pool(workers, **pool_options)
-    it = (
-        pool.imap(fn, iterable, chunksize)
-        if ordered
-        else pool.imap_unordered(fn, iterable, chunksize)
-    )
-    return _run_then_close(pool, it)
+    pool = _kept_pool(workers, pool_options)
+    method = pool.imap if ordered else pool.imap_unordered
+    it = method(fn, iterable, chunksize, task_timeout=task_timeout, progress=progress, total=total)
+    return _run(it)
 
 
-def _run_then_close(pool: Pool, it: Iterator[T]) -> Generator[T, None, None]:
+def _run(it: Any) -> Generator[Any, None, None]:
     try:
         yield from it
-        pool.close()
-        pool.join()
     finally:
-        pool.terminate()
+        it.close()  # stops what is left of this call, if anything
 
 
 map.__module__ = "corral"

@@ -35,7 +35,12 @@ _END = object()
 
 
 class _StageCall:
-    """Runs in the worker: the stage's function, with the item attached to failures."""
+    """Runs in the worker: the stage's function, with the item attached to failures.
+
+    A batched stage that fails on a batch runs the batch again item by item (each
+    as a batch of one), so that only the items that fail are reported, each as
+    itself: a :class:`_ItemFailed` takes its place in the returned list.
+    """
 
     def __init__(self, fn: Callable[[Any], Any], stage: str, batched: bool):
         self.fn = fn
@@ -43,16 +48,60 @@ class _StageCall:
         self.batched = batched
 
     def __call__(self, item: Any) -> Any:
-        try:
-            out = self.fn(item)
-            return list(out) if self.batched else out
-        except Exception as exc:
+        if not self.batched:
             try:
-                pickle.loads(pickle.dumps(exc))
-                carried: BaseException | None = exc
-            except Exception:
-                carried = None
-            raise StageError(self.stage, item, f"{type(exc).__name__}: {exc}", carried) from exc
+                return self.fn(item)
+            except Exception as exc:
+                raise self._error(item, exc) from exc
+        try:
+            out = list(self.fn(item))
+            if len(out) != len(item):
+                raise ValueError(
+                    f"a batched stage must return one result per item: "
+                    f"{len(out)} results for {len(item)} items"
+                )
+            return out
+        except Exception:
+            if len(item) == 1:
+                raise
+        results: list[Any] = []
+        for one in item:
+            try:
+                (result,) = self.fn([one])
+                results.append(result)
+            except Exception as exc:
+                results.append(_ItemFailed(self._error(one, exc)))
+        return results
+
+    def _error(self, item: Any, exc: Exception) -> StageError:
+        try:
+            pickle.loads(pickle.dumps(exc))
+            carried: BaseException | None = exc
+        except Exception:
+            carried = None
+        error = StageError(self.stage, item, f"{type(exc).__name__}: {exc}", carried)
+        error.__cause__ = exc
+        return error
+
+
+class _ItemFailed:
+    """In a batched stage's results: the item at this place failed with ``error``."""
+
+    def __init__(self, error: StageError):
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import traceback
+
+        tb = "".join(traceback.format_exception(self.error.__cause__ or self.error))
+        return (_rebuild_failed, (self.error, tb))
+
+
+def _rebuild_failed(error: StageError, tb: str) -> _ItemFailed:
+    from ._exceptions import RemoteTraceback
+
+    error.__cause__ = RemoteTraceback(tb)
+    return _ItemFailed(error)
 
 
 class _Feed:
@@ -250,6 +299,9 @@ class Pipeline:
                 it: IMapIterator[Any] = (
                     pool.imap(call, feed) if self._ordered else pool.imap_unordered(call, feed)
                 )
+                # A stage's finished items survive its workers' deaths, however fast:
+                # a lost one would stop the whole stream.
+                it._job.log_all = True
                 threads.append(pump)
                 pump.start()
                 upstream = it
@@ -278,23 +330,32 @@ class Pipeline:
                     raise _Upstream(CorralError("the pipeline was stopped")) from None
                 if stage is None:
                     raise  # the source itself failed
-                err = exc
-                if isinstance(exc, StageError) and exc.exception is not None:
-                    # The item's own exception, with the worker's traceback below it.
-                    exc.exception.__cause__ = exc.__cause__
-                    exc.__cause__ = exc.exception
-                    exc.exception = None
-                if not isinstance(exc, StageError):  # WorkerCrashed, TaskTimeout, ...
-                    err = StageError(stage.name, None, f"{type(exc).__name__}: {exc}")
-                    err.__cause__ = exc
-                if stage.on_error == "skip":
-                    self.errors.append(err)  # type: ignore[arg-type]
-                    continue
-                raise err from err.__cause__
-            if stage is not None and stage.batch is not None:
-                yield from value
-            else:
+                self._apply_policy(stage, exc)
+                continue
+            if stage is None or stage.batch is None:
                 yield value
+                continue
+            for one in value:
+                if one.__class__ is _ItemFailed:
+                    self._apply_policy(stage, one.error)
+                else:
+                    yield one
+
+    def _apply_policy(self, stage: _Stage, exc: Exception) -> None:
+        """A failure in ``stage``: record it (``skip``), or raise it (``stop``)."""
+        err = exc
+        if isinstance(exc, StageError) and exc.exception is not None:
+            # The item's own exception, with the worker's traceback below it.
+            exc.exception.__cause__ = exc.__cause__
+            exc.__cause__ = exc.exception
+            exc.exception = None
+        if not isinstance(exc, StageError):  # WorkerCrashed, TaskTimeout, ...
+            err = StageError(stage.name, None, f"{type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+        if stage.on_error == "skip":
+            self.errors.append(err)  # type: ignore[arg-type]
+            return
+        raise err from err.__cause__
 
     def _pump(
         self,

@@ -31,15 +31,18 @@ class Row:
 
     ``higher_is_better`` says how to read the ratio: for a rate it is value/baseline,
     for a latency baseline/value, so a ratio above 1 always means corral is ahead.
+    ``status`` says what happened instead of a value ("hung", "crashed", "lost 3");
+    the table shows it in the value column, or "failed" when it is empty.
     """
 
     case: str
     impl: str
-    value: float | None  # None: the implementation failed or hung (see note)
+    value: float | None  # None: the implementation failed or hung (see status)
     unit: str
     baseline: float | None = None
     higher_is_better: bool = True
     note: str = ""
+    status: str = ""  # only when value is None
 
     @property
     def ratio(self) -> float | None:
@@ -73,7 +76,7 @@ def _format(rows: list[Row]) -> str:
     header = ("case", "implementation", "value", "unit", "ratio", "note")
     lines = [header]
     for r in rows:
-        value = "failed" if r.value is None else f"{r.value:.4g}"
+        value = (r.status or "failed") if r.value is None else f"{r.value:.4g}"
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         lines.append((r.case, r.impl, value, r.unit, ratio, r.note))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -1,0 +1,321 @@
+"""The wire between the pool and a worker: framed pickles on a socketpair.
+
+    frame := header (body length: u64, out-of-band buffers: u32) + body
+    body  := sizes of the out-of-band buffers (u64 each) + pickle (protocol 5)
+
+Buffers of at least ``OOB_MIN_BYTES`` (numpy arrays, bytes-like objects pickled with
+protocol 5) travel beside the pickle: written once into a memfd, whose fd rides on
+the frame's first byte (SCM_RIGHTS), and mapped copy-on-write by the reader.
+
+Whole or absent: a writer killed mid-frame leaves a frame shorter than its header
+says; the reader sees end-of-file before the frame is complete and drops it. So a
+frame that was read is the whole frame the writer meant to send.
+
+The parent's end is non-blocking (``Channel``): frames to send wait in an outbox and
+are written as the socket accepts them, and frames are read as bytes arrive, so a
+worker that is paused, slow to read or slow to write never blocks the scheduler.
+The worker's end blocks (``WorkerEnd``): a worker has nothing else to do.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import mmap
+import os
+import pickle
+import socket
+import struct
+from typing import Any
+
+from .._remote import dumps
+
+__all__ = ["OOB_MIN_BYTES", "Channel", "Frame", "WorkerEnd", "decode", "encode"]
+
+# Buffers at least this large travel out of band, in a memfd. Through the socket they
+# would be copied four times (pickle, write, read, unpickle); smaller ones are
+# cheaper in band than a memfd and an fd transfer.
+OOB_MIN_BYTES = 1 << 20
+# How much one read asks the kernel for. Larger frames are read straight into a
+# buffer of their own size, whatever this is.
+READ_SIZE = 256 * 1024
+
+_HEADER = struct.Struct("<QI")
+_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize * 16)
+
+
+class Frame:
+    """An encoded message: the bytes to write, and the memfd that goes with them."""
+
+    __slots__ = ("data", "fd")
+
+    def __init__(self, data: bytes, fd: int | None = None):
+        self.data = data
+        self.fd = fd
+
+    def discard(self) -> None:
+        """Close the memfd of a frame that will not be sent."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+STOP = Frame(_HEADER.pack(0, 0))  # an empty body: "stop"
+
+
+def encode(obj: Any) -> Frame:
+    """Pickle ``obj`` into a frame; large buffers go into a memfd beside it.
+
+    Raises what pickling raises (with a hint to install cloudpickle where that
+    would have helped); nothing is left open then.
+    """
+    buffers: list[memoryview] = []
+
+    def keep_apart(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes >= OOB_MIN_BYTES:
+            buffers.append(raw)
+            return False
+        return True
+
+    try:
+        payload = dumps(obj, 5, keep_apart)
+    except BaseException:
+        buffers.clear()
+        raise
+    if not buffers:
+        return Frame(_HEADER.pack(len(payload), 0) + payload)
+    sizes = [b.nbytes for b in buffers]
+    fd = os.memfd_create("corral-pool-buffers", os.MFD_CLOEXEC)
+    try:
+        for buf in buffers:
+            view = buf.cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    head = _HEADER.pack(8 * len(sizes) + len(payload), len(sizes))
+    return Frame(head + struct.pack(f"<{len(sizes)}Q", *sizes) + payload, fd)
+
+
+def decode(body: memoryview, nbuf: int, fd: int | None) -> Any:
+    """Unpickle a frame's body (closing its memfd, if any)."""
+    if not nbuf:
+        return pickle.loads(body)
+    assert fd is not None
+    try:
+        sizes = struct.unpack_from(f"<{nbuf}Q", body)
+        mapped = mmap.mmap(fd, sum(sizes), mmap.MAP_PRIVATE)
+    finally:
+        os.close(fd)
+    whole = memoryview(mapped)
+    buffers, offset = [], 0
+    for size in sizes:
+        buffers.append(whole[offset : offset + size])
+        offset += size
+    return pickle.loads(body[8 * nbuf :], buffers=buffers)
+
+
+class _Reader:
+    """Reassembles frames from a socket, blocking or not, with the fds that came along."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.pending = bytearray()
+        self.big: bytearray | None = None  # the body of a large frame being read
+        self.big_pos = 0
+        self.big_nbuf = 0
+        self.fds: collections.deque[int] = collections.deque()
+        self.frames: collections.deque[tuple[memoryview, int, int | None]] = collections.deque()
+        self.eof = False
+
+    def read_once(self) -> bool:
+        """One read from the socket. False if nothing was there (non-blocking only)."""
+        try:
+            if self.big is not None:
+                view = memoryview(self.big)[self.big_pos :]
+                n, anc, _, _ = self.sock.recvmsg_into([view], _FDS_SPACE)
+            else:
+                data, anc, _, _ = self.sock.recvmsg(READ_SIZE, _FDS_SPACE)
+                n = len(data)
+                self.pending += data
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            n, anc = 0, []
+        self._take_fds(anc)
+        if n == 0:
+            self.eof = True
+            return True
+        if self.big is not None:
+            self.big_pos += n
+            if self.big_pos == len(self.big):
+                self._complete(memoryview(self.big), self.big_nbuf)
+                self.big = None
+        self._parse()
+        return True
+
+    def _take_fds(self, anc: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self.fds.extend(fds)
+
+    def _parse(self) -> None:
+        buf = self.pending
+        pos = 0
+        while len(buf) - pos >= _HEADER.size:
+            length, nbuf = _HEADER.unpack_from(buf, pos)
+            start = pos + _HEADER.size
+            if len(buf) - start >= length:
+                self._complete(memoryview(bytes(buf[start : start + length])), nbuf)
+                pos = start + length
+                continue
+            if length > READ_SIZE:  # read the rest straight into a buffer of its own
+                self.big = bytearray(length)
+                have = len(buf) - start
+                self.big[:have] = buf[start:]
+                self.big_pos, self.big_nbuf = have, nbuf
+                pos = len(buf)
+            break
+        del buf[:pos]
+
+    def _complete(self, body: memoryview, nbuf: int) -> None:
+        fd = self.fds.popleft() if nbuf and self.fds else None
+        self.frames.append((body, nbuf, fd))
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popleft())
+        for _, _, fd in self.frames:
+            if fd is not None:
+                os.close(fd)
+        self.frames.clear()
+
+
+class Channel:
+    """The parent's end of a worker's socketpair: never blocks.
+
+    ``send`` queues a frame; ``flush`` writes what the socket accepts now;
+    ``receive`` returns the messages whose frames are complete. After the worker
+    is gone, ``drain`` reads what it sent before dying; a frame it was killed in
+    the middle of is dropped.
+    """
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(False)
+        self.sock = sock
+        self.reader = _Reader(sock)
+        self.outbox: collections.deque[Frame] = collections.deque()
+        self.sent = 0  # bytes of outbox[0] already written
+        self.broken = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self.outbox) and not self.broken
+
+    def send(self, frame: Frame) -> None:
+        self.outbox.append(frame)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox and not self.broken:
+            frame = self.outbox[0]
+            try:
+                if self.sent == 0 and frame.fd is not None:
+                    n = self.sock.sendmsg(
+                        [frame.data],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [frame.fd]))],
+                    )
+                    frame.discard()  # the kernel holds its own reference now
+                else:
+                    n = self.sock.send(memoryview(frame.data)[self.sent :])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # the worker is gone; its sentinel will say so
+                self.broken = True
+                return
+            self.sent += n
+            if self.sent == len(frame.data):
+                self.outbox.popleft()
+                self.sent = 0
+
+    def receive(self) -> list[Any]:
+        """Read what is there now; return the messages it completed (EOF: see ``eof``)."""
+        while not self.reader.eof and self.reader.read_once():
+            pass
+        return self._messages()
+
+    def drain(self) -> list[Any]:
+        """After the worker died: everything it sent, to the end of the stream."""
+        self.sock.setblocking(True)
+        self.sock.settimeout(1.0)  # a grandchild may hold the other end open
+        try:
+            while not self.reader.eof:
+                try:
+                    self.reader.read_once()
+                except TimeoutError:
+                    break
+        finally:
+            self.sock.setblocking(False)
+        return self._messages()
+
+    @property
+    def eof(self) -> bool:
+        return self.reader.eof
+
+    def _messages(self) -> list[Any]:
+        out = []
+        frames = self.reader.frames
+        while frames:
+            body, nbuf, fd = frames.popleft()
+            out.append((body, nbuf, fd))
+        return out
+
+    def close(self) -> None:
+        for frame in self.outbox:
+            frame.discard()
+        self.outbox.clear()
+        self.reader.close()
+        self.sock.close()
+
+
+class WorkerEnd:
+    """The worker's end of the socketpair: blocking reads and writes."""
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(True)
+        self.sock = sock
+        self.reader = _Reader(sock)
+
+    def send(self, *frames: Frame) -> None:
+        """Write frames back to back, in one call where the socket takes them."""
+        fds = array.array("i", [f.fd for f in frames if f.fd is not None])
+        views = [memoryview(f.data) for f in frames]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if fds else []
+        n = self.sock.sendmsg(views, anc)
+        for frame in frames:
+            frame.discard()
+        for view in views:
+            if n >= len(view):
+                n -= len(view)
+                continue
+            self.sock.sendall(view[n:])
+            n = 0
+
+    def send_obj(self, obj: Any) -> None:
+        self.send(encode(obj))
+
+    def recv(self) -> tuple[memoryview, int, int | None] | None:
+        """The next frame (body, buffers, fd), or None at end of stream."""
+        reader = self.reader
+        while not reader.frames:
+            if reader.eof:
+                return None
+            reader.read_once()
+        return reader.frames.popleft()

@@ -1,0 +1,307 @@
+"""The worker: run chunks in order, and make each item's outcome durable as it goes.
+
+    parent --chunk (seq, mode, fn, items, commit_every, log_all)--> worker
+    worker: for each item: running word := (seq, items started)   # shared memory
+                           run it; keep its outcome (and log it, see below)
+                           every ``commit_every`` items: send the outcomes kept
+    parent <--("r", count, errors, seconds, final, retiring) + values-- worker
+
+The running word and the commits are what let the parent account for every item
+when a worker dies mid-chunk (see ``_engine.Engine._on_death``): items whose
+outcome arrived are done; the item the word names was running and is charged one
+attempt; later items never started and are re-queued, uncharged. Items between
+the two had finished: their outcomes are in the outcome log (``_log``), which the
+parent reads after the death.
+
+Commits come about every ``COMMIT_SECONDS`` of work; items slower than that are
+committed one by one and need no log. Items faster than ``LOG_MIN_SECONDS`` are
+logged only when the call asked for it (``log_all``: calls with retries, pipeline
+stages), since the log costs more than such an item: otherwise, if their worker
+dies, those that finished since the last commit are reported lost
+(``WorkerCrashed``), and are not run again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .._core._fdpass import FdHandle
+from .._core._shm import SharedMemory
+from .._remote import dumps, encode_error
+from ._log import MAX_RECORDS, LogWriter
+from ._wire import WorkerEnd, decode, encode
+
+__all__ = ["COMMIT_SECONDS", "MODE_CALL", "MODE_MAP", "MODE_STAR", "WorkerSetup", "worker_main"]
+
+# How much work a worker does between two commits of outcomes. A commit costs a
+# pickle and a socket write (some µs), so commits further apart cost less; but
+# between commits every outcome is also pickled into the log (see ``_log``), and
+# the parent learns of outcomes only at commits. Items slower than this are
+# committed one by one.
+COMMIT_SECONDS = 0.002
+# Upper bound on items between two commits: what the outcome log can index.
+MAX_COMMIT_ITEMS = MAX_RECORDS
+# Items faster than this are logged only by calls that ask (``log_all``): logging
+# an outcome costs about 1.4 µs (pickling it alone, and writing it), 5x a trivial
+# task's whole cost in a map (100k trivial tasks: 0.17x mp.Pool.map with every
+# item logged, 1.0x without). Unlogged, if their worker dies, those that finished
+# since its last commit (at most COMMIT_SECONDS of work) are reported lost, never
+# run again. Slower items are always logged (a few % of their time at most).
+LOG_MIN_SECONDS = 50e-6
+# The same threshold, as items between commits: logging is on for 1 < n <= this.
+_LOG_MAX_COMMIT_ITEMS = int(COMMIT_SECONDS / LOG_MIN_SECONDS)
+
+MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
+
+_terminating = False
+
+
+class WorkerSetup:
+    """What a worker needs to start; pickled once per worker."""
+
+    __slots__ = (
+        "initargs",
+        "initializer",
+        "log",
+        "max_memory",
+        "maxtasks",
+        "slot",
+        "title",
+        "words",
+    )
+
+    def __init__(
+        self,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        maxtasks: int | None,
+        max_memory: int | None,
+        title: str,
+        words: SharedMemory,
+        slot: int,
+        log: FdHandle,
+    ):
+        self.initializer = initializer
+        self.initargs = initargs
+        self.maxtasks = maxtasks
+        self.max_memory = max_memory
+        self.title = title
+        self.words = words
+        self.slot = slot
+        self.log = log
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    global _terminating
+    _terminating = True
+    raise SystemExit(128 + signum)
+
+
+def _set_title(title: str) -> None:
+    try:
+        setproctitle = importlib.import_module("setproctitle")
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker_main(conn: Connection, setup: WorkerSetup) -> None:
+    """A worker's life: initializer, then chunks in order until told to stop.
+
+    Messages out: ``("ready",)``; ``("init", error)`` if the initializer raised;
+    ``("bad", error)`` for a chunk that could not be unpickled; ``("r", ...)``
+    commits (see the module docstring).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # terminate(): unwind, tear down
+    _set_title(setup.title)
+    end = WorkerEnd(socket.socket(fileno=os.dup(conn.fileno())))
+    conn.close()
+    words = setup.words.buf.cast("q")
+    log = LogWriter(setup.log)
+    if setup.initializer is not None:
+        try:
+            setup.initializer(*setup.initargs)
+        except BaseException as exc:
+            if _terminating:
+                raise
+            end.send_obj(("init", encode_error(exc)))
+            return
+    end.send_obj(("ready",))
+    done = 0
+    while True:
+        frame = end.recv()
+        if frame is None or not len(frame[0]):
+            return
+        try:
+            seq, mode, fn, items, commit_every, log_all = decode(*frame)
+        except BaseException as exc:
+            if _terminating:
+                raise
+            end.send_obj(("bad", encode_error(exc)))
+            continue
+        del frame
+        done += len(items)
+        retiring = _run_chunk(
+            end, words, log, setup, seq, mode, fn, items, commit_every, log_all, done
+        )
+        del fn, items
+        if retiring:
+            return
+
+
+def _caller(mode: int, fn: Callable[..., Any]) -> Callable[[Any], Any]:
+    if mode == MODE_MAP:
+        return fn
+    if mode == MODE_STAR:
+        return lambda args: fn(*args)
+    return lambda call: fn(*call[0], **call[1])
+
+
+def commit_policy(per_item: float) -> int:
+    """Items between two commits, for items that take ``per_item`` seconds each."""
+    if per_item <= 0:
+        return MAX_COMMIT_ITEMS
+    return max(1, min(MAX_COMMIT_ITEMS, int(COMMIT_SECONDS / per_item)))
+
+
+def _run_chunk(
+    end: WorkerEnd,
+    words: memoryview,
+    log: LogWriter,
+    setup: WorkerSetup,
+    seq: int,
+    mode: int,
+    fn: Callable[..., Any],
+    items: list[Any],
+    commit_every: int,
+    log_all: bool,
+    done: int,
+) -> bool:
+    """Run one chunk, committing outcomes as it goes; True if the worker retires after.
+
+    While commits are more than one item apart, each outcome also goes into the
+    log before the next item starts, so that a death loses none of them.
+    """
+    # The hot loop of every map: kept inline and small. benchmarks/pool_bench.py's
+    # "100k trivial tasks" case is what it is measured by.
+    call = _caller(mode, fn)
+    slot = setup.slot
+    values: list[Any] = []
+    errors: dict[int, Any] = {}
+    append = values.append
+    word = (seq << 32) + 1  # (chunk, items started): stored before each item runs
+    n = left = len(items)
+    since = 0
+    log_most = MAX_COMMIT_ITEMS if log_all else _LOG_MAX_COMMIT_ITEMS
+    logging = 1 < commit_every <= log_most
+    if logging:
+        log.start(seq, 0)
+    last = time.perf_counter()
+    for item in items:
+        words[slot] = word
+        word += 1
+        try:
+            value = call(item)
+        except BaseException as exc:
+            if _terminating:
+                raise
+            record = encode_error(exc)
+            errors[len(values)] = record
+            append(None)
+            if logging:
+                log.add(pickle.dumps(record), True)
+        else:
+            append(value)
+            if logging:
+                _log_value(log, value)
+        left -= 1
+        since += 1
+        if since >= commit_every and left:
+            now = time.perf_counter()
+            _commit(end, values, errors, now - last, False, False)
+            commit_every = commit_policy((now - last) / since)
+            values, errors, since, last = [], {}, 0, now
+            append = values.append
+            logging = 1 < commit_every <= log_most
+            if logging:
+                log.start(seq, n - left)
+    retiring = (setup.maxtasks is not None and done >= setup.maxtasks) or (
+        setup.max_memory is not None and _rss_bytes() > setup.max_memory
+    )
+    _commit(end, values, errors, time.perf_counter() - last, True, retiring)
+    return retiring
+
+
+def _log_value(log: LogWriter, value: Any) -> None:
+    try:
+        data = pickle.dumps(value, 5)
+    except BaseException:
+        try:
+            data = dumps(value, 5)
+        except BaseException as exc:
+            if _terminating:
+                raise
+            exc.add_note("corral: raised while pickling the task's result")
+            log.add(pickle.dumps(encode_error(exc)), True)
+            return
+    log.add(data, False)
+
+
+def _commit(
+    end: WorkerEnd,
+    values: list[Any],
+    errors: dict[int, Any],
+    seconds: float,
+    final: bool,
+    retiring: bool,
+) -> None:
+    """Send outcomes: a small frame that counts them, then a frame with the values.
+
+    Should the values fail to unpickle in the parent, it still knows how many
+    items they were, and fails exactly those.
+    """
+    try:
+        data = encode(values)
+    except BaseException:
+        if _terminating:
+            raise
+        values, errors = _one_by_one(values, errors)
+        data = encode(values)
+    end.send(encode(("r", len(values), errors, seconds, final, retiring)), data)
+
+
+def _one_by_one(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any], dict[int, Any]]:
+    """Replace each value that can't be pickled by its pickling error."""
+    for i, value in enumerate(values):
+        if i in errors:
+            continue
+        try:
+            encode(value).discard()
+        except BaseException as exc:
+            if _terminating:
+                raise
+            exc.add_note("corral: raised while pickling the task's result")
+            values[i] = None
+            errors[i] = encode_error(exc)
+    return values, errors

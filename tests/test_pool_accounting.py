@@ -1,0 +1,163 @@
+"""Per-item accounting: a finished item never runs again, whatever the chunking.
+
+The fault table: each row makes one item (``BAD``) misbehave (kill its own worker,
+fail to pickle, ...), and each row runs with chunksize 1, 4 and automatic. Every
+item records each run of itself in a file, so the tests assert how many times each
+item ran, what each item returned or raised, and what ``statistics()`` says.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import corral
+from tests import pool_targets as t
+
+TIMEOUT = 60.0
+N, BAD = 12, 5
+
+KILLS = {"exit": None, "sigkill": signal.SIGKILL, "segfault": signal.SIGSEGV}
+# row -> (exception type of BAD's outcome, how many times BAD runs)
+ROWS: dict[str, tuple[type[BaseException], int]] = {
+    "sigkill": (corral.WorkerCrashed, 1),
+    "segfault": (corral.WorkerCrashed, 1),
+    "exit": (corral.WorkerCrashed, 1),
+    "raise": (ValueError, 1),
+    "arg_pickle": (TypeError, 0),
+    "arg_unpickle": (RuntimeError, 0),
+    "result_pickle": (TypeError, 1),
+    "result_unpickle": (RuntimeError, 1),
+    "timeout": (corral.TaskTimeout, 1),
+}
+
+
+def collect(it: Iterator[Any]) -> list[Any]:
+    out: list[Any] = []
+    while True:
+        try:
+            out.append(it.next(TIMEOUT))  # type: ignore[attr-defined]
+        except StopIteration:
+            return out
+        except Exception as exc:
+            out.append(exc)
+
+
+def runs(path: Path) -> collections.Counter[int]:
+    if not path.exists():
+        return collections.Counter()
+    return collections.Counter(int(line) for line in path.read_text().split())
+
+
+def items(how: str, path: Path) -> list[tuple[int, int, str, str, Any]]:
+    def payload(x: int) -> Any:
+        if x != BAD:
+            return None
+        if how == "arg_pickle":
+            return threading.Lock()
+        if how == "arg_unpickle":
+            return t.BadUnpickle()
+        return None
+
+    return [(x, BAD, how, str(path), payload(x)) for x in range(N)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
+@pytest.mark.parametrize("how", list(ROWS))
+def test_fault_table(
+    ctx: corral.CorralContext, tmp_path: Path, how: str, chunksize: int | None
+) -> None:
+    path = tmp_path / "runs"
+    expected_error, bad_runs = ROWS[how]
+    timeout = 1.0 if how == "timeout" else None
+    t0 = time.monotonic()
+    with corral.Pool(2, context=ctx, task_timeout=timeout) as pool:
+        out = collect(pool.imap(t.counted, items(how, path), chunksize))
+        stats = pool.statistics()
+    took = time.monotonic() - t0
+    ran = runs(path)
+
+    # The misbehaving item: its own error, and run once (or never, if it never
+    # reached a worker).
+    err = out[BAD]
+    assert isinstance(err, expected_error), (how, err)
+    assert isinstance(err, corral.WorkerCrashed) == (how in KILLS)
+    assert ran[BAD] == bad_runs, (how, ran)
+    if isinstance(err, corral.WorkerCrashed):
+        assert isinstance(err, BrokenProcessPool)
+        assert err.attempts == 1
+        if KILLS[how] is None:
+            assert err.exitcode == 3
+        else:
+            assert err.signal == KILLS[how]
+        assert stats.workers_restarted >= 1
+    # Every other item: run exactly once, and its own result.
+    for x in range(N):
+        if x == BAD:
+            continue
+        assert ran[x] == 1, (how, x, ran)
+        if how == "result_unpickle" and chunksize != 1:
+            # Outcomes committed together fail together when the parent can't
+            # unpickle them; never re-run, though (asserted above).
+            assert out[x] == x * 2 or isinstance(out[x], RuntimeError), (x, out[x])
+        else:
+            assert out[x] == x * 2, (how, x, out[x])
+    assert stats.tasks_retried == 0
+    assert stats.tasks_in_flight == 0
+    assert took < TIMEOUT
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
+@pytest.mark.parametrize("how", list(KILLS))
+def test_retries_charge_only_the_running_item(
+    ctx: corral.CorralContext, tmp_path: Path, how: str, chunksize: int | None
+) -> None:
+    path = tmp_path / "runs"
+    with corral.Pool(2, context=ctx, retries=2) as pool:
+        out = collect(pool.imap(t.counted, items(how, path), chunksize))
+        stats = pool.statistics()
+    ran = runs(path)
+    assert isinstance(out[BAD], corral.WorkerCrashed)
+    assert out[BAD].attempts == 3
+    assert ran[BAD] == 3
+    assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), ran
+    assert stats.tasks_retried == 2
+    assert stats.workers_restarted >= 3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("chunksize", [N, None], ids=["one_chunk", "auto"])
+def test_a_worker_killed_from_outside_mid_chunk(
+    ctx: corral.CorralContext, tmp_path: Path, signum: int, chunksize: int | None
+) -> None:
+    """Finished neighbours are delivered and never re-run; later ones run once."""
+    path = tmp_path / "runs"
+    q = corral.Queue()
+    with corral.Pool(1, t.set_channel, (q,), context=ctx) as pool:
+        it = pool.imap(t.counted_block, [(x, BAD, str(path)) for x in range(N)], chunksize)
+        out: list[Any] = []
+        consumer = threading.Thread(target=lambda: out.extend(collect(it)))
+        consumer.start()  # imap reads its input as it is consumed
+        pid, item = q.get(timeout=TIMEOUT)  # BAD is running
+        assert item == BAD
+        os.kill(pid, signum)
+        consumer.join(TIMEOUT)
+        assert not consumer.is_alive()
+    ran = runs(path)
+    assert isinstance(out[BAD], corral.WorkerCrashed)
+    assert out[BAD].pid == pid
+    if signum == signal.SIGKILL:
+        assert out[BAD].signal == signum
+    else:  # a worker unwinds on SIGTERM (its teardown ends what it started)
+        assert out[BAD].exitcode == 128 + signum
+    assert ran[BAD] == 1
+    assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), (ran, out)
