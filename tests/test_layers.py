@@ -1,6 +1,6 @@
 """The layers are as docs/design.md draws them: no module imports another that
-(directly or not) imports it back, and the private core imports nothing of corral
-outside ``_core``."""
+(directly or not) imports it back at run time (imports under ``if TYPE_CHECKING:``
+never run), and the private core imports nothing of corral outside ``_core``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,24 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, except what sits under ``if TYPE_CHECKING:`` (never run)."""
+    out: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in (
+                getattr(child.test, "id", None),
+                getattr(child.test, "attr", None),
+            ):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+    return out
+
+
 def _imports() -> dict[str, set[str]]:
     """corral module -> the corral modules it imports (anywhere in it, lazily too)."""
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
@@ -24,7 +42,7 @@ def _imports() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         out = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.split(".")
                 base = base[: len(base) - node.level + 1]
