@@ -12,9 +12,9 @@ from typing import Any
 
 import corral
 from corral._core import _linux
-from corral._demo import _watch
-from corral._demo._targets import descendants_then_wait as descendants_then_wait
-from corral._demo._targets import spawn_descendants as spawn_descendants
+from corral._tools._demo import _watch
+from corral._tools._demo._targets import descendants_then_wait as descendants_then_wait
+from corral._tools._demo._targets import spawn_descendants as spawn_descendants
 
 # Long enough to outlive any test; every process that sleeps this long is killed by
 # the test or by corral, never waited out.

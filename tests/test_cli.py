@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,56 @@ def test_demo_lists_scenarios() -> None:
         assert name in done.stdout
 
 
-def test_bench_reports_missing_benchmark() -> None:
+def test_bench_only_lists_its_choices() -> None:
     done = corral_cli("bench", "--only", "no-such")
     assert done.returncode == 2
-    assert "nothing matches" in done.stderr
+    assert "invalid choice: 'no-such'" in done.stderr
+    for name in ("process", "queue", "sync", "pool"):
+        assert name in done.stderr
+    done = corral_cli("bench", "--help")
+    assert done.returncode == 0
+    assert "{pool,process,queue,sync}" in done.stdout
+
+
+def test_version() -> None:
+    import corral
+
+    done = corral_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"corral {corral.__version__}"
+
+
+@pytest.mark.slow
+def test_bench_after_a_plain_install(tmp_path: Path) -> None:
+    """``pip install .`` (not editable) ships the benchmarks: ``corral bench`` finds
+    them from any directory."""
+    root = Path(__file__).resolve().parent.parent
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=TIMEOUT)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert pip.returncode == 0, pip.stderr
+    code = "from corral._tools import _bench; print(_bench.available())"
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert done.stdout.strip() == "['pool', 'process', 'queue', 'sync']"
+    done = subprocess.run(
+        [str(venv / "bin" / "corral"), "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert done.stdout.startswith("corral ")

@@ -2,7 +2,7 @@
 
 Each test asserts what survives and how long it took. Bounds here are the
 guarantee's own figure with room for a loaded CI machine; the precise figures
-come from benchmarks/process_bench.py.
+come from src/corral/_tools/benchmarks/process_bench.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 import corral
 from corral._core import _linux
-from corral._demo import _watch
+from corral._tools._demo import _watch
 
 from . import helpers
 from .conftest import wait_until

@@ -254,6 +254,25 @@ def test_import_loads_only_what_a_child_needs() -> None:
     assert out.stdout.splitlines() == ["[]", "True True"]
 
 
+def test_a_spawned_child_imports_no_launcher_and_no_ctypes() -> None:
+    """A spawned child imports corral to unpickle its process object, and to start
+    only needs the bootstrap: not the launchers (multiprocessing.forkserver and
+    company), and not ctypes where the C extension gives it prctl."""
+    code = (
+        "import sys, multiprocessing.process as mpp\n"
+        "mpp.current_process()._inheriting = True  # as while a spawned child unpickles\n"
+        "import corral\n"
+        "from corral._core import _linux, _native\n"
+        "_linux.set_child_subreaper(True)\n"
+        "print('corral._core._popen' in sys.modules, 'multiprocessing.forkserver' in sys.modules)\n"
+        "print(_native.speedups is None or 'ctypes' not in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.splitlines() == ["False False", "True"]
+
+
 def test_every_multiprocessing_name_is_there() -> None:
     missing = [name for name in multiprocessing.__all__ if not hasattr(corral, name)]
     assert not missing

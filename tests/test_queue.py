@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import corral
-from corral._core import _ring
-from corral._core._monitor import proc_start_time
+from corral._core import _ring, _ringbase, _ringsingle
+from corral._core._linux import proc_start_time
 
 from . import queue_targets as targets
 
@@ -183,7 +183,7 @@ def test_pickle5_buffers_are_not_copied_by_pickle() -> None:
     seen: list[int] = []
     real = _ring.Ring._write_bufs
 
-    def spy(self: _ring.Ring, base: int, head: bytes, bufs: Any) -> None:
+    def spy(self: Any, base: int, head: bytes, bufs: Any) -> None:
         seen.append(len(head))
         seen.extend(b.nbytes for b in bufs)
         real(self, base, head, bufs)
@@ -579,7 +579,7 @@ def test_get_many_before_a_lone_pad(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reservation that starts a new lap publishes the pad that ends the old one
     on its own, with nothing after it yet: a get_many of everything before it must
     stop at the pad, not read it as a message."""
-    monkeypatch.setattr(_ring, "COPY_CHUNK", 256 * 1024)  # so that the copy parks
+    monkeypatch.setattr(_ringsingle, "COPY_CHUNK", 256 * 1024)  # so that the copy parks
     q = corral.Queue(capacity_bytes=4 * 1024 * 1024)
     filler = 3 * 1024 * 1024 + 512 * 1024  # what is left of the lap is a small blob
     q.put(bytes(filler), timeout=TIMEOUT)
@@ -671,7 +671,7 @@ def test_pages_handed_back_spare_a_reserved_frame(monkeypatch: pytest.MonkeyPatc
     keep those of a frame a putter is still writing in the next lap, even when the
     consumed frame starts in the page where the reserved one ends."""
     page = _ring.PAGE
-    monkeypatch.setattr(_ring, "RETAIN_BYTES", page)
+    monkeypatch.setattr(_ringbase, "RETAIN_BYTES", page)
     ring = _ring.Ring(8 * page)
     try:
         data = _ring.DATA
@@ -766,7 +766,7 @@ def test_demo_scenario_passes(capsys: pytest.CaptureFixture[str]) -> None:
     """``corral demo queue-kill``: the producer killed mid-put, corral against the stdlib."""
     import argparse
 
-    from corral._demo import Report, all_scenarios
+    from corral._tools._demo import Report, all_scenarios
 
     report = Report()
     all_scenarios()["queue-kill"].run(argparse.Namespace(), report)

@@ -19,11 +19,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import types
 
 import pytest
 
 import corral
-from corral._core import _ring
+from corral._core import _ring, _ringlayout
 
 from . import queue_targets as targets
 
@@ -45,11 +46,11 @@ def test_fast_path_is_built_wherever_a_compiler_is() -> None:
     lock_bases = [c.__name__ for c in type(corral.Lock()).__mro__]
     if os.environ.get("CORRAL_PURE_PYTHON"):
         assert _ring._speedups is None
-        assert corral.Queue()._fast_put is None
+        assert corral.Queue()._ring.fast is _ringlayout.NO_FAST_PATH
         assert "_PyLockBase" in lock_bases
     elif _compiler_available():
         assert _ring._speedups is not None
-        assert corral.Queue()._fast_put is not None
+        assert corral.Queue()._ring.fast is not _ringlayout.NO_FAST_PATH
         assert "LockBase" in lock_bases
 
 
@@ -57,7 +58,8 @@ def test_pure_python_on_request() -> None:
     code = (
         "import corral\n"
         "q = corral.Queue()\n"
-        "assert q._fast_put is None and q._fast_get is None\n"
+        "from corral._core import _ringlayout\n"
+        "assert q._ring.fast is _ringlayout.NO_FAST_PATH\n"
         "q.put_many(range(5)); q.put('x')\n"
         "assert [q.get(timeout=5) for _ in range(6)] == [0, 1, 2, 3, 4, 'x']\n"
         "print('pure ok')\n"
@@ -168,3 +170,51 @@ def test_fast_path_leaves_what_it_cannot_do_to_python() -> None:
         q.put("z")
     with pytest.raises(corral.ShutDown):
         q.get(timeout=TIMEOUT)
+
+
+@needs_fast
+def test_c_exports_every_layout_constant_and_python_checks_each() -> None:
+    c = _ring._speedups
+    assert c is not None
+    assert set(c.LAYOUT) == set(_ringlayout.SHARED_WITH_C)
+    assert _ringlayout.check_native(c) == []
+    drifted = types.SimpleNamespace(**{name: getattr(c, name) for name in c.LAYOUT})
+    drifted.LAYOUT = (*c.LAYOUT, "OFF_NEW")
+    drifted.OFF_TAIL = c.OFF_TAIL + 8
+    assert _ringlayout.check_native(drifted) == [
+        f"OFF_TAIL: C has {c.OFF_TAIL + 8}, Python {_ringlayout.OFF_TAIL}",
+        "OFF_NEW: exported by C, unknown to Python",
+    ]
+    assert _ringlayout.check_native(types.SimpleNamespace()) == [
+        "LAYOUT: not exported (a build of an older _speedups.c)"
+    ]
+
+
+@needs_fast
+@pytest.mark.parametrize("maxsize", [0, 7])
+@pytest.mark.parametrize("gets", [0, 2])
+@pytest.mark.parametrize("payload", [1000, 1008, 1009, 1100])
+def test_c_put_fits_where_fits_plain_says(maxsize: int, gets: int, payload: int) -> None:
+    """The edges of ``fits_plain`` (the end of the lap and of the retained pages,
+    room before head, maxsize) and of ``frame_size``: the C put takes a message
+    exactly when the Python rule says it fits as the ring is, and moves tail by the
+    Python frame size."""
+    cap = 2 * _ring.PAGE
+    ring = _ring.Ring(cap, maxsize)
+    try:
+        filler = 1000  # 1024-byte frames: the lap is left with exactly one
+        for _ in range(cap // _ringlayout.frame_size(filler) - 1):
+            ring.put(bytes(filler), None)
+        for _ in range(gets):
+            ring.get()
+        head, tail, count = _ringlayout.STATE.unpack_from(ring._mm, _ringlayout.OFF_HEAD)[:3]
+        size = _ringlayout.frame_size(payload)
+        expected = _ringlayout.fits_plain(
+            head, tail, count, size, 1, ring.capacity, ring.retain, maxsize
+        )
+        assert ring.fast.put(bytes(payload)) == (_ring.FAST_DONE if expected else _ring.FAST_SLOW)
+        if expected:
+            assert ring._q[_ring.Q_TAIL] == tail + size
+        assert ring.qsize() == count + expected
+    finally:
+        ring.close()

@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 import corral
-from corral._core import _ring
+from corral._core import _ringsingle
 
 from . import queue_targets as targets
 
@@ -185,7 +185,7 @@ def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
 def test_kill_storm(
     ctx: corral.CorralContext, start_method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_ring, "CLAIM_BYTES", 0)  # (forked children inherit it)
+    monkeypatch.setattr(_ringsingle, "CLAIM_BYTES", 0)  # (forked children inherit it)
     fast = start_method == "fork"
     _run_state_machine(
         machine_for(ctx),
@@ -202,7 +202,7 @@ def test_kill_storm(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kill_storm_soak(ctx: corral.CorralContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_ring, "CLAIM_BYTES", 0)
+    monkeypatch.setattr(_ringsingle, "CLAIM_BYTES", 0)
     _run_state_machine(
         machine_for(ctx),
         settings=settings(

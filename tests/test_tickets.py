@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral._demo import Report, all_scenarios
+from corral._tools._demo import Report, all_scenarios
 
 
 def test_ticket_office_under_chaos() -> None:

@@ -16,6 +16,11 @@ The tree::
 
     OwnerDiedWarning                 the same news as a warning (a RuntimeWarning, not an error)
 
+``CorralError`` and ``SharingError`` are defined in ``_core._errors`` (the core
+raises SharingError) and re-exported here. ``WorkerCrashed`` lives in
+``_workercrash`` (its stdlib base costs concurrent.futures at import) and is loaded
+on first use by ``corral.__getattr__``.
+
 Each class also inherits the stdlib exception that a user of ``multiprocessing``
 would already catch, where one fits. Every exception here survives pickling,
 because exceptions cross process boundaries.
@@ -25,6 +30,10 @@ from __future__ import annotations
 
 import signal as _signal
 import sys
+
+# Defined in the core, which raises SharingError itself (from inside pickle, where
+# nothing could translate it); the root comes along.
+from ._core._errors import CorralError, SharingError
 
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
@@ -43,16 +52,6 @@ __all__ = [
     "StageError",
     "TaskTimeout",
 ]
-
-
-class CorralError(Exception):
-    """Root of all corral exceptions.
-
-    Catch this to handle anything corral raises on its own account. Exceptions
-    raised by *your* code in a child are re-raised with their own type instead.
-    """
-
-    __module__ = "corral"
 
 
 def _describe_status(exitcode: int | None) -> str:
@@ -97,18 +96,6 @@ class ProcessDied(CorralError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.exitcode, self.pid, self.name))
-
-
-class SharingError(CorralError, RuntimeError):
-    """A corral object that holds shared memory or a file descriptor was pickled
-    outside a child's start.
-
-    Raised when a Queue, Lock, Value or the like is sent through a queue or pipe, or
-    pickled by hand: such objects reach a child only as an argument when the child
-    starts (``Process(args=...)``), as with the stdlib's own locks and queues.
-    """
-
-    __module__ = "corral"
 
 
 class RemoteTraceback(Exception):
@@ -219,16 +206,6 @@ class OwnerDiedWarning(RuntimeWarning):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.what,))
-
-
-def __getattr__(name: str) -> Any:
-    # WorkerCrashed lives in _workercrash: its stdlib base (BrokenProcessPool) costs
-    # concurrent.futures and logging at import, about 6 ms in every spawned child.
-    if name == "WorkerCrashed":
-        from ._workercrash import WorkerCrashed
-
-        return WorkerCrashed
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TaskTimeout(CorralError, TimeoutError):

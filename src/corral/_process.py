@@ -27,9 +27,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import process as _mp_process
 
-from ._core import _bootstrap, _lifeline, _popen
+from ._core import _bootstrap, _lifeline
 from ._core._fdpass import FdHandle
-from ._core._popen import CorralPopen
 from ._exceptions import CorralError, ProcessDied, RemoteTraceback
 
 # typing costs a few ms at import, and every spawned child imports this module.
@@ -37,7 +36,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._core._popen import CorralPopen
+
 __all__ = ["Process", "process_class_for"]
+
+# The launchers (_core._popen) cost a spawned child about a fifth of its import of
+# corral (multiprocessing.forkserver, connection, tempfile...), and a child needs
+# them only to start children of its own: they are loaded then. A process that is
+# not being unpickled into (the main program, a forkserver preloading corral) loads
+# them now, so that importing corral adds it to the forkserver's preload list
+# before the server starts.
+if not getattr(_mp_process.current_process(), "_inheriting", False):
+    from ._core import _popen as _popen
 
 _collect_lock = threading.Lock()
 
@@ -105,6 +115,8 @@ class Process(_mp_process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj: Process) -> CorralPopen:
+        from ._core import _popen
+
         method = process_obj._start_method or multiprocessing.get_start_method()
         return _popen.popen_class_for(method)(process_obj)
 
@@ -132,7 +144,9 @@ class Process(_mp_process.BaseProcess):
         )
         _cleanup()
         self._corral_lifeline = _lifeline.child_end()
-        fd = os.memfd_create("corral-result", os.MFD_CLOEXEC)
+        from ._core._shm import NAME_PREFIX  # (not at import: a spawned child needs none)
+
+        fd = os.memfd_create(f"{NAME_PREFIX}result", os.MFD_CLOEXEC)
         self._corral_result_fd = FdHandle(fd, "process result")
         try:
             popen = self._popen = self._Popen(self)

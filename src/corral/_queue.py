@@ -26,6 +26,8 @@ from typing import Any
 
 from ._core._ring import (
     DEFAULT_CAPACITY,
+    FAST_SLOW,
+    NothingToAck,
     Received,
     Ring,
     RingShutDown,
@@ -84,6 +86,17 @@ class QueueStatistics:
     shutdown: bool
 
 
+# The core's errors, which the queue translates into corral's public ones.
+_RING_ERRORS = (RingShutDown, TooLarge)
+
+
+def _translated(exc: Exception, what: str = "") -> Exception:
+    """The public exception for a ring error (``what``: how a get's ShutDown ends)."""
+    if isinstance(exc, TooLarge):
+        return MessageTooLarge(exc.size, exc.capacity)
+    return ShutDown(f"the queue was shut down{what}")
+
+
 def _encode(obj: Any) -> tuple[bytes, list[memoryview] | None]:
     """Pickle ``obj``; buffers that pickle protocol 5 exposes (numpy arrays, and a
     bytearray given as the message itself) are returned as views, not copied."""
@@ -133,7 +146,7 @@ class Queue:
             raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
         maxsize = max(0, int(maxsize))
         self._setup(
-            Ring(capacity_bytes + _FRAME_ROOM, maxsize, joinable=self._joinable), capacity_bytes
+            Ring(capacity_bytes + _FRAME_ROOM, maxsize, acks=self._joinable), capacity_bytes
         )
 
     def _setup(self, ring: Ring, capacity_bytes: int) -> None:
@@ -146,13 +159,13 @@ class Queue:
         self._pending: deque[Received] = deque()
         self._ring_put = ring.put
         self._ring_get = ring.get
-        # The C fast path (None without it): one call for a put or get of a message
-        # without out-of-band buffers, in the common case (see _core/_speedups.c).
-        fast = ring.fast
-        self._fast_put = None if fast is None else fast.put
-        self._fast_get = None if fast is None else fast.get
-        self._fast_put_many = None if fast is None else fast.put_many
-        self._fast_get_many = None if fast is None else fast.get_many
+        # The ring's fast calls: C when it is built, else stand-ins that answer
+        # FAST_SLOW (the ring decides which, in one place). An int answer is passed
+        # on to the ring's own method, which finishes the job.
+        self._try_put = ring.try_put
+        self._try_get = ring.try_get
+        self._try_put_many = ring.try_put_many
+        self._try_get_many = ring.try_get_many
         # The ring's memory goes when the last queue object in a process does.
         self._finalizer = weakref.finalize(self, Ring.close, ring)
 
@@ -194,17 +207,16 @@ class Queue:
                 obj = _PickleBuffer(obj)
             data = _dumps(obj, _PROTOCOL, buffer_callback=buffers.append)
             raws = _raw(buffers) if buffers else None
+        if raws is None:
+            rc = self._try_put(data)
+            if not rc:
+                return
+        else:
+            rc = FAST_SLOW
         try:
-            if raws is None and self._fast_put is not None:
-                rc = self._fast_put(data)
-                if rc:
-                    self._ring.put_after_fast(rc, data, block, timeout)
-            else:
-                self._ring_put(data, raws, block, timeout)
-        except RingShutDown:
-            raise ShutDown("the queue was shut down") from None
-        except TooLarge as exc:
-            raise MessageTooLarge(exc.size, exc.capacity) from None
+            self._ring_put(data, raws, block, timeout, rc)
+        except _RING_ERRORS as exc:
+            raise _translated(exc) from None
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
@@ -229,22 +241,15 @@ class Queue:
         flat = [_dumps(obj, _PROTOCOL, buffer_callback=callback) for obj in objs]
         try:
             if not buffers:  # the common case: nothing out of band
-                rc = self._fast_put_many(flat) if self._fast_put_many is not None else 1
+                rc = self._try_put_many(flat)
                 if rc:
-                    self._ring.put_many_after_fast(rc, flat, block, timeout)
+                    self._ring.put_many_flat(flat, block, timeout, rc)
                 return
-        except RingShutDown:
-            raise ShutDown("the queue was shut down") from None
-        except TooLarge as exc:
-            raise MessageTooLarge(exc.size, exc.capacity) from None
-        del flat, buffers
-        messages = [_encode(obj) for obj in objs]  # again, keeping each one's buffers
-        try:
+            del flat, buffers
+            messages = [_encode(obj) for obj in objs]  # again, keeping each one's buffers
             self._ring.put_many(messages, block, timeout)
-        except RingShutDown:
-            raise ShutDown("the queue was shut down") from None
-        except TooLarge as exc:
-            raise MessageTooLarge(exc.size, exc.capacity) from None
+        except _RING_ERRORS as exc:
+            raise _translated(exc) from None
 
     # -- get ---------------------------------------------------------------------
 
@@ -265,19 +270,13 @@ class Queue:
             self._check_closed()
             if self._pending:
                 return _decode(self._pending.popleft())
-        fast = self._fast_get
-        if fast is not None:
-            r = fast(block)
-            if type(r) is bytes:
-                return _loads(r)
+        r = self._try_get(block)
+        if type(r) is bytes:
+            return _loads(r)
         try:
-            r = (
-                self._ring_get(block, timeout)
-                if fast is None
-                else self._ring.get_after_fast(r, block, timeout)
-            )
-        except RingShutDown:
-            raise ShutDown("the queue was shut down and is empty") from None
+            r = self._ring_get(block, timeout, r)
+        except _RING_ERRORS as exc:
+            raise _translated(exc, " and is empty") from None
         if isinstance(r, bytes):
             return _loads(r)
         return _loads(r[0], buffers=r[1])
@@ -307,20 +306,18 @@ class Queue:
             while self._pending and len(raws) < max_items:
                 raws.append(self._pending.popleft())
         else:
-            fast = self._fast_get_many
-            got = fast(max_items, block) if fast is not None else None
+            if max_items < 1:
+                raise ValueError(f"max_items must be at least 1, got {max_items}")
+            got = self._try_get_many(max_items, block)
             if type(got) is list:  # bytes only: the C fast path took them
                 try:
                     return [_loads(r) for r in got]
                 except BaseException as exc:
                     return self._decode_after_error(got, exc)
             try:
-                if got is None:
-                    got = self._ring.get_many_raw(max_items, block, timeout)
-                else:
-                    got = self._ring.get_many_after_fast(got, max_items, block, timeout)
-            except RingShutDown:
-                raise ShutDown("the queue was shut down and is empty") from None
+                got = self._ring.get_many_raw(max_items, block, timeout, got)
+            except _RING_ERRORS as exc:
+                raise _translated(exc, " and is empty") from None
             if type(got) is bytes:  # a small batch, as one blob: decode it in one pass
                 try:
                     decoded = _decode_blob(got, _loads)
@@ -409,10 +406,8 @@ class Queue:
                 return
             except queue.Full:
                 pass
-            except RingShutDown:
-                raise ShutDown("the queue was shut down") from None
-            except TooLarge as exc:
-                raise MessageTooLarge(exc.size, exc.capacity) from None
+            except _RING_ERRORS as exc:
+                raise _translated(exc) from None
             wait = ASYNC_SLICE if deadline is None else min(ASYNC_SLICE, deadline - loop.time())
             if wait <= 0:
                 raise queue.Full
@@ -441,7 +436,7 @@ class Queue:
             maxsize=s.maxsize,
             getters_waiting=s.getters_waiting,
             putters_waiting=s.putters_waiting,
-            unfinished_tasks=s.unfinished,
+            unfinished_tasks=s.unacked,
             shutdown=s.shutdown,
         )
 
@@ -484,7 +479,10 @@ class JoinableQueue(Queue):
 
     def task_done(self) -> None:
         """Mark one task got earlier as done. ValueError if called too often."""
-        self._ring.task_done()
+        try:
+            self._ring.ack()
+        except NothingToAck:
+            raise ValueError("task_done() called more times than there were items") from None
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until every task put has been marked done.
@@ -492,7 +490,7 @@ class JoinableQueue(Queue):
         Raises:
             TimeoutError: tasks were still unfinished after ``timeout`` seconds.
         """
-        if not self._ring.join(timeout):
+        if not self._ring.wait_acked(timeout):
             raise TimeoutError(f"tasks still unfinished after {timeout} s")
 
 

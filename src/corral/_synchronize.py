@@ -47,7 +47,8 @@ from threading import BrokenBarrierError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ._core._monitor import Monitor, Slot, pid_of_tid
+from ._core._linux import pid_of_tid
+from ._core._monitor import Monitor, Slot
 from ._core._native import speedups
 from ._core._robust import RobustMutex, init_mutex
 from ._core._robust import trylock_unchecked as _fast_trylock
@@ -114,10 +115,6 @@ def _remaining(deadline: float) -> float:
 
 # Where the lock's own mutex sits in the monitor's user area.
 _LOCK_MUTEX_OFFSET = 64
-# trylock attempts (about 0.1 us each) before a contended acquire() goes to sleep.
-# More: hand-offs between busy processes stay in user space more often; fewer:
-# less CPU burnt when the holder keeps the lock long (or is descheduled).
-SPIN_TRIES = 40
 
 
 class _PyLockBase:
@@ -238,13 +235,11 @@ class Lock(_LockBase):
         mutex = self._mutex
         deadline = _deadline(block, timeout)
         if rc == errno.EBUSY and deadline != 0.0:
-            # Critical sections are usually short: try again a few times before
-            # paying for a sleep and a wake-up (as glibc's adaptive mutexes do).
-            m = self._m
-            for _ in range(SPIN_TRIES):
-                rc = _fast_trylock(m)
-                if rc != errno.EBUSY:
-                    break
+            # Critical sections are usually short: spin before paying for a sleep
+            # and a wake-up, by corral's one spin policy (_robust.SPIN). (The C
+            # acquire() without arguments spins by the same policy before coming
+            # here: the lock then gets a second round of looks before the sleep.)
+            rc = mutex.spin_trylock()
         if rc != errno.EBUSY or deadline == 0.0:
             got = mutex.acquire_after(rc, 0)  # 0: ours; EOWNERDEAD: ours, owner died
         else:

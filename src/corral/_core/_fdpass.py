@@ -17,7 +17,7 @@ import os
 from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _mp_reduction
 
-from .._exceptions import SharingError
+from ._errors import SharingError
 
 __all__ = ["FdHandle", "SharingError"]
 
@@ -59,7 +59,13 @@ class FdHandle:
             )
         if self.fd < 0:
             raise ValueError(f"this corral {self.what} is closed")
-        return (_rebuild, (_mp_reduction.DupFd(self.fd), self.what))
+        dup = _mp_reduction.DupFd(self.fd)  # (registers the fd with the launcher)
+        if getattr(popen, "method", None) == "spawn":
+            # Spawn keeps the fd's number across exec (pass_fds), and the stdlib's
+            # DupFd only carries it: send the number, so that the child need not
+            # import multiprocessing.popen_spawn_posix to unpickle it (0.5 ms).
+            return (_rebuild_number, (dup.detach(), self.what))
+        return (_rebuild, (dup, self.what))
 
     def __repr__(self) -> str:
         return f"<FdHandle fd={self.fd} for {self.what}>"
@@ -67,3 +73,7 @@ class FdHandle:
 
 def _rebuild(dupfd: _DupFd, what: str) -> FdHandle:
     return FdHandle(dupfd.detach(), what)
+
+
+def _rebuild_number(fd: int, what: str) -> FdHandle:
+    return FdHandle(fd, what)

@@ -47,6 +47,8 @@ import weakref
 from multiprocessing import util as _mp_util
 
 from ._futex import futex_wait, futex_wake
+from ._linux import is_alive, pid_of_tid, proc_start_time
+from ._linux import self_identity as _self_identity
 from ._robust import MUTEX_SIZE, WAIT_SLICE, MutexError, RobustMutex, init_mutex
 from ._shm import SharedMemory
 
@@ -56,6 +58,7 @@ __all__ = [
     "USER_SIZE",
     "Monitor",
     "Slot",
+    # (re-exported from _linux, where the /proc helpers live)
     "is_alive",
     "pid_of_tid",
     "proc_start_time",
@@ -88,58 +91,6 @@ class Slot(ctypes.Structure):
 
 
 NSLOTS = (PAGE - SLOTS_OFFSET) // ctypes.sizeof(Slot)  # 120 processes per object
-
-
-# -- process identity
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name is in parentheses and may contain anything; count from ')'.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return rest[0].decode(), int(rest[19])  # fields 3 (state) and 22 (starttime)
-
-
-def proc_start_time(pid: int) -> int | None:
-    st = _stat(pid)
-    return None if st is None else st[1]
-
-
-def is_alive(pid: int, start: int) -> bool:
-    """Whether process ``pid``, started at ``start`` (clock ticks), still runs.
-
-    A zombie counts as dead: its robust mutexes are already released and it will
-    never touch shared memory again. A recycled pid has another start time.
-    """
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X", "x") and st[1] == start
-
-
-def pid_of_tid(tid: int) -> int | None:
-    """The process (thread group) that kernel thread ``tid`` belongs to."""
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
-_me: tuple[int, int] = (0, 0)
-
-
-def _self_identity() -> tuple[int, int]:
-    global _me
-    pid = os.getpid()
-    if _me[0] != pid:
-        _me = (pid, proc_start_time(pid) or 0)
-    return _me
 
 
 # -- the monitor

@@ -36,7 +36,7 @@ import time
 
 from ._linux import libc
 
-__all__ = ["MUTEX_SIZE", "WAIT_SLICE", "MutexError", "RobustMutex", "init_mutex"]
+__all__ = ["MUTEX_SIZE", "SPIN", "WAIT_SLICE", "MutexError", "RobustMutex", "init_mutex"]
 
 # Bytes reserved for one mutex: pthread_mutex_t is 40 B on x86-64 and 48 B on
 # aarch64; 64 keeps the next field on its own cache line.
@@ -46,6 +46,19 @@ MUTEX_SIZE = 64
 # react sooner; longer: fewer wake-ups of an idle waiter. 50 ms keeps both well
 # under the 100 ms recovery promise.
 WAIT_SLICE = 0.05
+
+# corral's one spin policy for a busy mutex (the ring's and corral.Lock's, here and
+# in the C fast paths of _speedups.c, which export their count; _ringlayout checks
+# that they agree): look at the lock word and try again only when it shows no
+# owner, at most SPIN times, then sleep in the kernel. Reading rather than retrying
+# the trylock leaves the cache line shared, so a waiter does not slow the holder's
+# unlock with failing compare-and-swaps (in C that stream cut hand-offs between two
+# busy processes to a fifth). More looks: hand-offs stay in user space more often
+# (a futex sleep and wake-up cost several microseconds); fewer: less CPU burnt when
+# the holder keeps the mutex long or is descheduled, which matters with more busy
+# processes than cores. A look costs tens of ns in C and about 0.1 us in Python,
+# so SPIN looks span a few microseconds on either path.
+SPIN = 64
 
 CLOCK_MONOTONIC = 1
 PTHREAD_MUTEX_RECURSIVE = 1
@@ -145,6 +158,27 @@ class RobustMutex:
             self.owner_died = False
             return True
         return self.acquire_after(rc, 0)
+
+    def spin_trylock(self) -> int:
+        """The SPIN policy: trylock, and while the mutex is busy, look at its word and
+        try again when it shows no owner. Returns the last trylock's result (0, EBUSY,
+        EOWNERDEAD...), for ``acquire_after``."""
+        m = self._m
+        rc: int = _trylock(m)
+        if rc != errno.EBUSY:
+            return rc
+        word = ctypes.c_uint32.from_address(self.address)
+        for _ in range(SPIN):
+            if not word.value & FUTEX_TID_MASK:
+                rc = _trylock(m)
+                if rc != errno.EBUSY:
+                    break
+        return rc
+
+    def spin_acquire(self, timeout: float | None = None) -> bool:
+        """``spin_trylock``, then ``acquire_after``: lock, sleeping only after the
+        spin; False if ``timeout`` seconds (None: forever) pass first."""
+        return self.acquire_after(self.spin_trylock(), timeout)
 
     def acquire_after(self, rc: int, timeout: float | None) -> bool:
         """Finish an acquisition whose ``pthread_mutex_trylock`` returned ``rc``

@@ -20,12 +20,21 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from typing import Any
 
 from ._fdpass import FdHandle
 from ._linux import libc
 
-__all__ = ["SharedMemory"]
+# typing costs a few ms at import, and every spawned child imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["NAME_PREFIX", "SharedMemory"]
+
+# Every memfd corral makes is named with this prefix (it shows in /proc/<pid>/maps
+# and /proc/<pid>/fd), and so would anything corral ever put in /dev/shm: the
+# test suite's leak check tells corral's memory from other programs' by it.
+NAME_PREFIX = "corral-"
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -47,7 +56,7 @@ class SharedMemory:
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if _handle is None:
-            fd = os.memfd_create(f"corral-{what}", os.MFD_CLOEXEC)
+            fd = os.memfd_create(f"{NAME_PREFIX}{what}", os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, size)
             except BaseException:

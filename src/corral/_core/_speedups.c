@@ -1,5 +1,5 @@
-/* corral._core._speedups: the common cases of the queues' Ring.put and Ring.get,
- * and of Lock.acquire and release, in C.
+/* corral._core._speedups: the common cases of the ring's put and get (Ops), and a
+ * generic fast acquire/release of a robust mutex (LockBase), in C.
  *
  * Optional. corral works without it (the pure-Python paths in _ring.py and
  * _synchronize.py are the reference); when it is built, a single put or get of a
@@ -35,16 +35,20 @@
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Header layout: the same constants as _ring.py, which checks them at import. */
+/* Header layout and frame format: the same constants as _ringlayout.py. The module
+ * exports every one of them (LAYOUT, below) and _ringlayout.py checks each, field
+ * by field, at import. */
 #define OFF_HEAD ((Py_ssize_t)sizeof(pthread_mutex_t))
 #define OFF_TAIL (OFF_HEAD + 8)
 #define OFF_COUNT (OFF_HEAD + 16)
 #define OFF_TAKEN 72
 #define OFF_GETTERS 80
 #define OFF_PUTTERS 84
+#define OFF_JOINERS 88
 #define OFF_SHUT 92
 #define OFF_CLAIM 96
 #define OFF_RESERVE 100
@@ -52,6 +56,7 @@
 #define OFF_GET_SEQ 192
 #define OFF_DONE_SEQ 256
 #define FRAME_HEADER 16
+#define ALIGN 16
 #define PAD 0xFFFFFFFFu
 #define WAKE_ALL 0x7FFFFFFF
 
@@ -61,9 +66,13 @@
 #define R_SWEEP 2 /* done; wake-ups keep finding nobody: sweep dead waiters */
 #define R_EMPTY 3 /* get: empty (not shut down), mutex free */
 
-/* Looks at a busy mutex before giving up on it (the Python path then spins and
- * sleeps). A holder keeps it well under a microsecond. */
-#define LOCK_SPIN 64
+/* The one spin policy of corral's mutexes (the ring's and corral.Lock's, here and
+ * in _robust.py's spin_trylock): while the mutex is busy, look at its lock word
+ * (with a CPU pause) and try again only when it shows no owner, at most SPIN
+ * times; then give up on the fast path, which goes to sleep in the kernel. See
+ * trylock_spin() for why it reads the word rather than retrying the trylock, and
+ * _ringlayout.py's SPIN for the trade-off of the count. */
+#define SPIN 64
 /* Looks at ``count`` (yielding the CPU between them) by a get that found the ring
  * empty, before it returns R_EMPTY. */
 #define POLL_ROUNDS 20
@@ -110,22 +119,30 @@ static inline void cpu_relax(void) {
 
 static void repair(Ops *o);
 
-/* Take the mutex: 0, or R_SLOW (busy, or an error for Python to report) with the
- * mutex not held. While it is busy, read its lock word and try again only when the
- * word shows no owner: a stream of failing trylocks (each a compare-and-swap) would
- * keep taking the cache line from the holder. After a holder's death (EOWNERDEAD)
- * the ring is repaired here, before this call returns: no Python code runs between
- * the death being seen and the repair, so nothing (a KeyboardInterrupt, say) can
- * leave the mutex held and unrepaired. */
-static int lock(Ops *o) {
-    pthread_mutex_t *m = (pthread_mutex_t *)o->base;
-    int *word = (int *)m;
+/* trylock; while busy, watch the lock word and try again only when it shows no
+ * owner (the SPIN policy above). Reading leaves the cache line shared, so the
+ * holder's unlock and the next trylock are not slowed by a stream of failing
+ * compare-and-swaps from the waiter (measured here: that stream cut hand-offs
+ * between two busy processes to a fifth). Returns 0 or the last trylock's error. */
+static int trylock_spin(pthread_mutex_t *m) {
     int rc = pthread_mutex_trylock(m);
-    for (int i = 0; rc == EBUSY && i < LOCK_SPIN; i++) {
+    int *word = (int *)m;
+    for (int i = 0; rc == EBUSY && i < SPIN; i++) {
         cpu_relax();
         if ((__atomic_load_n(word, __ATOMIC_RELAXED) & FUTEX_TID_MASK) == 0)
             rc = pthread_mutex_trylock(m);
     }
+    return rc;
+}
+
+/* Take the ring's mutex: 0, or R_SLOW (busy, or an error for Python to report)
+ * with the mutex not held. After a holder's death (EOWNERDEAD) the ring is
+ * repaired here, before this call returns: no Python code runs between the death
+ * being seen and the repair, so nothing (a KeyboardInterrupt, say) can leave the
+ * mutex held and unrepaired. */
+static int lock(Ops *o) {
+    pthread_mutex_t *m = (pthread_mutex_t *)o->base;
+    int rc = trylock_spin(m);
     if (rc == EOWNERDEAD) {
         /* Ours now. consistent() fails only on a mutex that is not robust or not
          * ours: never here. */
@@ -140,6 +157,12 @@ static inline void unlock(Ops *o) { pthread_mutex_unlock((pthread_mutex_t *)o->b
 
 /* After letting the mutex go: wake ``n`` sleepers on the futex at ``off``. Returns
  * R_SWEEP when wake-ups have found nobody too often. */
+/* Bytes a message of ``n`` bytes without out-of-band buffers takes in the ring:
+ * _ringlayout.frame_size(n). */
+static inline uint64_t frame_size(uint64_t n) {
+    return (FRAME_HEADER + ALIGN - 1 + n) & ~(uint64_t)(ALIGN - 1);
+}
+
 static int wake(Ops *o, Py_ssize_t off, int n) {
     if (futex_wake(U32(o, off), n) == 0) {
         if (++o->zero_wakes >= ZERO_WAKES_MAX) {
@@ -172,7 +195,7 @@ static void repair(Ops *o) {
         uint64_t off = pos % o->cap;
         char *frame = o->data + off;
         uint64_t flen = ((uint64_t *)frame)[0];
-        if (flen == 0 || flen % 16 || off + flen > o->cap || pos + flen > tail) {
+        if (flen == 0 || flen % ALIGN || off + flen > o->cap || pos + flen > tail) {
             /* Cannot happen if the protocol holds; never loop or read wild. */
             publish64(U64(o, OFF_HEAD), tail);
             count = 0;
@@ -236,7 +259,7 @@ static int put_begin(Ops *o, uint64_t total, uint64_t k, PutState *st) {
 /* Write one frame (no out-of-band buffers) for ``b``; return where the next goes. */
 static char *write_frame(char *frame, PyObject *b) {
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(b);
-    uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
+    uint64_t size = frame_size(n);
     ((uint64_t *)frame)[0] = size;
     ((uint32_t *)frame)[2] = (uint32_t)n;
     ((uint32_t *)frame)[3] = 0;
@@ -260,7 +283,7 @@ static PyObject *put_finish(Ops *o, PutState *st, uint64_t total, uint64_t k) {
 static PyObject *Ops_put(Ops *o, PyObject *arg) {
     if (!enabled || o->base == NULL || !PyBytes_CheckExact(arg)) return PyLong_FromLong(R_SLOW);
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(arg);
-    uint64_t size = (FRAME_HEADER + 15 + n) & ~(uint64_t)15;
+    uint64_t size = frame_size(n);
     if (size > o->cap || n > UINT32_MAX) return PyLong_FromLong(R_SLOW);
     PutState st;
     int rc = put_begin(o, size, 1, &st);
@@ -280,7 +303,7 @@ static PyObject *Ops_put_many(Ops *o, PyObject *arg) {
         PyObject *b = PyList_GET_ITEM(arg, j);
         if (!PyBytes_CheckExact(b) || (uint64_t)PyBytes_GET_SIZE(b) > UINT32_MAX)
             return PyLong_FromLong(R_SLOW);
-        total += ((uint64_t)FRAME_HEADER + 15 + (uint64_t)PyBytes_GET_SIZE(b)) & ~(uint64_t)15;
+        total += frame_size((uint64_t)PyBytes_GET_SIZE(b));
     }
     if (k == 0 || total > o->cap) return PyLong_FromLong(R_SLOW);
     PutState st;
@@ -470,12 +493,14 @@ static PyTypeObject OpsType = {
     .tp_methods = Ops_methods,
 };
 
-/* -- LockBase: the fast paths of corral.Lock and RLock -----------------------------
+/* -- LockBase: a fast acquire/release of a robust mutex, for subclassing ----------
  *
- * acquire() and release() on the robust mutex, holding the GIL. Anything but
- * success goes to the Python subclass: ``self._acquire_fallback(rc, *args,
- * **kwargs)`` (busy after the spin, EOWNERDEAD, a timeout to honour, arguments to
- * check) and ``self._not_owner("release")``. */
+ * Generic: it knows no lock type above it. acquire() and release() run on the
+ * robust mutex bound with _bind(address), holding the GIL. Anything but success
+ * goes to two methods that the Python subclass provides (corral.Lock and RLock
+ * do): ``self._acquire_fallback(rc, *args, **kwargs)`` (busy after the spin,
+ * EOWNERDEAD, a timeout to honour, arguments to check) and
+ * ``self._not_owner("release")``. */
 
 typedef struct {
     PyObject_HEAD
@@ -484,28 +509,6 @@ typedef struct {
 } LockBase;
 
 static PyObject *str_acquire_fallback, *str_not_owner, *str_release;
-
-/* How many times a blocking acquire() with no arguments looks at a busy lock
- * (with a CPU pause between looks) before it goes to the Python path, which
- * tries a few more times and then sleeps in the kernel. A few microseconds:
- * critical sections are usually shorter than a sleep and a wake-up. */
-#define LOCK_ACQUIRE_SPIN 200
-
-/* trylock; while busy, watch the lock word and try again only when it shows no
- * owner. Reading leaves the cache line shared, so the holder's unlock and the
- * next trylock are not slowed by a stream of failing compare-and-swaps from the
- * waiter (measured here: that stream cut hand-offs between two busy processes to
- * a fifth). Returns 0 or the last trylock's error. */
-static int trylock_spin(pthread_mutex_t *m) {
-    int rc = pthread_mutex_trylock(m);
-    int *word = (int *)m;
-    for (int i = 0; rc == EBUSY && i < LOCK_ACQUIRE_SPIN; i++) {
-        cpu_relax();
-        if ((__atomic_load_n(word, __ATOMIC_RELAXED) & FUTEX_TID_MASK) == 0)
-            rc = pthread_mutex_trylock(m);
-    }
-    return rc;
-}
 
 static int lock_bound(LockBase *self) {
     if (self->m == NULL) {
@@ -604,13 +607,30 @@ static PyTypeObject LockBaseType = {
     .tp_name = "corral._core._speedups.LockBase",
     .tp_basicsize = sizeof(LockBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "The fast paths of corral.Lock: subclass it, then call _bind(address).",
+    .tp_doc = "Fast acquire/release of a robust mutex: subclass it (providing "
+              "_acquire_fallback and _not_owner), then call _bind(address).",
     .tp_new = PyType_GenericNew,
     .tp_methods = LockBase_methods,
     .tp_members = LockBase_members,
 };
 
 /* -- module ------------------------------------------------------------------------ */
+
+/* prctl(option, arg) -> int: prctl(2) with its last three arguments 0; OSError on
+ * failure. For _linux, so that a spawned child needs no ctypes to set itself up. */
+static PyObject *prctl_(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "prctl(option, arg)");
+        return NULL;
+    }
+    long option = PyLong_AsLong(args[0]);
+    if (option == -1 && PyErr_Occurred()) return NULL;
+    unsigned long arg = PyLong_AsUnsignedLong(args[1]);
+    if (arg == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    int res = prctl((int)option, arg, 0UL, 0UL, 0UL);
+    if (res == -1) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(res);
+}
 
 static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     int v = PyObject_IsTrue(arg);
@@ -621,6 +641,8 @@ static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"set_enabled", set_enabled, METH_O, "Turn every fast path on or off (tests)."},
+    {"prctl", (PyCFunction)(void (*)(void))prctl_, METH_FASTCALL,
+     "prctl(option, arg) -> int: prctl(2), the other arguments 0"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -642,12 +664,66 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&OpsType);
     Py_INCREF(&LockBaseType);
     if (PyModule_AddObject(m, "Ops", (PyObject *)&OpsType) < 0 ||
-        PyModule_AddObject(m, "LockBase", (PyObject *)&LockBaseType) < 0 ||
-        PyModule_AddIntConstant(m, "OFF_HEAD", OFF_HEAD) < 0 ||
-        PyModule_AddIntConstant(m, "DONE", R_DONE) < 0 ||
-        PyModule_AddIntConstant(m, "SLOW", R_SLOW) < 0 ||
-        PyModule_AddIntConstant(m, "SWEEP", R_SWEEP) < 0 ||
-        PyModule_AddIntConstant(m, "EMPTY", R_EMPTY) < 0) {
+        PyModule_AddObject(m, "LockBase", (PyObject *)&LockBaseType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* Every constant the ring's protocol shares with _ringlayout.py, which checks
+     * each of them at import; the names of them all in LAYOUT. */
+    static const struct {
+        const char *name;
+        long long value;
+    } layout[] = {
+        {"OFF_HEAD", OFF_HEAD},
+        {"OFF_TAIL", OFF_TAIL},
+        {"OFF_COUNT", OFF_COUNT},
+        {"OFF_TAKEN", OFF_TAKEN},
+        {"OFF_GETTERS", OFF_GETTERS},
+        {"OFF_PUTTERS", OFF_PUTTERS},
+        {"OFF_JOINERS", OFF_JOINERS},
+        {"OFF_SHUT", OFF_SHUT},
+        {"OFF_CLAIM", OFF_CLAIM},
+        {"OFF_RESERVE", OFF_RESERVE},
+        {"OFF_PUT_SEQ", OFF_PUT_SEQ},
+        {"OFF_GET_SEQ", OFF_GET_SEQ},
+        {"OFF_DONE_SEQ", OFF_DONE_SEQ},
+        {"FRAME_HEADER", FRAME_HEADER},
+        {"ALIGN", ALIGN},
+        {"PAD", PAD},
+        {"WAKE_ALL", WAKE_ALL},
+        {"FUTEX_TID_MASK", FUTEX_TID_MASK},
+        {"SPIN", SPIN},
+        {"POLL_ROUNDS", POLL_ROUNDS},
+        {"ZERO_WAKES_MAX", ZERO_WAKES_MAX},
+        {"DONE", R_DONE},
+        {"SLOW", R_SLOW},
+        {"SWEEP", R_SWEEP},
+        {"EMPTY", R_EMPTY},
+    };
+    Py_ssize_t n = (Py_ssize_t)(sizeof(layout) / sizeof(layout[0]));
+    PyObject *names = PyTuple_New(n);
+    if (names == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyUnicode_FromString(layout[i].name);
+        if (name == NULL) {
+            Py_DECREF(names);
+            Py_DECREF(m);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, i, name);
+        PyObject *value = PyLong_FromLongLong(layout[i].value);
+        if (value == NULL || PyModule_AddObject(m, layout[i].name, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(names);
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    if (PyModule_AddObject(m, "LAYOUT", names) < 0) {
+        Py_DECREF(names);
         Py_DECREF(m);
         return NULL;
     }

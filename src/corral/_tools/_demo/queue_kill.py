@@ -18,9 +18,9 @@ import signal
 import time
 from multiprocessing.connection import Connection
 
-from .. import _queue
-from .._core import _ring
-from .._process import process_class_for
+from ... import _queue
+from ..._core import _ring
+from ..._process import process_class_for
 from . import Report, scenario
 
 BIG = 64 * 1024 * 1024  # bytes in the message being put when the producer dies

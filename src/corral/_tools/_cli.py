@@ -1,4 +1,4 @@
-"""The ``corral`` command: ``corral demo`` and ``corral bench``."""
+"""The ``corral`` command: ``corral demo``, ``corral bench`` and ``corral --version``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import _demo
+from . import _bench, _demo
 
 __all__ = ["main"]
 
@@ -25,13 +25,12 @@ def _demo_main(ns: argparse.Namespace) -> int:
 
 
 def _bench_main(ns: argparse.Namespace) -> int:
-    from . import _bench
-
     return _bench.main(quick=not ns.full, only=ns.only)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"corral {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="show each guarantee next to what multiprocessing does")
@@ -42,11 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
             sc.add_arguments(p)
     demo.set_defaults(func=_demo_main)
 
-    bench = sub.add_parser("bench", help="run benchmarks/ and print ratios against baselines")
+    bench = sub.add_parser("bench", help="run the benchmarks and print ratios against baselines")
     bench.add_argument("--full", action="store_true", help="more repetitions (slower)")
-    bench.add_argument("--only", help="run only benchmarks/<ONLY>_bench.py")
+    bench.add_argument(
+        "--only", choices=_bench.available(), help="run only this benchmark (default: all)"
+    )
     bench.set_defaults(func=_bench_main)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("corral")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        import corral
+
+        return corral.__version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import warnings
 from typing import Any
 
 import corral
-from corral._bench import Row
+from corral._tools._bench import Row
 
 _mp = multiprocessing.get_context("fork")
 _ctx = corral.get_context("fork")

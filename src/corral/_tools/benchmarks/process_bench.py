@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 import corral
-from corral._bench import Row
 from corral._core import _linux
-from corral._demo import _targets, _watch
+from corral._tools._bench import Row
+from corral._tools._demo import _targets, _watch
 
 
 def _start_join_ms(ctx: Any, n: int) -> float:

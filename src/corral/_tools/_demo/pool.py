@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-from .. import _executor, _pipeline
-from .._core import _linux
+from ... import _executor, _pipeline
+from ..._core import _linux
 from . import Report, _targets, scenario
 
 ITEMS = 2000

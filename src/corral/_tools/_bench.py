@@ -1,6 +1,7 @@
 """The harness behind ``corral bench``.
 
-Benchmarks live in ``benchmarks/<name>_bench.py`` at the top of the source tree. Each
+Benchmarks live in ``corral/_tools/benchmarks/<name>_bench.py``, shipped with the
+package, so that ``corral bench`` works after a plain ``pip install``. Each
 defines ``run(quick: bool) -> list[Row]``: for every case, corral and its baselines
 are measured side by side in the same run, several times, and the median kept. The
 table reports each figure as a ratio against the case's baseline, because absolute
@@ -18,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Row", "find_benchmarks", "main", "median"]
+__all__ = ["BENCH_DIR", "Row", "available", "find_benchmarks", "main", "median"]
+
+# Where the benchmark files are: inside the package.
+BENCH_DIR = Path(__file__).parent / "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,13 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def find_benchmarks() -> Path | None:
-    here = Path(__file__).resolve()
-    for root in (Path.cwd(), *here.parents):
-        candidate = root / "benchmarks"
-        if candidate.is_dir() and any(candidate.glob("*_bench.py")):
-            return candidate
-    return None
+    """The directory of benchmark files (None if the installation lacks it)."""
+    return BENCH_DIR if any(BENCH_DIR.glob("*_bench.py")) else None
+
+
+def available() -> list[str]:
+    """The names ``--only`` accepts: each ``<name>_bench.py``."""
+    return sorted(p.name.removesuffix("_bench.py") for p in BENCH_DIR.glob("*_bench.py"))
 
 
 def _format(rows: list[Row]) -> str:
@@ -121,16 +126,13 @@ def _compile_corral() -> None:
     """
     import compileall
 
-    compileall.compile_dir(str(Path(__file__).parent), quiet=1)
+    compileall.compile_dir(str(Path(__file__).parent.parent), quiet=1)
 
 
 def main(quick: bool = True, only: str | None = None) -> int:
     bench_dir = find_benchmarks()
     if bench_dir is None:
-        print(
-            "corral bench: no benchmarks/ directory found; run it from a source checkout",
-            file=sys.stderr,
-        )
+        print(f"corral bench: no benchmarks in {BENCH_DIR}", file=sys.stderr)
         return 2
     pattern = f"{only}_bench.py" if only else "*_bench.py"
     files = sorted(bench_dir.glob(pattern))

@@ -95,7 +95,7 @@ if lib == "corral":
     import corral as mp
 else:
     import multiprocessing as mp
-from corral._demo import _targets
+from corral._tools._demo import _targets
 if __name__ == "__main__":
     r, w = mp.Pipe(duplex=False)
     p = mp.Process(target=_targets.descendants_then_wait, args=(w,))

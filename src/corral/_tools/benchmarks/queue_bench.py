@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import corral
-from corral._bench import Row
+from corral._tools._bench import Row
 
 try:  # optional baseline
     import faster_fifo
@@ -292,6 +292,6 @@ def run(quick: bool) -> list[Row]:
 
 
 if __name__ == "__main__":
-    from corral._bench import _format
+    from corral._tools._bench import _format
 
     print(_format(run(quick=True)))

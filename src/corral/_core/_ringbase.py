@@ -1,0 +1,335 @@
+"""The ring's shared parts: mapping, mutex, waiting, and repair after a death.
+
+``RingBase`` holds what every operation needs (see ``_ringsingle`` and
+``_ringbatch`` for the operations, ``_ring`` for the whole): the mapping and its
+views, the robust mutex (taken with corral's one spin policy, repaired after a
+dead holder), the futex words and waiter table (sleep, wake, sweep the dead), the
+liveness of claims and reservations, and the lap jump that keeps an emptying ring
+on warm pages. Layout and rules: ``_ringlayout``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import time
+from typing import Any, cast
+
+from . import _linux
+from ._futex import futex_wait, futex_wake
+from ._ringlayout import (
+    ALIGN,
+    CONST,
+    COUNTER,
+    DATA,
+    FRAME,
+    I_CLAIM,
+    I_DONE_SEQ,
+    I_GET_SEQ,
+    I_PUT_SEQ,
+    I_RESERVE,
+    I_SLOT_KIND,
+    I_SLOT_PID,
+    I_SLOT_START,
+    MAGIC,
+    NO_FAST_PATH,
+    OFF_CONST,
+    OFF_DONE_SEQ,
+    OFF_GET_SEQ,
+    OFF_MUTEX,
+    OFF_PUT_SEQ,
+    OFF_SLOT_PID,
+    OFF_SLOT_START,
+    PAD,
+    PAGE,
+    POLL_ROUNDS,
+    Q_CLAIM_START,
+    Q_COUNT,
+    Q_HEAD,
+    Q_RESERVE_START,
+    Q_TAIL,
+    RETAIN_BYTES,
+    SLOTS,
+    WAIT_SLICE,
+    WAKE_ALL,
+    ZERO_WAKES_MAX,
+    speedups,
+)
+from ._robust import RobustMutex, init_mutex
+from ._shm import SharedMemory
+
+__all__ = ["RingBase", "deadline_of"]
+
+_sched_yield = os.sched_yield
+_is_alive = _linux.is_alive
+_self_identity = _linux.self_identity
+
+
+def deadline_of(block: bool, timeout: float | None) -> float | None:
+    return None if not block or timeout is None else time.monotonic() + timeout
+
+
+class RingBase:
+    """The mapping, the mutex and the waiting; the operations are in subclasses."""
+
+    def __init__(
+        self,
+        capacity: int,
+        maxsize: int = 0,
+        *,
+        acks: bool = False,
+        _shm: SharedMemory | None = None,
+    ):
+        # Whole pages, so that the data area can be handed back page by page.
+        capacity = max(PAGE, -(-capacity // PAGE) * PAGE)
+        self.capacity = capacity
+        self.maxsize = maxsize
+        self.acks = acks  # count messages got until ack() (see Ring.ack)
+        if _shm is None:
+            _shm = SharedMemory(DATA + capacity, what="queue")
+            init_mutex(_shm.address + OFF_MUTEX)
+            CONST.pack_into(_shm.buf, OFF_CONST, MAGIC, capacity, maxsize)
+        self._shm = _shm
+        # The mmap itself: its slices are bytes (one copy, no intermediate view).
+        self._mm = cast(mmap.mmap, _shm.buf.obj)
+        self._header = _shm.buf[:DATA]
+        self._q = self._header.cast("Q")
+        self._i = self._header.cast("I")
+        addr = _shm.address
+        self._mutex = RobustMutex(addr + OFF_MUTEX)
+        self._put_seq = addr + OFF_PUT_SEQ
+        self._get_seq = addr + OFF_GET_SEQ
+        self._done_seq = addr + OFF_DONE_SEQ
+        self._zero_wakes = 0
+        self.retain = min(RETAIN_BYTES, capacity)
+        # The one place that decides between the C fast path and the Python path.
+        # ``try_put(bytes) -> int``, ``try_get(block) -> bytes | int``,
+        # ``try_put_many(list[bytes]) -> int`` and ``try_get_many(max_items,
+        # block) -> list[bytes] | int`` are the C calls when the extension is built,
+        # else stand-ins that answer FAST_SLOW; an int answer goes, as ``after``,
+        # to put / get / put_many_flat / get_many_raw, which finish the job. The
+        # callers (corral.Queue) thus pay no Python call on the C path. (A put and
+        # a get that tried C themselves would cost a Python call each: measured,
+        # about 70 ns per put+get pair, 10% of a 64-byte Queue.put + Queue.get
+        # round trip of 0.66 us in one process.)
+        self.fast: Any = (
+            NO_FAST_PATH
+            if speedups is None
+            else speedups.Ops(addr, DATA, capacity, self.retain, maxsize, acks)
+        )
+        self.try_put = self.fast.put
+        self.try_get = self.fast.get
+        self.try_put_many = self.fast.put_many
+        self.try_get_many = self.fast.get_many
+        # What the hot paths need, in one attribute.
+        self._hot = (capacity, self.retain, maxsize, self._mm, self._q, self._mutex)
+
+    def close(self) -> None:
+        """Unmap and close this process's view. Nobody in this process may use it after."""
+        if self._shm.fd < 0:
+            return
+        self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
+        self._q.release()
+        self._i.release()
+        self._header.release()
+        self._shm.close()
+
+    @property
+    def fd(self) -> int:
+        return self._shm.fd
+
+    # -- the mutex -------------------------------------------------------------------
+
+    def _lock(self, timeout: float | None = None) -> bool:
+        """Take the mutex, repairing after a dead holder. False if ``timeout`` passed."""
+        m = self._mutex
+        if not m.try_acquire() and not self._lock_slow(timeout):
+            return False
+        if m.owner_died:
+            self._repair()
+        return True
+
+    def _lock_slow(self, timeout: float | None) -> bool:
+        """Take the busy mutex: spin (_robust.SPIN), then sleep. The caller checks
+        ``owner_died``."""
+        return self._mutex.spin_acquire(timeout)
+
+    def _unlock(self) -> None:
+        rc = self._mutex.unlock_errno()
+        if rc:
+            self._unlock_failed(rc)
+
+    @staticmethod
+    def _unlock_failed(rc: int) -> None:
+        # EPERM: an interrupted re-lock in _sleep left the mutex not ours, and
+        # whatever interrupted it is being raised. Anything else is a bug to see.
+        if rc != errno.EPERM:
+            raise OSError(rc, f"pthread_mutex_unlock: {os.strerror(rc)}")
+
+    # -- repair ----------------------------------------------------------------------
+
+    def _repair(self) -> None:
+        """With the mutex held, after its previous holder died holding it.
+
+        ``head`` and ``tail`` are the truth (each was published by one store);
+        ``count`` is recomputed from the frames between them. Costs one step per
+        queued message, once per death under the mutex. (C: repair(), which does
+        the same walk and leaves the claim, reservation and waiter checks below to
+        the Python paths that meet them.)
+        """
+        mm, q = self._mm, self._q
+        cap = self.capacity
+        head, tail = q[Q_HEAD], q[Q_TAIL]
+        if head > tail:  # died between the two stores of a lap jump
+            q[Q_TAIL] = tail = head
+        count = 0
+        pos = head
+        while pos < tail:
+            off = pos % cap
+            flen, _plen, nbufs = FRAME.unpack_from(mm, DATA + off)
+            if flen <= 0 or flen % ALIGN or off + flen > cap or pos + flen > tail:
+                # Cannot happen if the protocol holds; never loop or read wild.
+                q[Q_HEAD] = tail
+                count = 0
+                break
+            if nbufs != PAD:
+                count += 1
+            pos += flen
+        q[Q_COUNT] = count
+        self._claim_alive()
+        self._reserved()
+        self._sweep_waiters()
+        # A wake-up meant for (or owed by) the dead holder may be lost: wake everyone.
+        self._wake_everyone()
+
+    def _claim_alive(self) -> bool:
+        """With the mutex held: whether a live process holds the claim (a dead one's
+        claim is dropped here)."""
+        claim = self._i[I_CLAIM]
+        if not claim:
+            return False
+        if _is_alive(claim, self._q[Q_CLAIM_START]):  # (a recycled pid has another start)
+            return True
+        self._i[I_CLAIM] = 0
+        return False
+
+    def _reserved(self) -> bool:
+        """With the mutex held: whether a live putter holds a reservation (a dead
+        one's is dropped here: its frame lies past ``tail``, never published)."""
+        owner = self._i[I_RESERVE]
+        if not owner:
+            return False
+        if owner == _self_identity()[0] or _is_alive(owner, self._q[Q_RESERVE_START]):
+            # (Our own pid: another thread of this process is copying.)
+            return True
+        self._i[I_RESERVE] = 0
+        return False
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def _sweep_waiters(self) -> None:
+        """With the mutex held: forget waiters whose process is gone."""
+        i = self._i
+        pids = SLOTS.unpack_from(self._mm, OFF_SLOT_PID)
+        starts = SLOTS.unpack_from(self._mm, OFF_SLOT_START)
+        for n, pid in enumerate(pids):
+            if pid and not _is_alive(pid, starts[n]):
+                counter = COUNTER.get(i[I_SLOT_KIND + n])
+                if counter is not None:
+                    i[counter] = max(0, i[counter] - 1)
+                i[I_SLOT_PID + n] = 0
+
+    def _sweep(self) -> None:
+        self._lock()
+        try:
+            self._sweep_waiters()
+        finally:
+            self._unlock()
+
+    def _bump(self, index: int) -> None:
+        i = self._i
+        i[index] = (i[index] + 1) & 0xFFFFFFFF
+
+    def _wake(self, address: int, n: int, waiting: int) -> None:
+        if futex_wake(address, n) == 0 and waiting:
+            # Counted waiters that nobody could wake: usually one between its unlock
+            # and its sleep, but a SIGKILLed waiter stays counted and would cost
+            # every later call a wake-up. Sweep now and then.
+            self._zero_wakes += 1
+            if self._zero_wakes >= ZERO_WAKES_MAX:
+                self._zero_wakes = 0
+                self._sweep()
+
+    def _wake_everyone(self) -> None:
+        for index in (I_PUT_SEQ, I_GET_SEQ, I_DONE_SEQ):
+            self._bump(index)
+        for address in (self._put_seq, self._get_seq, self._done_seq):
+            futex_wake(address, WAKE_ALL)
+
+    def _sleep(self, kind: int, seq_index: int, deadline: float | None) -> None:
+        """With the mutex held: register as a waiter, sleep until the futex word
+        changes (or a slice or the deadline passes), re-lock. Returns with the mutex
+        held, whatever happens; exceptions pass through after the re-lock."""
+        i = self._i
+        counter = COUNTER[kind]
+        i[counter] += 1
+        pid, start = _self_identity()
+        pids = SLOTS.unpack_from(self._mm, OFF_SLOT_PID)
+        try:
+            slot = pids.index(0)
+        except ValueError:
+            slot = -1
+        else:
+            i[I_SLOT_KIND + slot] = kind
+            i[I_SLOT_START + slot] = start & 0xFFFFFFFF
+            i[I_SLOT_PID + slot] = pid  # last: the slot is taken once its pid is set
+        seq = i[seq_index]
+        self._unlock()
+        try:
+            timeout = WAIT_SLICE
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+            if timeout > 0:
+                futex_wait(self._shm.address + 4 * seq_index, seq, timeout)
+        finally:
+            self._lock()
+            i[counter] = max(0, i[counter] - 1)
+            if slot >= 0 and i[I_SLOT_PID + slot] == pid:
+                i[I_SLOT_PID + slot] = 0
+
+    def _poll(self) -> bool:
+        """With the mutex held: let it go and watch ``count`` for a short while (no
+        lock: a racy read, only a hint), yielding the CPU between looks. Returns
+        with the mutex held (the caller must read the state again); True if
+        something seemed to arrive."""
+        q = self._q
+        self._unlock()
+        try:
+            for _ in range(POLL_ROUNDS):
+                if q[Q_COUNT]:
+                    return True
+                _sched_yield()
+            return False
+        finally:
+            self._lock()
+
+    # -- laps ------------------------------------------------------------------------
+
+    def _consumed_to(self, end: int, tail: int) -> None:
+        """With the mutex held: everything before ``end`` was got (the consuming
+        store). If that emptied the ring, head and tail both go to the next lap, so
+        the next put reuses warm pages; not while a putter holds a reservation,
+        whose frame goes at ``tail``. (C: get_finish.)"""
+        if end == tail and end % self.capacity and not self._i[I_RESERVE]:
+            self._jump(end)
+        else:
+            self._q[Q_HEAD] = end
+
+    def _jump(self, pos: int) -> int:
+        """With the mutex held and the ring empty: move head and tail to the next lap.
+        (Never while a putter holds a reservation: its frame goes at ``tail``.)"""
+        new = pos + self.capacity - pos % self.capacity
+        self._q[Q_HEAD] = new  # head > tail until the next store; _repair knows
+        self._q[Q_TAIL] = new
+        return new

@@ -1,0 +1,417 @@
+"""One message at a time: ``put`` and ``get``, and their large-message forms.
+
+    put(head, bufs)                                    get()
+      frame written past ``tail``  (invisible)           frame at ``head`` copied out
+      tail = end of frame          (one store: publish)   head = next frame (one store)
+      count += 1                   (repairable)          count -= 1        (repairable)
+      bump put_seq, futex_wake if getters wait            bump get_seq, wake putters
+
+A put of a frame with at least ``CLAIM_BYTES`` of buffers *reserves* it at ``tail``
+and copies with the mutex let go (``_put_reserved``); a get of one *claims* it at
+``head`` and copies it out with the mutex let go (``_get_claimed``). See ``_ring``
+for the whole protocol.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import time
+from collections.abc import Callable, Sequence
+
+from . import _linux
+from ._errors import RingShutDown, TooLarge
+from ._futex import futex_wake
+from ._ringbase import RingBase, deadline_of
+from ._ringlayout import (
+    CLAIM_BYTES,
+    COPY_CHUNK,
+    DATA,
+    FAST_EMPTY,
+    FAST_SWEEP,
+    FRAME,
+    FRAME_HEADER,
+    GET_STATE,
+    GETTER,
+    I_CLAIM,
+    I_GET_SEQ,
+    I_GETTERS,
+    I_PUT_SEQ,
+    I_PUTTERS,
+    I_RESERVE,
+    OFF_HEAD,
+    PAD,
+    PAGE,
+    POLL_ROUNDS,
+    PUTTER,
+    Q_CLAIM_START,
+    Q_COUNT,
+    Q_RESERVE_START,
+    Q_TAIL,
+    Q_TAKEN,
+    STATE,
+    U64,
+    WAKE_ALL,
+    Received,
+    align,
+    fits_plain,
+    frame_size,
+    place,
+    read_frame_bufs,
+)
+
+__all__ = ["SingleOps"]
+
+# Test hook (see _ring.set_hook, which sets it here). None in normal use.
+_hook: Callable[[str], None] | None = None
+
+_state_from = STATE.unpack_from
+_get_state_from = GET_STATE.unpack_from
+_frame_from = FRAME.unpack_from
+_frame_into = FRAME.pack_into
+_self_identity = _linux.self_identity
+
+
+class SingleOps(RingBase):
+    # -- put -------------------------------------------------------------------------
+
+    def put(
+        self,
+        head: bytes,
+        bufs: Sequence[memoryview] | None,
+        block: bool = True,
+        timeout: float | None = None,
+        after: int = 1,
+    ) -> None:
+        """Publish one message: nothing of it is visible before the ``tail`` store.
+        ``after``: what ``try_put(head)`` answered (FAST_SLOW if not tried).
+
+        Raises queue.Full, RingShutDown, or TooLarge (nothing written).
+        """
+        if after == FAST_SWEEP:  # the message is in; waiters keep being absent
+            self._sweep()
+            return
+        n = len(head)
+        size = frame_size(n, [b.nbytes for b in bufs]) if bufs else frame_size(n)
+        cap, retain, maxsize, mm, q, m = self._hot
+        if size > cap:
+            raise TooLarge(size, cap)
+        if bufs and size >= CLAIM_BYTES:
+            self._put_reserved(head, bufs, size, block, timeout)
+            return
+        if not m.try_acquire() and not self._lock_slow(timeout if block else None):
+            raise queue.Full
+        try:
+            if m.owner_died:
+                self._repair()
+            head_pos, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
+            if (
+                shut
+                or self._i[I_RESERVE]
+                or not fits_plain(head_pos, tail, count, size, 1, cap, retain, maxsize)
+            ):
+                tail, off, count, getters = self._room(size, block, timeout)
+            else:
+                off = tail % cap
+            self._write_frame(DATA + off, size, head, bufs)
+            if _hook is not None:
+                _hook("put:publish")
+            q[Q_TAIL] = tail + size  # publish
+            q[Q_COUNT] = count + 1
+            if getters:
+                self._bump(I_PUT_SEQ)
+        finally:
+            rc = m.unlock_errno()
+            if rc:
+                self._unlock_failed(rc)
+        if getters:
+            self._wake(self._put_seq, 1, getters)
+
+    def _put_reserved(
+        self,
+        head: bytes,
+        bufs: Sequence[memoryview],
+        size: int,
+        block: bool,
+        timeout: float | None,
+    ) -> None:
+        """``put`` of a large message: reserve its frame at ``tail`` under the mutex,
+        copy the buffers in with the mutex let go (gets go on meanwhile), then
+        publish under the mutex. Other puts wait for the reservation; one whose
+        putter died is dropped, and nothing of it was ever visible."""
+        pid, start = _self_identity()
+        if not self._lock(timeout if block else None):
+            raise queue.Full
+        try:
+            old_tail = self._q[Q_TAIL]
+            tail, off, _count, _getters = self._room(size, block, timeout)
+            if tail != old_tail:
+                self._q[Q_TAIL] = tail  # a pad frame, on its own: nothing to get
+            base = DATA + off
+            _frame_into(self._mm, base, size, len(head), len(bufs))
+            self._q[Q_RESERVE_START] = start
+            self._i[I_RESERVE] = pid  # (tail stays put until it is let go)
+        finally:
+            self._unlock()
+        try:
+            self._write_bufs(base, head, bufs)
+        except BaseException:
+            self._let_go(I_RESERVE, pid, I_GET_SEQ, self._get_seq)
+            raise
+        self._lock()
+        try:
+            q, i = self._q, self._i
+            if i[I_RESERVE] != pid or q[Q_TAIL] != tail:
+                raise RingShutDown  # dropped by shutdown(immediate=True)
+            if _hook is not None:
+                _hook("put:publish")
+            q[Q_TAIL] = tail + size  # publish
+            q[Q_COUNT] += 1
+            i[I_RESERVE] = 0
+            getters, putters = i[I_GETTERS], i[I_PUTTERS]
+            if getters:
+                self._bump(I_PUT_SEQ)
+            if putters:
+                self._bump(I_GET_SEQ)
+        finally:
+            self._unlock()
+        if getters:
+            self._wake(self._put_seq, 1, getters)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
+
+    def _let_go(self, index: int, pid: int, seq_index: int, seq_address: int) -> None:
+        """Drop this process's claim or reservation (the word at ``index``) after
+        its copy failed, and wake whoever waits for it."""
+        self._lock()
+        try:
+            if self._i[index] == pid:
+                self._i[index] = 0
+                self._bump(seq_index)
+        finally:
+            self._unlock()
+        futex_wake(seq_address, WAKE_ALL)
+
+    def _room(self, size: int, block: bool, timeout: float | None) -> tuple[int, int, int, int]:
+        """With the mutex held: wait until a frame of ``size`` bytes fits (and one
+        more message is allowed), write a pad frame if it must start a new lap, and
+        return (tail, offset to write at, count, getters waiting)."""
+        mm = self._mm
+        cap = self.capacity
+        maxsize = self.maxsize
+        deadline = deadline_of(block, timeout)
+        while True:
+            head, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
+            if shut:
+                raise RingShutDown
+            if not self._reserved():
+                # (A putter copying a large message in at tail: nothing else may be
+                # written until it publishes, or is found dead.)
+                if head == tail and tail % cap:  # empty (after a repair): start a lap
+                    head = tail = self._jump(tail)
+                end, pad = place(head, tail, size, cap, self.retain)
+                if end - head <= cap and (not maxsize or count < maxsize):
+                    off = tail % cap
+                    if pad:
+                        _frame_into(mm, DATA + off, cap - off, 0, PAD)
+                        tail += cap - off
+                        off = 0
+                    return tail, off, count, getters
+            if not block or (deadline is not None and time.monotonic() >= deadline):
+                raise queue.Full
+            self._sleep(PUTTER, I_GET_SEQ, deadline)
+
+    def _write_frame(
+        self, base: int, size: int, head: bytes, bufs: Sequence[memoryview] | None
+    ) -> None:
+        """Write a whole frame at ``base`` (invisible until ``tail`` moves past it)."""
+        if bufs:
+            _frame_into(self._mm, base, size, len(head), len(bufs))
+            self._write_bufs(base, head, bufs)
+        else:
+            _frame_into(self._mm, base, size, len(head), 0)
+            self._mm[base + FRAME_HEADER : base + FRAME_HEADER + len(head)] = head
+
+    def _write_bufs(self, base: int, head: bytes, bufs: Sequence[memoryview]) -> None:
+        mm = self._mm
+        n = len(bufs)
+        lens = [b.nbytes for b in bufs]
+        struct.pack_into(f"@{n}Q", mm, base + FRAME_HEADER, *lens)
+        pos = base + FRAME_HEADER + 8 * n
+        mm[pos : pos + len(head)] = head
+        pos = base + align(FRAME_HEADER + 8 * n + len(head))
+        for b, length in zip(bufs, lens, strict=True):
+            if length <= COPY_CHUNK:
+                mm[pos : pos + length] = b
+            else:
+                for start in range(0, length, COPY_CHUNK):
+                    stop = min(length, start + COPY_CHUNK)
+                    mm[pos + start : pos + stop] = b[start:stop]
+                    if _hook is not None:
+                        _hook("put:copy")
+            pos += align(length)
+
+    # -- get -------------------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: float | None = None, after: int = 1) -> Received:
+        """Take the oldest message. Raises queue.Empty or RingShutDown (shut down, empty).
+        ``after``: what ``try_get(block)`` answered (FAST_SLOW if not tried).
+
+        A large message with buffers is *claimed* instead: the getter records its pid,
+        copies the message out with the mutex let go (puts go on meanwhile), then
+        consumes it. Other getters wait for the claim; a claim whose process died
+        is dropped and the message stays, whole, for the next getter.
+
+        The consuming part of ``_consume`` is written out here: this is the pure-
+        Python hot path of ``corral bench --only queue`` (64 B put/get).
+        """
+        if after == FAST_EMPTY and not block:
+            raise queue.Empty  # seen under the mutex: exact
+        cap, retain, _maxsize, mm, q, m = self._hot
+        if not m.try_acquire() and not self._lock_slow(timeout if block else None):
+            raise queue.Empty
+        claimed = False
+        try:
+            if m.owner_died:
+                self._repair()
+            head, tail, count, taken, _, putters, _, _, claim = _get_state_from(mm, OFF_HEAD)
+            if not count or claim:
+                # (FAST_EMPTY: the C call has polled already; sleep without polling.)
+                head, tail, count, taken, putters = self._items(block, timeout, after != FAST_EMPTY)
+            start = head
+            off = head % cap
+            flen, plen, nbufs = _frame_from(mm, DATA + off)
+            if nbufs == PAD:
+                head += flen
+                off = 0
+                flen, plen, nbufs = _frame_from(mm, DATA)
+            base = DATA + off
+            out: Received
+            if nbufs and flen >= CLAIM_BYTES:
+                pid, pstart = _self_identity()
+                q[Q_CLAIM_START] = pstart
+                self._i[I_CLAIM] = pid
+                claimed = True
+            else:
+                if nbufs:
+                    out = self._read_bufs(base, plen, nbufs)
+                else:
+                    out = mm[base + FRAME_HEADER : base + FRAME_HEADER + plen]
+                if _hook is not None:
+                    _hook("get:copied")
+                end = head + flen
+                self._consumed_to(end, tail)
+                q[Q_COUNT] = count - 1
+                if self.acks:
+                    q[Q_TAKEN] = taken + 1
+                if putters:
+                    self._bump(I_GET_SEQ)
+                if off + flen > retain:
+                    self._give_back(start, end, tail)
+        finally:
+            rc = m.unlock_errno()
+            if rc:
+                self._unlock_failed(rc)
+        if claimed:
+            return self._get_claimed(start, head + flen, base, plen, nbufs)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
+        return out
+
+    def _consume(
+        self, start: int, end: int, tail: int, count: int, taken: int, putters: int
+    ) -> None:
+        """With the mutex held: the message in ``[start, end)`` was got."""
+        q = self._q
+        self._consumed_to(end, tail)
+        q[Q_COUNT] = count - 1
+        if self.acks:
+            q[Q_TAKEN] = taken + 1
+        if putters:
+            self._bump(I_GET_SEQ)
+        if (end - 1) % self.capacity >= self.retain:
+            self._give_back(start, end, tail)
+
+    def _get_claimed(self, start: int, end: int, base: int, plen: int, nbufs: int) -> Received:
+        """Copy out the message claimed at ``start`` without the mutex, then consume it."""
+        pid = _self_identity()[0]
+        try:
+            out = self._read_bufs(base, plen, nbufs)
+            if _hook is not None:
+                _hook("get:copied")
+        except BaseException:
+            self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
+            raise
+        self._lock()
+        try:
+            head, tail, count, taken, getters, putters, _, _, claim = _get_state_from(
+                self._mm, OFF_HEAD
+            )
+            if claim == pid:
+                if head == start and count:  # (not dropped by shutdown(immediate))
+                    self._consume(start, end, tail, count, taken, putters)
+                self._i[I_CLAIM] = 0
+                if getters:
+                    self._bump(I_PUT_SEQ)  # the claim is gone: waiting getters, look
+        finally:
+            self._unlock()
+        if getters:
+            self._wake(self._put_seq, WAKE_ALL, getters)
+        if putters:
+            self._wake(self._get_seq, WAKE_ALL, putters)
+        return out
+
+    def _items(
+        self, block: bool, timeout: float | None, poll: bool = True
+    ) -> tuple[int, int, int, int, int]:
+        """With the mutex held: wait until there is a message and no live claim on
+        it; return (head, tail, count, taken, putters waiting)."""
+        mm = self._mm
+        deadline = deadline_of(block, timeout)
+        spin = block and poll and POLL_ROUNDS > 0
+        while True:
+            head, tail, count, taken, _, putters, _, shut = _state_from(mm, OFF_HEAD)
+            claimed = count and self._claim_alive()
+            if count and not claimed:
+                return head, tail, count, taken, putters
+            if shut and not count:
+                raise RingShutDown
+            if not block or (deadline is not None and time.monotonic() >= deadline):
+                raise queue.Empty
+            if spin and not claimed:
+                spin = False
+                self._poll()
+                continue  # the mutex was let go: look at the state again
+            self._sleep(GETTER, I_PUT_SEQ, deadline)
+
+    def _read_bufs(self, base: int, plen: int, nbufs: int) -> tuple[bytes, list[bytearray]]:
+        return read_frame_bufs(self._mm, self._shm.buf, base, plen, nbufs)
+
+    def _give_back(self, old: int, new: int, tail: int) -> None:
+        """With the mutex held, after consuming ``[old, new)`` (``tail`` as it was
+        before): return its pages beyond ``retain`` to the kernel, except any that
+        the next lap already uses."""
+        cap = self.capacity
+        reserved = self._i[I_RESERVE] != 0
+        # Emptied, and no putter is writing a reserved frame at tail: the rest of
+        # the lap is free too.
+        emptied = new == tail and not reserved
+        lap_of_tail = tail // cap
+        # Where the live data of tail's lap ends: at tail, or past the frame a
+        # putter is writing there (it never wraps), which must keep its pages.
+        live_end = tail % cap
+        if reserved:
+            live_end += U64.unpack_from(self._mm, DATA + live_end)[0]
+        pos = old
+        while pos < new:
+            lap = pos // cap
+            seg_end = min(new, (lap + 1) * cap)
+            lo = (pos % cap) // PAGE * PAGE
+            hi = cap if seg_end == (lap + 1) * cap or emptied else seg_end % cap // PAGE * PAGE
+            if lap_of_tail > lap and not emptied:
+                # The next lap's live data starts at offset 0: keep its pages.
+                lo = max(lo, -(-live_end // PAGE) * PAGE)
+            lo = max(lo, self.retain)
+            if hi > lo:
+                self._shm.release(DATA + lo, hi - lo)
+            pos = seg_end

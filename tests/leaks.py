@@ -1,0 +1,184 @@
+"""What the ``_no_leaks`` fixture checks, as a class a test can drive directly.
+
+A test's own resources, and nothing else on the machine:
+
+- processes: every descendant of the test process (children, and theirs: a
+  forkserver child is the server's child, not ours), zombies included;
+- threads of the test process;
+- file descriptors of the test process;
+- shared memory that corral made: memfd mappings named ``corral-*`` in the test
+  process (a mapping outlives its fd), and /dev/shm entries whose name starts with
+  corral's prefix. Other programs' entries (``sem.mp-*`` of a multiprocessing
+  program running next to the suite, ``sem.loky-*``...) are theirs, not ours.
+
+``LeakCheck()`` takes the snapshot; ``finish()`` waits up to ``grace`` seconds for
+the test's leftovers to go away by themselves, kills and reaps the processes that
+did not, and returns what leaked, one line per kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from corral._core import _linux
+from corral._core._shm import NAME_PREFIX
+
+# How long a test's processes, threads and fds get to go away by themselves after
+# the test body ends. corral reaps within 100 ms; the slack is for loaded CI boxes.
+LEAK_GRACE = 3.0
+
+SHM_DIR = "/dev/shm"
+# How a memfd that corral made shows in /proc/<pid>/maps and /proc/<pid>/fd.
+MEMFD_PREFIX = f"/memfd:{NAME_PREFIX}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value.
+
+    For conditions that have no event to wait on (the state of another process in
+    /proc). Never used to give another process "time to get ready".
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(interval)
+
+
+def descendants() -> set[int]:
+    return set(_linux.descendants_of(os.getpid()))
+
+
+def fds() -> frozenset[tuple[int, str]]:
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except FileNotFoundError:  # the fd listdir itself used
+            continue
+    return frozenset(out)
+
+
+def threads() -> frozenset[int]:
+    return frozenset(t.ident for t in threading.enumerate() if t.ident is not None)
+
+
+def corral_memfd_maps() -> frozenset[tuple[str, str]]:
+    """(inode, name) of every corral memfd mapped into this process."""
+    out = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith(MEMFD_PREFIX):
+                out.add((parts[4], parts[5].rstrip("\n")))
+    return frozenset(out)
+
+
+def corral_shm_entries() -> frozenset[str]:
+    """/dev/shm entries that corral made (by their name); never anybody else's."""
+    return frozenset(n for n in os.listdir(SHM_DIR) if n.startswith(NAME_PREFIX))
+
+
+def describe(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                comm = f.read().split(b")")[0].split(b"(", 1)[1].decode()
+        except (OSError, IndexError):
+            comm = "?"
+        out.append(f"{pid} ({comm})")
+    return out
+
+
+def kill_and_reap(pids: set[int]) -> None:
+    """SIGKILL ``pids`` and their descendants, then reap those that are (or, their
+    parent gone, become) children of this process, a subreaper."""
+    victims = set(pids)
+    for pid in pids:
+        victims.update(_linux.descendants_of(pid))
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def reap() -> bool:
+        for pid in victims & set(_linux.children_of(os.getpid())):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        return not victims & descendants()
+
+    wait_until(reap, LEAK_GRACE)
+
+
+class LeakCheck:
+    """A snapshot of the test process's resources, taken at construction."""
+
+    def __init__(self) -> None:
+        self.descendants = descendants()
+        self.fds = fds()
+        self.threads = threads()
+        self.maps = corral_memfd_maps()
+        self.shm = corral_shm_entries()
+
+    def finish(self, grace: float = LEAK_GRACE) -> list[str]:
+        """What the test left behind (empty if nothing), after waiting up to
+        ``grace`` seconds for it to go. Leftover processes are killed and reaped,
+        so that one leaky test can't poison the next."""
+        problems: list[str] = []
+        problems += self._processes(grace)
+        problems += self._threads(grace)
+        problems += self._fds_and_maps(grace)
+        shm = corral_shm_entries() - self.shm
+        if shm:
+            problems.append(f"/dev/shm entries corral left behind: {sorted(shm)}")
+        return problems
+
+    def _processes(self, grace: float) -> list[str]:
+        def new() -> set[int]:
+            return descendants() - self.descendants
+
+        if wait_until(lambda: not new(), grace):
+            return []
+        leaked = new()
+        states = {pid: _linux.proc_state(pid) for pid in leaked}
+        zombies = describe(sorted(p for p, s in states.items() if s == "Z"))
+        alive = describe(sorted(p for p, s in states.items() if s not in ("Z", None)))
+        kill_and_reap(leaked)
+        out = []
+        if zombies:
+            out.append(f"zombie processes nobody reaped: {zombies}")
+        if alive:
+            out.append(f"processes still running: {alive}")
+        return out
+
+    def _threads(self, grace: float) -> list[str]:
+        def new() -> set[int]:
+            return set(threads() - self.threads)
+
+        if wait_until(lambda: not new(), grace):
+            return []
+        names = [t.name for t in threading.enumerate() if t.ident in new()]
+        return [f"threads left running: {names}"]
+
+    def _fds_and_maps(self, grace: float) -> list[str]:
+        def new_fds() -> set[tuple[int, str]]:
+            gc.collect()
+            return set(fds() - self.fds)
+
+        def new_maps() -> set[tuple[str, str]]:
+            return set(corral_memfd_maps() - self.maps)
+
+        out = []
+        if not wait_until(lambda: not new_fds(), grace, interval=0.05):
+            out.append(f"file descriptors left open: {sorted(new_fds())}")
+        if not wait_until(lambda: not new_maps(), grace, interval=0.05):
+            out.append(f"corral memfds left mapped: {sorted(new_maps())}")
+        return out
