@@ -131,7 +131,6 @@ class WorkerSlot:
     retiring: bool
     kill_reason: str | None
     sent: int
-    spawned_at: float
 
 
 class LocalWorker(WorkerSlot):
@@ -147,7 +146,7 @@ class LocalWorker(WorkerSlot):
         self.retiring = False
         self.kill_reason: str | None = None  # why the engine killed it, if it did
         self.sent = 0  # items handed to it, for maxtasksperchild
-        self.spawned_at = time.monotonic()
+        self.init_started: float | None = None  # when its initializer began
         self.pending_commit: tuple[Any, ...] | None = None  # a count, awaiting values
 
     def kill(self, reason: str) -> None:
@@ -542,6 +541,8 @@ class Engine:
             kind = msg[0]
             if kind == "r":
                 w.pending_commit = msg
+            elif kind == "initializing":
+                w.init_started = time.monotonic()
             elif kind == "ready":
                 w.ready = True
                 self.early_deaths = 0
@@ -723,7 +724,9 @@ class Engine:
             return None
         if not w.ready:
             init = self.options.init_deadline
-            return None if init is None else w.spawned_at + init
+            if init is None or w.init_started is None:
+                return None
+            return w.init_started + init
         if w.chunks and w.chunks[0].job.timeout is not None:
             head = w.chunks[0]
             return head.started_at + head.job.timeout  # type: ignore[operator]

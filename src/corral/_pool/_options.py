@@ -76,7 +76,7 @@ class PoolOptions:
 
     @property
     def init_deadline(self) -> float | None:
-        """How long a worker may take to become ready (its initializer included)."""
+        """How long a worker's initializer may run (its start before it is not counted)."""
         return self.initializer_timeout or self.task_timeout
 
 

@@ -128,7 +128,8 @@ def _rss_bytes() -> int:
 def worker_main(conn: Connection, setup: WorkerSetup) -> None:
     """A worker's life: initializer, then chunks in order until told to stop.
 
-    Messages out: ``("ready",)``; ``("init", error)`` if the initializer raised;
+    Messages out: ``("initializing",)`` before the initializer; ``("ready",)``;
+    ``("init", error)`` if the initializer raised;
     ``("bad", error)`` for a chunk that could not be unpickled; ``("r", ...)``
     commits (see the module docstring).
     """
@@ -140,6 +141,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
     words = setup.words.buf.cast("q")
     log = LogWriter(setup.log)
     if setup.initializer is not None:
+        end.send_obj(("initializing",))  # its deadline starts now, not at spawn
         try:
             setup.initializer(*setup.initargs)
         except BaseException as exc:
