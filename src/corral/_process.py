@@ -29,7 +29,7 @@ from multiprocessing import process as _mp_process
 
 from ._core import _bootstrap, _lifeline
 from ._core._fdpass import FdHandle
-from ._exceptions import CorralError, ProcessDied, RemoteTraceback
+from ._exceptions import CorralError, ProcessDied
 
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
@@ -69,7 +69,9 @@ def _reinit_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
 
-# Outcome records written by the child: (kind, payload, traceback, type name, message).
+# Outcome records written by the child: (kind, payload, message). For _RAISE the
+# payload is the exception's record from _remote.encode_error (the one encoding of a
+# remote error, shared with the pool), which carries its traceback, type and message.
 _OK, _RAISE, _EXIT, _UNPICKLABLE = "ok", "raise", "exit", "unpicklable"
 
 
@@ -194,23 +196,17 @@ class Process(_mp_process.BaseProcess):
         exitcode = self._popen.returncode
         if not raw:
             raise ProcessDied(exitcode, self.pid, self.name)
-        kind, payload, tb, typename, message = pickle.loads(raw)
+        kind, payload, message = pickle.loads(raw)
         if kind == _OK:
             return pickle.loads(payload)
         if kind == _EXIT:
             if exitcode == 0:
                 return None
             raise ProcessDied(exitcode, self.pid, self.name)
-        if kind == _RAISE:
-            try:
-                exc = pickle.loads(payload)
-            except Exception as unpickling_error:
-                exc = CorralError(
-                    f"process {self.name} raised {typename}: {message} "
-                    f"(the exception itself could not be unpickled: {unpickling_error!r})"
-                )
-            exc.__cause__ = RemoteTraceback(tb)
-            raise exc
+        if kind == _RAISE:  # payload: an error record, as the pool's (see _remote)
+            from ._remote import decode_error
+
+            raise decode_error(pickle.loads(payload), f"process {self.name}")
         raise CorralError(
             f"process {self.name} returned a value that could not be pickled: {message}"
         )
@@ -254,21 +250,21 @@ class Process(_mp_process.BaseProcess):
 
             traceback.print_exc()
             raise
-        outcome: list[tuple[str, Any, str]] = []
+        outcome: list[tuple[str, Any]] = []
         run = self.run
 
         def run_and_capture() -> Any:
             try:
                 value = run()
             except SystemExit as exc:
-                outcome.append((_EXIT, exc.code, ""))
+                outcome.append((_EXIT, exc.code))
                 raise
             except Exception as exc:
-                import traceback
+                from ._remote import encode_error
 
-                outcome.append((_RAISE, exc, traceback.format_exc()))
+                outcome.append((_RAISE, encode_error(exc)))
                 raise
-            outcome.append((_OK, value, ""))
+            outcome.append((_OK, value))
             return value
 
         self.run = run_and_capture  # type: ignore[method-assign]
@@ -282,29 +278,25 @@ class Process(_mp_process.BaseProcess):
                 _bootstrap.teardown()
 
 
-def _encode_outcome(outcome: list[tuple[str, Any, str]]) -> bytes:
-    kind, obj, tb = outcome[0]
+def _encode_outcome(outcome: list[tuple[str, Any]]) -> bytes:
+    kind, obj = outcome[0]
     if kind == _OK and obj is None:
         return _OK_NONE
-    typename = message = ""
-    if kind == _RAISE:
-        typename = f"{type(obj).__module__}.{type(obj).__qualname__}"
-        message = str(obj)
+    message = ""
     try:
         payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        if kind != _RAISE:
-            kind = _UNPICKLABLE
-            message = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a return value or exit code pickle refuses
+        kind = _UNPICKLABLE
+        message = f"{type(exc).__name__}: {exc}"
         payload = b""
-    return pickle.dumps((kind, payload, tb, typename, message), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((kind, payload, message), pickle.HIGHEST_PROTOCOL)
 
 
 # The commonest outcome, encoded once: a target that returned None.
-_OK_NONE = pickle.dumps((_OK, pickle.dumps(None), "", "", ""), pickle.HIGHEST_PROTOCOL)
+_OK_NONE = pickle.dumps((_OK, pickle.dumps(None), ""), pickle.HIGHEST_PROTOCOL)
 
 
-def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any, str]]) -> None:
+def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any]]) -> None:
     try:
         if outcome:
             view = memoryview(_encode_outcome(outcome))
