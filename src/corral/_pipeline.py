@@ -20,13 +20,16 @@ import collections
 import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 from ._context import CorralContext
 from ._exceptions import CorralError, StageError
 from ._pool import IMapIterator, Pool
 
 __all__ = ["Pipeline"]
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 # Items each feed holds by default: the memory bound between two stages.
 DEFAULT_CAPACITY = 1024
@@ -193,7 +196,7 @@ class _Stage:
         self.options = options
 
 
-class Pipeline:
+class Pipeline(Generic[T]):
     """A source, then stages of worker processes, with results streamed out.
 
     ::
@@ -227,7 +230,7 @@ class Pipeline:
 
     def __init__(
         self,
-        source: Iterable[Any],
+        source: Iterable[T],
         *,
         ordered: bool = True,
         capacity: int = DEFAULT_CAPACITY,
@@ -244,6 +247,30 @@ class Pipeline:
         self.errors: list[StageError] = []
         """Errors of items skipped by stages with ``on_error="skip"``."""
 
+    @overload
+    def stage(
+        self,
+        fn: Callable[[T], U],
+        *,
+        workers: int = 1,
+        batch: None = None,
+        on_error: str = "stop",
+        name: str | None = None,
+        **pool_options: Any,
+    ) -> Pipeline[U]: ...
+
+    @overload
+    def stage(
+        self,
+        fn: Callable[[list[T]], Iterable[U]],
+        *,
+        workers: int = 1,
+        batch: int,
+        on_error: str = "stop",
+        name: str | None = None,
+        **pool_options: Any,
+    ) -> Pipeline[U]: ...
+
     def stage(
         self,
         fn: Callable[[Any], Any],
@@ -253,8 +280,12 @@ class Pipeline:
         on_error: str = "stop",
         name: str | None = None,
         **pool_options: Any,
-    ) -> Pipeline:
-        """Add a stage running ``fn`` in ``workers`` processes; returns the pipeline."""
+    ) -> Pipeline[Any]:
+        """Add a stage running ``fn`` in ``workers`` processes; returns the pipeline.
+
+        ``fn`` takes an item (or, with ``batch=n``, a list of up to ``n`` items and
+        returns one result per item); the pipeline's item type becomes its result's.
+        """
         if self._started:
             raise RuntimeError("the pipeline is already running")
         if on_error not in ("stop", "skip"):
@@ -264,9 +295,9 @@ class Pipeline:
         stage_name = name or getattr(fn, "__qualname__", None) or f"stage {len(self._stages)}"
         pool_options.setdefault("context", self._context)
         self._stages.append(_Stage(fn, stage_name, workers, batch, on_error, pool_options))
-        return self
+        return cast("Pipeline[Any]", self)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         if self._started:
             raise RuntimeError("a pipeline runs once")
         if not self._stages:
@@ -274,7 +305,7 @@ class Pipeline:
         self._started = True
         return self._run()
 
-    def run(self) -> list[Any]:
+    def run(self) -> list[T]:
         """Run to the end; return every result."""
         return list(self)
 
