@@ -71,7 +71,8 @@
  * (with a CPU pause) and try again only when it shows no owner, at most SPIN
  * times; then give up on the fast path, which goes to sleep in the kernel. See
  * trylock_spin() for why it reads the word rather than retrying the trylock, and
- * _ringlayout.py's SPIN for the trade-off of the count. */
+ * _robust.py's SPIN for the trade-off of the count (_ringlayout.py checks that the
+ * two agree). */
 #define SPIN 64
 /* Looks at ``count`` (yielding the CPU between them) by a get that found the ring
  * empty, before it returns R_EMPTY. */
