@@ -32,6 +32,7 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass
+from multiprocessing import util
 from typing import Any
 
 from .._core._fdpass import FdHandle
@@ -189,6 +190,16 @@ class Engine:
         self.running = self.words.buf.cast("q")
         for i in range(self.processes):
             self.workers.append(self._start_worker(i))
+        # Set when the scheduler has stopped every worker. Waited on instead of
+        # Thread.join: a Ctrl-C that interrupts Thread.join (CPython < 3.13) can leave
+        # the thread marked finished while it still runs.
+        self.done = threading.Event()
+        # multiprocessing's exit handler joins (and terminates) child processes; in a
+        # process started by multiprocessing or corral it runs instead of atexit.
+        # This runs first, so the pool stops its own workers, in order.
+        self._at_exit = util.Finalize(
+            None, _terminate_ref, args=(weakref.ref(self),), exitpriority=100
+        )
         self.thread = threading.Thread(
             target=self._run, name=f"corral-pool-scheduler-{id(self):x}", daemon=True
         )
@@ -265,7 +276,7 @@ class Engine:
 
     def terminate(self) -> None:
         with self.lock:
-            if self.state == "terminate" and not self.thread.is_alive():
+            if self.state == "terminate" and self.done.is_set():
                 return
             self.state = "terminate"
         self.wake()
@@ -273,7 +284,7 @@ class Engine:
 
     def join(self, timeout: float | None) -> None:
         if threading.current_thread() is not self.thread:
-            self.thread.join(timeout)
+            self.done.wait(timeout)
 
     def statistics(self) -> PoolStatistics:
         with self.lock:
@@ -344,6 +355,8 @@ class Engine:
                 self._wake_r = self._wake_w = -1
             self.running.release()
             self.words.close()
+            self._at_exit.cancel()
+            self.done.set()
 
     def _loop(self) -> None:
         while True:
@@ -416,7 +429,9 @@ class Engine:
             if chunk is None:
                 break
             assert chunk.frame is not None
-            if w.chunks and len(chunk.frame.data) > PREFETCH_MAX_BYTES:
+            if w.chunks and (
+                len(chunk.frame.data) > PREFETCH_MAX_BYTES or not chunk.job.prefetchable
+            ):
                 self.stash.appendleft(chunk)  # for the next idle worker
                 break
             if not chunk.job.start_chunk():
@@ -811,6 +826,12 @@ class Engine:
 def _tag(err: BaseException, item: Any) -> None:
     """Name the item an engine-made error is about (a pipeline's StageError reads it)."""
     vars(err)["_corral_item"] = item
+
+
+def _terminate_ref(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.terminate()
 
 
 def _terminate_all_at_exit() -> None:

@@ -99,6 +99,10 @@ class Job:
         # Log every outcome, however fast the items (see _worker.LOG_MIN_SECONDS):
         # a call that retries crashes wants its finished items kept through them.
         self.log_all = retries > 0
+        # May a chunk of this job wait in a busy worker's socket? Not for single
+        # tasks: one that waits there can't be cancelled before it starts, and a
+        # single task gains little from it.
+        self.prefetchable = True
         self.stopped = False  # hand out nothing more
         self.kill_running = False  # and stop what runs (a user's cancel)
 
@@ -276,6 +280,7 @@ class MapJob(Job):
         self.result = result
         result._job = self
         self.single = single
+        self.prefetchable = not single
         self.values: list[Any] = [None] * len(items)
         self.remaining = len(items)
         self.balance_cap = max(1, math.ceil(len(items) / (4 * engine.processes)))
@@ -578,6 +583,7 @@ class FutureJob(Job):
         self.items = [item]
         self.future = future
         future._corral_job = self
+        self.prefetchable = False
 
     def start_chunk(self) -> bool:
         if self.stopped:
