@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -284,3 +285,78 @@ def counted_block(item: tuple[int, int, str]) -> int:
         _announce(x)
         time.sleep(FOREVER)
     return x * 2
+
+
+# --- Targets for the stopping, paused-worker, progress and reuse tests -------------------
+
+
+class BadStrError(Exception):
+    """An exception that can't be described: its ``__str__`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception refuses to be described")
+
+
+def raise_bad_str(item: tuple[int, str]) -> int:
+    """Record that item ``x`` ran (a line in ``path``), then raise a BadStrError."""
+    x, path = item
+    _count_run(path, x)
+    raise BadStrError(x)
+
+
+def raise_system_exit(code: int) -> int:
+    raise SystemExit(code)
+
+
+def init_forever() -> None:
+    """An initializer that never returns."""
+    time.sleep(FOREVER)
+
+
+def counted_block_with_grandchild(item: tuple[int, str]) -> int:
+    """Record that item ``x`` ran, start a grandchild, announce (pid, x, its pid), block."""
+    x, path = item
+    _count_run(path, x)
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({FOREVER})"])
+    _announce(x, child.pid)
+    time.sleep(FOREVER)
+    return x * 2
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+# x86_64 syscall numbers of the calls a worker writes its result with.
+_WRITE_SYSCALLS = {"1", "20", "44", "46"}  # write, writev, sendto, sendmsg
+
+
+def big_result_stopped_mid_send(nbytes: int) -> bytes:
+    """Return ``nbytes`` of result, and SIGSTOP this worker while it is writing them.
+
+    A watcher thread waits until the main thread is inside a write to the socket
+    (``/proc/self/task/<tid>/syscall``), announces ``(pid, "sending")`` and stops
+    the whole process there: a worker paused mid-way through sending its result.
+    """
+    main = threading.get_native_id()
+    pid = os.getpid()
+
+    def watch() -> None:
+        path = f"/proc/self/task/{main}/syscall"
+        while True:
+            with open(path) as f:
+                nr = f.read().split()[0]
+            if nr in _WRITE_SYSCALLS:
+                _announce("sending")
+                os.kill(pid, signal.SIGSTOP)
+                return
+            time.sleep(0.0005)  # polls another thread's state; no event says "in write"
+
+    threading.Thread(target=watch, daemon=True).start()
+    return b"r" * nbytes
+
+
+def pid_after_announce(x: int) -> int:
+    """Announce, then return this worker's pid."""
+    _announce(x)
+    return os.getpid()
