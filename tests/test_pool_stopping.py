@@ -319,7 +319,8 @@ def test_an_initializer_that_never_returns_fails_clearly(
     ctx: corral.CorralContext, option: str
 ) -> None:
     t0 = time.monotonic()
-    pool = corral.Pool(1, t.init_forever, context=ctx, **{option: 1.0})
+    options: dict[str, Any] = {option: 1.0}
+    pool = corral.Pool(1, t.init_forever, context=ctx, **options)
     try:
         with pytest.raises(corral.CorralError, match="initializer"):
             pool.apply(t.double, (1,))
