@@ -15,6 +15,7 @@ import select
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,7 @@ def test_worker_paused_while_sending_a_large_result_times_out(ctx: corral.Corral
 def test_terminate_with_a_paused_worker(ctx: corral.CorralContext, state: str) -> None:
     q = corral.Queue()
     pool = corral.Pool(2, t.set_channel, (q,), context=ctx)
+    res: corral.AsyncResult[Any] | None = None
     try:
         pid = idle_worker(pool)
         if state == "sending":
@@ -143,7 +145,7 @@ def test_terminate_with_a_paused_worker(ctx: corral.CorralContext, state: str) -
             took = time.monotonic() - t0
             assert took < SHUTDOWN_BOUND, f"terminate() took {took:.2f} s"
             assert gone(fd, SHUTDOWN_BOUND), "the paused worker survived terminate()"
-            if state != "idle":
+            if res is not None:
                 with pytest.raises(corral.CorralError):
                     res.get(TIMEOUT)
     finally:
