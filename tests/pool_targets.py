@@ -360,3 +360,10 @@ def pid_after_announce(x: int) -> int:
     """Announce, then return this worker's pid."""
     _announce(x)
     return os.getpid()
+
+
+def block_ignoring_sigterm(x: int) -> int:
+    """Ignore SIGTERM (so only SIGKILL ends this worker), start a grandchild, announce
+    (pid, x, its pid) and block."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return block_with_grandchild(x, x)

@@ -31,6 +31,8 @@ STOP_BOUND = 5.0
 # (killing, reaping and replacing a worker on a loaded 2-core box).
 CALL_TIMEOUT = 1.0
 SLACK = 3.0
+# How long a trivial task may take on an idle worker before it counts as held up.
+IDLE_BOUND = 2.0
 
 
 def runs(path: Path) -> collections.Counter[int]:
@@ -397,3 +399,40 @@ def test_lambda_without_cloudpickle_names_the_extra(
             pool.apply(lambda: 5)
         assert hint in _notes(info.value), _notes(info.value)
         assert pool.map(t.double, [1]) == [2]  # the pool is fine
+
+
+# --- One long task holds up nothing else ---------------------------------------------------------
+
+
+def _quick_task_beside_a_blocked_one(ctx: corral.CorralContext, how: str) -> object:
+    """Block one of two workers, then run a trivial task: its result, or None if it
+    did not come within IDLE_BOUND. (The queue stays in this frame, so that a failing
+    assertion's traceback does not keep its memory alive past the test.)"""
+    q = corral.Queue()
+    with corral.Pool(2, t.set_channel, (q,), context=ctx) as pool:
+        warm(pool)
+        blocker = pool.apply_async(t.block_on, (0, 0))
+        q.get(timeout=TIMEOUT)  # running; the other worker is idle
+        if how == "apply_async":
+            quick = pool.apply_async(t.double, (21,))
+            quick.wait(IDLE_BOUND)
+            outcome = quick.get(0) if quick.ready() else None
+        else:
+            fut = pool.submit(t.double, 21)
+            done, _ = concurrent.futures.wait([fut], IDLE_BOUND)
+            outcome = fut.result(0) if done else None
+        assert not blocker.ready()
+        return outcome
+
+
+@pytest.mark.xfail(
+    reason="BUG: a task is prefetched behind a running one on a busy worker while "
+    "another worker is idle, and waits for the running task to end",
+    strict=True,
+)
+@pytest.mark.parametrize("how", ["apply_async", "submit"])
+def test_a_task_never_waits_behind_a_running_one_while_a_worker_is_idle(
+    ctx: corral.CorralContext, how: str
+) -> None:
+    outcome = _quick_task_beside_a_blocked_one(ctx, how)
+    assert outcome == 42, "the quick task waited behind the blocked one"
