@@ -367,3 +367,18 @@ def block_ignoring_sigterm(x: int) -> int:
     (pid, x, its pid) and block."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return block_with_grandchild(x, x)
+
+
+def init_fail_once(marker: str) -> None:
+    """An initializer that raises in the first worker that runs it, and never again."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError("initializer fails once")
+
+
+def block_always(x: int) -> int:
+    """Announce ``(pid, x)`` and block until killed."""
+    return block_on(x, x)
