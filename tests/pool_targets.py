@@ -382,3 +382,18 @@ def init_fail_once(marker: str) -> None:
 def block_always(x: int) -> int:
     """Announce ``(pid, x)`` and block until killed."""
     return block_on(x, x)
+
+
+def wait_for_release(path: str) -> str:
+    """Announce ``(pid, path)``, then wait until ``path`` exists (the test releases it)."""
+    _announce(path)
+    while not os.path.exists(path):
+        time.sleep(0.005)  # the task's own wait; the test never sleeps on it
+    return path
+
+
+def wait_for_release_big(path: str) -> bytes:
+    """``wait_for_release``, then return 32 MiB: the parent is still reading them when
+    the worker is free to start its next task."""
+    wait_for_release(path)
+    return b"r" * (32 * 1024 * 1024)

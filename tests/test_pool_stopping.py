@@ -23,6 +23,7 @@ import pytest
 
 import corral
 from tests import pool_targets as t
+from tests.conftest import wait_until
 
 TIMEOUT = 30.0
 # How long the tests allow for a killed tree to be gone and a cancel to be seen.
@@ -436,3 +437,42 @@ def test_a_task_never_waits_behind_a_running_one_while_a_worker_is_idle(
 ) -> None:
     outcome = _quick_task_beside_a_blocked_one(ctx, how)
     assert outcome == 42, "the quick task waited behind the blocked one"
+
+
+# --- A task cancelled before it started never starts ------------------------------------------
+
+
+def _cancel_behind_a_busy_task(ctx: corral.CorralContext, tmp_path: Path) -> tuple[bool, int]:
+    """One worker, busy; a second task waits (perhaps prefetched to it) and is
+    cancelled; then the first finishes. Returns (what cancel() said, how many times
+    the second task ran). The first task's result is large, so that the worker is
+    free to start the next task well before the parent has read it all."""
+    path = tmp_path / "runs"
+    release = tmp_path / "release"
+    q = corral.Queue()
+    with corral.Pool(1, t.set_channel, (q,), context=ctx) as pool:
+        first = pool.submit(t.wait_for_release_big, str(release))
+        q.get(timeout=TIMEOUT)  # the first task runs: the worker is busy
+        second = pool.submit(t.counted, (2, -1, "ok", str(path), None))
+        # Handed to the busy worker (prefetched) or not: either way it has not started.
+        wait_until(second.running, IDLE_BOUND)
+        cancelled = second.cancel()
+        release.touch()
+        assert len(first.result(TIMEOUT)) == 32 * 1024 * 1024
+        assert pool.apply(t.double, (1,)) == 2  # whatever the worker held has run by now
+        if not cancelled:
+            assert second.result(TIMEOUT) == 4
+    return cancelled, runs(path)[2]
+
+
+@pytest.mark.xfail(
+    reason="BUG: a future prefetched to a busy worker reports running(); cancel() "
+    "returns True, yet the task starts when the worker gets to it",
+    strict=True,
+)
+def test_a_task_cancelled_before_it_started_never_runs(
+    ctx: corral.CorralContext, tmp_path: Path
+) -> None:
+    cancelled, ran = _cancel_behind_a_busy_task(ctx, tmp_path)
+    assert cancelled
+    assert ran == 0, "the cancelled task ran"
