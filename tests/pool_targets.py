@@ -397,3 +397,10 @@ def wait_for_release_big(path: str) -> bytes:
     the worker is free to start its next task."""
     wait_for_release(path)
     return b"r" * (32 * 1024 * 1024)
+
+
+def raise_unpicklable_counted(item: tuple[int, str]) -> int:
+    """Record that item ``x`` ran, then raise an exception that can't be unpickled."""
+    x, path = item
+    _count_run(path, x)
+    raise UnpicklableError(x, 0)

@@ -270,6 +270,19 @@ def test_per_call_task_timeout(ctx: corral.CorralContext, method: str) -> None:
         assert pool.statistics().workers_restarted == 1
 
 
+def test_corral_map_per_call_task_timeout(ctx: corral.CorralContext) -> None:
+    warm_pids = set(corral.map(t.worker_pid, range(4), workers=2, context=ctx))
+    assert warm_pids
+    t0 = time.monotonic()
+    with pytest.raises(corral.TaskTimeout) as info:
+        list(corral.map(t.sleep_for, [t.FOREVER], workers=2, context=ctx, task_timeout=1.0))
+    took = time.monotonic() - t0
+    assert info.value.timeout == CALL_TIMEOUT
+    assert CALL_TIMEOUT * 0.9 < took < CALL_TIMEOUT + SLACK, f"stopped after {took:.2f} s"
+    # The kept pool goes on, with no timeout for the next call.
+    assert list(corral.map(t.sleep_for, [0.01], workers=2, context=ctx)) == [0.01]
+
+
 @pytest.mark.parametrize(
     ("pool_timeout", "call_timeout"), [(CALL_TIMEOUT, 30.0), (30.0, CALL_TIMEOUT)]
 )
@@ -349,6 +362,22 @@ def test_an_exception_that_cannot_be_described_is_not_a_crash(
         assert type(res._value) is t.BadStrError
         stats = pool.statistics()
     assert runs(path) == {1: 1, 2: 1}
+    assert stats.workers_restarted == 0
+    assert stats.tasks_retried == 0
+
+
+def test_an_exception_that_cannot_be_pickled_fails_its_task_once(
+    ctx: corral.CorralContext, tmp_path: Path
+) -> None:
+    path = tmp_path / "runs"
+    with corral.Pool(2, context=ctx, retries=2) as pool:
+        warm(pool)
+        exc = pool.submit(t.raise_unpicklable_counted, (1, str(path))).exception(TIMEOUT)
+        assert isinstance(exc, corral.CorralError), exc
+        assert not isinstance(exc, corral.WorkerCrashed)
+        assert "UnpicklableError" in str(exc)
+        stats = pool.statistics()
+    assert runs(path) == {1: 1}
     assert stats.workers_restarted == 0
     assert stats.tasks_retried == 0
 
