@@ -3,7 +3,9 @@
 
 The child (``tests/executor_sigint_parent.py``) reports the pids of its workers and
 of a grandchild each started once both are busy; the test pins them all with pidfds
-before it sends the signal, so that it can tell they are gone.
+before it sends the signal, so that it can tell they are gone. One worker may be
+paused (SIGSTOP) first: it can act on nothing, and must be gone all the same; that
+case is checked for ``Pool.map`` too.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ SIGINT_BOUND = 1.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _one_sigint(method: str, what: str, paused: bool) -> tuple[float, int, str, list[int]]:
+def _one_sigint(
+    method: str, what: str, paused: bool, module: str = "tests.executor_sigint_parent"
+) -> tuple[float, int, str, list[int]]:
     """Run the child, SIGINT it once it is READY; (seconds to exit, returncode, stderr,
     reported pids still alive SIGINT_BOUND after it exited)."""
+    argv = [method, what] if module == "tests.executor_sigint_parent" else ["sigint", method, what]
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.executor_sigint_parent", method, what],
+        [sys.executable, "-m", module, *argv],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -81,6 +86,19 @@ def test_one_sigint_ends_the_executor_and_its_subtree(
     assert "Exception ignored" not in stderr, stderr
     assert "atexit" not in stderr, stderr
     assert "During handling of the above exception" not in stderr, stderr
+
+
+def test_one_sigint_ends_pool_map_with_a_paused_worker(start_method: str) -> None:
+    """The same for ``Pool.map`` (tests/test_pool_sigint.py's child), one worker paused."""
+    took, returncode, stderr, survivors = _one_sigint(
+        start_method, "map", True, module="tests.pool_targets"
+    )
+    assert not survivors, f"still alive after the child exited: {survivors}\n{stderr}"
+    assert took < SIGINT_BOUND, f"the child took {took:.3f} s to exit\n{stderr}"
+    assert returncode != 0
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert stderr.count("Traceback (most recent call last)") == 1, stderr
+    assert "Exception ignored" not in stderr, stderr
 
 
 # --- Ctrl-C while leaving the with block: shutdown(wait=True) interrupted ---------------------
