@@ -404,3 +404,8 @@ def raise_unpicklable_counted(item: tuple[int, str]) -> int:
     x, path = item
     _count_run(path, x)
     raise UnpicklableError(x, 0)
+
+
+def corral_map_pids(method: str) -> list[int]:
+    """The worker pids of a corral.map call made here (in a child, say)."""
+    return sorted(set(corral.map(worker_pid, range(20), workers=2, context=method, chunksize=1)))
