@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -299,3 +300,127 @@ def die_on_13(x: int) -> int:
     if x == 13:
         os.kill(os.getpid(), 9)
     return x
+
+
+# --- Targets for the stopping, paused-worker, progress and reuse tests -------------------
+
+
+class BadStrError(Exception):
+    """An exception that can't be described: its ``__str__`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception refuses to be described")
+
+
+def raise_bad_str(item: tuple[int, str]) -> int:
+    """Record that item ``x`` ran (a line in ``path``), then raise a BadStrError."""
+    x, path = item
+    _count_run(path, x)
+    raise BadStrError(x)
+
+
+def raise_system_exit(code: int) -> int:
+    raise SystemExit(code)
+
+
+def init_forever() -> None:
+    """An initializer that never returns."""
+    time.sleep(FOREVER)
+
+
+def counted_block_with_grandchild(item: tuple[int, str]) -> int:
+    """Record that item ``x`` ran, start a grandchild, announce (pid, x, its pid), block."""
+    x, path = item
+    _count_run(path, x)
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({FOREVER})"])
+    _announce(x, child.pid)
+    time.sleep(FOREVER)
+    return x * 2
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+# x86_64 syscall numbers of the calls a worker writes its result with.
+_WRITE_SYSCALLS = {"1", "20", "44", "46"}  # write, writev, sendto, sendmsg
+
+
+def big_result_stopped_mid_send(nbytes: int) -> bytes:
+    """Return ``nbytes`` of result, and SIGSTOP this worker while it is writing them.
+
+    A watcher thread waits until the main thread is inside a write to the socket
+    (``/proc/self/task/<tid>/syscall``), announces ``(pid, "sending")`` and stops
+    the whole process there: a worker paused mid-way through sending its result.
+    """
+    main = threading.get_native_id()
+    pid = os.getpid()
+
+    def watch() -> None:
+        path = f"/proc/self/task/{main}/syscall"
+        while True:
+            with open(path) as f:
+                nr = f.read().split()[0]
+            if nr in _WRITE_SYSCALLS:
+                _announce("sending")
+                os.kill(pid, signal.SIGSTOP)
+                return
+            time.sleep(0.0005)  # polls another thread's state; no event says "in write"
+
+    threading.Thread(target=watch, daemon=True).start()
+    return b"r" * nbytes
+
+
+def pid_after_announce(x: int) -> int:
+    """Announce, then return this worker's pid."""
+    _announce(x)
+    return os.getpid()
+
+
+def block_ignoring_sigterm(x: int) -> int:
+    """Ignore SIGTERM (so only SIGKILL ends this worker), start a grandchild, announce
+    (pid, x, its pid) and block."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return block_with_grandchild(x, x)
+
+
+def init_fail_once(marker: str) -> None:
+    """An initializer that raises in the first worker that runs it, and never again."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError("initializer fails once")
+
+
+def block_always(x: int) -> int:
+    """Announce ``(pid, x)`` and block until killed."""
+    return block_on(x, x)
+
+
+def wait_for_release(path: str) -> str:
+    """Announce ``(pid, path)``, then wait until ``path`` exists (the test releases it)."""
+    _announce(path)
+    while not os.path.exists(path):
+        time.sleep(0.005)  # the task's own wait; the test never sleeps on it
+    return path
+
+
+def wait_for_release_big(path: str) -> bytes:
+    """``wait_for_release``, then return 32 MiB: the parent is still reading them when
+    the worker is free to start its next task."""
+    wait_for_release(path)
+    return b"r" * (32 * 1024 * 1024)
+
+
+def raise_unpicklable_counted(item: tuple[int, str]) -> int:
+    """Record that item ``x`` ran, then raise an exception that can't be unpickled."""
+    x, path = item
+    _count_run(path, x)
+    raise UnpicklableError(x, 0)
+
+
+def corral_map_pids(method: str) -> list[int]:
+    """The worker pids of a corral.map call made here (in a child, say)."""
+    return sorted(set(corral.map(worker_pid, range(20), workers=2, context=method, chunksize=1)))
