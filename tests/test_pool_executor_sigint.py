@@ -112,13 +112,18 @@ def test_one_sigint_ends_pool_map_with_a_paused_worker(start_method: str) -> Non
 
 
 def _in_thread_join(frame: FrameType | None) -> bool:
-    """Is this stack blocked in threading's Thread.join (or its lock wait)?"""
+    """Is this stack blocked in a threading wait (Thread.join, Event.wait) under
+    the executor's shutdown()?"""
+    waiting = False
     while frame is not None:
         code = frame.f_code
         if code.co_filename == threading.__file__ and code.co_name in (
             "join",
             "_wait_for_tstate_lock",
+            "wait",
         ):
+            waiting = True
+        if waiting and code.co_name == "shutdown":
             return True
         frame = frame.f_back
     return False
@@ -160,12 +165,6 @@ def _interrupted_shutdown(ctx: corral.CorralContext) -> tuple[bool, list[int], f
         _watch.kill_reap_close(pidfds)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Ctrl-C in shutdown(wait=True) interrupts Thread.join, which (CPython "
-    "< 3.13) marks the scheduler thread finished; terminate() then returns at once, "
-    "workers still alive, and the exit races it (atexit noise)",
-    strict=True,
-)
 def test_interrupted_shutdown_has_ended_every_worker_when_it_raises(
     ctx: corral.CorralContext,
 ) -> None:

@@ -109,11 +109,6 @@ def _paused_mid_send(ctx: corral.CorralContext) -> tuple[object, float, bool, in
         return outcome, took, dead, pool.statistics().workers_restarted
 
 
-@pytest.mark.xfail(
-    reason="BUG: a worker killed by task_timeout while sending its result gives "
-    "WorkerCrashed('...killed by SIGKILL... its result was lost'), not TaskTimeout",
-    strict=True,
-)
 def test_worker_paused_while_sending_a_large_result_times_out(ctx: corral.CorralContext) -> None:
     outcome, took, dead, restarted = _paused_mid_send(ctx)
     assert dead, "the paused worker is still there"

@@ -200,12 +200,6 @@ def _children_using_corral_map(
     return hung, codes, left
 
 
-@pytest.mark.xfail(
-    reason="BUG: a pool kept by corral.map in a corral child process is not closed "
-    "before multiprocessing's exit handler joins the workers; the child hangs at exit "
-    "or prints 'ValueError: process object is closed', or leaves a worker running",
-    strict=True,
-)
 def test_corral_map_in_a_child_process_exits_cleanly(
     ctx: corral.CorralContext, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -455,11 +455,6 @@ def _quick_task_beside_a_blocked_one(ctx: corral.CorralContext, how: str) -> obj
         return outcome
 
 
-@pytest.mark.xfail(
-    reason="BUG: a task is prefetched behind a running one on a busy worker while "
-    "another worker is idle, and waits for the running task to end",
-    strict=True,
-)
 @pytest.mark.parametrize("how", ["apply_async", "submit"])
 def test_a_task_never_waits_behind_a_running_one_while_a_worker_is_idle(
     ctx: corral.CorralContext, how: str
@@ -494,11 +489,6 @@ def _cancel_behind_a_busy_task(ctx: corral.CorralContext, tmp_path: Path) -> tup
     return cancelled, runs(path)[2]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a future prefetched to a busy worker reports running(); cancel() "
-    "returns True, yet the task starts when the worker gets to it",
-    strict=True,
-)
 def test_a_task_cancelled_before_it_started_never_runs(
     ctx: corral.CorralContext, tmp_path: Path
 ) -> None:
