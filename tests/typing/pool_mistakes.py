@@ -48,6 +48,12 @@ def map_mistakes() -> None:
         s + 1  # E: Unsupported operand types
 
 
+def pipeline_mistakes() -> None:
+    corral.Pipeline([1, 2]).stage(takes_str)  # E: Argument 1 to "stage"
+    for s in corral.Pipeline(["a"]).stage(takes_str):
+        s + 1  # E: Unsupported operand types
+
+
 def correct(pool: corral.Pool, ex: corral.ProcessPoolExecutor) -> None:
     a: list[str] = pool.map(takes_str, ["a", "b"])
     b: list[str] = pool.map_async(takes_str, ["a"]).get(1)
@@ -61,4 +67,5 @@ def correct(pool: corral.Pool, ex: corral.ProcessPoolExecutor) -> None:
     j: str = pool.with_options(task_timeout=5, retries=2).submit(takes_str, "a").result()
     k: str = ex.submit(takes_str, "a").result()
     m: list[str] = list(corral.map(takes_str, ["a"], workers=2, progress={"desc": "x"}))
-    print(a, b, c, d, e, f, g, h, i, j, k, m)
+    n: list[str] = corral.Pipeline(["a"]).stage(takes_str).stage(takes_str).run()
+    print(a, b, c, d, e, f, g, h, i, j, k, m, n)

@@ -205,7 +205,7 @@ def _run_chunk(
     While commits are more than one item apart, each outcome also goes into the
     log before the next item starts, so that a death loses none of them.
     """
-    # The hot loop of every map: kept inline and small. benchmarks/pool_bench.py's
+    # The hot loop of every map: kept inline and small. _tools/benchmarks/pool_bench.py's
     # "100k trivial tasks" case is what it is measured by.
     call = _caller(mode, fn)
     slot = setup.slot
