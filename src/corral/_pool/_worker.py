@@ -188,7 +188,7 @@ def commit_policy(per_item: float) -> int:
 
 
 def _run_chunk(
-    end: WorkerEnd,
+    end_point: WorkerEnd,
     words: memoryview,
     log: LogWriter,
     setup: WorkerSetup,
@@ -205,53 +205,59 @@ def _run_chunk(
     While commits are more than one item apart, each outcome also goes into the
     log before the next item starts, so that a death loses none of them.
     """
-    # The hot loop of every map: kept inline and small. _tools/benchmarks/pool_bench.py's
+    # The hot loop of every map: kept inline and small (the try is outside the inner
+    # loop, where it costs nothing per item). _tools/benchmarks/pool_bench.py's
     # "100k trivial tasks" case is what it is measured by.
     call = _caller(mode, fn)
     slot = setup.slot
-    values: list[Any] = []
-    errors: dict[int, Any] = {}
-    append = values.append
-    word = (seq << 32) + 1  # (chunk, items started): stored before each item runs
-    n = left = len(items)
-    since = 0
     log_most = MAX_COMMIT_ITEMS if log_all else _LOG_MAX_COMMIT_ITEMS
-    logging = 1 < commit_every <= log_most
-    if logging:
-        log.start(seq, 0)
-    last = time.perf_counter()
-    for item in items:
-        words[slot] = word
-        word += 1
-        try:
-            value = call(item)
-        except BaseException as exc:
-            if _terminating:
-                raise
-            record = encode_error(exc)
-            errors[len(values)] = record
-            append(None)
-            if logging:
-                log.add(pickle.dumps(record), True)
-        else:
-            append(value)
-            if logging:
-                _log_value(log, value)
-        left -= 1
-        since += 1
-        if since >= commit_every and left:
-            now = time.perf_counter()
-            _commit(end, values, errors, now - last, False, False)
-            commit_every = commit_policy((now - last) / since)
-            values, errors, since, last = [], {}, 0, now
-            append = values.append
-            logging = 1 < commit_every <= log_most
-            if logging:
-                log.start(seq, n - left)
+    word = (seq << 32) + 1  # (chunk, items started): stored before each item runs
+    n = len(items)
+    pos = 0  # the first item of the group of items between two commits
+    while True:
+        end = min(n, pos + commit_every)
+        logging = 1 < commit_every <= log_most
+        if logging:
+            log.start(seq, pos)
+        values: list[Any] = []
+        errors: dict[int, Any] = {}
+        append = values.append
+        start = time.perf_counter()
+        i = pos
+        while i < end:
+            try:
+                if logging:
+                    for item in items[i:end]:
+                        words[slot] = word
+                        word += 1
+                        value = call(item)
+                        append(value)
+                        _log_value(log, value)
+                else:
+                    for item in items[i:end]:
+                        words[slot] = word
+                        word += 1
+                        append(call(item))
+                i = end
+            except BaseException as exc:
+                if _terminating:
+                    raise
+                record = encode_error(exc)
+                errors[len(values)] = record
+                append(None)
+                if logging:
+                    log.add(pickle.dumps(record), True)
+                i = pos + len(values)
+        seconds = time.perf_counter() - start
+        if end == n:
+            break
+        _commit(end_point, values, errors, seconds, False, False)
+        commit_every = commit_policy(seconds / (end - pos))
+        pos = end
     retiring = (setup.maxtasks is not None and done >= setup.maxtasks) or (
         setup.max_memory is not None and _rss_bytes() > setup.max_memory
     )
-    _commit(end, values, errors, time.perf_counter() - last, True, retiring)
+    _commit(end_point, values, errors, seconds, True, retiring)
     return retiring
 
 
