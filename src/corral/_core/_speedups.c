@@ -640,7 +640,64 @@ static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* map_tracked(fn, items, start, end, values, words, slot, base) -> None
+ *
+ * Append fn(items[i]) to values for i in [start, end), storing base + i into the
+ * 64-bit word words[slot] before each call: a loop whose progress another process
+ * can read after this one died (the pool's running word). An exception from fn
+ * propagates with values holding the results before it. Generic: it knows nothing
+ * of pools; the Python loop in corral._pool._worker is the same without it. */
+static PyObject *
+map_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "map_tracked takes 8 arguments");
+        return NULL;
+    }
+    PyObject *fn = args[0], *items = args[1], *values = args[4];
+    if (!PyList_Check(items) || !PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "items and values must be lists");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t slot = PyLong_AsSsize_t(args[6]);
+    long long base = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer words;
+    if (PyObject_GetBuffer(args[5], &words, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (slot < 0 || (slot + 1) * (Py_ssize_t)sizeof(int64_t) > words.len) {
+        PyBuffer_Release(&words);
+        PyErr_SetString(PyExc_IndexError, "slot out of range");
+        return NULL;
+    }
+    volatile int64_t *word = (volatile int64_t *)words.buf + slot;
+    for (Py_ssize_t i = start; i < end && i < PyList_GET_SIZE(items); i++) {
+        *word = (int64_t)(base + i);
+        PyObject *item = PyList_GET_ITEM(items, i);
+        Py_INCREF(item);
+        PyObject *result = PyObject_CallOneArg(fn, item);
+        Py_DECREF(item);
+        if (result == NULL) {
+            PyBuffer_Release(&words);
+            return NULL;
+        }
+        int failed = PyList_Append(values, result);
+        Py_DECREF(result);
+        if (failed < 0) {
+            PyBuffer_Release(&words);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&words);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"map_tracked", (PyCFunction)(void (*)(void))map_tracked, METH_FASTCALL,
+     "map_tracked(fn, items, start, end, values, words, slot, base): see the C source"},
     {"set_enabled", set_enabled, METH_O, "Turn every fast path on or off (tests)."},
     {"prctl", (PyCFunction)(void (*)(void))prctl_, METH_FASTCALL,
      "prctl(option, arg) -> int: prctl(2), the other arguments 0"},

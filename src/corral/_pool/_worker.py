@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .._core._fdpass import FdHandle
+from .._core._native import speedups
 from .._core._shm import SharedMemory
 from .._remote import dumps, encode_error
 from ._log import MAX_RECORDS, LogWriter
@@ -60,6 +61,10 @@ LOG_MIN_SECONDS = 50e-6
 _LOG_MAX_COMMIT_ITEMS = int(COMMIT_SECONDS / LOG_MIN_SECONDS)
 
 MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
+
+# The running-word loop in C, when the optional extension is built (about 45 ns an
+# item instead of 90; the "100k trivial tasks" pool benchmark).
+_map_tracked = getattr(speedups, "map_tracked", None)
 
 _terminating = False
 
@@ -211,7 +216,9 @@ def _run_chunk(
     call = _caller(mode, fn)
     slot = setup.slot
     log_most = MAX_COMMIT_ITEMS if log_all else _LOG_MAX_COMMIT_ITEMS
-    word = (seq << 32) + 1  # (chunk, items started): stored before each item runs
+    # The running word, stored before item i runs: (chunk, items started) = base + i.
+    base = (seq << 32) + 1
+    word = base
     n = len(items)
     pos = 0  # the first item of the group of items between two commits
     while True:
@@ -233,6 +240,8 @@ def _run_chunk(
                         value = call(item)
                         append(value)
                         _log_value(log, value)
+                elif _map_tracked is not None:  # the same loop, in C
+                    _map_tracked(call, items, i, end, values, words, slot, base)
                 else:
                     for item in items[i:end]:
                         words[slot] = word
@@ -248,6 +257,7 @@ def _run_chunk(
                 if logging:
                     log.add(pickle.dumps(record), True)
                 i = pos + len(values)
+            word = base + i  # the C loop keeps no count here
         seconds = time.perf_counter() - start
         if end == n:
             break
