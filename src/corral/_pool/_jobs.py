@@ -64,6 +64,7 @@ MAX_CHUNK = 4096
 # imap/corral.map keep at most this many automatic chunks per worker in flight
 # (pulled from the input but not yet consumed): the memory bound on lazy input.
 WINDOW_CHUNKS_PER_WORKER = 4
+_ALL = 1 << 62
 
 
 class Job:
@@ -402,6 +403,8 @@ class IMapJob(Job):
         self.abort_exc: BaseException | None = None
 
     def window(self) -> int:
+        if self.sized:  # already in memory: nothing to bound; chunks size themselves
+            return _ALL
         size = self.fixed_chunksize or self.chunk
         processes = self.engine.processes
         return max(2 * processes, WINDOW_CHUNKS_PER_WORKER * processes * size)
