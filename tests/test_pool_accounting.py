@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 
 import corral
 from tests import pool_targets as t
+from tests.test_pool import collect
 
 TIMEOUT = 60.0
 N, BAD = 12, 5
@@ -39,17 +39,6 @@ ROWS: dict[str, tuple[type[BaseException], int]] = {
     "result_unpickle": (RuntimeError, 1),
     "timeout": (corral.TaskTimeout, 1),
 }
-
-
-def collect(it: Iterator[Any]) -> list[Any]:
-    out: list[Any] = []
-    while True:
-        try:
-            out.append(it.next(TIMEOUT))  # type: ignore[attr-defined]
-        except StopIteration:
-            return out
-        except Exception as exc:
-            out.append(exc)
 
 
 def runs(path: Path) -> collections.Counter[int]:
