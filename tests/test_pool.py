@@ -460,3 +460,32 @@ def test_large_arrays_travel_out_of_band(ctx: corral.CorralContext) -> None:
         mixed = pool.map(t.add_one, [arrays[0], 1, np.arange(3)])
         assert mixed[1] == 2
         assert list(mixed[2]) == [1, 2, 3]
+
+
+def test_a_raw_fork_child_exits_without_touching_the_parents_pool() -> None:
+    """A child of os.fork() inherits a copy of the pool's objects, not its workers:
+    its exit must neither hang on them nor stop them."""
+    with corral.Pool(2, context="fork") as pool:
+        assert pool.map(t.double, range(3)) == [0, 2, 4]
+        pid = os.fork()
+        if pid == 0:  # the child: a normal interpreter exit runs the exit hooks
+            os._exit(0 if _exit_hooks_return() else 1)
+        fd = os.pidfd_open(pid)
+        try:
+            assert pidfd_dead(fd, TIMEOUT), "the fork child hung at exit"
+        finally:
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert pool.map(t.double, range(3)) == [0, 2, 4]  # the pool still works
+
+
+def _exit_hooks_return() -> bool:
+    import atexit
+    import multiprocessing.util
+    import weakref
+
+    atexit._run_exitfuncs()  # weakref.finalize's and corral.map's hooks
+    weakref.finalize._exitfunc()  # type: ignore[attr-defined]
+    multiprocessing.util._exit_function()  # type: ignore[attr-defined]
+    return True

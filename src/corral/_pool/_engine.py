@@ -194,6 +194,7 @@ class Engine:
         # Thread.join: a Ctrl-C that interrupts Thread.join (CPython < 3.13) can leave
         # the thread marked finished while it still runs.
         self.done = threading.Event()
+        self.pid = os.getpid()
         # multiprocessing's exit handler joins (and terminates) child processes; in a
         # process started by multiprocessing or corral it runs instead of atexit.
         # This runs first, so the pool stops its own workers, in order.
@@ -275,6 +276,8 @@ class Engine:
         self.wake()
 
     def terminate(self) -> None:
+        if self.pid != os.getpid():
+            return  # a copy in an os.fork() child: the pool is its parent's
         with self.lock:
             if self.state == "terminate" and self.done.is_set():
                 return
