@@ -294,7 +294,7 @@ class Engine:
             workers = list(self.workers)
         return PoolStatistics(
             workers=self.processes,
-            workers_alive=sum(1 for w in workers if w.proc.is_alive()),
+            workers_alive=sum(1 for w in workers if _is_alive(w)),
             workers_restarted=self.restarted,
             tasks_in_flight=sum(len(c.items) - c.delivered for w in workers for c in w.chunks),
             tasks_completed=self.completed,
@@ -824,6 +824,13 @@ class Engine:
                 seen.add(id(job))
                 job.abort(exc)
         self.stash.clear()
+
+
+def _is_alive(w: LocalWorker) -> bool:
+    try:
+        return w.proc.is_alive()
+    except ValueError:  # closed by the scheduler a moment ago: it died
+        return False
 
 
 def _tag(err: BaseException, item: Any) -> None:
