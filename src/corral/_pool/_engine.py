@@ -536,7 +536,7 @@ class Engine:
         for body, nbuf, fd in frames:
             try:
                 msg = decode(body, nbuf, fd)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit from a __reduce__ too
                 if w.pending_commit is not None:  # values that can't be unpickled here
                     _, count, _, seconds, final, retiring = w.pending_commit
                     w.pending_commit = None
