@@ -424,3 +424,14 @@ def raise_unpicklable_counted(item: tuple[int, str]) -> int:
 def corral_map_pids(method: str) -> list[int]:
     """The worker pids of a corral.map call made here (in a child, say)."""
     return sorted(set(corral.map(worker_pid, range(20), workers=2, context=method, chunksize=1)))
+
+
+class ExitOnUnpickle:
+    """Pickles fine; unpickling it raises SystemExit (in whatever process does it)."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, (3,))
+
+
+def return_exit_on_unpickle(x: int) -> Any:
+    return ExitOnUnpickle() if x == 1 else x

@@ -489,3 +489,13 @@ def _exit_hooks_return() -> bool:
     weakref.finalize._exitfunc()  # type: ignore[attr-defined]
     multiprocessing.util._exit_function()  # type: ignore[attr-defined]
     return True
+
+
+def test_a_result_that_exits_when_unpickled_fails_alone(ctx: corral.CorralContext) -> None:
+    with make_pool(ctx) as pool:
+        it = pool.imap(t.return_exit_on_unpickle, range(3), chunksize=1)
+        assert it.next(TIMEOUT) == 0
+        with pytest.raises(SystemExit):  # item 1's outcome, raised in its place
+            it.next(TIMEOUT)
+        assert it.next(TIMEOUT) == 2
+        assert pool.apply(t.double, (4,)) == 8  # the scheduler is alive
