@@ -42,7 +42,7 @@ from .._exceptions import CorralError, TaskTimeout, _describe_status
 from .._process import Process
 from .._remote import decode_error
 from .._workercrash import WorkerCrashed
-from ._jobs import IMapJob, Job
+from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._wire import STOP, Channel, Frame, decode, encode
@@ -260,7 +260,7 @@ class Engine:
     def drain_inputs(self) -> None:
         """Pull every lazy input to its end now (the executor's shutdown)."""
         with self.lock:
-            jobs = [j for j in self.jobs if isinstance(j, IMapJob)]
+            jobs = list(self.jobs)
         for job in jobs:
             job.drain()
 

@@ -160,6 +160,9 @@ class Job:
     def cut_input(self) -> None:
         """The pool is closing: take no more input (what was taken still runs)."""
 
+    def drain(self) -> None:
+        """Take the rest of the input now (the executor's shutdown); eager jobs have."""
+
     # -- outcomes (scheduler thread, never under the engine's lock) --
 
     def deliver(self, start: int, values: list[Any], errors: dict[int, BaseException]) -> None:
