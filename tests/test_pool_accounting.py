@@ -150,3 +150,31 @@ def test_a_worker_killed_from_outside_mid_chunk(
         assert out[BAD].exitcode == 128 + signum
     assert ran[BAD] == 1
     assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), (ran, out)
+
+
+@pytest.mark.parametrize("kind", t.RESULT_KINDS)
+def test_fast_items_finished_before_a_death_are_delivered(
+    ctx: corral.CorralContext, tmp_path: Path, kind: str
+) -> None:
+    """Items of a few µs, in one chunk, then the worker dies: what finished is kept.
+
+    Such items are committed in groups of hundreds; the ones that finished since the
+    last commit come back from the outcome log, each exactly once, whatever its
+    result's type. Only the running item fails.
+    """
+    n, bad = 400, 301
+    path = tmp_path / "runs"
+    with corral.Pool(1, context=ctx) as pool:
+        out = collect(pool.imap(t.fast_result, [(x, bad, kind, str(path)) for x in range(n)], n))
+    ran = runs(path)
+    assert isinstance(out[bad], corral.WorkerCrashed)
+    assert ran[bad] == 1
+    assert len(out) == n
+    for x in range(n):
+        if x == bad:
+            continue
+        assert ran[x] == 1, (x, ran[x])
+        if kind == "unpicklable" and x == 3:
+            assert isinstance(out[x], TypeError), out[x]
+        else:
+            assert out[x] == t.result_of(kind, x), (x, out[x])

@@ -506,9 +506,7 @@ class Engine:
         job = chunk.job
         chunk.seq = next(self.seq)
         try:
-            chunk.frame = encode(
-                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every, job.log_all)
-            )
+            chunk.frame = encode((chunk.seq, job.mode, job.fn, chunk.items, job.commit_every))
             return True
         except Exception as exc:
             if len(chunk.items) > 1:
