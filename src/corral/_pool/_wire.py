@@ -36,9 +36,11 @@ __all__ = ["OOB_MIN_BYTES", "Channel", "Frame", "WorkerEnd", "decode", "encode"]
 # would be copied four times (pickle, write, read, unpickle); smaller ones are
 # cheaper in band than a memfd and an fd transfer.
 OOB_MIN_BYTES = 1 << 20
-# How much one read asks the kernel for. Larger frames are read straight into a
-# buffer of their own size, whatever this is.
-READ_SIZE = 256 * 1024
+# The size of each end's receive buffer, kept for the socket's life: one read asks
+# the kernel for this much. Larger frames are read straight into a buffer of their
+# own size. A fresh buffer per read cost 33 µs (a 256 KiB bytes object made and
+# shrunk each time) against 9 µs for a kept one, on the "100k trivial tasks" case.
+READ_SIZE = 64 * 1024
 
 _HEADER = struct.Struct("<QI")
 _FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize * 16)
@@ -118,11 +120,17 @@ def decode(body: memoryview, nbuf: int, fd: int | None) -> Any:
 
 
 class _Reader:
-    """Reassembles frames from a socket, blocking or not, with the fds that came along."""
+    """Reassembles frames from a socket, blocking or not, with the fds that came along.
+
+    Bytes land in ``buf``, a buffer kept for the reader's life; ``buf[lo:hi]`` is what
+    has arrived and is not parsed yet. A complete frame's body is copied out of it.
+    """
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.pending = bytearray()
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+        self.lo = self.hi = 0
         self.big: bytearray | None = None  # the body of a large frame being read
         self.big_pos = 0
         self.big_nbuf = 0
@@ -132,14 +140,16 @@ class _Reader:
 
     def read_once(self) -> bool:
         """One read from the socket. False if nothing was there (non-blocking only)."""
+        if self.big is None and self.lo:  # the partial frame goes to the front
+            rest = self.hi - self.lo
+            self.buf[:rest] = self.view[self.lo : self.hi]
+            self.lo, self.hi = 0, rest
         try:
             if self.big is not None:
                 view = memoryview(self.big)[self.big_pos :]
-                n, anc, _, _ = self.sock.recvmsg_into([view], _FDS_SPACE)
             else:
-                data, anc, _, _ = self.sock.recvmsg(READ_SIZE, _FDS_SPACE)
-                n = len(data)
-                self.pending += data
+                view = self.view[self.hi :]
+            n, anc, _, _ = self.sock.recvmsg_into([view], _FDS_SPACE)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
@@ -153,6 +163,8 @@ class _Reader:
             if self.big_pos == len(self.big):
                 self._complete(memoryview(self.big), self.big_nbuf)
                 self.big = None
+        else:
+            self.hi += n
         self._parse()
         return True
 
@@ -164,23 +176,24 @@ class _Reader:
                 self.fds.extend(fds)
 
     def _parse(self) -> None:
-        buf = self.pending
-        pos = 0
-        while len(buf) - pos >= _HEADER.size:
-            length, nbuf = _HEADER.unpack_from(buf, pos)
+        view, pos, hi = self.view, self.lo, self.hi
+        while hi - pos >= _HEADER.size:
+            length, nbuf = _HEADER.unpack_from(view, pos)
             start = pos + _HEADER.size
-            if len(buf) - start >= length:
-                self._complete(memoryview(bytes(buf[start : start + length])), nbuf)
+            if hi - start >= length:
+                self._complete(memoryview(bytes(view[start : start + length])), nbuf)
                 pos = start + length
                 continue
-            if length > READ_SIZE:  # read the rest straight into a buffer of its own
+            if _HEADER.size + length > len(view):  # read the rest into a buffer of its own
                 self.big = bytearray(length)
-                have = len(buf) - start
-                self.big[:have] = buf[start:]
+                have = hi - start
+                self.big[:have] = view[start:hi]
                 self.big_pos, self.big_nbuf = have, nbuf
-                pos = len(buf)
+                pos = hi
             break
-        del buf[:pos]
+        if pos == hi:
+            pos = hi = 0
+        self.lo, self.hi = pos, hi
 
     def _complete(self, body: memoryview, nbuf: int) -> None:
         fd = self.fds.popleft() if nbuf and self.fds else None
