@@ -45,6 +45,7 @@ from .._workercrash import WorkerCrashed
 from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
+from ._segments import Segments
 from ._wire import STOP, Channel, Frame, decode, encode
 from ._worker import WorkerSetup, worker_main
 
@@ -176,6 +177,7 @@ class Engine:
         self.jobs: collections.deque[Job] = collections.deque()
         self.stash: collections.deque[Chunk] = collections.deque()  # encoded, unsent
         self.workers: list[LocalWorker] = []
+        self.segments = Segments()  # shared memory for large arguments, reused
         self.state = "run"  # run -> close -> (stopped) | terminate
         self.broken: BaseException | None = None
         self.early_deaths = 0
@@ -341,7 +343,7 @@ class Engine:
             child_end.close()
         sock = socket.socket(fileno=os.dup(parent_end.fileno()))
         parent_end.close()
-        return LocalWorker(index, proc, Channel(sock), log)
+        return LocalWorker(index, proc, Channel(sock, self.segments), log)
 
     def _run(self) -> None:
         try:
@@ -358,6 +360,7 @@ class Engine:
                 self._wake_r = self._wake_w = -1
             self.running.release()
             self.words.close()
+            self.segments.close()
             self._at_exit.cancel()
             self.done.set()
 
@@ -506,7 +509,9 @@ class Engine:
         job = chunk.job
         chunk.seq = next(self.seq)
         try:
-            chunk.frame = encode((chunk.seq, job.mode, job.fn, chunk.items, job.commit_every))
+            chunk.frame = encode(
+                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every), self.segments
+            )
             return True
         except Exception as exc:
             if len(chunk.items) > 1:
@@ -533,7 +538,7 @@ class Engine:
     def _handle(self, w: LocalWorker, frames: list[Any]) -> None:
         for body, nbuf, fd in frames:
             try:
-                msg = decode(body, nbuf, fd)
+                msg = decode(body, nbuf, fd, w.channel.freed)
             except BaseException as exc:  # SystemExit from a __reduce__ too
                 if w.pending_commit is not None:  # values that can't be unpickled here
                     _, count, _, seconds, final, retiring = w.pending_commit

@@ -1,11 +1,16 @@
 """The wire between the pool and a worker: framed pickles on a socketpair.
 
     frame := header (body length: u64, out-of-band buffers: u32) + body
-    body  := sizes of the out-of-band buffers (u64 each) + pickle (protocol 5)
+    body  := [segment id (u64) + sizes of the out-of-band buffers (u64 each)]
+             + pickle (protocol 5)
+    freed := header (length, FREED) + ids (u64 each): segments the sender of this
+             frame is done with, handled by the reader itself
 
 Buffers of at least ``OOB_MIN_BYTES`` (numpy arrays, bytes-like objects pickled with
-protocol 5) travel beside the pickle: written once into a memfd, whose fd rides on
-the frame's first byte (SCM_RIGHTS), and mapped copy-on-write by the reader.
+protocol 5) travel beside the pickle: copied once into a shared-memory segment
+that the sender reuses (``_segments``), whose fd rides on the frame's first byte
+(SCM_RIGHTS); the reader maps it and unpickles from the mapping without a copy,
+and returns the segment with a "freed" frame once the objects built on it are gone.
 
 Whole or absent: a writer killed mid-frame leaves a frame shorter than its header
 says; the reader sees end-of-file before the frame is complete and drops it. So a
@@ -26,9 +31,11 @@ import os
 import pickle
 import socket
 import struct
+import weakref
 from typing import Any
 
 from .._remote import dumps
+from ._segments import Segment, Segments
 
 __all__ = ["OOB_MIN_BYTES", "Channel", "Frame", "WorkerEnd", "decode", "encode"]
 
@@ -43,33 +50,68 @@ OOB_MIN_BYTES = 1 << 20
 READ_SIZE = 64 * 1024
 
 _HEADER = struct.Struct("<QI")
+# The buffer count of a "freed" control frame.
+FREED = 0xFFFFFFFF
 _FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize * 16)
 
 
 class Frame:
-    """An encoded message: the bytes to write, and the memfd that goes with them."""
+    """An encoded message: the bytes to write, and the fd that goes with them.
 
-    __slots__ = ("data", "fd")
+    The fd is a segment's, lent by ``owner`` (the sender's ``Segments``) once the
+    frame is sent; or, with no owner, a memfd of the frame's own.
+    """
 
-    def __init__(self, data: bytes, fd: int | None = None):
+    __slots__ = ("data", "fd", "owner", "seg")
+
+    def __init__(
+        self,
+        data: bytes,
+        fd: int | None = None,
+        seg: Segment | None = None,
+        owner: Segments | None = None,
+    ):
         self.data = data
         self.fd = fd
+        self.seg = seg
+        self.owner = owner
+
+    def sent(self) -> int | None:
+        """The kernel holds the fd's reference now: the id of a lent segment, if any."""
+        if self.seg is not None:
+            ident = self.seg.id
+            self.seg = self.owner = None
+            self.fd = None
+            return ident
+        self.discard()
+        return None
 
     def discard(self) -> None:
-        """Close the memfd of a frame that will not be sent."""
-        if self.fd is not None:
+        """Give back what a frame that will not be sent holds."""
+        if self.seg is not None:
+            assert self.owner is not None
+            self.owner.release(self.seg.id)
+            self.seg = self.owner = None
+        elif self.fd is not None:
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
 
 
 STOP = Frame(_HEADER.pack(0, 0))  # an empty body: "stop"
 
 
-def encode(obj: Any) -> Frame:
-    """Pickle ``obj`` into a frame; large buffers go into a memfd beside it.
+def freed_frame(ids: list[int]) -> Frame:
+    """A control frame: the segments with these ids (the reader's) are free again."""
+    return Frame(_HEADER.pack(8 * len(ids), FREED) + struct.pack(f"<{len(ids)}Q", *ids))
 
-    Raises what pickling raises (with a hint to install cloudpickle where that
-    would have helped); nothing is left open then.
+
+def encode(obj: Any, segments: Segments | None = None) -> Frame:
+    """Pickle ``obj`` into a frame; large buffers go beside it, into shared memory.
+
+    With ``segments``, into a segment taken from it (the frame lends it to the
+    receiver once sent); else into a memfd of the frame's own. Raises what pickling
+    raises (with a hint to install cloudpickle where that would have helped);
+    nothing is left open or lent then.
     """
     buffers: list[memoryview] = []
 
@@ -88,6 +130,19 @@ def encode(obj: Any) -> Frame:
     if not buffers:
         return Frame(_HEADER.pack(len(payload), 0) + payload)
     sizes = [b.nbytes for b in buffers]
+    head = _HEADER.pack(8 + 8 * len(sizes) + len(payload), len(sizes))
+    if segments is not None:
+        seg = segments.take(sum(sizes))
+        try:
+            offset = 0
+            for buf in buffers:
+                seg.map[offset : offset + buf.nbytes] = buf.cast("B")
+                offset += buf.nbytes
+        except BaseException:
+            segments.release(seg.id)
+            raise
+        meta = struct.pack(f"<Q{len(sizes)}Q", seg.id, *sizes)
+        return Frame(head + meta + payload, seg.fd, seg, segments)
     fd = os.memfd_create("corral-pool-buffers", os.MFD_CLOEXEC)
     try:
         for buf in buffers:
@@ -97,26 +152,35 @@ def encode(obj: Any) -> Frame:
     except BaseException:
         os.close(fd)
         raise
-    head = _HEADER.pack(8 * len(sizes) + len(payload), len(sizes))
-    return Frame(head + struct.pack(f"<{len(sizes)}Q", *sizes) + payload, fd)
+    return Frame(head + struct.pack(f"<Q{len(sizes)}Q", 0, *sizes) + payload, fd)
 
 
-def decode(body: memoryview, nbuf: int, fd: int | None) -> Any:
-    """Unpickle a frame's body (closing its memfd, if any)."""
+def decode(
+    body: memoryview, nbuf: int, fd: int | None, freed: collections.deque[int] | None = None
+) -> Any:
+    """Unpickle a frame's body (closing its fd, if any).
+
+    A segment's id goes to ``freed`` once nothing built on its mapping is left: the
+    caller sends it back to the segment's owner. (Without ``freed``, the owner gets
+    it back only when this end's channel closes.)
+    """
     if not nbuf:
         return pickle.loads(body)
     assert fd is not None
     try:
-        sizes = struct.unpack_from(f"<{nbuf}Q", body)
-        mapped = mmap.mmap(fd, sum(sizes), mmap.MAP_PRIVATE)
+        ident, *sizes = struct.unpack_from(f"<Q{nbuf}Q", body)
+        mapped = mmap.mmap(fd, max(1, sum(sizes)))
     finally:
         os.close(fd)
+    if ident and freed is not None:
+        weakref.finalize(mapped, freed.append, ident).atexit = False
     whole = memoryview(mapped)
     buffers, offset = [], 0
     for size in sizes:
         buffers.append(whole[offset : offset + size])
         offset += size
-    return pickle.loads(body[8 * nbuf :], buffers=buffers)
+    whole.release()
+    return pickle.loads(body[8 + 8 * nbuf :], buffers=buffers)
 
 
 class _Reader:
@@ -126,8 +190,9 @@ class _Reader:
     has arrived and is not parsed yet. A complete frame's body is copied out of it.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, on_freed: Any):
         self.sock = sock
+        self.on_freed = on_freed  # called with the ids of each "freed" frame
         self.buf = bytearray(READ_SIZE)
         self.view = memoryview(self.buf)
         self.lo = self.hi = 0
@@ -196,6 +261,9 @@ class _Reader:
         self.lo, self.hi = pos, hi
 
     def _complete(self, body: memoryview, nbuf: int) -> None:
+        if nbuf == FREED:
+            self.on_freed(struct.unpack(f"<{len(body) // 8}Q", body))
+            return
         fd = self.fds.popleft() if nbuf and self.fds else None
         self.frames.append((body, nbuf, fd))
 
@@ -217,10 +285,15 @@ class Channel:
     the middle of is dropped.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, segments: Segments):
         sock.setblocking(False)
         self.sock = sock
-        self.reader = _Reader(sock)
+        self.segments = segments  # the pool's, which this end lends to the worker
+        self.lent: set[int] = set()  # ids of segments the worker holds
+        # Ids of the worker's segments this end is done with, to send back: appended
+        # by finalizers (any thread), sent ahead of the next frame.
+        self.freed: collections.deque[int] = collections.deque()
+        self.reader = _Reader(sock, self._on_freed)
         self.outbox: collections.deque[Frame] = collections.deque()
         self.sent = 0  # bytes of outbox[0] already written
         self.broken = False
@@ -233,8 +306,15 @@ class Channel:
         return bool(self.outbox) and not self.broken
 
     def send(self, frame: Frame) -> None:
+        if self.freed:
+            self.outbox.append(freed_frame(_drain(self.freed)))
         self.outbox.append(frame)
         self.flush()
+
+    def _on_freed(self, ids: tuple[int, ...]) -> None:
+        for ident in ids:
+            self.lent.discard(ident)
+            self.segments.release(ident)
 
     def flush(self) -> None:
         while self.outbox and not self.broken:
@@ -245,7 +325,9 @@ class Channel:
                         [frame.data],
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [frame.fd]))],
                     )
-                    frame.discard()  # the kernel holds its own reference now
+                    lent = frame.sent()  # the kernel holds the fd's reference now
+                    if lent is not None:
+                        self.lent.add(lent)
                 else:
                     n = self.sock.send(memoryview(frame.data)[self.sent :])
             except (BlockingIOError, InterruptedError):
@@ -291,9 +373,13 @@ class Channel:
         return out
 
     def close(self) -> None:
+        """After the worker is gone: what it held of the pool's segments is free."""
         for frame in self.outbox:
             frame.discard()
         self.outbox.clear()
+        for ident in self.lent:
+            self.segments.release(ident)
+        self.lent.clear()
         self.reader.close()
         self.sock.close()
 
@@ -304,16 +390,27 @@ class WorkerEnd:
     def __init__(self, sock: socket.socket):
         sock.setblocking(True)
         self.sock = sock
-        self.reader = _Reader(sock)
+        self.segments = Segments()  # this worker's, lent to the parent with results
+        self.freed: collections.deque[int] = collections.deque()  # the parent's, done with
+        self.reader = _Reader(sock, self._on_freed)
+
+    def _on_freed(self, ids: tuple[int, ...]) -> None:
+        for ident in ids:
+            self.segments.release(ident)
 
     def send(self, *frames: Frame) -> None:
-        """Write frames back to back, in one call where the socket takes them."""
+        """Write frames back to back, in one call where the socket takes them.
+
+        Segments this end is done with go back first, in a "freed" frame.
+        """
+        if self.freed:
+            frames = (freed_frame(_drain(self.freed)), *frames)
         fds = array.array("i", [f.fd for f in frames if f.fd is not None])
         views = [memoryview(f.data) for f in frames]
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if fds else []
         n = self.sock.sendmsg(views, anc)
         for frame in frames:
-            frame.discard()
+            frame.sent()  # the parent holds lent segments until it frees them
         for view in views:
             if n >= len(view):
                 n -= len(view)
@@ -322,7 +419,12 @@ class WorkerEnd:
             n = 0
 
     def send_obj(self, obj: Any) -> None:
-        self.send(encode(obj))
+        self.send(encode(obj, self.segments))
+
+    def send_freed(self) -> None:
+        """Return the parent's segments this end is done with, if any, now."""
+        if self.freed:
+            self.send()
 
     def recv(self) -> tuple[memoryview, int, int | None] | None:
         """The next frame (body, buffers, fd), or None at end of stream."""
@@ -332,3 +434,10 @@ class WorkerEnd:
                 return None
             reader.read_once()
         return reader.frames.popleft()
+
+
+def _drain(ids: collections.deque[int]) -> list[int]:
+    out = []
+    while ids:  # appended to from other threads meanwhile: take what is there
+        out.append(ids.popleft())
+    return out

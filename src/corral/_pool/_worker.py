@@ -155,7 +155,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         if frame is None or not len(frame[0]):
             return
         try:
-            seq, mode, fn, items, commit_every = decode(*frame)
+            seq, mode, fn, items, commit_every = decode(*frame, end.freed)
         except BaseException as exc:
             if _terminating:
                 raise
@@ -165,6 +165,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         done += len(items)
         retiring = _run_chunk(end, words, log, setup, seq, mode, fn, items, commit_every, done)
         del fn, items
+        end.send_freed()  # the arguments' segments, if they are gone now
         if retiring:
             return
 
@@ -294,12 +295,12 @@ def _commit(
     items they were, and fails exactly those.
     """
     try:
-        data = encode(values)
+        data = encode(values, end.segments)
     except BaseException:
         if _terminating:
             raise
         values, errors = _one_by_one(values, errors)
-        data = encode(values)
+        data = encode(values, end.segments)
     end.send(encode(("r", len(values), errors, seconds, final, retiring)), data)
 
 
