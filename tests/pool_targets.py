@@ -145,6 +145,14 @@ def _refuse() -> Any:
     raise RuntimeError("refusing to be unpickled")
 
 
+class DieOnPickle:
+    """A result whose pickling SIGKILLs the process: the item returned, then it died."""
+
+    def __reduce__(self) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
 def identity(x: Any) -> Any:
     return x
 
@@ -265,6 +273,8 @@ def counted(item: tuple[int, int, str, str, Any]) -> Any:
             return threading.Lock()
         elif how == "result_unpickle":
             return BadUnpickle()
+        elif how == "die_delivering":
+            return DieOnPickle()
         elif how == "timeout":
             time.sleep(FOREVER)
     return x * 2

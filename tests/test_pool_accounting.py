@@ -178,3 +178,24 @@ def test_fast_items_finished_before_a_death_are_delivered(
             assert isinstance(out[x], TypeError), out[x]
         else:
             assert out[x] == t.result_of(kind, x), (x, out[x])
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
+def test_an_item_that_returned_is_not_rerun_when_its_worker_dies_delivering_it(
+    ctx: corral.CorralContext, tmp_path: Path, chunksize: int | None
+) -> None:
+    """The worker dies after the item returned, while logging or committing its result.
+
+    The item had finished: even with retries left, it is reported, not run again.
+    """
+    path = tmp_path / "runs"
+    with corral.Pool(2, context=ctx, retries=2) as pool:
+        out = collect(pool.imap(t.counted, items("die_delivering", path), chunksize))
+        stats = pool.statistics()
+    ran = runs(path)
+    assert ran[BAD] == 1, ran
+    assert isinstance(out[BAD], corral.WorkerCrashed)
+    assert "it had finished" in str(out[BAD])
+    assert out[BAD].signal == signal.SIGKILL
+    assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), (ran, out)
+    assert stats.tasks_retried == 0

@@ -77,7 +77,8 @@ def write_c(writer: _log.LogWriter, values: list[Any]) -> None:
             writer.add(data, error)
         assert len(out) == len(values)
         assert all(a is b for a, b in zip(out, values, strict=True))
-        assert words.buf.cast("q")[0] == len(values)  # the running word: last item + 1
+        # The running word: items started (base 1 + index of the last), and returned.
+        assert words.buf.cast("q")[0] == len(values) | _worker.RETURNED
     finally:
         words.close()
 

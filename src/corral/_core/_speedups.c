@@ -640,11 +640,15 @@ static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* Set in the running word once the call it names has returned (or raised). */
+#define RETURNED_BIT ((int64_t)1 << 31)
+
 /* map_tracked(fn, items, start, end, values, words, slot, base) -> None
  *
  * Append fn(items[i]) to values for i in [start, end), storing base + i into the
- * 64-bit word words[slot] before each call: a loop whose progress another process
- * can read after this one died (the pool's running word). An exception from fn
+ * 64-bit word words[slot] before each call, and base + i | RETURNED_BIT after it: a
+ * loop whose progress another process can read after this one died (the pool's
+ * running word). An exception from fn
  * propagates with values holding the results before it. Generic: it knows nothing
  * of pools; the Python loop in corral._pool._worker is the same without it. */
 static PyObject *
@@ -680,6 +684,7 @@ map_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(item);
         PyObject *result = PyObject_CallOneArg(fn, item);
         Py_DECREF(item);
+        *word = (int64_t)(base + i) | RETURNED_BIT;
         if (result == NULL) {
             PyBuffer_Release(&words);
             return NULL;
@@ -845,6 +850,7 @@ map_logged(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(item);
         PyObject *result = PyObject_CallOneArg(fn, item);
         Py_DECREF(item);
+        *word = (int64_t)(base + i) | RETURNED_BIT;
         if (result == NULL)
             goto done;
         int failed = PyList_Append(values, result);
@@ -980,7 +986,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     /* map_logged's log layout; corral._pool._log checks both at import. */
-    if (PyModule_AddIntConstant(m, "LOG_MAX_RECORDS", LOG_MAX_RECORDS) < 0 ||
+    if (PyModule_AddIntConstant(m, "RETURNED_BIT", (long)RETURNED_BIT) < 0 ||
+        PyModule_AddIntConstant(m, "LOG_MAX_RECORDS", LOG_MAX_RECORDS) < 0 ||
         PyModule_AddIntConstant(m, "LOG_DATA_START", LOG_DATA_START) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -47,7 +47,7 @@ from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._segments import Segments
 from ._wire import STOP, Channel, Frame, decode, encode
-from ._worker import WorkerSetup, worker_main
+from ._worker import RETURNED, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
 
@@ -631,7 +631,8 @@ class Engine:
         w.proc.join(5)
         exitcode, pid = w.proc.exitcode, w.proc.pid
         word = self.running[w.index]
-        run_seq, started = word >> 32, word & 0xFFFFFFFF
+        run_seq, started = word >> 32, word & (RETURNED - 1)
+        returned = bool(word & RETURNED)  # the last item started had returned
         chunks = list(w.chunks)
         w.chunks.clear()
         w.channel.close()
@@ -677,7 +678,7 @@ class Engine:
             for pos in range(chunk.delivered, started):
                 if pos in logged:
                     self._deliver_logged(chunk, pos, *logged[pos])
-                elif pos < finished or pos < started - 1:
+                elif pos < finished or pos < started - 1 or returned:
                     self._lost(w, chunk, pos, exitcode, pid)
                 else:  # the item it was running
                     self._charge_running(w, chunk, pos, exitcode, pid)

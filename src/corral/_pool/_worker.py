@@ -41,7 +41,15 @@ from .._remote import dumps, encode_error
 from ._log import MAX_RECORDS, LogWriter
 from ._wire import WorkerEnd, decode, encode
 
-__all__ = ["COMMIT_SECONDS", "MODE_CALL", "MODE_MAP", "MODE_STAR", "WorkerSetup", "worker_main"]
+__all__ = [
+    "COMMIT_SECONDS",
+    "MODE_CALL",
+    "MODE_MAP",
+    "MODE_STAR",
+    "RETURNED",
+    "WorkerSetup",
+    "worker_main",
+]
 
 # How much work a worker does between two commits of outcomes. A commit costs a
 # pickle and a socket write (some µs), so commits further apart cost less; but
@@ -54,11 +62,18 @@ MAX_COMMIT_ITEMS = MAX_RECORDS
 
 MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
 
+# A flag in the running word: the item it names has returned (or raised), and its
+# outcome is being logged or committed. Killed before that is done, such an item is
+# reported lost (WorkerCrashed, "it had finished"), not charged and re-run.
+RETURNED = 1 << 31
+
 # The hot loops in C, when the optional extension is built: the running word alone
 # (about 45 ns an item instead of 90), or with the outcome log (about 60 ns an item
 # for a small int, instead of 1.5 µs); the "100k trivial tasks" pool benchmark.
 _map_tracked = getattr(speedups, "map_tracked", None)
 _map_logged = getattr(speedups, "map_logged", None)
+if _map_logged is not None and speedups.RETURNED_BIT != RETURNED:
+    raise ImportError("corral._core._speedups disagrees with corral._pool._worker on RETURNED")
 
 _terminating = False
 
@@ -238,8 +253,9 @@ def _run_chunk(
                 else:
                     for item in items[i:end]:
                         words[slot] = word
-                        word += 1
                         value = call(item)
+                        words[slot] = word | RETURNED
+                        word += 1
                         append(value)
                         if logging:
                             log.add(*_log_record(value))
@@ -247,6 +263,7 @@ def _run_chunk(
             except BaseException as exc:
                 if _terminating:
                     raise
+                words[slot] = (base + pos + len(values)) | RETURNED  # it raised
                 record = encode_error(exc)
                 errors[len(values)] = record
                 append(None)
