@@ -72,7 +72,7 @@ RETURNED = 1 << 31
 # for a small int, instead of 1.5 µs); the "100k trivial tasks" pool benchmark.
 _map_tracked = getattr(speedups, "map_tracked", None)
 _map_logged = getattr(speedups, "map_logged", None)
-if _map_logged is not None and speedups.RETURNED_BIT != RETURNED:
+if _map_logged is not None and getattr(speedups, "RETURNED_BIT", None) != RETURNED:
     raise ImportError("corral._core._speedups disagrees with corral._pool._worker on RETURNED")
 
 _terminating = False
