@@ -12,17 +12,19 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
 
 import corral
-from corral._pool import OOB_MIN_BYTES
+from corral._pool import OOB_MIN_BYTES, _segments
 from tests import pool_targets as t
 
 np = pytest.importorskip("numpy")
 
 N = OOB_MIN_BYTES // 8 * 2  # float64s: 2 MiB, well out of band
+TIMEOUT = 30.0
 
 
 def test_a_held_result_never_changes_when_segments_are_reused(
@@ -70,6 +72,7 @@ def test_a_worker_changing_its_argument_leaves_the_callers_alone(
 def test_results_outlive_the_pool_and_stay_writable(ctx: corral.CorralContext) -> None:
     with corral.Pool(2, context=ctx) as pool:
         out = pool.map(t.filled, [(N, 3.0)] * 3, chunksize=1)
+    assert _pool_buffer_fds(os.getpid()) == 0  # held results cost no fd (the stdlib's don't)
     out[0][:] = 7.0  # the caller's to change, now that the workers are gone
     assert float(out[0].min()) == 7.0
     assert float(out[1].min()) == float(out[2].max()) == 3.0
@@ -92,3 +95,49 @@ def test_a_dead_workers_segments_come_back(ctx: corral.CorralContext) -> None:
 
 def _kill_self_with(a: Any, signum: int) -> None:
     os.kill(os.getpid(), signum)
+
+
+def _pool_buffer_fds(pid: int) -> int:
+    """How many of ``pid``'s fds are pool buffer segments."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        count += "corral-pool-buffers" in target
+    return count
+
+
+def _within(seconds: float, condition: Any) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)  # polling a condition, with a deadline
+    return True
+
+
+def test_idle_segments_are_given_back(
+    ctx: corral.CorralContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle shared memory goes back to the system, in the parent and in the workers.
+
+    (The workers see the shorter idle time under fork only, where they inherit it.)
+    """
+    monkeypatch.setattr(_segments, "IDLE_SECONDS", 0.2)
+    with corral.Pool(1, context=ctx) as pool:
+        pid = pool.apply(os.getpid)
+        out = pool.map(t.add_one, [np.zeros(N), np.ones(N)], chunksize=1)
+        assert float(out[1][0]) == 2.0
+        segments = pool._engine.segments
+        assert _within(TIMEOUT, lambda: segments.lent() == 0)  # the worker freed them
+        assert _within(TIMEOUT, lambda: segments.idle_bytes == 0)  # and they expired
+        assert _pool_buffer_fds(os.getpid()) == 0  # the results hold mappings, no fds
+        held = _pool_buffer_fds(pid)
+        assert held >= 1  # the worker's segments, lent for the results we hold
+        del out
+        gc.collect()
+        if ctx.get_start_method() == "fork":
+            assert _within(TIMEOUT, lambda: _pool_buffer_fds(pid) == 0)
+        assert pool.apply(os.getpid) == pid  # the same worker, still fine

@@ -42,6 +42,7 @@ from .._exceptions import CorralError, TaskTimeout, _describe_status
 from .._process import Process
 from .._remote import decode_error
 from .._workercrash import WorkerCrashed
+from . import _segments
 from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
@@ -403,6 +404,9 @@ class Engine:
                 if w in self.workers:
                     self._on_death(w)
             self._check_deadlines()
+            self.segments.trim()
+            for w in self.workers:
+                w.channel.send_freed()
 
     def _busy(self) -> bool:
         with self.lock:
@@ -538,7 +542,7 @@ class Engine:
     def _handle(self, w: LocalWorker, frames: list[Any]) -> None:
         for body, nbuf, fd in frames:
             try:
-                msg = decode(body, nbuf, fd, w.channel.freed)
+                msg = decode(body, nbuf, fd, w.channel)
             except BaseException as exc:  # SystemExit from a __reduce__ too
                 if w.pending_commit is not None:  # values that can't be unpickled here
                     _, count, _, seconds, final, retiring = w.pending_commit
@@ -737,6 +741,10 @@ class Engine:
     def _next_deadline(self) -> float | None:
         now = time.monotonic()
         deadlines = [d for w in self.workers if (d := self._deadline(w)) is not None]
+        if (trim := self.segments.next_trim()) is not None:
+            deadlines.append(trim)  # idle shared memory to give back
+        if any(w.channel.holding for w in self.workers):  # results the caller may drop
+            deadlines.append(now + _segments.IDLE_SECONDS)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)

@@ -23,24 +23,39 @@ parent's cache as soon as the worker's channel closes (its mapping died with it)
 the parent's segments are closed when its pool stops, a worker's when it exits.
 Everything is a memfd: nothing is ever in /dev/shm, and the kernel frees a segment
 when its last fd and mapping are gone, whoever dies first.
+
+Mappings are made with libc's mmap (``map_shared``), not ``mmap.mmap``, which keeps
+a duplicate of the fd for its life: a result the caller holds would cost it an fd,
+where the stdlib's costs none. A segment costs its sender one fd; a mapping the
+receiver holds, none.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import mmap
 import os
 import threading
+import time
+import weakref
+from typing import Any
 
+from .._core._linux import libc
 from .._core._shm import NAME_PREFIX
 
-__all__ = ["CACHE_BYTES", "Segment", "Segments"]
+__all__ = ["CACHE_BYTES", "IDLE_SECONDS", "Segment", "Segments", "map_shared"]
 
 # Idle segments a sender keeps for reuse, in bytes. More keeps more large buffers
 # fast (their pages are already allocated) at the price of holding that much memory
 # while nothing is sent; the least recently used are closed beyond it.
 CACHE_BYTES = 256 * 1024 * 1024
+# How long an idle segment is kept. Longer keeps reuse across calls that come
+# further apart; shorter gives the memory back sooner to a program that has moved
+# on. The parent trims on its scheduler's clock; a worker when it has waited this
+# long for work.
+IDLE_SECONDS = 2.0
 # A cached segment is reused for a buffer that fills at least this share of it, so
 # that a small buffer never pins a large segment.
 MIN_FILL = 0.5
@@ -49,24 +64,54 @@ MIN_FILL = 0.5
 GRAIN = 64 * 1024
 
 
-class Segment:
-    """A memfd and the sender's mapping of it."""
+_MAP_FAILED = ctypes.c_void_p(-1).value
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+libc.munmap.restype = ctypes.c_int
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
-    __slots__ = ("fd", "id", "map", "size")
+
+def map_shared(fd: int, size: int) -> Any:
+    """Map ``size`` bytes of ``fd`` read-write and shared; keeps no fd.
+
+    Returns a ctypes array over the mapping, which is unmapped when the array and
+    every view of it are gone (a ``weakref.finalize`` on it).
+    """
+    addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    array = (ctypes.c_char * size).from_address(addr)
+    weakref.finalize(array, libc.munmap, addr, size).atexit = False
+    return array
+
+
+class Segment:
+    """A memfd and the sender's mapping of it (``view``, bytes)."""
+
+    __slots__ = ("fd", "id", "idle_since", "size", "view")
 
     def __init__(self, ident: int, size: int):
         self.id = ident
         self.size = size
+        self.idle_since = 0.0
         self.fd = os.memfd_create(f"{NAME_PREFIX}pool-buffers", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
-            self.map = mmap.mmap(self.fd, size)
+            self.view = memoryview(map_shared(self.fd, size)).cast("B")
         except BaseException:
             os.close(self.fd)
             raise
 
     def close(self) -> None:
-        self.map.close()
+        self.view.release()  # the mapping goes with its last view
         os.close(self.fd)
 
 
@@ -112,6 +157,7 @@ class Segments:
             seg = self._lent.pop(ident, None)
             if seg is None:
                 return
+            seg.idle_since = time.monotonic()
             self._idle[ident] = seg
             self._idle_bytes += seg.size
             closing = []
@@ -121,6 +167,28 @@ class Segments:
                 closing.append(old)
         for old in closing:
             old.close()
+
+    def trim(self, idle_for: float | None = None) -> None:
+        """Close the segments idle for ``idle_for`` (default ``IDLE_SECONDS``) or more."""
+        cutoff = time.monotonic() - (IDLE_SECONDS if idle_for is None else idle_for)
+        closing = []
+        with self._lock:
+            while self._idle:  # in the order they became idle
+                seg = next(iter(self._idle.values()))
+                if seg.idle_since > cutoff:
+                    break
+                del self._idle[seg.id]
+                self._idle_bytes -= seg.size
+                closing.append(seg)
+        for seg in closing:
+            seg.close()
+
+    def next_trim(self) -> float | None:
+        """When (``time.monotonic()``) :meth:`trim` will next have something to close."""
+        with self._lock:
+            if not self._idle:
+                return None
+            return next(iter(self._idle.values())).idle_since + IDLE_SECONDS
 
     @property
     def idle_bytes(self) -> int:

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import array
 import collections
-import mmap
 import os
 import pickle
+import select
 import socket
 import struct
 import weakref
 from typing import Any
 
 from .._remote import dumps
+from . import _segments
 from ._segments import Segment, Segments
 
 __all__ = ["OOB_MIN_BYTES", "Channel", "Frame", "WorkerEnd", "decode", "encode"]
@@ -136,7 +137,7 @@ def encode(obj: Any, segments: Segments | None = None) -> Frame:
         try:
             offset = 0
             for buf in buffers:
-                seg.map[offset : offset + buf.nbytes] = buf.cast("B")
+                seg.view[offset : offset + buf.nbytes] = buf.cast("B")
                 offset += buf.nbytes
         except BaseException:
             segments.release(seg.id)
@@ -156,25 +157,27 @@ def encode(obj: Any, segments: Segments | None = None) -> Frame:
 
 
 def decode(
-    body: memoryview, nbuf: int, fd: int | None, freed: collections.deque[int] | None = None
+    body: memoryview, nbuf: int, fd: int | None, end: Channel | WorkerEnd | None = None
 ) -> Any:
     """Unpickle a frame's body (closing its fd, if any).
 
-    A segment's id goes to ``freed`` once nothing built on its mapping is left: the
-    caller sends it back to the segment's owner. (Without ``freed``, the owner gets
-    it back only when this end's channel closes.)
+    A segment's id goes to ``end.freed`` once nothing built on its mapping is left
+    (a finalizer, in whichever thread drops the last object), and ``end`` sends it
+    back to the segment's owner. (Without ``end``, the owner gets it back only when
+    the channel closes.)
     """
     if not nbuf:
         return pickle.loads(body)
     assert fd is not None
     try:
         ident, *sizes = struct.unpack_from(f"<Q{nbuf}Q", body)
-        mapped = mmap.mmap(fd, max(1, sum(sizes)))
+        mapped = _segments.map_shared(fd, max(1, sum(sizes)))
     finally:
         os.close(fd)
-    if ident and freed is not None:
-        weakref.finalize(mapped, freed.append, ident).atexit = False
-    whole = memoryview(mapped)
+    if ident and end is not None:
+        end.holding += 1
+        weakref.finalize(mapped, end.freed.append, ident).atexit = False
+    whole = memoryview(mapped).cast("B")
     buffers, offset = [], 0
     for size in sizes:
         buffers.append(whole[offset : offset + size])
@@ -293,6 +296,7 @@ class Channel:
         # Ids of the worker's segments this end is done with, to send back: appended
         # by finalizers (any thread), sent ahead of the next frame.
         self.freed: collections.deque[int] = collections.deque()
+        self.holding = 0  # segments of the worker's mapped here and not yet given back
         self.reader = _Reader(sock, self._on_freed)
         self.outbox: collections.deque[Frame] = collections.deque()
         self.sent = 0  # bytes of outbox[0] already written
@@ -306,10 +310,21 @@ class Channel:
         return bool(self.outbox) and not self.broken
 
     def send(self, frame: Frame) -> None:
-        if self.freed:
-            self.outbox.append(freed_frame(_drain(self.freed)))
+        self._queue_freed()
         self.outbox.append(frame)
         self.flush()
+
+    def send_freed(self) -> None:
+        """Give the worker back the segments this end is done with, if any, now."""
+        if self.freed and not self.broken:
+            self._queue_freed()
+            self.flush()
+
+    def _queue_freed(self) -> None:
+        if self.freed:
+            ids = _drain(self.freed)
+            self.holding -= len(ids)
+            self.outbox.append(freed_frame(ids))
 
     def _on_freed(self, ids: tuple[int, ...]) -> None:
         for ident in ids:
@@ -392,6 +407,7 @@ class WorkerEnd:
         self.sock = sock
         self.segments = Segments()  # this worker's, lent to the parent with results
         self.freed: collections.deque[int] = collections.deque()  # the parent's, done with
+        self.holding = 0
         self.reader = _Reader(sock, self._on_freed)
 
     def _on_freed(self, ids: tuple[int, ...]) -> None:
@@ -404,7 +420,9 @@ class WorkerEnd:
         Segments this end is done with go back first, in a "freed" frame.
         """
         if self.freed:
-            frames = (freed_frame(_drain(self.freed)), *frames)
+            ids = _drain(self.freed)
+            self.holding -= len(ids)
+            frames = (freed_frame(ids), *frames)
         fds = array.array("i", [f.fd for f in frames if f.fd is not None])
         views = [memoryview(f.data) for f in frames]
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if fds else []
@@ -427,11 +445,18 @@ class WorkerEnd:
             self.send()
 
     def recv(self) -> tuple[memoryview, int, int | None] | None:
-        """The next frame (body, buffers, fd), or None at end of stream."""
+        """The next frame (body, buffers, fd), or None at end of stream.
+
+        Idle segments go back to the system once no work came for ``IDLE_SECONDS``
+        (``_segments``).
+        """
         reader = self.reader
         while not reader.frames:
             if reader.eof:
                 return None
+            idle = _segments.IDLE_SECONDS
+            if self.segments.idle_bytes and not select.select([self.sock], [], [], idle)[0]:
+                self.segments.trim(0)
             reader.read_once()
         return reader.frames.popleft()
 

@@ -170,7 +170,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         if frame is None or not len(frame[0]):
             return
         try:
-            seq, mode, fn, items, commit_every = decode(*frame, end.freed)
+            seq, mode, fn, items, commit_every = decode(*frame, end)
         except BaseException as exc:
             if _terminating:
                 raise
