@@ -141,3 +141,26 @@ def test_idle_segments_are_given_back(
         if ctx.get_start_method() == "fork":
             assert _within(TIMEOUT, lambda: _pool_buffer_fds(pid) == 0)
         assert pool.apply(os.getpid) == pid  # the same worker, still fine
+
+
+def test_a_dropped_result_frees_its_segment_without_the_garbage_collector(
+    ctx: corral.CorralContext,
+) -> None:
+    """No reference cycle holds a result: dropping it is enough for its worker to reuse
+    its segment, so a loop of maps makes no new segments once warm."""
+    data = [np.full(N, 1.0), np.full(N, 2.0)]
+    with corral.Pool(1, context=ctx) as pool:
+        pid = pool.apply(os.getpid)
+        gc.disable()
+        try:
+            for _ in range(3):  # warm: the worker has made what a call needs
+                out = pool.map(t.add_one, data, chunksize=1)
+                del out
+            warm = _pool_buffer_fds(pid)
+            for i in range(5):
+                out = pool.map(t.add_one, data, chunksize=1)
+                assert [float(a[0]) for a in out] == [2.0, 3.0], i
+                del out
+            assert _pool_buffer_fds(pid) == warm
+        finally:
+            gc.enable()

@@ -243,6 +243,7 @@ class AsyncResult(Generic[T]):
 
     def _finish(self, success: bool, value: Any) -> None:
         self._success, self._value = success, value
+        self._job = None  # no reference cycle keeps the value alive past the caller's use
         self._event.set()
         callback = self._callback if success else self._error_callback
         if callback is not None:
