@@ -55,7 +55,10 @@ def test_segments_are_reused_across_calls(ctx: corral.CorralContext) -> None:
             assert [float(a[0]) for a in out] == [1.0 + j for j in range(4)], i
             del out
             gc.collect()
-        assert segments.created == made, "argument segments were made afresh"
+        # Made afresh, 20 would be new. A worker frees an argument's segment just
+        # after the commit of its result, so now and then the next chunk is sent
+        # before that arrives, and takes one more.
+        assert segments.created - made <= len(data), "argument segments were made afresh"
         assert segments.idle_bytes > 0
 
 
