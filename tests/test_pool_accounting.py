@@ -199,3 +199,48 @@ def test_an_item_that_returned_is_not_rerun_when_its_worker_dies_delivering_it(
     assert out[BAD].signal == signal.SIGKILL
     assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), (ran, out)
     assert stats.tasks_retried == 0
+
+
+PURE_SCENARIO = """
+import collections, sys
+import corral
+from corral._pool import _worker
+from tests import pool_targets as t
+from tests.test_pool import collect
+assert _worker._map_logged is None and _worker._map_tracked is None, "not the pure path"
+n, bad, path = 400, 301, sys.argv[1]
+with corral.Pool(1, context=sys.argv[2]) as pool:
+    out = collect(pool.imap(t.fast_result, [(x, bad, "tuple", path) for x in range(n)], n))
+ran = collections.Counter(int(line) for line in open(path).read().split())
+assert isinstance(out[bad], corral.WorkerCrashed), out[bad]
+assert all(ran[x] == 1 for x in range(n)), ran
+assert all(out[x] == t.result_of("tuple", x) for x in range(n) if x != bad)
+print("ok")
+"""
+
+
+def test_the_pure_python_worker_loop_keeps_finished_items_too(
+    start_method: str, tmp_path: Path
+) -> None:
+    """Without the C extension, the Python loop logs every outcome the same way."""
+    import subprocess
+    import sys
+
+    from tests import leaks
+
+    env = dict(os.environ, CORRAL_PURE_PYTHON="1")
+    before = leaks.descendants()
+    proc = subprocess.run(
+        [sys.executable, "-c", PURE_SCENARIO, str(tmp_path / "runs"), start_method],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    # The child interpreter's forkserver outlives it by a moment, and comes back to
+    # us (a subreaper) to be reaped: it is the interpreter's, not a leak of ours.
+    leaks.kill_and_reap(leaks.descendants() - before)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
