@@ -219,10 +219,15 @@ def _run_corral(ns: argparse.Namespace, report: Report, path: str, rng: random.R
                     # happens in every run; later ones land anywhere in its turn.
                     first = holders_killed == 0
                     time.sleep(rng.uniform(0, THINK[0] / 2 if first else 2 * THINK[1]))
-                    if holder.value == h:
-                        holders_killed += 1
                     by_pid[h].kill()
                     killed.add(h)
+                    # Did it die inside the lock? Only its death can say: between a
+                    # look and the kill, a busy machine may let it leave. (A holder
+                    # that took over meanwhile makes this a miss; then the next
+                    # holder is struck too.)
+                    by_pid[h].join(10)
+                    if holder.value == h:
+                        holders_killed += 1
             elif rng.random() < 0.002 and lock.statistics().recoveries == repairs.value:
                 # (Not while a repair is under way: a repairer killed mid-repair is a
                 # death the next holder recovers from, but it would leave one more
