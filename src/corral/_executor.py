@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar
 
 from ._context import CorralContext
@@ -58,7 +59,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     def __init__(
         self,
         max_workers: int | None = None,
-        mp_context: CorralContext | str | None = None,
+        mp_context: CorralContext | BaseContext | str | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar
 
 from .._context import CorralContext
@@ -279,7 +280,7 @@ class Pool(_Calls):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
-        context: CorralContext | str | None = None,
+        context: CorralContext | BaseContext | str | None = None,
         *,
         retries: int = 0,
         task_timeout: float | None = None,
