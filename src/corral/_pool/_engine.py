@@ -41,12 +41,12 @@ from .._core._shm import SharedMemory
 from .._exceptions import CorralError, TaskTimeout, _describe_status
 from .._process import Process
 from .._remote import decode_error
-from .._workercrash import WorkerCrashed
+from .._workercrash import BrokenPool, WorkerCrashed
 from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._wire import STOP, Channel, Frame, decode, encode
-from ._worker import WorkerSetup, worker_main
+from ._worker import DECODING, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
 
@@ -178,6 +178,8 @@ class Engine:
         self.workers: list[LocalWorker] = []
         self.state = "run"  # run -> close -> (stopped) | terminate
         self.broken: BaseException | None = None
+        # Errors as concurrent.futures users expect them (set by ProcessPoolExecutor).
+        self.stdlib_errors = False
         self.early_deaths = 0
         self.restarted = 0
         self.completed = 0
@@ -219,7 +221,7 @@ class Engine:
         if self.state != "run":
             raise ValueError("Pool not running")
         if self.broken is not None:
-            raise CorralError(f"the pool is broken: {self.broken}") from self.broken
+            raise BrokenPool(f"the pool is broken: {self.broken}") from self.broken
 
     def add_job(self, job: Job) -> None:
         with self.lock:
@@ -365,11 +367,14 @@ class Engine:
         while True:
             if self.state == "terminate" or self.broken is not None:
                 return
+            self._dispatch()
+            self._kill_cancelled()
+            # After the dispatch: a task that fails to pickle is finished inside it,
+            # and may have been the last work of a closed pool (nothing would wake
+            # the poll below then).
             if self.state == "close" and not self._busy():
                 self._shutdown_workers(kill=False)
                 return
-            self._dispatch()
-            self._kill_cancelled()
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             fds: dict[int, tuple[LocalWorker, bool]] = {}
@@ -510,7 +515,7 @@ class Engine:
                 (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every, job.log_all)
             )
             return True
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__ too: that task's error
             if len(chunk.items) > 1:
                 self._requeue(chunk, range(len(chunk.items)))
             else:
@@ -541,6 +546,7 @@ class Engine:
                     _, count, _, seconds, final, retiring = w.pending_commit
                     w.pending_commit = None
                     exc.add_note("corral: raised while unpickling the task's result")
+                    _mark_unpickling(exc)
                     failed: dict[int, BaseException] = dict.fromkeys(range(count), exc)
                     self._commit(w, [None] * count, failed, seconds, final, retiring)
                     continue
@@ -566,7 +572,7 @@ class Engine:
                 self.early_deaths = 0
             elif kind == "init":
                 err = decode_error(msg[1], "the pool's initializer")
-                self.broken = CorralError(f"the pool's initializer raised {err!r}")
+                self.broken = BrokenPool(f"the pool's initializer raised {err!r}")
                 self.broken.__cause__ = err
             elif kind == "bad":
                 chunk = w.chunks.popleft()
@@ -579,6 +585,7 @@ class Engine:
                         "corral: raised in the worker while unpickling "
                         + chunk.job.describe(chunk.start, chunk.items[0])
                     )
+                    _mark_unpickling(err)
                     self._finish(chunk, 0, [None], {0: err})
 
     def _commit(
@@ -628,6 +635,7 @@ class Engine:
         w.proc.join(5)
         exitcode, pid = w.proc.exitcode, w.proc.pid
         word = self.running[w.index]
+        decoding = word == DECODING  # it died unpickling its head chunk
         run_seq, started = word >> 32, word & 0xFFFFFFFF
         chunks = list(w.chunks)
         w.chunks.clear()
@@ -637,13 +645,13 @@ class Engine:
         w.log.close()
         if not w.ready:
             if w.kill_reason == "init":
-                self.broken = CorralError(
+                self.broken = BrokenPool(
                     f"the pool's initializer did not finish within {self.options.init_deadline} s"
                 )
             elif not chunks:
                 self.early_deaths += 1
                 if self.early_deaths >= MAX_EARLY_DEATHS and self.broken is None:
-                    self.broken = CorralError(
+                    self.broken = BrokenPool(
                         f"{MAX_EARLY_DEATHS} workers in a row died before they were ready "
                         f"(the last one {_describe_status(exitcode)})"
                     )
@@ -662,6 +670,9 @@ class Engine:
         for n, chunk in enumerate(chunks):
             if chunk.job.stopped:
                 continue
+            if decoding and n == 0:
+                self._decode_death(w, chunk, exitcode, pid)
+                continue
             if chunk.seq != run_seq:  # never started
                 self._requeue(chunk, range(chunk.delivered, len(chunk.items)))
                 continue
@@ -679,6 +690,16 @@ class Engine:
                 else:  # the item it was running
                     self._charge_running(w, chunk, pos, exitcode, pid)
             self._requeue(chunk, range(started, len(chunk.items)))
+
+    def _decode_death(
+        self, w: LocalWorker, chunk: Chunk, exitcode: int | None, pid: int | None
+    ) -> None:
+        """The worker died unpickling ``chunk``: split it to find the item, or charge it."""
+        left = range(chunk.delivered, len(chunk.items))
+        if len(left) > 1:
+            self._requeue(chunk, left)  # each alone: the next death names the item
+        else:
+            self._charge_running(w, chunk, chunk.delivered, exitcode, pid, "unpickling it")
 
     def _deliver_logged(self, chunk: Chunk, i: int, ok: bool, obj: Any) -> None:
         """An outcome the dead worker had logged but not committed."""
@@ -705,7 +726,13 @@ class Engine:
         self._finish(chunk, i, [None], {0: err})
 
     def _charge_running(
-        self, w: LocalWorker, chunk: Chunk, i: int, exitcode: int | None, pid: int | None
+        self,
+        w: LocalWorker,
+        chunk: Chunk,
+        i: int,
+        exitcode: int | None,
+        pid: int | None,
+        doing: str = "",
     ) -> None:
         """The item that was running when its worker died: one attempt spent."""
         reason = w.kill_reason
@@ -727,6 +754,8 @@ class Engine:
             err = TaskTimeout(job.timeout, what)
         else:
             err = WorkerCrashed(exitcode, pid, what, attempts)
+            if doing:
+                err.add_note(f"corral: the worker died {doing}")
         _tag(err, chunk.items[i])
         self._finish(chunk, i, [None], {0: err})
 
@@ -808,7 +837,7 @@ class Engine:
 
     def _abort_all(self, exc: BaseException) -> None:
         if self.broken is not None:
-            exc = CorralError(f"the pool is broken: {self.broken}")
+            exc = BrokenPool(f"the pool is broken: {self.broken}")
             exc.__cause__ = self.broken
         with self.lock:
             self._drop_finished_jobs()
@@ -836,6 +865,12 @@ def _is_alive(w: LocalWorker) -> bool:
 def _tag(err: BaseException, item: Any) -> None:
     """Name the item an engine-made error is about (a pipeline's StageError reads it)."""
     vars(err)["_corral_item"] = item
+
+
+def _mark_unpickling(err: BaseException) -> None:
+    """An error unpickling a task or a result: an executor's future reports it as a
+    ``TransferError`` (a BrokenProcessPool), as the stdlib's users expect."""
+    vars(err)["_corral_unpickling"] = True
 
 
 def _terminate_ref(ref: weakref.ref[Engine]) -> None:

@@ -40,7 +40,15 @@ from .._remote import dumps, encode_error
 from ._log import MAX_RECORDS, LogWriter
 from ._wire import WorkerEnd, decode, encode
 
-__all__ = ["COMMIT_SECONDS", "MODE_CALL", "MODE_MAP", "MODE_STAR", "WorkerSetup", "worker_main"]
+__all__ = [
+    "COMMIT_SECONDS",
+    "DECODING",
+    "MODE_CALL",
+    "MODE_MAP",
+    "MODE_STAR",
+    "WorkerSetup",
+    "worker_main",
+]
 
 # How much work a worker does between two commits of outcomes. A commit costs a
 # pickle and a socket write (some µs), so commits further apart cost less; but
@@ -61,6 +69,9 @@ LOG_MIN_SECONDS = 50e-6
 _LOG_MAX_COMMIT_ITEMS = int(COMMIT_SECONDS / LOG_MIN_SECONDS)
 
 MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
+# The running word while a chunk is being unpickled (before its seq is known): a
+# death then is the chunk's doing (a __reduce__ that exits or segfaults), not bad luck.
+DECODING = -1
 
 # The running-word loop in C, when the optional extension is built (about 45 ns an
 # item instead of 90; the "100k trivial tasks" pool benchmark).
@@ -160,6 +171,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         frame = end.recv()
         if frame is None or not len(frame[0]):
             return
+        words[setup.slot] = DECODING
         try:
             seq, mode, fn, items, commit_every, log_all = decode(*frame)
         except BaseException as exc:
