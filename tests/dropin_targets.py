@@ -10,6 +10,7 @@ import ctypes
 import os
 import pickle
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -90,9 +91,20 @@ def print_after(seconds: float, text: str) -> None:
     print(text, flush=True)
 
 
-def raise_at(n: int, at: int) -> Any:
+def raise_at(n: int, at: int) -> Iterator[int]:
     """A generator of ``range(n)`` that raises ``KeyError(at)`` instead of yielding ``at``."""
     for i in range(n):
         if i == at:
             raise KeyError(at)
         yield i
+
+
+def init_fail_logging(q: Any) -> None:
+    """A failing initializer whose worker's "concurrent.futures" log goes to ``q``."""
+    import logging
+    from logging.handlers import QueueHandler
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(QueueHandler(q))
+    logger.propagate = False
+    raise ValueError("error in initializer")

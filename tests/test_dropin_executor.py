@@ -72,6 +72,21 @@ def test_a_failing_initializer_breaks_the_executor(ctx: corral.CorralContext) ->
 
 _TE, _UE, _PE = corral.TransferError, pickle.UnpicklingError, pickle.PicklingError
 
+
+def test_a_failing_initializer_is_logged_in_the_worker(ctx: corral.CorralContext) -> None:
+    """As the stdlib's executor: "Exception in initializer:" with the traceback, on the
+    worker's "concurrent.futures" logger."""
+    q: Any = corral.Queue()
+    ex = corral.ProcessPoolExecutor(1, ctx, t.init_fail_logging, (q,))
+    try:
+        assert wait_until(lambda: bool(ex._broken), TIMEOUT)
+        message = q.get(timeout=TIMEOUT).getMessage()
+        assert message.startswith("Exception in initializer:")
+        assert "ValueError: error in initializer" in message
+    finally:
+        ex.shutdown(wait=True)
+
+
 # (row, function, argument, what the future raises, its __cause__'s type or None)
 FAULTS: list[tuple[str, Any, Any, type[BaseException], type[BaseException] | None]] = [
     ("error at task pickle", t.identity, t.ErrorAtPickle(), _PE, None),

@@ -148,6 +148,7 @@ class LocalWorker(WorkerSlot):
         self.kill_reason: str | None = None  # why the engine killed it, if it did
         self.sent = 0  # items handed to it, for maxtasksperchild
         self.init_started: float | None = None  # when its initializer began
+        self.init_error: BaseException | None = None  # its initializer raised this
         self.pending_commit: tuple[Any, ...] | None = None  # a count, awaiting values
 
     def kill(self, reason: str) -> None:
@@ -571,9 +572,11 @@ class Engine:
                 w.ready = True
                 self.early_deaths = 0
             elif kind == "init":
+                # The pool breaks when this worker has exited (it does at once), so
+                # that what its initializer logged or put has been flushed by then.
                 err = decode_error(msg[1], "the pool's initializer")
-                self.broken = BrokenPool(f"the pool's initializer raised {err!r}")
-                self.broken.__cause__ = err
+                w.init_error = BrokenPool(f"the pool's initializer raised {err!r}")
+                w.init_error.__cause__ = err
             elif kind == "bad":
                 chunk = w.chunks.popleft()
                 self._next_head(w)
@@ -643,6 +646,8 @@ class Engine:
         w.proc.close()
         log_seq, log_first, records = LogReader.read(w.log)
         w.log.close()
+        if w.init_error is not None and self.broken is None:
+            self.broken = w.init_error
         if not w.ready:
             if w.kill_reason == "init":
                 self.broken = BrokenPool(
@@ -830,8 +835,8 @@ class Engine:
                 w.proc.join()
             w.channel.close()
             w.log.close()
-            with contextlib.suppress(ValueError):
-                w.proc.close()
+            # Not closed: a caller may still join() it (the executor's _processes, as
+            # the stdlib's); its fds go with the object, dropped just below.
         with self.lock:
             self.workers = []
 

@@ -163,6 +163,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         except BaseException as exc:
             if _terminating:
                 raise
+            _log_initializer_failure()
             end.send_obj(("init", encode_error(exc)))
             return
     end.send_obj(("ready",))
@@ -187,6 +188,14 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         del fn, items
         if retiring:
             return
+
+
+def _log_initializer_failure() -> None:
+    """Logged in the worker as the stdlib's executor does (its users and tests hook the
+    "concurrent.futures" logger); the parent raises it too, as BrokenPool's cause."""
+    import logging  # only here: it costs about 5 ms at import
+
+    logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
 
 
 def _caller(mode: int, fn: Callable[..., Any]) -> Callable[[Any], Any]:
