@@ -108,3 +108,11 @@ def init_fail_logging(q: Any) -> None:
     logger.addHandler(QueueHandler(q))
     logger.propagate = False
     raise ValueError("error in initializer")
+
+
+def condition_sleeper(cond: Any, sleeping: Any, woken: Any, timeout: float) -> None:
+    """Wait on ``cond``; ``sleeping`` is released just before, ``woken`` just after."""
+    with cond:
+        sleeping.release()
+        cond.wait(timeout)
+        woken.release()
