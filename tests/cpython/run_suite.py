@@ -69,7 +69,8 @@ FAILED = ("fail", "error", "timeout", "crash")
 @dataclass(frozen=True)
 class Difference:
     test: str  # a neutral id, or an fnmatch pattern of ids
-    outcome: str  # "fail": must not pass; "skip": not run (it can only wait out a timeout)
+    outcome: str  # "fail": must not pass; "skip": not run (it can only wait out a
+    # timeout); "flaky": either (a known bug)
     reason: str
     ours: str  # the test of ours that pins corral's behaviour
     methods: tuple[str, ...] = ("fork", "forkserver", "spawn")
@@ -84,8 +85,8 @@ def load_expected(path: Path) -> list[Difference]:
     out = []
     for row in data.get("difference", []):
         methods = tuple(row.get("methods", Difference.methods))
-        if row["outcome"] not in ("fail", "skip"):
-            raise ValueError(f"{path}: {row['test']}: outcome must be 'fail' or 'skip'")
+        if row["outcome"] not in ("fail", "skip", "flaky"):
+            raise ValueError(f"{path}: {row['test']}: outcome must be fail, skip or flaky")
         out.append(Difference(row["test"], row["outcome"], row["reason"], row["ours"], methods))
     return out
 
@@ -296,13 +297,16 @@ def report(runs: list[Run], diffs: list[Difference], baseline: bool) -> int:
         for test_id in run.results:
             classes.setdefault(_class_of(test_id), []).append(test_id)
         for cls, ids in classes.items():
-            counts = {"passed": 0, "skipped": 0, "expected": 0, "UNEXPECTED": 0}
+            counts = {"passed": 0, "skipped": 0, "expected": 0, "flaky": 0, "UNEXPECTED": 0}
             for test_id in ids:
                 outcome, detail, _ = run.results[test_id]
                 diff = None if baseline else expectation(diffs, test_id, run.method)
                 failed = outcome in FAILED
                 if outcome == "skip":
                     counts["skipped"] += 1
+                elif diff is not None and diff.outcome == "flaky":
+                    counts["flaky"] += 1
+                    print(f"    {test_id}: known flaky, {outcome} this time")
                 elif diff is not None and failed:
                     counts["expected"] += 1
                 elif diff is None and not failed:
@@ -384,7 +388,15 @@ def parent(args: argparse.Namespace) -> int:
 
 
 def _skips(diffs: list[Difference], run: Run) -> list[str]:
-    return [d.test for d in diffs if d.outcome == "skip" and run.method in d.methods]
+    """The tests expected.toml says not to run here; reported as skipped."""
+    out = [
+        d.test
+        for d in diffs
+        if d.outcome == "skip" and run.method in d.methods and d.test.startswith(run.suite + ".")
+    ]
+    for test in out:
+        run.results[test] = ("skip", "not run: an expected difference (expected.toml)", 0.0)
+    return out
 
 
 if __name__ == "__main__":
