@@ -90,3 +90,15 @@ def test_bench_after_a_plain_install(tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.startswith("corral ")
+
+
+def test_result_demo_labels_the_childs_traceback() -> None:
+    """The child's own traceback (printed by multiprocessing's bootstrap) is shown as
+    labelled demo output, never raw between two PASS lines."""
+    done = corral_cli("demo", "result")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    assert "(the child printed, as multiprocessing children do:)" in done.stdout
+    traceback_lines = [line for line in done.stdout.splitlines() if "Traceback" in line]
+    assert traceback_lines
+    assert all(line.lstrip().startswith("| ") for line in traceback_lines)

@@ -45,7 +45,6 @@ from ._exceptions import (
     OwnerDiedError,
     OwnerDiedWarning,
     ProcessDied,
-    RemoteTraceback,
     SharingError,
     ShutDown,
     StageError,
@@ -73,14 +72,16 @@ if TYPE_CHECKING:
         Semaphore,
         SyncStatistics,
     )
-    from ._workercrash import WorkerCrashed
+    from ._workercrash import BrokenPool, RemoteTraceback, TransferError, WorkerCrashed
 
 del TYPE_CHECKING  # not a public name
 
 _LAZY = {
     **dict.fromkeys(("ProcessPoolExecutor", "map"), "._executor"),
     "Pipeline": "._pipeline",
-    "WorkerCrashed": "._workercrash",
+    **dict.fromkeys(
+        ("BrokenPool", "RemoteTraceback", "TransferError", "WorkerCrashed"), "._workercrash"
+    ),
     **dict.fromkeys(("AsyncResult", "Pool", "PoolStatistics"), "._pool"),
     **dict.fromkeys(("JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"), "._queue"),
     **dict.fromkeys(("Array", "RawArray", "RawValue", "Value"), "._sharedctypes"),
@@ -121,6 +122,7 @@ __all__ = (
     "AuthenticationError",
     "Barrier",
     "BoundedSemaphore",
+    "BrokenPool",
     "BufferTooShort",
     "Condition",
     "CorralContext",
@@ -154,6 +156,7 @@ __all__ = (
     "SyncStatistics",
     "TaskTimeout",
     "TimeoutError",
+    "TransferError",
     "Value",
     "WorkerCrashed",
     "active_children",

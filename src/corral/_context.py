@@ -30,6 +30,11 @@ class CorralContext:
         self._mp: BaseContext = multiprocessing.get_context(method)
         self.Process: type[_process.Process] = _process.process_class_for(method)
 
+    if TYPE_CHECKING:  # the queues keep their (generic) types through a context
+        from ._queue import JoinableQueue as JoinableQueue
+        from ._queue import Queue as Queue
+        from ._queue import SimpleQueue as SimpleQueue
+
     def get_start_method(self, allow_none: bool = False) -> str:
         return self._method
 

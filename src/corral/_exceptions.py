@@ -6,6 +6,8 @@ The tree::
     ├── ProcessDied                  a child ended without producing a result
     │   └── WorkerCrashed            a pool task's worker died, retries exhausted
     │                                (also concurrent.futures.process.BrokenProcessPool)
+    ├── BrokenPool                   a pool whose initializer failed runs nothing more
+    │                                (also concurrent.futures.process.BrokenProcessPool)
     ├── SharingError                 a corral object pickled outside a child's start
     │                                (also RuntimeError)
     ├── ShutDown                     get/put on a queue that was shut down (also queue.ShutDown)
@@ -15,11 +17,15 @@ The tree::
     └── TaskTimeout                  a pool task ran past task_timeout (also TimeoutError)
 
     OwnerDiedWarning                 the same news as a warning (a RuntimeWarning, not an error)
+    RemoteTraceback                  a child's traceback, as __cause__ of what it raised
+                                     (also multiprocessing.pool.RemoteTraceback and
+                                     concurrent.futures.process._RemoteTraceback)
 
 ``CorralError`` and ``SharingError`` are defined in ``_core._errors`` (the core
-raises SharingError) and re-exported here. ``WorkerCrashed`` lives in
-``_workercrash`` (its stdlib base costs concurrent.futures at import) and is loaded
-on first use by ``corral.__getattr__``.
+raises SharingError) and re-exported here. ``WorkerCrashed``, ``BrokenPool`` and
+``RemoteTraceback`` live in ``_workercrash`` (their stdlib bases cost
+concurrent.futures and multiprocessing.pool at import) and are loaded on first use
+by ``corral.__getattr__``.
 
 Each class also inherits the stdlib exception that a user of ``multiprocessing``
 would already catch, where one fits. Every exception here survives pickling,
@@ -46,7 +52,6 @@ __all__ = [
     "OwnerDiedError",
     "OwnerDiedWarning",
     "ProcessDied",
-    "RemoteTraceback",
     "SharingError",
     "ShutDown",
     "StageError",
@@ -96,23 +101,6 @@ class ProcessDied(CorralError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.exitcode, self.pid, self.name))
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in another process.
-
-    It is attached as ``__cause__`` of the re-raised exception, so the child's
-    stack is printed below the parent's, as :mod:`concurrent.futures` does.
-    """
-
-    __module__ = "corral"
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 if sys.version_info >= (3, 13):

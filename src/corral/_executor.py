@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
+from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar
 
-from ._context import CorralContext
+from ._context import CorralContext, get_context
 from ._pool import Pool, PoolStatistics
+from ._pool._engine import Engine
 from ._pool._jobs import CorralFuture
 from ._pool._progress import ProgressArg
 from ._pool._worker import MODE_STAR
+from ._process import Process
+from ._workercrash import BrokenPool
 
 __all__ = ["ProcessPoolExecutor", "map"]
 
@@ -58,7 +64,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     def __init__(
         self,
         max_workers: int | None = None,
-        mp_context: CorralContext | str | None = None,
+        mp_context: CorralContext | BaseContext | str | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         *,
@@ -72,6 +78,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     ):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        mp_context = _context_for(mp_context, max_tasks_per_child)
         self._pool = Pool(
             max_workers,
             initializer,
@@ -86,14 +93,53 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             on_event=on_event,
         )
         self._max_workers = self._pool._processes
+        self._pool._engine.stdlib_errors = True
+        self._mp_context = self._pool._engine.options.context
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        # Garbage-collected without shutdown(): as shutdown(wait=False), so that what
+        # was submitted still runs (the stdlib's executor does the same), rather than
+        # the Pool's terminate.
+        self._pool._finalizer.detach()
+        weakref.finalize(self, _shutdown_engine, self._pool._engine)
+        _live.add(self)
+
+    # The stdlib executor's private attributes that its users and tests read, with
+    # the same meaning.
+
+    @property
+    def _processes(self) -> dict[int, Process]:
+        """The worker processes alive now, by pid (a dead one is replaced)."""
+        with self._pool._engine.lock:
+            workers = list(self._pool._engine.workers)
+        return {w.proc.pid: w.proc for w in workers if w.proc.pid is not None}
+
+    @property
+    def _broken(self) -> BaseException | bool:
+        """Why the executor can run nothing more (a falsy value while it can)."""
+        return self._pool._engine.broken or False
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread:
+        """The thread that feeds the workers; it ends once shutdown is complete."""
+        return self._pool._engine.thread
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> CorralFuture[T]:
         with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            return self._pool.submit(fn, *args, **kwargs)
+            self._check_open()
+            try:
+                return self._pool.submit(fn, *args, **kwargs)
+            except ValueError as exc:  # the pool was terminated (a Ctrl-C, the exit hook)
+                raise RuntimeError("cannot schedule new futures after shutdown") from exc
+
+    def _check_open(self) -> None:
+        broken = self._pool._engine.broken
+        if broken is not None:
+            raise BrokenPool(f"the executor is broken: {broken}") from broken
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def map(
         self,
@@ -109,8 +155,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         reached.
         """
         with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             it = self._pool._imap(
                 fn, zip(*iterables, strict=False), chunksize, MODE_STAR, True, None, None, None
             )
@@ -146,18 +191,68 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
 
 
 def _timed(it: Any, deadline: float | None) -> Iterator[Any]:
+    # No local holds a result across the yield: the caller's reference must be the
+    # last one (the stdlib's test_free_reference).
     try:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                value = it.next(left)
+                yield it.next(left)
             except StopIteration:
                 return
             except multiprocessing.TimeoutError:
                 raise TimeoutError from None
-            yield value
     finally:
         it.cancel()
+
+
+def _context_for(
+    mp_context: CorralContext | BaseContext | str | None, max_tasks_per_child: int | None
+) -> CorralContext:
+    """The stdlib's rule: ``max_tasks_per_child`` means spawn by default, never fork.
+
+    A replacement worker is started from the scheduler thread, and forking a process
+    that runs threads can copy a lock some other thread holds.
+    """
+    if isinstance(mp_context, CorralContext):
+        context = mp_context
+    elif isinstance(mp_context, BaseContext):
+        context = get_context(mp_context.get_start_method())
+    elif mp_context is None and max_tasks_per_child is not None:
+        context = get_context("spawn")
+    else:
+        context = get_context(mp_context)
+    if max_tasks_per_child is not None and context.get_start_method() == "fork":
+        raise ValueError(
+            "max_tasks_per_child is incompatible with the 'fork' multiprocessing start "
+            "method; supply a different mp_context."
+        )
+    return context
+
+
+def _shutdown_engine(engine: Engine) -> None:
+    """An executor nobody shut down was garbage-collected: finish its work, then stop."""
+    with contextlib.suppress(Exception):
+        engine.drain_inputs()
+        engine.close()
+
+
+# --- At interpreter exit: submitted work completes, as with the stdlib's executor ---
+
+_global_shutdown = False
+_live: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    """Runs when the main thread ends, before atexit handlers (the pools' terminate)."""
+    global _global_shutdown
+    _global_shutdown = True
+    for executor in list(_live):
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=True)
+
+
+getattr(threading, "_register_atexit")(_python_exit)  # noqa: B009  (private, typeshed lacks it)
 
 
 # --- corral.map and its kept pools ----------------------------------------------------

@@ -101,7 +101,7 @@ class _ItemFailed:
 
 
 def _rebuild_failed(error: StageError, tb: str) -> _ItemFailed:
-    from ._exceptions import RemoteTraceback
+    from ._workercrash import RemoteTraceback
 
     error.__cause__ = RemoteTraceback(tb)
     return _ItemFailed(error)

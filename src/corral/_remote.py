@@ -21,7 +21,7 @@ from __future__ import annotations
 import pickle
 import traceback
 
-from ._exceptions import CorralError, RemoteTraceback
+from ._exceptions import CorralError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,5 +94,7 @@ def decode_error(record: ErrorRecord, what: str = "the task") -> BaseException:
             raise TypeError(f"{type(exc).__name__} is not an exception")
     except Exception as why:
         exc = CorralError(f"{what} raised {typename}: {message} (not re-raised as such: {why})")
+    from ._workercrash import RemoteTraceback  # loaded on the first remote error
+
     exc.__cause__ = RemoteTraceback(tb)
     return exc

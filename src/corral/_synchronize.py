@@ -483,7 +483,8 @@ class Semaphore:
         return (_rebuild_semaphore, (type(self), self._mon.shm))
 
     def __repr__(self) -> str:
-        return f"<corral.{type(self).__name__} value={self.get_value()}>"
+        # The stdlib's format (multiprocessing.synchronize.Semaphore).
+        return f"<{type(self).__qualname__}(value={self.get_value()})>"
 
 
 class BoundedSemaphore(Semaphore):
@@ -567,7 +568,8 @@ class Event:
         return (_rebuild_event, (self._mon.shm,))
 
     def __repr__(self) -> str:
-        return f"<corral.Event {'set' if self.is_set() else 'unset'}>"
+        # The stdlib's format (multiprocessing.synchronize.Event).
+        return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
 def _rebuild_event(shm: SharedMemory) -> Event:
@@ -724,6 +726,31 @@ class Condition:
     def notify_all(self) -> None:
         self.notify(1 << 62)
 
+    # The stdlib Condition's three semaphores, as read-only counters with the same
+    # meaning (CPython's own tests read them): waits ever begun; waits ended (woken
+    # or timed out); notifications given and not yet taken by a waiter.
+
+    def _counters(self) -> tuple[int, int, int]:
+        mon = self._mon
+        f = mon.f
+        mon.lock()
+        try:
+            return f.total, f.woken, f.wakeup - f.woken
+        finally:
+            mon.unlock()
+
+    @property
+    def _sleeping_count(self) -> _Counter:
+        return _Counter(lambda: self._counters()[0])
+
+    @property
+    def _woken_count(self) -> _Counter:
+        return _Counter(lambda: self._counters()[1])
+
+    @property
+    def _wait_semaphore(self) -> _Counter:
+        return _Counter(lambda: self._counters()[2])
+
     def statistics(self) -> SyncStatistics:
         waiters, recoveries, _ = self._mon.statistics_fields()
         lock = self._lock.statistics()
@@ -734,6 +761,18 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"<corral.Condition({self._lock!r})>"
+
+
+class _Counter:
+    """A read-only shared counter with the ``get_value()`` of a stdlib semaphore."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read: Callable[[], int]):
+        self._read = read
+
+    def get_value(self) -> int:
+        return self._read()
 
 
 def _rebuild_condition(lock: Lock, shm: SharedMemory) -> Condition:

@@ -1,16 +1,63 @@
-"""corral.WorkerCrashed, apart from the other exceptions: its stdlib base,
-``concurrent.futures.process.BrokenProcessPool``, costs concurrent.futures and logging
-at import, and every spawned child imports corral. Loaded on first use (the pool,
-or ``corral.WorkerCrashed``)."""
+"""The exceptions whose stdlib bases cost an import, apart from the others.
+
+``WorkerCrashed`` and ``BrokenPool`` are ``concurrent.futures.process.BrokenProcessPool``s;
+``RemoteTraceback`` is both ``multiprocessing.pool.RemoteTraceback`` and
+``concurrent.futures.process._RemoteTraceback``. Those modules cost concurrent.futures
+and logging at import (about 10 ms), and every spawned child imports corral, so this
+module is loaded on first use: by the pool, by a remote error being decoded, or by
+``corral.WorkerCrashed`` and the like (``corral.__getattr__``).
+"""
 
 from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool as _BrokenProcessPool
+from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
+
+# typeshed lacks multiprocessing.pool.RemoteTraceback.
+from multiprocessing.pool import RemoteTraceback as _PoolRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
-from ._exceptions import ProcessDied, _describe_status
+from ._exceptions import CorralError, ProcessDied, _describe_status
 
-__all__ = ["WorkerCrashed"]
+__all__ = ["BrokenPool", "RemoteTraceback", "TransferError", "WorkerCrashed"]
+
+
+class RemoteTraceback(_PoolRemoteTraceback, _FuturesRemoteTraceback):  # type: ignore[misc]
+    """The traceback of an exception raised in another process.
+
+    It is attached as ``__cause__`` of the re-raised exception (by
+    :meth:`corral.Process.result`, the pool's results and futures, and pipelines),
+    so the child's stack is printed below the parent's, as :mod:`concurrent.futures`
+    does. It is also :class:`multiprocessing.pool.RemoteTraceback` and
+    ``concurrent.futures.process._RemoteTraceback``, so code that looks for either
+    finds it; ``tb`` is the formatted traceback.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, tb: str):
+        Exception.__init__(self, tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class BrokenPool(CorralError, _BrokenProcessPool):
+    """The pool can no longer run tasks.
+
+    Raised by every call on a :class:`corral.Pool` or
+    :class:`corral.ProcessPoolExecutor` (``submit``, ``map``, ``apply_async``, ...)
+    once its initializer raised or outlived ``initializer_timeout``, or once
+    ``MAX_EARLY_DEATHS`` workers in a row died before they were ready; and by the
+    results and futures of the tasks that had not finished then. The cause (the
+    initializer's exception, with its remote traceback) is ``__cause__``. It is a
+    :class:`~concurrent.futures.process.BrokenProcessPool`, as the stdlib's executor
+    raises in the same case. A worker that dies mid-task does not break a pool
+    (see :class:`WorkerCrashed`).
+    """
+
+    __module__ = "corral"
 
 
 class WorkerCrashed(ProcessDied, _BrokenProcessPool):
@@ -49,3 +96,17 @@ class WorkerCrashed(ProcessDied, _BrokenProcessPool):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.exitcode, self.pid, self.task, self.attempts))
+
+
+class TransferError(CorralError, _BrokenProcessPool):
+    """A task's arguments could not be unpickled in the worker, or its result in the parent.
+
+    Raised (for that task only) by the futures of :class:`corral.ProcessPoolExecutor`,
+    where the stdlib's executor raises
+    :class:`~concurrent.futures.process.BrokenProcessPool` (and breaks); corral's
+    pool goes on. The exception that unpickling raised (with a note saying where,
+    and the worker's traceback when it was raised there) is ``__cause__``.
+    :class:`corral.Pool` raises that exception itself instead.
+    """
+
+    __module__ = "corral"

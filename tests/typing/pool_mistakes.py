@@ -69,3 +69,27 @@ def correct(pool: corral.Pool, ex: corral.ProcessPoolExecutor) -> None:
     m: list[str] = list(corral.map(takes_str, ["a"], workers=2, progress={"desc": "x"}))
     n: list[str] = corral.Pipeline(["a"]).stage(takes_str).stage(takes_str).run()
     print(a, b, c, d, e, f, g, h, i, j, k, m, n)
+
+
+# Queues are generic (issue 12): Queue[int] at run time and here; get() returns T.
+def queue_mistakes(ctx: corral.CorralContext) -> None:
+    q: corral.Queue[int] = corral.Queue()
+    q.put("a")  # E: Argument 1 to "put" of "Queue" has incompatible type "str"
+    s: str = q.get()  # E: Incompatible types in assignment
+    jq: corral.JoinableQueue[str] = ctx.JoinableQueue()
+    jq.put(1)  # E: Argument 1 to "put" of "Queue" has incompatible type "int"
+    sq = corral.SimpleQueue[bytes]()
+    sq.get() + 1  # E: Unsupported operand types
+    print(s)
+
+
+def queue_correct(ctx: corral.CorralContext) -> None:
+    q: corral.Queue[int] = corral.Queue()
+    q.put(1)
+    n: int = q.get() + q.get_nowait()
+    many: list[int] = q.get_many(10)
+    cq: corral.Queue[str] = ctx.Queue()
+    cs: str = cq.get()
+    anything = corral.Queue()  # a bare Queue holds Any
+    anything.put(object())
+    print(n, many, cs, corral.Queue[int], corral.SimpleQueue[str], corral.JoinableQueue[bytes])

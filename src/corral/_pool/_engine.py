@@ -41,14 +41,14 @@ from .._core._shm import SharedMemory
 from .._exceptions import CorralError, TaskTimeout, _describe_status
 from .._process import Process
 from .._remote import decode_error
-from .._workercrash import WorkerCrashed
+from .._workercrash import BrokenPool, WorkerCrashed
 from . import _segments
 from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._segments import Segments
 from ._wire import STOP, Channel, Frame, decode, encode
-from ._worker import RETURNED, WorkerSetup, worker_main
+from ._worker import DECODING, RETURNED, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
 
@@ -150,6 +150,7 @@ class LocalWorker(WorkerSlot):
         self.kill_reason: str | None = None  # why the engine killed it, if it did
         self.sent = 0  # items handed to it, for maxtasksperchild
         self.init_started: float | None = None  # when its initializer began
+        self.init_error: BaseException | None = None  # its initializer raised this
         self.pending_commit: tuple[Any, ...] | None = None  # a count, awaiting values
 
     def kill(self, reason: str) -> None:
@@ -181,6 +182,8 @@ class Engine:
         self.segments = Segments()  # shared memory for large arguments, reused
         self.state = "run"  # run -> close -> (stopped) | terminate
         self.broken: BaseException | None = None
+        # Errors as concurrent.futures users expect them (set by ProcessPoolExecutor).
+        self.stdlib_errors = False
         self.early_deaths = 0
         self.restarted = 0
         self.completed = 0
@@ -222,7 +225,7 @@ class Engine:
         if self.state != "run":
             raise ValueError("Pool not running")
         if self.broken is not None:
-            raise CorralError(f"the pool is broken: {self.broken}") from self.broken
+            raise BrokenPool(f"the pool is broken: {self.broken}") from self.broken
 
     def add_job(self, job: Job) -> None:
         with self.lock:
@@ -369,11 +372,14 @@ class Engine:
         while True:
             if self.state == "terminate" or self.broken is not None:
                 return
+            self._dispatch()
+            self._kill_cancelled()
+            # After the dispatch: a task that fails to pickle is finished inside it,
+            # and may have been the last work of a closed pool (nothing would wake
+            # the poll below then).
             if self.state == "close" and not self._busy():
                 self._shutdown_workers(kill=False)
                 return
-            self._dispatch()
-            self._kill_cancelled()
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             fds: dict[int, tuple[LocalWorker, bool]] = {}
@@ -517,7 +523,7 @@ class Engine:
                 (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every), self.segments
             )
             return True
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__ too: that task's error
             if len(chunk.items) > 1:
                 self._requeue(chunk, range(len(chunk.items)))
             else:
@@ -548,6 +554,7 @@ class Engine:
                     _, count, _, seconds, final, retiring = w.pending_commit
                     w.pending_commit = None
                     exc.add_note("corral: raised while unpickling the task's result")
+                    _mark_unpickling(exc)
                     failed: dict[int, BaseException] = dict.fromkeys(range(count), exc)
                     self._commit(w, [None] * count, failed, seconds, final, retiring)
                     continue
@@ -572,9 +579,11 @@ class Engine:
                 w.ready = True
                 self.early_deaths = 0
             elif kind == "init":
+                # The pool breaks when this worker has exited (it does at once), so
+                # that what its initializer logged or put has been flushed by then.
                 err = decode_error(msg[1], "the pool's initializer")
-                self.broken = CorralError(f"the pool's initializer raised {err!r}")
-                self.broken.__cause__ = err
+                w.init_error = BrokenPool(f"the pool's initializer raised {err!r}")
+                w.init_error.__cause__ = err
             elif kind == "bad":
                 chunk = w.chunks.popleft()
                 self._next_head(w)
@@ -586,6 +595,7 @@ class Engine:
                         "corral: raised in the worker while unpickling "
                         + chunk.job.describe(chunk.start, chunk.items[0])
                     )
+                    _mark_unpickling(err)
                     self._finish(chunk, 0, [None], {0: err})
 
     def _commit(
@@ -635,6 +645,7 @@ class Engine:
         w.proc.join(5)
         exitcode, pid = w.proc.exitcode, w.proc.pid
         word = self.running[w.index]
+        decoding = word == DECODING  # it died unpickling its head chunk
         run_seq, started = word >> 32, word & (RETURNED - 1)
         returned = bool(word & RETURNED)  # the last item started had returned
         chunks = list(w.chunks)
@@ -643,15 +654,17 @@ class Engine:
         w.proc.close()
         log_seq, log_first, records = LogReader.read(w.log)
         w.log.close()
+        if w.init_error is not None and self.broken is None:
+            self.broken = w.init_error
         if not w.ready:
             if w.kill_reason == "init":
-                self.broken = CorralError(
+                self.broken = BrokenPool(
                     f"the pool's initializer did not finish within {self.options.init_deadline} s"
                 )
             elif not chunks:
                 self.early_deaths += 1
                 if self.early_deaths >= MAX_EARLY_DEATHS and self.broken is None:
-                    self.broken = CorralError(
+                    self.broken = BrokenPool(
                         f"{MAX_EARLY_DEATHS} workers in a row died before they were ready "
                         f"(the last one {_describe_status(exitcode)})"
                     )
@@ -670,6 +683,9 @@ class Engine:
         for n, chunk in enumerate(chunks):
             if chunk.job.stopped:
                 continue
+            if decoding and n == 0:
+                self._decode_death(w, chunk, exitcode, pid)
+                continue
             if chunk.seq != run_seq:  # never started
                 self._requeue(chunk, range(chunk.delivered, len(chunk.items)))
                 continue
@@ -687,6 +703,16 @@ class Engine:
                 else:  # the item it was running
                     self._charge_running(w, chunk, pos, exitcode, pid)
             self._requeue(chunk, range(started, len(chunk.items)))
+
+    def _decode_death(
+        self, w: LocalWorker, chunk: Chunk, exitcode: int | None, pid: int | None
+    ) -> None:
+        """The worker died unpickling ``chunk``: split it to find the item, or charge it."""
+        left = range(chunk.delivered, len(chunk.items))
+        if len(left) > 1:
+            self._requeue(chunk, left)  # each alone: the next death names the item
+        else:
+            self._charge_running(w, chunk, chunk.delivered, exitcode, pid, "unpickling it")
 
     def _deliver_logged(self, chunk: Chunk, i: int, ok: bool, obj: Any) -> None:
         """An outcome the dead worker had logged but not committed."""
@@ -713,7 +739,13 @@ class Engine:
         self._finish(chunk, i, [None], {0: err})
 
     def _charge_running(
-        self, w: LocalWorker, chunk: Chunk, i: int, exitcode: int | None, pid: int | None
+        self,
+        w: LocalWorker,
+        chunk: Chunk,
+        i: int,
+        exitcode: int | None,
+        pid: int | None,
+        doing: str = "",
     ) -> None:
         """The item that was running when its worker died: one attempt spent."""
         reason = w.kill_reason
@@ -735,6 +767,8 @@ class Engine:
             err = TaskTimeout(job.timeout, what)
         else:
             err = WorkerCrashed(exitcode, pid, what, attempts)
+            if doing:
+                err.add_note(f"corral: the worker died {doing}")
         _tag(err, chunk.items[i])
         self._finish(chunk, i, [None], {0: err})
 
@@ -813,14 +847,14 @@ class Engine:
                 w.proc.join()
             w.channel.close()
             w.log.close()
-            with contextlib.suppress(ValueError):
-                w.proc.close()
+            # Not closed: a caller may still join() it (the executor's _processes, as
+            # the stdlib's); its fds go with the object, dropped just below.
         with self.lock:
             self.workers = []
 
     def _abort_all(self, exc: BaseException) -> None:
         if self.broken is not None:
-            exc = CorralError(f"the pool is broken: {self.broken}")
+            exc = BrokenPool(f"the pool is broken: {self.broken}")
             exc.__cause__ = self.broken
         with self.lock:
             self._drop_finished_jobs()
@@ -848,6 +882,12 @@ def _is_alive(w: LocalWorker) -> bool:
 def _tag(err: BaseException, item: Any) -> None:
     """Name the item an engine-made error is about (a pipeline's StageError reads it)."""
     vars(err)["_corral_item"] = item
+
+
+def _mark_unpickling(err: BaseException) -> None:
+    """An error unpickling a task or a result: an executor's future reports it as a
+    ``TransferError`` (a BrokenProcessPool), as the stdlib's users expect."""
+    vars(err)["_corral_unpickling"] = True
 
 
 def _terminate_ref(ref: weakref.ref[Engine]) -> None:

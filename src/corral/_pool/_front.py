@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
 
 from .._context import CorralContext
+from .._process import Process
 from ._engine import Engine, PoolStatistics
 from ._jobs import AsyncResult, CorralFuture, FutureJob, IMapIterator, IMapJob, MapJob, MapResult
 from ._options import CallOptions, PoolOptions
@@ -14,6 +17,9 @@ from ._progress import Progress, ProgressArg, total_of
 from ._worker import MODE_CALL, MODE_MAP, MODE_STAR
 
 __all__ = ["Pool", "PoolView"]
+
+# The stdlib's pool states (multiprocessing.pool.RUN, ...), for Pool._state.
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 A = TypeVar("A")
 T = TypeVar("T")
@@ -401,7 +407,7 @@ class Pool(_Calls):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
-        context: CorralContext | str | None = None,
+        context: CorralContext | BaseContext | str | None = None,
         *,
         retries: int = 0,
         task_timeout: float | None = None,
@@ -426,7 +432,27 @@ class Pool(_Calls):
         self._engine = Engine(options)
         self._call = CallOptions()
         self._processes = options.processes
-        weakref.finalize(self, Engine.terminate, self._engine)
+        self._state = RUN  # the stdlib's Pool._state: RUN, CLOSE or TERMINATE
+        self._finalizer = weakref.finalize(self, Engine.terminate, self._engine)
+
+    def __del__(self) -> None:
+        # As the stdlib's Pool: a pool nobody closed or terminated is a resource leak
+        # (its finalizer still terminates it). An executor's pool is the executor's
+        # to end (it detaches the finalizer), so it never warns.
+        if getattr(self, "_state", None) == RUN and self._finalizer.alive:
+            warnings.warn(
+                f"unclosed running multiprocessing pool {self!r}",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+
+    @property
+    def _pool(self) -> list[Process]:
+        """The worker processes alive now (the stdlib's ``Pool._pool``)."""
+        with self._engine.lock:
+            workers = list(self._engine.workers)
+        return [w.proc for w in workers]
 
     def __repr__(self) -> str:
         return f"<corral.Pool state={self._engine.state} pool_size={self._processes}>"
@@ -443,10 +469,12 @@ class Pool(_Calls):
         An ``imap`` over an unsized iterable (a generator) that had not read all its
         input raises :class:`corral.CorralError` after the items it had read.
         """
+        self._state = CLOSE if self._state == RUN else self._state
         self._engine.close()
 
     def terminate(self) -> None:
         """Kill every worker (and its subtree) now; unfinished results fail."""
+        self._state = TERMINATE
         self._engine.terminate()
 
     def join(self, timeout: float | None = None) -> None:

@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import RUNNING
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._exceptions import CorralError
@@ -606,15 +607,31 @@ class FutureJob(Job):
             return
         try:
             if errors:
-                self.future.set_exception(errors[0])
+                self.future.set_exception(self._for_future(errors[0]))
             else:
                 self.future.set_result(values[0])
         except Exception:  # cancelled meanwhile (InvalidStateError)
             pass
         self.future._corral_job = None  # no reference cycle through the result
 
+    def _for_future(self, err: BaseException) -> BaseException:
+        """An executor's future reports unpickling errors as the stdlib's users expect."""
+        if not (self.engine.stdlib_errors and vars(err).get("_corral_unpickling")):
+            return err
+        from .._workercrash import TransferError
+
+        wrapped = TransferError(
+            f"{self.describe(0, self.items[0])} could not be unpickled on the other side: "
+            f"{type(err).__name__}: {err}"
+        )
+        wrapped.__cause__ = err
+        return wrapped
+
     def _abort(self, exc: BaseException) -> None:
-        if not self.future.done() and not Future.cancel(self.future):
+        # A broken pool fails its pending futures with the reason, as the stdlib's
+        # executor does; a terminate or a cancel cancels them.
+        broken = isinstance(exc, BrokenProcessPool)
+        if not self.future.done() and (broken or not Future.cancel(self.future)):
             with contextlib.suppress(Exception):
                 self.future.set_exception(exc)
         self.future._corral_job = None

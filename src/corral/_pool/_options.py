@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from .._context import CorralContext, get_context
@@ -36,7 +37,7 @@ class PoolOptions:
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
-        context: CorralContext | str | None = None,
+        context: CorralContext | BaseContext | str | None = None,
         *,
         retries: int = 0,
         task_timeout: float | None = None,
@@ -59,6 +60,9 @@ class PoolOptions:
         _check_timeout("task_timeout", task_timeout)
         _check_timeout("initializer_timeout", initializer_timeout)
         if not isinstance(context, CorralContext):
+            # A stdlib context (multiprocessing.get_context("spawn")) means its method.
+            if isinstance(context, BaseContext):
+                context = context.get_start_method()
             context = get_context(context)
         return cls(
             processes=processes,

@@ -43,6 +43,7 @@ from ._wire import WorkerEnd, decode, encode
 
 __all__ = [
     "COMMIT_SECONDS",
+    "DECODING",
     "MODE_CALL",
     "MODE_MAP",
     "MODE_STAR",
@@ -61,6 +62,9 @@ COMMIT_SECONDS = 0.002
 MAX_COMMIT_ITEMS = MAX_RECORDS
 
 MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
+# The running word while a chunk is being unpickled (before its seq is known): a
+# death then is the chunk's doing (a __reduce__ that exits or segfaults), not bad luck.
+DECODING = -1
 
 # A flag in the running word: the item it names has returned (or raised), and its
 # outcome is being logged or committed. Killed before that is done, such an item is
@@ -161,6 +165,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         except BaseException as exc:
             if _terminating:
                 raise
+            _log_initializer_failure()
             end.send_obj(("init", encode_error(exc)))
             return
     end.send_obj(("ready",))
@@ -169,6 +174,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         frame = end.recv()
         if frame is None or not len(frame[0]):
             return
+        words[setup.slot] = DECODING
         try:
             seq, mode, fn, items, commit_every = decode(*frame, end)
         except BaseException as exc:
@@ -183,6 +189,14 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         end.send_freed()  # the arguments' segments, if they are gone now
         if retiring:
             return
+
+
+def _log_initializer_failure() -> None:
+    """Logged in the worker as the stdlib's executor does (its users and tests hook the
+    "concurrent.futures" logger); the parent raises it too, as BrokenPool's cause."""
+    import logging  # only here: it costs about 5 ms at import
+
+    logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
 
 
 def _caller(mode: int, fn: Callable[..., Any]) -> Callable[[Any], Any]:

@@ -117,3 +117,10 @@ def start_parent(lib: str) -> tuple[subprocess.Popen[bytes], list[int]]:
         parent.kill()
         raise TimeoutError(f"the {lib} parent did not start its children within 60 s")
     return parent, [int(x) for x in parent.stdout.readline().split()]
+
+
+def int_with_stderr_to(path: str, text: str) -> int:
+    """``int(text)``, with the child's stderr (where multiprocessing prints a target's
+    traceback) going to ``path``, for the demo to show it labelled."""
+    sys.stderr = open(path, "w", buffering=1)  # noqa: SIM115  (the child's, until it exits)
+    return int(text)

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import tempfile
 import time
 from types import ModuleType
 
@@ -137,13 +138,22 @@ def result(ns: argparse.Namespace, report: Report) -> None:
     p = corral.Process(target=pow, args=(2, 10))
     p.start()
     report.check("corral: result() returned the target's value", p.result(timeout=60) == 1024)
-    p = corral.Process(target=int, args=("not a number",))
-    p.start()
-    try:
-        p.result(timeout=60)
-        raised = None
-    except ValueError as exc:
-        raised = exc
+    with tempfile.TemporaryDirectory() as tmp:
+        printed = os.path.join(tmp, "stderr")
+        p = corral.Process(target=_targets.int_with_stderr_to, args=(printed, "not a number"))
+        p.start()
+        try:
+            p.result(timeout=60)
+            raised = None
+        except ValueError as exc:
+            raised = exc
+        with open(printed) as f:
+            child_stderr = f.read().splitlines()
+    # multiprocessing prints a failing target's traceback on the child's stderr; shown
+    # here as what it is, not mixed with the PASS lines.
+    report.note("(the child printed, as multiprocessing children do:)")
+    for line in child_stderr:
+        report.note("  | " + line)
     report.check(
         "corral: result() re-raised the child's ValueError with its traceback",
         raised is not None and isinstance(raised.__cause__, corral.RemoteTraceback),

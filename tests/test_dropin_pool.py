@@ -1,0 +1,102 @@
+"""corral.Pool as a drop-in for multiprocessing.pool.Pool (issue 12), under every start
+method: what the stdlib's users and CPython's suite rely on, and where corral differs
+on purpose (an input that raises: corral raises at its exact position).
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing.pool
+import warnings
+from typing import Any
+
+import pytest
+
+import corral
+from tests import dropin_targets as t
+
+TIMEOUT = 30.0
+
+
+def test_a_running_pool_collected_unclosed_warns(ctx: corral.CorralContext) -> None:
+    pools = [corral.Pool(1, context=ctx)]
+    assert pools[0].apply(t.mul, (6, 7)) == 42
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        _drop(pools)
+
+
+def _drop(holder: list[Any]) -> None:
+    holder.clear()
+    gc.collect()
+
+
+def _drain(it: Any) -> tuple[list[Any], BaseException | None]:
+    """Everything ``it`` yields, then what it raised (None at its end)."""
+    got: list[Any] = []
+    try:
+        while True:
+            got.append(it.next(TIMEOUT))
+    except StopIteration:
+        return got, None
+    except Exception as exc:
+        return got, exc
+
+
+@pytest.mark.parametrize("end", ["close", "terminate", "with"])
+def test_a_closed_or_terminated_pool_does_not_warn(ctx: corral.CorralContext, end: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        if end == "with":
+            with corral.Pool(1, context=ctx) as pool:
+                pool.apply(t.mul, (1, 2))
+        else:
+            pool = corral.Pool(1, context=ctx)
+            getattr(pool, end)()
+            pool.join(TIMEOUT)
+        assert pool._state in (multiprocessing.pool.CLOSE, multiprocessing.pool.TERMINATE)
+        del pool
+        gc.collect()  # a warning would raise here
+
+
+def test_an_executor_collected_unclosed_does_not_warn(ctx: corral.CorralContext) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        ex = corral.ProcessPoolExecutor(1, mp_context=ctx)
+        thread = ex._executor_manager_thread
+        assert ex.submit(t.mul, 2, 3).result(TIMEOUT) == 6
+        del ex
+        gc.collect()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+
+
+def test_private_views_of_the_workers(ctx: corral.CorralContext) -> None:
+    with corral.Pool(3, context=ctx) as pool:
+        assert len(pool._pool) == 3
+        assert all(p.is_alive() for p in pool._pool)
+    with corral.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        pids = {ex.submit(t.getpid).result(TIMEOUT) for _ in range(4)}
+        assert pids <= set(ex._processes)
+        assert len(ex._processes) == 2
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 2, 4])
+@pytest.mark.parametrize("at", [0, 3, 7])
+def test_an_input_that_raises_raises_at_its_position(
+    ctx: corral.CorralContext, chunksize: int | None, at: int
+) -> None:
+    """Every item read before the failure is delivered, then the input's exception.
+
+    (The stdlib's imap with a chunksize drops the items of the chunk it was
+    building: a deliberate difference, listed in the README.)"""
+    with corral.Pool(2, context=ctx) as pool:
+        got, exc = _drain(pool.imap(t.identity, t.raise_at(20, at), chunksize))
+        assert got == list(range(at))
+        assert isinstance(exc, KeyError)
+        assert exc.args == (at,)
+        got, exc = _drain(pool.imap_unordered(t.identity, t.raise_at(20, at), chunksize))
+        assert sorted(got) == list(range(at))
+        assert isinstance(exc, KeyError)
+        with pytest.raises(KeyError, match=str(at)):
+            pool.map(t.identity, t.raise_at(20, at), chunksize)
+        assert pool.apply(t.mul, (6, 7)) == 42  # the pool goes on
