@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from .._context import CorralContext
 from ._engine import Engine, PoolStatistics
@@ -269,6 +269,12 @@ class Pool(_Calls):
     - ``progress``: a tqdm bar per call (``True``, ``"force"`` or a dict of tqdm
       options; per call too). ``on_event(kind, n)`` receives ``submitted``,
       ``completed``, ``failed``, ``retried`` and ``worker_died`` events.
+    - ``cluster=`` runs the tasks on a dask.distributed cluster, with the same
+      guarantees on every node: a scheduler address, a ``distributed.Client``, a
+      dask Cluster, ``"local"`` (corral starts and owns one on this machine), or
+      ``"auto"`` (the ``CORRAL_CLUSTER`` address if set, else this machine).
+      ``processes`` is then the total concurrency (default: the cluster's threads).
+      Needs ``pip install 'corral[distributed]'``.
     """
 
     __module__ = "corral"
@@ -287,6 +293,7 @@ class Pool(_Calls):
         progress: ProgressArg = False,
         max_memory_per_child: int | None = None,
         on_event: Callable[[str, int], object] | None = None,
+        cluster: Any = None,
     ):
         options = PoolOptions.make(
             processes,
@@ -301,10 +308,10 @@ class Pool(_Calls):
             on_event=on_event,
             progress=progress,
         )
-        self._engine = Engine(options)
+        self._engine = _engine_for(options, cluster, processes)
         self._call = CallOptions()
-        self._processes = options.processes
-        weakref.finalize(self, Engine.terminate, self._engine)
+        self._processes = self._engine.processes
+        weakref.finalize(self, self._engine.terminate)
 
     def __repr__(self) -> str:
         return f"<corral.Pool state={self._engine.state} pool_size={self._processes}>"
@@ -343,6 +350,20 @@ class Pool(_Calls):
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+
+def _engine_for(options: PoolOptions, cluster: Any, processes: int | None) -> Engine:
+    """The local engine, or with ``cluster=`` the cluster engine (``_cluster``),
+    which drives the same jobs; the fronts use either through the same calls."""
+    if cluster is not None:
+        from ._cluster_connect import resolve_auto
+
+        cluster = resolve_auto(cluster)
+    if cluster is None:
+        return Engine(options)
+    from ._cluster import ClusterEngine
+
+    return cast(Engine, ClusterEngine(options, cluster, processes))
 
 
 def _wait(engine: Engine, result: AsyncResult[T]) -> T:
