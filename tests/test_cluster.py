@@ -1,0 +1,249 @@
+"""cluster=: the same Pool, Executor, corral.map and Pipeline on a real dask cluster.
+
+Every test runs against separate ``dask scheduler`` and ``dask worker`` programs on
+loopback (``dask_cluster.DaskCluster``, one per module); the per-test leak check
+still sees every corral process the test made on the nodes, since the nodes are
+this test process's descendants.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "distributed", reason="cluster= needs dask.distributed: pip install 'corral[distributed]'"
+)
+
+import corral
+
+from . import cluster_targets as targets
+from .dask_cluster import DaskCluster
+from .leaks import wait_until
+
+pytestmark = pytest.mark.cluster
+
+# Results of any call here come within this; a hang fails the test, not the suite.
+CALL_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def dask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    yield cluster
+    problems = cluster.stop()
+    assert not problems, problems
+
+
+@pytest.fixture(autouse=True)
+def _fixture_client_idle(dask: DaskCluster) -> Iterator[None]:
+    yield  # torn down before the leak check: dask's pooled sockets are not a leak
+    dask.close_idle_connections()
+
+
+def test_pool_map_imap_apply_on_the_cluster(dask: DaskCluster) -> None:
+    with corral.Pool(cluster=dask.address) as pool:
+        assert pool._processes == 2  # the cluster's threads, by default
+        assert pool.map(targets.square, range(500)) == [x * x for x in range(500)]
+        assert pool.starmap(targets.add, [(1, 2), (3, 4)]) == [3, 7]
+        assert list(pool.imap(targets.square, iter(range(50)))) == [x * x for x in range(50)]
+        unordered = pool.imap_unordered(targets.square, range(50), chunksize=7)
+        assert sorted(unordered) == [x * x for x in range(50)]
+        assert pool.apply_async(targets.add, (2, 3)).get(CALL_TIMEOUT) == 5
+        nodes = set(pool.map(targets.node_pid, range(200), chunksize=10))
+        stats = pool.statistics()
+    assert nodes <= set(dask.worker_pids())
+    assert stats.tasks_completed == 500 + 2 + 50 + 50 + 1 + 200
+    assert stats.workers_alive == 2
+
+
+def test_a_lambda_runs_on_the_cluster(dask: DaskCluster) -> None:
+    # cloudpickle is a dependency of dask.distributed: lambdas always travel.
+    with corral.Pool(cluster=dask.client) as pool:
+        assert pool.map(lambda x: x + 1, range(10)) == list(range(1, 11))
+
+
+def test_executor_corral_map_and_pipeline_take_cluster(dask: DaskCluster) -> None:
+    with corral.ProcessPoolExecutor(max_workers=2, cluster=dask.client) as ex:
+        futures = [ex.submit(targets.add, i, i) for i in range(5)]
+        done = [f.result(CALL_TIMEOUT) for f in futures]
+        mapped = list(ex.map(targets.add, range(5), range(5), timeout=CALL_TIMEOUT))
+    assert done == mapped == [2 * i for i in range(5)]
+    assert list(corral.map(targets.square, range(20), cluster=dask.address)) == [
+        x * x for x in range(20)
+    ]
+    pipeline = corral.Pipeline(range(30)).stage(targets.square, cluster=dask.client, workers=2)
+    assert pipeline.run() == [x * x for x in range(30)]
+
+
+# --- Guarantee 1: a crash costs one item, never the dask worker --------------------
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
+@pytest.mark.parametrize("retries", [0, 2])
+def test_an_item_that_kills_its_process_costs_one_item(
+    dask: DaskCluster, tmp_path: Path, how: str, retries: int
+) -> None:
+    workers_before = dask.worker_pids()
+    fn = functools.partial(targets.crash_on, bad=7, how=how, where=str(tmp_path))
+    with corral.Pool(cluster=dask.address, retries=retries) as pool:
+        it = pool.imap(fn, range(40), chunksize=20)
+        got: list[object] = []
+        for _ in range(40):
+            try:
+                got.append(it.next(CALL_TIMEOUT))
+            except corral.WorkerCrashed as exc:
+                got.append(exc)
+        stats = pool.statistics()
+    assert got[:7] + got[8:] == [x * x for x in range(40) if x != 7]
+    assert isinstance(got[7], corral.WorkerCrashed)
+    assert got[7].attempts == retries + 1
+    ran = targets.runs(str(tmp_path), 40)
+    assert ran[7] == retries + 1
+    assert ran[:7] + ran[8:] == [1] * 39  # no neighbour ran twice
+    assert stats.tasks_retried == retries
+    assert stats.workers_restarted == 0  # no chunk was re-run: dask was not charged
+    assert dask.worker_pids() == workers_before  # the dask workers were not charged
+
+
+# --- Guarantee 3: task_timeout kills the item's tree on the node ------------------
+
+
+def test_task_timeout_kills_the_items_tree_on_the_node(dask: DaskCluster, tmp_path: Path) -> None:
+    fn = functools.partial(targets.block_with_grandchild, where=str(tmp_path))
+    with corral.Pool(cluster=dask.address, task_timeout=1) as pool:
+        with pytest.raises(corral.TaskTimeout):
+            pool.apply(fn, (1,))
+        (pids,) = targets.markers(str(tmp_path), "running-")
+        item_pid, grandchild = pids[0], pids[1]
+        assert wait_until(lambda: not targets.pids_alive([item_pid, grandchild]), 5.0)
+        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]  # the pool goes on
+
+
+# --- Guarantee 2: a dask worker SIGKILLed mid-chunk -----------------------------
+
+
+def test_a_dask_worker_killed_mid_chunk_loses_nothing(dask: DaskCluster, tmp_path: Path) -> None:
+    n = 120
+    where = str(tmp_path)
+    fn = functools.partial(targets.block_once, at=45, where=where)
+    with corral.Pool(cluster=dask.address) as pool:
+        result = pool.map_async(fn, range(n), chunksize=30)
+        marker = tmp_path / "blocked"
+        assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
+        victim = int(marker.read_text())
+        assert victim in dask.worker_pids()
+        assert dask.kill_worker(victim) == []  # its corral processes died with it
+        values = result.get(CALL_TIMEOUT)
+    assert values == [x * x for x in range(n)]  # correct, in order, each once
+    ran = targets.runs(where, n)
+    # Items of other chunks ran once; those of the killed chunk ran once more at most.
+    assert all(r == 1 for i, r in enumerate(ran) if not 30 <= i < 60)
+    assert all(1 <= r <= 2 for r in ran[30:60])
+    dask.wait_for_workers()
+    assert victim not in dask.worker_pids()
+
+
+# --- Guarantee 4: stopping reaches every node within 1 s ----------------------------
+
+STOP_BOUND = 1.0
+
+
+def _stop_case(dask: DaskCluster, tmp_path: Path, how: str) -> None:
+    fn = functools.partial(targets.block_with_grandchild, where=str(tmp_path))
+    workers_before = dask.worker_pids()
+    pool = corral.Pool(cluster=dask.address)
+    try:
+        running = pool.map_async(fn, range(4), chunksize=1)
+        ran: list[list[int]] = []
+
+        def both_running() -> bool:
+            ran[:] = targets.markers(str(tmp_path), "running-")
+            return len({pids[2] for pids in ran}) == 2  # an item on each node
+
+        assert wait_until(both_running, CALL_TIMEOUT)
+        pids = [p for pids in ran for p in pids[:2]]
+        if how == "cancel":
+            running.cancel()
+        elif how == "terminate":
+            pool.terminate()
+        assert wait_until(lambda: not targets.pids_alive(pids), STOP_BOUND), (
+            f"still running {STOP_BOUND} s after {how}: {targets.pids_alive(pids)}"
+        )
+        if how == "cancel":
+            with pytest.raises(concurrent.futures.CancelledError):
+                running.get(CALL_TIMEOUT)
+    finally:
+        pool.terminate()
+    assert dask.worker_pids() == workers_before  # the dask workers stay up
+
+
+@pytest.mark.parametrize("how", ["cancel", "terminate"])
+def test_stopping_reaches_every_node(dask: DaskCluster, tmp_path: Path, how: str) -> None:
+    _stop_case(dask, tmp_path, how)
+
+
+# --- Guarantee 6: backpressure ----------------------------------------------------
+
+
+def test_imap_over_an_infinite_generator_pulls_a_bounded_number(dask: DaskCluster) -> None:
+    pulled = itertools.count()
+
+    def source() -> Iterator[int]:
+        for x in itertools.count():
+            next(pulled)
+            yield x
+
+    with corral.Pool(cluster=dask.address) as pool:
+        it = pool.imap(targets.square, source())
+        got = [it.next(CALL_TIMEOUT) for _ in range(3000)]
+        seen = next(pulled)
+        it.close()
+    assert got == [x * x for x in range(3000)]
+    # The window: a few chunks per unit of concurrency (at most 1,000 items each).
+    assert seen <= 3000 + 4 * 2 * 1000
+
+
+# --- Guarantee 7: bad input gets a clear error at the call -------------------------
+
+
+@pytest.mark.parametrize(
+    "make", [corral.Queue, corral.Lock, lambda: corral.Value("i", 0), corral.Event]
+)
+def test_a_host_bound_object_is_refused(dask: DaskCluster, make: object) -> None:
+    obj = make()  # type: ignore[operator]
+    with corral.Pool(cluster=dask.address) as pool:
+        with pytest.raises(corral.SharingError, match="cluster"):
+            pool.map(targets.square, [1, obj, 3])
+        with pytest.raises(corral.SharingError, match="cluster"):
+            pool.apply(functools.partial(targets.add, obj), (1,))
+
+
+def test_a_corral_process_is_refused(dask: DaskCluster) -> None:
+    proc = corral.Process(target=targets.square, args=(1,))
+    with corral.Pool(cluster=dask.address) as pool, pytest.raises(corral.SharingError):
+        pool.apply(targets.square, (proc,))
+
+
+# dask itself only warns, at connect time, then lets the work go on.
+@pytest.mark.filterwarnings("ignore:Mismatched versions found")
+def test_mismatched_versions_fail_at_the_call(
+    dask: DaskCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distributed.versions
+
+    real = distributed.versions.get_versions
+
+    def older_client(packages: object = None) -> dict[str, dict[str, object]]:
+        versions = real(packages)  # type: ignore[arg-type]
+        versions["packages"]["corral"] = "0.0.1"
+        return versions
+
+    monkeypatch.setattr(distributed.versions, "get_versions", older_client)
+    with pytest.raises(ValueError, match=r"corral: client: 0\.0\.1"):
+        corral.Pool(cluster=dask.address)
