@@ -21,6 +21,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -106,10 +107,25 @@ def connect(cluster: Any) -> ClusterConnection:
 
 def _client(distributed: Any, target: Any) -> Any:
     try:
+        if isinstance(target, str):
+            _probe(target)
         return distributed.Client(target, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         exc.add_note(f"corral: no dask scheduler answered at {target!r} within {CONNECT_TIMEOUT} s")
         raise
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a tcp:// address where nothing listens, before dask's Client:
+    one that can't connect leaves its event-loop thread running, and warns later."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return  # tls, ucx, inproc...: dask's own connect and timeout
+    host, _, port = rest.rpartition(":")
+    if not port.isdigit():
+        return
+    with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), CONNECT_TIMEOUT):
+        pass
 
 
 def check_versions(client: Any) -> None:
