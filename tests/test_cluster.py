@@ -11,6 +11,9 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import itertools
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,7 +143,11 @@ def test_a_dask_worker_killed_mid_chunk_loses_nothing(dask: DaskCluster, tmp_pat
         assert victim in dask.worker_pids()
         assert dask.kill_worker(victim) == []  # its corral processes died with it
         values = result.get(CALL_TIMEOUT)
+        stats = pool.statistics()
     assert values == [x * x for x in range(n)]  # correct, in order, each once
+    # dask failed the chunk with KilledWorker (allowed-failures is 0 here); corral
+    # ran it again, uncharged: no item failed.
+    assert stats.workers_restarted >= 1
     ran = targets.runs(where, n)
     # Items of other chunks ran once; those of the killed chunk ran once more at most.
     assert all(r == 1 for i, r in enumerate(ran) if not 30 <= i < 60)
@@ -154,25 +161,51 @@ def test_a_dask_worker_killed_mid_chunk_loses_nothing(dask: DaskCluster, tmp_pat
 STOP_BOUND = 1.0
 
 
-def _stop_case(dask: DaskCluster, tmp_path: Path, how: str) -> None:
+def _both_running(where: Path) -> list[int]:
+    """Wait until an item runs on each node; the pids of the items and grandchildren."""
+    ran: list[list[int]] = []
+
+    def both() -> bool:
+        ran[:] = targets.markers(str(where), "running-")
+        return len({pids[2] for pids in ran}) == 2
+
+    assert wait_until(both, CALL_TIMEOUT)
+    return [p for pids in ran for p in pids[:2]]
+
+
+@pytest.mark.parametrize("how", ["cancel", "terminate", "ctrl-c"])
+def test_stopping_reaches_every_node(dask: DaskCluster, tmp_path: Path, how: str) -> None:
     fn = functools.partial(targets.block_with_grandchild, where=str(tmp_path))
     workers_before = dask.worker_pids()
     pool = corral.Pool(cluster=dask.address)
+    pids: list[int] = []
+    stopped_at: list[float] = []
     try:
-        running = pool.map_async(fn, range(4), chunksize=1)
-        ran: list[list[int]] = []
+        if how == "ctrl-c":
+            main = threading.get_ident()
 
-        def both_running() -> bool:
-            ran[:] = targets.markers(str(tmp_path), "running-")
-            return len({pids[2] for pids in ran}) == 2  # an item on each node
+            def interrupt() -> None:
+                pids.extend(_both_running(tmp_path))
+                stopped_at.append(time.monotonic())
+                signal.pthread_kill(main, signal.SIGINT)
 
-        assert wait_until(both_running, CALL_TIMEOUT)
-        pids = [p for pids in ran for p in pids[:2]]
-        if how == "cancel":
-            running.cancel()
-        elif how == "terminate":
-            pool.terminate()
-        assert wait_until(lambda: not targets.pids_alive(pids), STOP_BOUND), (
+            helper = threading.Thread(target=interrupt)
+            helper.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    pool.map(fn, range(4), chunksize=1)
+            finally:
+                helper.join(CALL_TIMEOUT)
+        else:
+            running = pool.map_async(fn, range(4), chunksize=1)
+            pids.extend(_both_running(tmp_path))
+            stopped_at.append(time.monotonic())
+            if how == "cancel":
+                running.cancel()
+            else:
+                pool.terminate()
+        left = STOP_BOUND - (time.monotonic() - stopped_at[0])
+        assert wait_until(lambda: not targets.pids_alive(pids), left), (
             f"still running {STOP_BOUND} s after {how}: {targets.pids_alive(pids)}"
         )
         if how == "cancel":
@@ -183,9 +216,12 @@ def _stop_case(dask: DaskCluster, tmp_path: Path, how: str) -> None:
     assert dask.worker_pids() == workers_before  # the dask workers stay up
 
 
-@pytest.mark.parametrize("how", ["cancel", "terminate"])
-def test_stopping_reaches_every_node(dask: DaskCluster, tmp_path: Path, how: str) -> None:
-    _stop_case(dask, tmp_path, how)
+def test_cluster_auto_reads_corral_cluster(
+    dask: DaskCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_CLUSTER", dask.address)
+    with corral.Pool(cluster="auto") as pool:
+        assert set(pool.map(targets.node_pid, range(100), chunksize=10)) <= set(dask.worker_pids())
 
 
 # --- Guarantee 6: backpressure ----------------------------------------------------
