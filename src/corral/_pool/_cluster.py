@@ -39,8 +39,9 @@ import uuid
 import weakref
 from typing import Any
 
-from .._exceptions import CorralError
+from .._exceptions import CorralError, TaskTimeout
 from .._remote import decode_error
+from .._workercrash import WorkerCrashed
 from ._cluster_connect import ClusterConnection, connect
 from ._cluster_node import release, run_chunk
 from ._cluster_pickle import dumps
@@ -404,7 +405,7 @@ class ClusterEngine:
                 values.append(value)
             else:
                 what = chunk.job.describe(chunk.start + i, chunk.items[i])
-                errors[i] = decode_error(value, what)
+                errors[i] = _as_ours(decode_error(value, what), what, chunk.items[i])
                 values.append(None)
         if retried:
             self.retried += retried
@@ -466,6 +467,21 @@ class ClusterEngine:
             if id(job) not in seen and not job.stopped:
                 seen.add(id(job))
                 job.abort(exc)
+
+
+def _as_ours(err: BaseException, what: str, item: Any) -> BaseException:
+    """An error the node's pool made (a timeout, a crash) names the item as the node
+    saw it (its place in the chunk): name it as the caller's call does, and tag the
+    item for a pipeline's StageError, as the local engine does."""
+    if isinstance(err, TaskTimeout):
+        ours: BaseException = TaskTimeout(err.timeout, what)
+    elif isinstance(err, WorkerCrashed):
+        ours = WorkerCrashed(err.exitcode, err.pid, what, err.attempts)
+    else:
+        return err
+    ours.__cause__ = err.__cause__
+    vars(ours)["_corral_item"] = item
+    return ours
 
 
 _engines: weakref.WeakSet[ClusterEngine] = weakref.WeakSet()
