@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,15 @@ def test_bench_after_a_plain_install(tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.startswith("corral ")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("distributed") is None,
+    reason="needs dask.distributed: pip install 'corral[distributed]'",
+)
+def test_cluster_demo_passes() -> None:
+    done = corral_cli("demo", "cluster")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("PASS") == 3
+    assert "still running (dask cannot stop it)" in done.stdout
+    assert done.stdout.rstrip().endswith("0 failed")
