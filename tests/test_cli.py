@@ -42,11 +42,11 @@ def test_bench_only_lists_its_choices() -> None:
     done = corral_cli("bench", "--only", "no-such")
     assert done.returncode == 2
     assert "invalid choice: 'no-such'" in done.stderr
-    for name in ("process", "queue", "sync", "pool"):
+    for name in ("distributed", "process", "queue", "sync", "pool"):
         assert name in done.stderr
     done = corral_cli("bench", "--help")
     assert done.returncode == 0
-    assert "{pool,process,queue,sync}" in done.stdout
+    assert "{distributed,pool,process,queue,sync}" in done.stdout
 
 
 def test_version() -> None:
