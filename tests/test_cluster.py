@@ -249,7 +249,15 @@ def test_imap_over_an_infinite_generator_pulls_a_bounded_number(dask: DaskCluste
 
 
 @pytest.mark.parametrize(
-    "make", [corral.Queue, corral.Lock, lambda: corral.Value("i", 0), corral.Event]
+    "make",
+    [
+        corral.Queue,
+        corral.Lock,
+        lambda: corral.Value("i", 0),
+        lambda: corral.Array("i", 3),
+        corral.Event,
+    ],
+    ids=["Queue", "Lock", "Value", "Array", "Event"],
 )
 def test_a_host_bound_object_is_refused(dask: DaskCluster, make: object) -> None:
     obj = make()  # type: ignore[operator]
@@ -260,10 +268,13 @@ def test_a_host_bound_object_is_refused(dask: DaskCluster, make: object) -> None
             pool.apply(functools.partial(targets.add, obj), (1,))
 
 
-def test_a_corral_process_is_refused(dask: DaskCluster) -> None:
+def test_a_corral_process_or_pool_is_refused(dask: DaskCluster) -> None:
     proc = corral.Process(target=targets.square, args=(1,))
-    with corral.Pool(cluster=dask.address) as pool, pytest.raises(corral.SharingError):
-        pool.apply(targets.square, (proc,))
+    with corral.Pool(cluster=dask.address) as pool:
+        with pytest.raises(corral.SharingError, match="Process"):
+            pool.apply(targets.square, (proc,))
+        with pytest.raises(corral.SharingError, match="Pool"):
+            pool.apply(targets.square, (pool,))
 
 
 # dask itself only warns, at connect time, then lets the work go on.
