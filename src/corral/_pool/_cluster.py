@@ -43,7 +43,7 @@ from .._exceptions import CorralError, TaskTimeout
 from .._remote import decode_error
 from .._workercrash import WorkerCrashed
 from ._cluster_connect import ClusterConnection, connect
-from ._cluster_node import release, run_chunk
+from ._cluster_node import forget_reports, release, run_chunk
 from ._cluster_pickle import dumps
 from ._engine import PoolStatistics
 from ._jobs import Job
@@ -65,21 +65,36 @@ TASKS_PER_SLOT = 2
 # A chunk whose dask workers died this many times in a row fails its items with a
 # CorralError, rather than being resubmitted forever (a task that kills its node).
 MAX_RESUBMITS = 5
-# How long terminate() waits for the nodes to end the pool's processes.
-RELEASE_TIMEOUT = 5.0
+# The scheduler keeps every topic's recent events for clients that ask later; the
+# running chunks' reports are dropped there after this many (one round trip each
+# time): the bound on the memory they hold on the scheduler.
+FORGET_REPORTS_EVERY = 256
 
 
 class RemoteChunk:
     """Items ``start``.. of one job, sent to the cluster as one dask task."""
 
-    __slots__ = ("future", "items", "job", "resubmits", "start")
+    __slots__ = ("done", "future", "items", "job", "key", "resubmits", "start")
 
     def __init__(self, job: Job, start: int, items: list[Any]):
         self.job = job
         self.start = start
         self.items = items
+        self.done = 0  # items 0..done-1 delivered (reported while the chunk ran)
         self.resubmits = 0
         self.future: Any = None
+        self.key = ""
+
+
+class Progress:
+    """A running chunk's report of the outcomes it has so far (``first`` on)."""
+
+    __slots__ = ("first", "key", "payload")
+
+    def __init__(self, key: str, first: int, payload: bytes):
+        self.key = key
+        self.first = first
+        self.payload = payload
 
 
 class ClusterEngine:
@@ -93,6 +108,8 @@ class ClusterEngine:
             self.token = uuid.uuid4().hex
             self.variable = _variable(self.conn.client, self.token)
             self.variable.set(([], False))
+            self.topic = f"corral-{self.token}"
+            self.conn.client.subscribe_topic(self.topic, self._on_progress_event)
         except BaseException:
             self.conn.close()
             raise
@@ -100,9 +117,9 @@ class ClusterEngine:
         self.jobs: collections.deque[Job] = collections.deque()
         self.state = "run"
         self.broken: BaseException | None = None
-        self.completed = self.retried = self.resubmitted = 0
-        self.flying: dict[int, RemoteChunk] = {}
-        self.inbox: queue.SimpleQueue[RemoteChunk | None] = queue.SimpleQueue()
+        self.completed = self.retried = self.resubmitted = self.reports = 0
+        self.flying: dict[str, RemoteChunk] = {}  # by dask key
+        self.inbox: queue.SimpleQueue[RemoteChunk | Progress | None] = queue.SimpleQueue()
         self.job_ids: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
         self.job_seq = itertools.count(1)
         self.stopped_jobs: set[int] = set()
@@ -200,7 +217,7 @@ class ClusterEngine:
             workers=self.processes,
             workers_alive=alive,
             workers_restarted=self.resubmitted,
-            tasks_in_flight=sum(len(c.items) for c in list(self.flying.values())),
+            tasks_in_flight=sum(len(c.items) - c.done for c in list(self.flying.values())),
             tasks_completed=self.completed,
             tasks_retried=self.retried,
         )
@@ -242,7 +259,9 @@ class ClusterEngine:
             self._stop_cancelled()
             msg = self.inbox.get()
             while msg is not None or not self.inbox.empty():
-                if msg is not None:
+                if isinstance(msg, Progress):
+                    self._on_progress(msg)
+                elif msg is not None:
                     self._on_done(msg)
                 try:
                     msg = self.inbox.get_nowait()
@@ -312,9 +331,11 @@ class ClusterEngine:
             "max_memory_per_child": opts.max_memory_per_child,
             "initializer_timeout": opts.initializer_timeout,
         }
+        chunk.key = f"corral-{job.name[:40]}-{self.token[:8]}-{next(self.seq)}"
         spec = (
             self.token,
             self._job_id(job),
+            chunk.key,
             job.fn,
             job.mode,
             chunk.items,
@@ -327,10 +348,10 @@ class ClusterEngine:
         except Exception as exc:
             self._pickling_failed(chunk, exc)
             return
-        key = f"corral-{job.name[:40]}-{self.token[:8]}-{next(self.seq)}"
-        future = self.conn.client.submit(run_chunk, payload, key=key, pure=False, retries=0)
+        client = self.conn.client
+        future = client.submit(run_chunk, payload, key=chunk.key, pure=False, retries=0)
         chunk.future = future
-        self.flying[id(chunk)] = chunk
+        self.flying[chunk.key] = chunk
         future.add_done_callback(lambda _f, c=chunk: self.inbox.put(c))
 
     def _pickling_failed(self, chunk: RemoteChunk, exc: Exception) -> None:
@@ -345,15 +366,37 @@ class ClusterEngine:
             exc.add_note(
                 f"corral: raised while pickling {job.describe(chunk.start, chunk.items[0])}"
             )
-            self._finish(chunk, [None], {0: exc})
+            self._finish(chunk, 0, [None], {0: exc})
             return
         for i, item in enumerate(chunk.items):
             self._submit(RemoteChunk(job, chunk.start + i, [item]))
 
     # Outcomes coming back.
 
+    def _on_progress_event(self, event: tuple[float, Any]) -> None:
+        """(The client's event loop) a running chunk reported outcomes: queue them."""
+        key, first, payload = event[1]
+        self.inbox.put(Progress(key, first, payload))
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.reports += 1
+        if self.reports % FORGET_REPORTS_EVERY == 0:
+            with contextlib.suppress(Exception):
+                self.conn.client.run_on_scheduler(forget_reports, self.topic)
+        chunk = self.flying.get(progress.key)
+        if chunk is None or (chunk.job.stopped and chunk.job.kill_running):
+            return  # finished (its result covers these) or stopped meanwhile
+        skip = chunk.done - progress.first
+        if skip < 0:
+            return  # a report went missing: the chunk's result covers the gap
+        try:
+            records = pickle.loads(progress.payload)[1]
+        except BaseException:
+            return  # the chunk's result carries them too, or fails them
+        self._deliver_records(chunk, records[skip:])
+
     def _on_done(self, chunk: RemoteChunk) -> None:
-        if self.flying.pop(id(chunk), None) is None:
+        if self.flying.pop(chunk.key, None) is None:
             return
         job = chunk.job
         future = chunk.future
@@ -373,10 +416,14 @@ class ClusterEngine:
         if error is not None and not _is_worker_loss(error):
             self._fail_all(chunk, error)
             return
-        # The dask worker died (KilledWorker), or the task was lost: run the chunk
-        # again, uncharged. Nothing of it was delivered.
+        # The dask worker died (KilledWorker), or the task was lost: run the rest of
+        # the chunk again, uncharged. What it had reported is delivered already.
         if self.state == "terminate" or job.stopped:
             return
+        if chunk.done:
+            rest = RemoteChunk(job, chunk.start + chunk.done, chunk.items[chunk.done :])
+            rest.resubmits = chunk.resubmits
+            chunk = rest
         chunk.resubmits += 1
         self.resubmitted += 1
         self.event("worker_died", 1)
@@ -391,36 +438,46 @@ class ClusterEngine:
         self._submit(chunk)
 
     def _fail_all(self, chunk: RemoteChunk, exc: BaseException) -> None:
-        n = len(chunk.items)
-        self._finish(chunk, [None] * n, dict.fromkeys(range(n), exc))
+        """Every item of the chunk not delivered yet fails with ``exc``."""
+        n = len(chunk.items) - chunk.done
+        self._finish(chunk, chunk.done, [None] * n, dict.fromkeys(range(n), exc))
 
     def _deliver(self, chunk: RemoteChunk, outcome: tuple[Any, ...]) -> None:
         if outcome[0] == "stopped":
             return  # the job or the pool was stopped meanwhile
         _, records, seconds, retried = outcome
+        if retried:
+            self.retried += retried
+            self.event("retried", retried)
+        self._measured(chunk.job, len(records), seconds)
+        self._deliver_records(chunk, records[chunk.done :])
+
+    def _deliver_records(self, chunk: RemoteChunk, records: list[tuple[bool, Any]]) -> None:
+        """Outcomes of the chunk's items ``done``.. (as the node encoded them)."""
+        at = chunk.done
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
         for i, (ok, value) in enumerate(records):
             if ok:
                 values.append(value)
             else:
-                what = chunk.job.describe(chunk.start + i, chunk.items[i])
-                errors[i] = _as_ours(decode_error(value, what), what, chunk.items[i])
+                item = chunk.items[at + i]
+                what = chunk.job.describe(chunk.start + at + i, item)
+                errors[i] = _as_ours(decode_error(value, what), what, item)
                 values.append(None)
-        if retried:
-            self.retried += retried
-            self.event("retried", retried)
-        self._measured(chunk.job, len(values), seconds)
-        self._finish(chunk, values, errors)
+        chunk.done += len(records)
+        if records:
+            self._finish(chunk, at, values, errors)
 
     def _finish(
-        self, chunk: RemoteChunk, values: list[Any], errors: dict[int, BaseException]
+        self, chunk: RemoteChunk, at: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
+        """Outcomes of the chunk's items ``at``.. reach their job."""
         self.completed += len(values)
         if errors:
             self.event("failed", len(errors))
         self.event("completed", len(values))
-        chunk.job.deliver(chunk.start, values, errors)
+        chunk.job.deliver(chunk.start + at, values, errors)
 
     # Stopping.
 
@@ -445,6 +502,10 @@ class ClusterEngine:
         """Stop every running chunk and end the pools on the nodes."""
         futures = [c.future for c in self.flying.values()]
         self.flying.clear()
+        with contextlib.suppress(Exception):
+            self.conn.client.unsubscribe_topic(self.topic)
+        with contextlib.suppress(Exception):
+            self.conn.client.run_on_scheduler(forget_reports, self.topic)
         with contextlib.suppress(Exception):
             self.variable.set(([], True))
         with contextlib.suppress(Exception):

@@ -35,7 +35,7 @@ from .._core import _linux
 from .._remote import dumps, encode_error
 from ._front import Pool
 
-__all__ = ["release", "run_chunk"]
+__all__ = ["forget_reports", "release", "run_chunk"]
 
 # How often a running chunk asks the scheduler whether it was stopped. The promise
 # is a stop within 1 s on every node; each poll is one round trip to the scheduler.
@@ -125,7 +125,7 @@ def run_chunk(payload: bytes) -> bytes:
     import distributed
 
     variable_class: Any = distributed.Variable
-    token, job_id, fn, mode, items, timeout, retries, options = pickle.loads(payload)
+    token, job_id, key, fn, mode, items, timeout, retries, options = pickle.loads(payload)
     pool = _pool_for(token, options)
     if pool is None:
         return pickle.dumps(("stopped",))
@@ -135,6 +135,7 @@ def run_chunk(payload: bytes) -> bytes:
     view = pool.with_options(task_timeout=timeout, retries=retries)
     it = view._imap(fn, items, None, mode, True, None, False, None)
     outcomes: list[tuple[bool, Any]] = []
+    reported = 0
     next_poll = started + STOP_POLL
     while True:
         try:
@@ -154,10 +155,35 @@ def run_chunk(payload: bytes) -> bytes:
                 if everything:
                     release(token)
                 return pickle.dumps(("stopped",))
+            reported = _report(token, key, reported, outcomes)
             next_poll = time.monotonic() + STOP_POLL
     seconds = time.monotonic() - started
     retried = pool.statistics().tasks_retried - retried_before
     return _encode_outcomes(outcomes, seconds, retried)
+
+
+def _report(token: str, key: str, reported: int, outcomes: list[tuple[bool, Any]]) -> int:
+    """Send the outcomes after ``reported`` to the client now, through the scheduler
+    (a dask event): if this dask worker dies before the chunk ends, the client has
+    them, and runs again only the items after them. Returns the new count reported."""
+    if len(outcomes) <= reported:
+        return reported
+    from distributed import get_worker
+
+    payload = _encode_outcomes(outcomes[reported:], 0.0, 0)  # ("done", records, ...)
+    get_worker().log_event(f"corral-{token}", (key, reported, payload))
+    return len(outcomes)
+
+
+def forget_reports(dask_scheduler: Any, topic: str) -> None:
+    """On the scheduler (``client.run_on_scheduler``): drop the reports it keeps for
+    ``topic``. dask keeps the last thousands of events of every topic, for clients
+    that ask later; a pool's reports are read as they come, and would only hold
+    memory there."""
+    broker = getattr(dask_scheduler, "_broker", None)
+    with contextlib.suppress(Exception):
+        broker.truncate(topic)  # type: ignore[union-attr]
+        broker._topics.pop(topic, None)  # type: ignore[union-attr]
 
 
 def _encode_outcomes(outcomes: list[tuple[bool, Any]], seconds: float, retried: int) -> bytes:
