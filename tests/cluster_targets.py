@@ -69,7 +69,10 @@ def block_with_grandchild(x: int, where: str) -> int:
 
 def block_once(x: int, at: int, where: str) -> int:
     """Item ``at`` blocks the first time it runs (until its dask worker is killed),
-    after writing the dask worker's pid; every item's runs are counted."""
+    after writing the dask worker's pid; every item's runs are counted. Each item
+    takes 5 ms, so the node's pool hears of each as it ends (items faster than
+    ``_worker.COMMIT_SECONDS`` are committed in batches)."""
+    time.sleep(0.005)  # the item's work, not a wait for anything
     counted(x, where)
     marker = Path(where, "blocked")
     if x == at and not marker.exists():

@@ -132,26 +132,31 @@ def test_task_timeout_kills_the_items_tree_on_the_node(dask: DaskCluster, tmp_pa
 
 
 def test_a_dask_worker_killed_mid_chunk_loses_nothing(dask: DaskCluster, tmp_path: Path) -> None:
-    n = 120
+    n, at = 120, 45
     where = str(tmp_path)
-    fn = functools.partial(targets.block_once, at=45, where=where)
+    fn = functools.partial(targets.block_once, at=at, where=where)
     with corral.Pool(cluster=dask.address) as pool:
-        result = pool.map_async(fn, range(n), chunksize=30)
+        it = pool.imap(fn, range(n), chunksize=30)
+        # Items 30..44 of the chunk 30..59 finished before item 45 blocked; they
+        # reached us while that chunk still ran (its reports), so we can read them.
+        first = [it.next(CALL_TIMEOUT) for _ in range(at)]
         marker = tmp_path / "blocked"
         assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
         victim = int(marker.read_text())
         assert victim in dask.worker_pids()
         assert dask.kill_worker(victim) == []  # its corral processes died with it
-        values = result.get(CALL_TIMEOUT)
+        rest = [it.next(CALL_TIMEOUT) for _ in range(n - at)]
+        with pytest.raises(StopIteration):
+            it.next(CALL_TIMEOUT)
         stats = pool.statistics()
-    assert values == [x * x for x in range(n)]  # correct, in order, each once
-    # dask failed the chunk with KilledWorker (allowed-failures is 0 here); corral
-    # ran it again, uncharged: no item failed.
-    assert stats.workers_restarted >= 1
+    assert first + rest == [x * x for x in range(n)]  # correct, in order, each once
     ran = targets.runs(where, n)
-    # Items of other chunks ran once; those of the killed chunk ran once more at most.
-    assert all(r == 1 for i, r in enumerate(ran) if not 30 <= i < 60)
-    assert all(1 <= r <= 2 for r in ran[30:60])
+    # Only the item running when its dask worker died ran again, uncharged: the
+    # finished items of its chunk had been reported, those after it had not started.
+    assert ran == [2 if x == at else 1 for x in range(n)]
+    # dask failed the chunk with KilledWorker (allowed-failures is 0 here); corral
+    # ran its rest again: no item failed.
+    assert stats.workers_restarted >= 1
     dask.wait_for_workers()
     assert victim not in dask.worker_pids()
 
