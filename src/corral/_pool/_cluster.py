@@ -8,6 +8,7 @@
                                                                     (a corral.Pool kept per
                                                                     node runs the items)
                               inbox <--done callback-- outcomes per item
+                              inbox <--dask event----- reports while it runs
                               deliver to the job, in its order
                               dask worker died: resubmit, uncharged
     cancel / terminate  -->   stop variable (job ids, or all) <--polled by run_chunk--
@@ -21,8 +22,11 @@ so ``map``/``imap``/ordering/progress/cancel and the fronts are shared, and the
 local hot path is untouched. What differs is what a "slot" is: here, a dask task
 holding one chunk; its items are accounted for by the node's own corral.Pool.
 
-A chunk's outcome arrives whole, once: dask re-running a task whose worker died
-(or corral resubmitting it after ``KilledWorker``) cannot deliver an item twice.
+A running chunk reports the outcomes it has every 0.2 s (a dask event), and they
+are delivered at once; its final result repeats them, and only the ones past what
+was reported are delivered. After its dask worker's death only the items not
+reported yet run again (resubmitted under a new key, so dask's ``KilledWorker``
+charges nothing): no item is delivered twice.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
                                                    the corral.Pool kept for ``token`` here
                                                    imap over the items, per-item outcomes
     stop variable (job ids, or all) <--poll--      every STOP_POLL s: stopped? cancel imap
+    <--dask event (key, first, outcomes)--         ... and report the outcomes so far
     <--dask-- ("done", outcomes, seconds) or ("stopped",)
     client.run(release, token) ---------->       terminate the pool kept for ``token``
 
