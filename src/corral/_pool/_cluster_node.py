@@ -34,7 +34,10 @@ from typing import Any
 
 from .._core import _linux
 from .._remote import dumps, encode_error
-from ._front import Pool
+
+# The node side is a user of corral's public Pool, as the Executor and the Pipeline
+# are: it takes it from the package (the front, in turn, picks the cluster engine).
+from . import Pool
 
 __all__ = ["forget_reports", "release", "run_chunk"]
 

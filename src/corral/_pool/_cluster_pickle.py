@@ -28,7 +28,7 @@ def _host_bound() -> tuple[type, ...]:
     from .._core._shm import SharedMemory
     from .._queue import Queue
     from .._synchronize import Barrier, Condition, Event, Lock, Semaphore
-    from ._front import Pool
+    from . import Pool  # the package's: _front picks the engine that imports us
 
     return (
         Queue,
