@@ -22,6 +22,23 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+def inverse(x: int) -> float:
+    return 1 / x
+
+
+_tag = ""
+
+
+def set_tag(tag: str) -> None:
+    """A pool initializer: runs once in each of the node pool's workers."""
+    global _tag
+    _tag = tag
+
+
+def tagged(x: int) -> str:
+    return f"{_tag}-{x}"
+
+
 def counted(x: int, where: str) -> int:
     """Record one run of item ``x`` (a line in its own file), then return x * x."""
     with open(os.path.join(where, f"ran-{x}"), "a") as f:

@@ -14,6 +14,7 @@ import itertools
 import signal
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,20 @@ def test_executor_corral_map_and_pipeline_take_cluster(dask: DaskCluster) -> Non
     ]
     pipeline = corral.Pipeline(range(30)).stage(targets.square, cluster=dask.client, workers=2)
     assert pipeline.run() == [x * x for x in range(30)]
+    skipping = corral.Pipeline(range(-3, 4)).stage(
+        targets.inverse, cluster=dask.client, workers=2, on_error="skip"
+    )
+    assert skipping.run() == [-1 / 3, -1 / 2, -1.0, 1.0, 1 / 2, 1 / 3]
+    assert [(e.stage, e.item) for e in skipping.errors] == [("inverse", 0)]
+
+
+def test_a_cluster_object_and_an_initializer(dask: DaskCluster) -> None:
+    # What a dask Cluster (LocalCluster, SpecCluster...) offers the Client.
+    from distributed.core import Status
+
+    cluster = types.SimpleNamespace(scheduler_address=dask.address, status=Status.running)
+    with corral.Pool(cluster=cluster, initializer=targets.set_tag, initargs=("node",)) as pool:
+        assert pool.map(targets.tagged, range(6), chunksize=2) == [f"node-{x}" for x in range(6)]
 
 
 # --- Guarantee 1: a crash costs one item, never the dask worker --------------------
