@@ -126,7 +126,7 @@ class ClusterEngine:
         self.inbox: queue.SimpleQueue[RemoteChunk | Progress | None] = queue.SimpleQueue()
         self.job_ids: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
         self.job_seq = itertools.count(1)
-        self.stopped_jobs: set[int] = set()
+        self.stopped_jobs: set[int] = set()  # ids of the jobs the user cancelled
         self.seq = itertools.count(1)
         self.chunk_size: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
         self.done = threading.Event()
@@ -486,19 +486,23 @@ class ClusterEngine:
     # Stopping.
 
     def _stop_cancelled(self) -> None:
-        """Jobs cancelled by the user: tell the nodes, and drop their queued tasks."""
+        """Jobs cancelled by the user: tell the nodes, and drop their queued tasks.
+
+        The stop variable lists every job cancelled so far, not only those with a
+        chunk in flight here: dask's cancel ends our future at once, while its task
+        runs on until its node next polls the variable.
+        """
         newly = [
             c
             for c in self.flying.values()
-            if c.job.kill_running and id(c.job) not in self.stopped_jobs
+            if c.job.kill_running and self._job_id(c.job) not in self.stopped_jobs
         ]
         if not newly:
             return
-        for chunk in newly:
-            self.stopped_jobs.add(id(chunk.job))
-        ids = sorted({self._job_id(c.job) for c in self.flying.values() if c.job.kill_running})
+        self.stopped_jobs.update(self._job_id(c.job) for c in newly)
         with contextlib.suppress(Exception):
-            self.variable.set((ids, False))  # msgpack-able: a list, not a set
+            # msgpack-able: a list, not a set
+            self.variable.set((sorted(self.stopped_jobs), False))
         with contextlib.suppress(Exception):
             self.conn.client.cancel([c.future for c in newly])
 
