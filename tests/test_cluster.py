@@ -8,6 +8,7 @@ this test process's descendants.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import itertools
@@ -51,7 +52,12 @@ def _fixture_client_idle(dask: DaskCluster) -> Iterator[None]:
 
 
 def test_pool_map_imap_apply_on_the_cluster(dask: DaskCluster) -> None:
-    with corral.Pool(cluster=dask.address) as pool:
+    events: collections.Counter[str] = collections.Counter()
+
+    def on_event(kind: str, n: int) -> None:
+        events[kind] += n
+
+    with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
         assert pool._processes == 2  # the cluster's threads, by default
         assert pool.map(targets.square, range(500)) == [x * x for x in range(500)]
         assert pool.starmap(targets.add, [(1, 2), (3, 4)]) == [3, 7]
@@ -64,6 +70,8 @@ def test_pool_map_imap_apply_on_the_cluster(dask: DaskCluster) -> None:
     assert nodes <= set(dask.worker_pids())
     assert stats.tasks_completed == 500 + 2 + 50 + 50 + 1 + 200
     assert stats.workers_alive == 2
+    assert events["completed"] == events["submitted"] == stats.tasks_completed
+    assert events["failed"] == events["retried"] == events["worker_died"] == 0
 
 
 def test_a_lambda_runs_on_the_cluster(dask: DaskCluster) -> None:
