@@ -87,7 +87,11 @@ def connect(cluster: Any) -> ClusterConnection:
         conn = ClusterConnection(cluster, owned=False)
     elif isinstance(cluster, str) and cluster == "local":
         host = LocalHost.start()
-        conn = ClusterConnection(_client(distributed, host.address), owned=True, host=host)
+        try:
+            conn = ClusterConnection(_client(distributed, host.address), owned=True, host=host)
+        except BaseException:
+            host.stop()
+            raise
     elif isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
         conn = ClusterConnection(_client(distributed, cluster), owned=True)
     else:
@@ -177,19 +181,24 @@ class LocalHost:
             target=_host_main, args=(directory, n_workers), name="corral-cluster-host"
         )
         proc.start()
+        host = cls(proc, directory, "")
+        try:
+            host.address = host._wait_for_address(scheduler_file)
+        except BaseException:  # a failed start, or a Ctrl-C while waiting
+            host.stop()
+            raise
+        return host
+
+    def _wait_for_address(self, scheduler_file: str) -> str:
         deadline = time.monotonic() + LOCAL_START_TIMEOUT
-        address = None
-        while address is None:
+        while True:
             address = _read_address(scheduler_file)
-            if address is None and (not proc.is_alive() or time.monotonic() > deadline):
-                log = _tail(os.path.join(directory, "cluster.log"))
-                proc.kill()
-                proc.join()
-                shutil.rmtree(directory, ignore_errors=True)
+            if address is not None:
+                return address
+            if not self.proc.is_alive() or time.monotonic() > deadline:
+                log = _tail(os.path.join(self.directory, "cluster.log"))
                 raise RuntimeError(f"corral: the local dask cluster did not start:\n{log}")
-            if address is None:
-                proc.join(0.05)  # wait on the host, not a bare sleep
-        return cls(proc, directory, address)
+            self.proc.join(0.05)  # wait on the host, not a bare sleep
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
