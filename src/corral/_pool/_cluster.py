@@ -303,9 +303,10 @@ class ClusterEngine:
         if job.fixed_chunksize is not None:
             return job.fixed_chunksize
         size = self.chunk_size.get(job, FIRST_CHUNK)
-        if job.input_done:  # all items known: keep every slot busy to the end
-            total = len(job.items) + job.base
-            size = min(size, max(1, -(-total // (2 * self.processes))))
+        if job.input_done:  # all items known: chunks shrink as the end nears, so no
+            # slot idles while another runs a long last chunk (guided self-scheduling)
+            left = job.base + len(job.items) - job.cursor
+            size = min(size, max(1, -(-left // (2 * self.processes))))
         job.chunk = size  # an imap's window follows the chunk size (see IMapJob.window)
         return size
 
