@@ -18,6 +18,10 @@ def square(x: int) -> int:
     return x * x
 
 
+def identity(x: object) -> object:
+    return x
+
+
 def add(x: int, y: int) -> int:
     return x + y
 

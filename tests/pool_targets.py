@@ -145,6 +145,14 @@ def _refuse() -> Any:
     raise RuntimeError("refusing to be unpickled")
 
 
+class DieOnPickle:
+    """A result whose pickling SIGKILLs the process: the item returned, then it died."""
+
+    def __reduce__(self) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
 def identity(x: Any) -> Any:
     return x
 
@@ -255,7 +263,7 @@ def counted(item: tuple[int, int, str, str, Any]) -> Any:
     """Record that item ``x`` ran (a line in ``path``), then misbehave as ``how`` on ``bad``."""
     x, bad, how, path, _payload = item
     _count_run(path, x)
-    time.sleep(0.0002)  # slower than _worker.LOG_MIN_SECONDS: outcomes are logged
+    time.sleep(0.0002)  # items are committed in groups, logged in between
     if x == bad:
         if how in ("exit", "sigkill", "segfault"):
             die_on(x, bad, how)
@@ -265,6 +273,8 @@ def counted(item: tuple[int, int, str, str, Any]) -> Any:
             return threading.Lock()
         elif how == "result_unpickle":
             return BadUnpickle()
+        elif how == "die_delivering":
+            return DieOnPickle()
         elif how == "timeout":
             time.sleep(FOREVER)
     return x * 2
@@ -282,7 +292,7 @@ def counted_block(item: tuple[int, int, str]) -> int:
     """Record that item ``x`` ran; on ``bad``, announce it and block until killed."""
     x, bad, path = item
     _count_run(path, x)
-    time.sleep(0.0002)  # slower than _worker.LOG_MIN_SECONDS: outcomes are logged
+    time.sleep(0.0002)  # items are committed in groups, logged in between
     if x == bad:
         _announce(x)
         time.sleep(FOREVER)
@@ -435,3 +445,67 @@ class ExitOnUnpickle:
 
 def return_exit_on_unpickle(x: int) -> Any:
     return ExitOnUnpickle() if x == 1 else x
+
+
+# Results of every kind the worker's outcome log encodes: the C loop pickles the
+# scalars itself, and hands the rest (and whatever does not fit) to pickle.
+RESULT_KINDS = (
+    "int",
+    "bigint",
+    "float",
+    "str",
+    "bytes",
+    "none",
+    "bool",
+    "tuple",
+    "large",
+    "unpicklable",
+)
+
+
+def result_of(kind: str, x: int) -> Any:
+    """Item ``x``'s result for a row of kind ``kind`` (item 3 is the odd one out)."""
+    if kind == "int":
+        return x * -70_000 if x % 2 else x
+    if kind == "bigint":
+        return x * 2**70
+    if kind == "float":
+        return x / 3
+    if kind == "str":
+        return f"é{x}" * (x % 300)
+    if kind == "bytes":
+        return bytes([x % 256]) * (x % 300)
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return x % 3 == 0
+    if kind == "tuple":
+        return (x, str(x))
+    if kind == "large":  # larger than the log's first mapping: the log grows
+        return b"L" * (3 << 20) if x == 3 else x
+    if kind == "unpicklable":
+        return threading.Lock() if x == 3 else x
+    raise ValueError(kind)
+
+
+def fast_result(item: tuple[int, int, str, str]) -> Any:
+    """Record that item ``x`` ran; SIGKILL the worker at ``bad``; else a fast result."""
+    x, bad, kind, path = item
+    _count_run(path, x)
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result_of(kind, x)
+
+
+def bump_in_place(a: Any) -> Any:
+    """Add 1 to an array where it lies (the worker's own copy), and return it."""
+    a += 1
+    return a
+
+
+def filled(item: tuple[int, float]) -> Any:
+    """A fresh array of ``n`` float64s, each ``value``."""
+    import numpy as np
+
+    n, value = item
+    return np.full(n, value)

@@ -300,9 +300,9 @@ def test_a_corral_process_or_pool_is_refused(dask: DaskCluster) -> None:
     proc = corral.Process(target=targets.square, args=(1,))
     with corral.Pool(cluster=dask.address) as pool:
         with pytest.raises(corral.SharingError, match="Process"):
-            pool.apply(targets.square, (proc,))
+            pool.apply(targets.identity, (proc,))
         with pytest.raises(corral.SharingError, match="Pool"):
-            pool.apply(targets.square, (pool,))
+            pool.apply(targets.identity, (pool,))
 
 
 # dask itself only warns, at connect time, then lets the work go on.

@@ -150,3 +150,97 @@ def test_a_worker_killed_from_outside_mid_chunk(
         assert out[BAD].exitcode == 128 + signum
     assert ran[BAD] == 1
     assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), (ran, out)
+
+
+@pytest.mark.parametrize("kind", t.RESULT_KINDS)
+def test_fast_items_finished_before_a_death_are_delivered(
+    ctx: corral.CorralContext, tmp_path: Path, kind: str
+) -> None:
+    """Items of a few µs, in one chunk, then the worker dies: what finished is kept.
+
+    Such items are committed in groups of hundreds; the ones that finished since the
+    last commit come back from the outcome log, each exactly once, whatever its
+    result's type. Only the running item fails.
+    """
+    n, bad = 400, 301
+    path = tmp_path / "runs"
+    with corral.Pool(1, context=ctx) as pool:
+        out = collect(pool.imap(t.fast_result, [(x, bad, kind, str(path)) for x in range(n)], n))
+    ran = runs(path)
+    assert isinstance(out[bad], corral.WorkerCrashed)
+    assert ran[bad] == 1
+    assert len(out) == n
+    for x in range(n):
+        if x == bad:
+            continue
+        assert ran[x] == 1, (x, ran[x])
+        if kind == "unpicklable" and x == 3:
+            assert isinstance(out[x], TypeError), out[x]
+        else:
+            assert out[x] == t.result_of(kind, x), (x, out[x])
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
+def test_an_item_that_returned_is_not_rerun_when_its_worker_dies_delivering_it(
+    ctx: corral.CorralContext, tmp_path: Path, chunksize: int | None
+) -> None:
+    """The worker dies after the item returned, while logging or committing its result.
+
+    The item had finished: even with retries left, it is reported, not run again.
+    """
+    path = tmp_path / "runs"
+    with corral.Pool(2, context=ctx, retries=2) as pool:
+        out = collect(pool.imap(t.counted, items("die_delivering", path), chunksize))
+        stats = pool.statistics()
+    ran = runs(path)
+    assert ran[BAD] == 1, ran
+    assert isinstance(out[BAD], corral.WorkerCrashed)
+    assert "it had finished" in str(out[BAD])
+    assert out[BAD].signal == signal.SIGKILL
+    assert all(ran[x] == 1 and out[x] == x * 2 for x in range(N) if x != BAD), (ran, out)
+    assert stats.tasks_retried == 0
+
+
+PURE_SCENARIO = """
+import collections, sys
+import corral
+from corral._pool import _worker
+from tests import pool_targets as t
+from tests.test_pool import collect
+assert _worker._map_logged is None and _worker._map_tracked is None, "not the pure path"
+n, bad, path = 400, 301, sys.argv[1]
+with corral.Pool(1, context=sys.argv[2]) as pool:
+    out = collect(pool.imap(t.fast_result, [(x, bad, "tuple", path) for x in range(n)], n))
+ran = collections.Counter(int(line) for line in open(path).read().split())
+assert isinstance(out[bad], corral.WorkerCrashed), out[bad]
+assert all(ran[x] == 1 for x in range(n)), ran
+assert all(out[x] == t.result_of("tuple", x) for x in range(n) if x != bad)
+print("ok")
+"""
+
+
+def test_the_pure_python_worker_loop_keeps_finished_items_too(
+    start_method: str, tmp_path: Path
+) -> None:
+    """Without the C extension, the Python loop logs every outcome the same way."""
+    import subprocess
+    import sys
+
+    from tests import leaks
+
+    env = dict(os.environ, CORRAL_PURE_PYTHON="1")
+    before = leaks.descendants()
+    proc = subprocess.run(
+        [sys.executable, "-c", PURE_SCENARIO, str(tmp_path / "runs"), start_method],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    # The child interpreter's forkserver outlives it by a moment, and comes back to
+    # us (a subreaper) to be reaped: it is the interpreter's, not a leak of ours.
+    leaks.kill_and_reap(leaks.descendants() - before)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -330,9 +330,6 @@ class Pipeline(Generic[T]):
                 it: IMapIterator[Any] = (
                     pool.imap(call, feed) if self._ordered else pool.imap_unordered(call, feed)
                 )
-                # A stage's finished items survive its workers' deaths, however fast:
-                # a lost one would stop the whole stream.
-                it._job.log_all = True
                 threads.append(pump)
                 pump.start()
                 upstream = it

@@ -640,11 +640,15 @@ static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* Set in the running word once the call it names has returned (or raised). */
+#define RETURNED_BIT ((int64_t)1 << 31)
+
 /* map_tracked(fn, items, start, end, values, words, slot, base) -> None
  *
  * Append fn(items[i]) to values for i in [start, end), storing base + i into the
- * 64-bit word words[slot] before each call: a loop whose progress another process
- * can read after this one died (the pool's running word). An exception from fn
+ * 64-bit word words[slot] before each call, and base + i | RETURNED_BIT after it: a
+ * loop whose progress another process can read after this one died (the pool's
+ * running word). An exception from fn
  * propagates with values holding the results before it. Generic: it knows nothing
  * of pools; the Python loop in corral._pool._worker is the same without it. */
 static PyObject *
@@ -680,6 +684,7 @@ map_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(item);
         PyObject *result = PyObject_CallOneArg(fn, item);
         Py_DECREF(item);
+        *word = (int64_t)(base + i) | RETURNED_BIT;
         if (result == NULL) {
             PyBuffer_Release(&words);
             return NULL;
@@ -695,9 +700,204 @@ map_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* map_logged(fn, items, start, end, values, words, slot, base, log, slow)
+ *     -> None | (next, data, error)
+ *
+ * map_tracked, plus a record log that outlives this process: after each call, and
+ * before the next item starts, the result is written to ``log`` (a writable shared
+ * mapping) as a pickle that pickle.loads reads back. The log's layout:
+ *     int64 base; int64 count; int64 ends[LOG_MAX_RECORDS]; records from
+ *     LOG_DATA_START, back to back; ends[i] is the end offset of record i (negative
+ *     for an error record, which this loop never writes).
+ * A record is published by storing its end, then count + 1: a process that dies
+ * between the two leaves a record that is not counted, never a counted one that is
+ * half written. The reader reads only after the writer died.
+ *
+ * Results of exact type int (64-bit), float, bool, None, str and bytes are pickled
+ * here (a few ns); any other result goes through slow(value) -> (bytes, is_error).
+ * When a record doesn't fit in the log, the call returns (index of the next item,
+ * record, is_error) with the result already in values: the caller grows the log,
+ * adds the record, and calls again from there. An exception from fn propagates with
+ * values holding the results before it, each of them logged. */
+#define LOG_MAX_RECORDS 4096
+#define LOG_DATA_START (8 * (2 + LOG_MAX_RECORDS))
+
+/* Pickle opcodes (protocol 4, which pickle.loads reads without a PROTO header). */
+static Py_ssize_t
+pickle_scalar(PyObject *v, unsigned char *out, Py_ssize_t room)
+{
+    /* Write v's pickle at out; its length, 0 if v is not a scalar handled here, or
+     * -1 if it would not fit in room bytes. */
+    unsigned char head[16];
+    Py_ssize_t n = 0;
+    const char *data = NULL;
+    Py_ssize_t len = 0;
+    if (v == Py_None) {
+        head[n++] = 'N';
+    } else if (v == Py_True || v == Py_False) {
+        head[n++] = v == Py_True ? 0x88 : 0x89;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (x >= 0 && x < 256) {
+            head[n++] = 'K';
+            head[n++] = (unsigned char)x;
+        } else if (x >= INT32_MIN && x <= INT32_MAX) {
+            uint32_t u = (uint32_t)(int32_t)x;
+            head[n++] = 'J';
+            for (int k = 0; k < 4; k++) head[n++] = (unsigned char)(u >> (8 * k));
+        } else {
+            uint64_t u = (uint64_t)x;
+            head[n++] = 0x8a; /* LONG1: little-endian two's complement */
+            head[n++] = 8;
+            for (int k = 0; k < 8; k++) head[n++] = (unsigned char)(u >> (8 * k));
+        }
+    } else if (PyFloat_CheckExact(v)) {
+        head[n++] = 'G'; /* BINFLOAT: big-endian IEEE 754 */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(v), (char *)head + n, 0) < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        n += 8;
+    } else if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v)) {
+        int is_str = PyUnicode_CheckExact(v);
+        if (is_str) {
+            data = PyUnicode_AsUTF8AndSize(v, &len);
+            if (data == NULL) { /* lone surrogates: let pickle say what it does */
+                PyErr_Clear();
+                return 0;
+            }
+        } else {
+            data = PyBytes_AS_STRING(v);
+            len = PyBytes_GET_SIZE(v);
+        }
+        if (len > (Py_ssize_t)UINT32_MAX)
+            return 0;
+        if (len < 256) {
+            head[n++] = is_str ? 0x8c : 'C'; /* SHORT_BINUNICODE, SHORT_BINBYTES */
+            head[n++] = (unsigned char)len;
+        } else {
+            head[n++] = is_str ? 'X' : 'B'; /* BINUNICODE, BINBYTES */
+            for (int k = 0; k < 4; k++) head[n++] = (unsigned char)((uint64_t)len >> (8 * k));
+        }
+    } else {
+        return 0;
+    }
+    Py_ssize_t total = n + len + 1;
+    if (total > room)
+        return -1;
+    memcpy(out, head, (size_t)n);
+    if (len)
+        memcpy(out + n, data, (size_t)len);
+    out[n + len] = '.';
+    return total;
+}
+
+static PyObject *
+map_logged(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "map_logged takes 10 arguments");
+        return NULL;
+    }
+    PyObject *fn = args[0], *items = args[1], *values = args[4], *slow = args[9];
+    if (!PyList_Check(items) || !PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "items and values must be lists");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t slot = PyLong_AsSsize_t(args[6]);
+    long long base = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer words, log;
+    if (PyObject_GetBuffer(args[5], &words, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[8], &log, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&words);
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    if (slot < 0 || (slot + 1) * (Py_ssize_t)sizeof(int64_t) > words.len) {
+        PyErr_SetString(PyExc_IndexError, "slot out of range");
+        goto done;
+    }
+    if (log.len < LOG_DATA_START) {
+        PyErr_SetString(PyExc_ValueError, "log too small");
+        goto done;
+    }
+    volatile int64_t *word = (volatile int64_t *)words.buf + slot;
+    volatile int64_t *head = (volatile int64_t *)log.buf;
+    unsigned char *bytes = (unsigned char *)log.buf;
+    for (Py_ssize_t i = start; i < end && i < PyList_GET_SIZE(items); i++) {
+        int64_t count = head[1];
+        if (count < 0 || count >= LOG_MAX_RECORDS) {
+            PyErr_SetString(PyExc_IndexError, "log full");
+            goto done;
+        }
+        Py_ssize_t pos = count ? (Py_ssize_t)llabs(head[2 + count - 1]) : LOG_DATA_START;
+        if (pos < LOG_DATA_START || pos > log.len) {
+            PyErr_SetString(PyExc_ValueError, "log corrupt");
+            goto done;
+        }
+        *word = (int64_t)(base + i);
+        PyObject *item = PyList_GET_ITEM(items, i);
+        Py_INCREF(item);
+        PyObject *result = PyObject_CallOneArg(fn, item);
+        Py_DECREF(item);
+        *word = (int64_t)(base + i) | RETURNED_BIT;
+        if (result == NULL)
+            goto done;
+        int failed = PyList_Append(values, result);
+        if (failed < 0) {
+            Py_DECREF(result);
+            goto done;
+        }
+        Py_ssize_t n = pickle_scalar(result, bytes + pos, log.len - pos);
+        if (n > 0) {
+            Py_DECREF(result);
+            head[2 + count] = (int64_t)(pos + n);
+            head[1] = count + 1;
+            continue;
+        }
+        PyObject *rec = PyObject_CallOneArg(slow, result);
+        Py_DECREF(result);
+        if (rec == NULL)
+            goto done;
+        PyObject *data;
+        int is_error;
+        if (!PyArg_ParseTuple(rec, "Sp", &data, &is_error)) {
+            Py_DECREF(rec);
+            goto done;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(data);
+        if (len > log.len - pos) { /* the caller grows the log and adds it */
+            ret = Py_BuildValue("(nOO)", i + 1, data, is_error ? Py_True : Py_False);
+            Py_DECREF(rec);
+            goto done;
+        }
+        memcpy(bytes + pos, PyBytes_AS_STRING(data), (size_t)len);
+        Py_DECREF(rec);
+        head[2 + count] = is_error ? -(int64_t)(pos + len) : (int64_t)(pos + len);
+        head[1] = count + 1;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&log);
+    PyBuffer_Release(&words);
+    return ret;
+}
+
 static PyMethodDef module_methods[] = {
     {"map_tracked", (PyCFunction)(void (*)(void))map_tracked, METH_FASTCALL,
      "map_tracked(fn, items, start, end, values, words, slot, base): see the C source"},
+    {"map_logged", (PyCFunction)(void (*)(void))map_logged, METH_FASTCALL,
+     "map_logged(fn, items, start, end, values, words, slot, base, log, slow): see the C source"},
     {"set_enabled", set_enabled, METH_O, "Turn every fast path on or off (tests)."},
     {"prctl", (PyCFunction)(void (*)(void))prctl_, METH_FASTCALL,
      "prctl(option, arg) -> int: prctl(2), the other arguments 0"},
@@ -782,6 +982,13 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     }
     if (PyModule_AddObject(m, "LAYOUT", names) < 0) {
         Py_DECREF(names);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* map_logged's log layout; corral._pool._log checks both at import. */
+    if (PyModule_AddIntConstant(m, "RETURNED_BIT", (long)RETURNED_BIT) < 0 ||
+        PyModule_AddIntConstant(m, "LOG_MAX_RECORDS", LOG_MAX_RECORDS) < 0 ||
+        PyModule_AddIntConstant(m, "LOG_DATA_START", LOG_DATA_START) < 0) {
         Py_DECREF(m);
         return NULL;
     }

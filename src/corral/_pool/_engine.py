@@ -42,11 +42,13 @@ from .._exceptions import CorralError, TaskTimeout, _describe_status
 from .._process import Process
 from .._remote import decode_error
 from .._workercrash import WorkerCrashed
+from . import _segments
 from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
+from ._segments import Segments
 from ._wire import STOP, Channel, Frame, decode, encode
-from ._worker import WorkerSetup, worker_main
+from ._worker import RETURNED, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
 
@@ -176,6 +178,7 @@ class Engine:
         self.jobs: collections.deque[Job] = collections.deque()
         self.stash: collections.deque[Chunk] = collections.deque()  # encoded, unsent
         self.workers: list[LocalWorker] = []
+        self.segments = Segments()  # shared memory for large arguments, reused
         self.state = "run"  # run -> close -> (stopped) | terminate
         self.broken: BaseException | None = None
         self.early_deaths = 0
@@ -341,7 +344,7 @@ class Engine:
             child_end.close()
         sock = socket.socket(fileno=os.dup(parent_end.fileno()))
         parent_end.close()
-        return LocalWorker(index, proc, Channel(sock), log)
+        return LocalWorker(index, proc, Channel(sock, self.segments), log)
 
     def _run(self) -> None:
         try:
@@ -358,6 +361,7 @@ class Engine:
                 self._wake_r = self._wake_w = -1
             self.running.release()
             self.words.close()
+            self.segments.close()
             self._at_exit.cancel()
             self.done.set()
 
@@ -400,6 +404,9 @@ class Engine:
                 if w in self.workers:
                     self._on_death(w)
             self._check_deadlines()
+            self.segments.trim()
+            for w in self.workers:
+                w.channel.send_freed()
 
     def _busy(self) -> bool:
         with self.lock:
@@ -507,7 +514,7 @@ class Engine:
         chunk.seq = next(self.seq)
         try:
             chunk.frame = encode(
-                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every, job.log_all)
+                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every), self.segments
             )
             return True
         except Exception as exc:
@@ -535,7 +542,7 @@ class Engine:
     def _handle(self, w: LocalWorker, frames: list[Any]) -> None:
         for body, nbuf, fd in frames:
             try:
-                msg = decode(body, nbuf, fd)
+                msg = decode(body, nbuf, fd, w.channel)
             except BaseException as exc:  # SystemExit from a __reduce__ too
                 if w.pending_commit is not None:  # values that can't be unpickled here
                     _, count, _, seconds, final, retiring = w.pending_commit
@@ -628,7 +635,8 @@ class Engine:
         w.proc.join(5)
         exitcode, pid = w.proc.exitcode, w.proc.pid
         word = self.running[w.index]
-        run_seq, started = word >> 32, word & 0xFFFFFFFF
+        run_seq, started = word >> 32, word & (RETURNED - 1)
+        returned = bool(word & RETURNED)  # the last item started had returned
         chunks = list(w.chunks)
         w.chunks.clear()
         w.channel.close()
@@ -674,7 +682,7 @@ class Engine:
             for pos in range(chunk.delivered, started):
                 if pos in logged:
                     self._deliver_logged(chunk, pos, *logged[pos])
-                elif pos < finished or pos < started - 1:
+                elif pos < finished or pos < started - 1 or returned:
                     self._lost(w, chunk, pos, exitcode, pid)
                 else:  # the item it was running
                     self._charge_running(w, chunk, pos, exitcode, pid)
@@ -733,6 +741,10 @@ class Engine:
     def _next_deadline(self) -> float | None:
         now = time.monotonic()
         deadlines = [d for w in self.workers if (d := self._deadline(w)) is not None]
+        if (trim := self.segments.next_trim()) is not None:
+            deadlines.append(trim)  # idle shared memory to give back
+        if any(w.channel.holding for w in self.workers):  # results the caller may drop
+            deadlines.append(now + _segments.IDLE_SECONDS)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ParamSpec, TypeVar, TypeVarTuple, Unpack, cast, overload
 
 from .._context import CorralContext
 from ._engine import Engine, PoolStatistics
@@ -18,6 +18,12 @@ __all__ = ["Pool", "PoolView"]
 A = TypeVar("A")
 T = TypeVar("T")
 P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
+
+# The argument tuples of apply/apply_async/starmap are checked against the function's
+# parameters when they are tuples (the common case). Lists, iterators and explicit
+# keyword dicts fall back to unchecked arguments, as in typeshed's multiprocessing.
+_LooseArgs = list[Any] | Iterator[Any] | tuple[()]
 
 
 class _Calls:
@@ -28,6 +34,33 @@ class _Calls:
 
     # Single calls.
 
+    @overload
+    def apply(
+        self,
+        func: Callable[[Unpack[Ts]], T],
+        args: tuple[*Ts],
+        kwds: None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    def apply(
+        self,
+        func: Callable[..., T],
+        args: _LooseArgs = (),
+        kwds: Mapping[str, Any] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    def apply(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any],
+        kwds: Mapping[str, Any],
+        *,
+        task_timeout: float | None = None,
+    ) -> T: ...
     def apply(
         self,
         func: Callable[..., T],
@@ -36,8 +69,42 @@ class _Calls:
         *,
         task_timeout: float | None = None,
     ) -> T:
-        return _wait(self._engine, self.apply_async(func, args, kwds, task_timeout=task_timeout))
+        result = self._apply_async(func, args, kwds, None, None, task_timeout)
+        return _wait(self._engine, result)
 
+    @overload
+    def apply_async(
+        self,
+        func: Callable[[Unpack[Ts]], T],
+        args: tuple[*Ts],
+        kwds: None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> AsyncResult[T]: ...
+    @overload
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: _LooseArgs = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> AsyncResult[T]: ...
+    @overload
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any],
+        kwds: Mapping[str, Any],
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> AsyncResult[T]: ...
     def apply_async(
         self,
         func: Callable[..., T],
@@ -47,6 +114,17 @@ class _Calls:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+    ) -> AsyncResult[T]:
+        return self._apply_async(func, args, kwds, callback, error_callback, task_timeout)
+
+    def _apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any],
+        kwds: Mapping[str, Any] | None,
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        task_timeout: float | None,
     ) -> AsyncResult[T]:
         timeout, retries = self._options(task_timeout)
         result: AsyncResult[T] = AsyncResult(callback, error_callback)
@@ -97,6 +175,26 @@ class _Calls:
             func, iterable, chunksize, MODE_MAP, callback, error_callback, task_timeout, progress
         )
 
+    @overload
+    def starmap(
+        self,
+        func: Callable[[Unpack[Ts]], T],
+        iterable: Iterable[tuple[*Ts]],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+        progress: ProgressArg | None = None,
+    ) -> list[T]: ...
+    @overload
+    def starmap(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[list[Any]] | Iterable[Iterator[Any]],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+        progress: ProgressArg | None = None,
+    ) -> list[T]: ...
     def starmap(
         self,
         func: Callable[..., T],
@@ -111,6 +209,30 @@ class _Calls:
         )
         return _wait(self._engine, result)
 
+    @overload
+    def starmap_async(
+        self,
+        func: Callable[[Unpack[Ts]], T],
+        iterable: Iterable[tuple[*Ts]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+        progress: ProgressArg | None = None,
+    ) -> MapResult[T]: ...
+    @overload
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[list[Any]] | Iterable[Iterator[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+        progress: ProgressArg | None = None,
+    ) -> MapResult[T]: ...
     def starmap_async(
         self,
         func: Callable[..., T],

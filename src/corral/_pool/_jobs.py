@@ -97,9 +97,6 @@ class Job:
         self.commit_every = 1  # items between two commits, once measured
         self.balance_cap = MAX_CHUNK
         self.input_done = True
-        # Log every outcome, however fast the items (see _worker.LOG_MIN_SECONDS):
-        # a call that retries crashes wants its finished items kept through them.
-        self.log_all = retries > 0
         # May a chunk of this job wait in a busy worker's socket? Not for single
         # tasks: one that waits there can't be cancelled before it starts, and a
         # single task gains little from it.
@@ -246,6 +243,7 @@ class AsyncResult(Generic[T]):
 
     def _finish(self, success: bool, value: Any) -> None:
         self._success, self._value = success, value
+        self._job = None  # no reference cycle keeps the value alive past the caller's use
         self._event.set()
         callback = self._callback if success else self._error_callback
         if callback is not None:

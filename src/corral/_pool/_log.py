@@ -11,8 +11,15 @@ every store before the read. Outcomes in the log are delivered, not lost.
             ends[MAX_RECORDS] (i64: end offset of each record; negative: an error)
     data:   the records, back to back, from DATA_START
 
+A record is published by storing its end, then the count: a worker killed between
+the two leaves an uncounted record, never a counted one that is half written.
 A worker commits (sends outcomes on its socket) at least every MAX_RECORDS items,
 and then starts the log afresh.
+
+The worker's hot loop writes records in C when the optional extension is built
+(``_speedups.map_logged``, which pickles ints, floats, str, bytes, bools and None
+itself, in a few ns); this module is the same layout in Python, and checks at
+import that the two agree.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import pickle
 from typing import Any
 
 from .._core._fdpass import FdHandle
+from .._core._native import speedups
 
 __all__ = ["MAX_RECORDS", "LogReader", "LogWriter", "new_log"]
 
@@ -32,6 +40,14 @@ _HEADER_WORDS = 2 + MAX_RECORDS
 DATA_START = 8 * _HEADER_WORDS
 # The log's size at first; it grows (by doubling) to hold what a worker writes.
 INITIAL_SIZE = DATA_START + (1 << 20)
+
+_layout = (
+    None
+    if getattr(speedups, "map_logged", None) is None
+    else (getattr(speedups, "LOG_MAX_RECORDS", None), getattr(speedups, "LOG_DATA_START", None))
+)
+if _layout is not None and _layout != (MAX_RECORDS, DATA_START):
+    raise ImportError("corral._core._speedups disagrees with corral._pool._log on the log layout")
 
 
 def new_log() -> FdHandle:
@@ -59,22 +75,25 @@ class LogWriter:
         """The next record is the outcome of item ``index`` of chunk ``seq``."""
         self.words[1] = 0
         self.words[0] = (seq << 32) | index
-        self.mm.seek(DATA_START)
 
     def add(self, data: bytes, error: bool) -> None:
-        """One more outcome: ``data`` is its pickle (an error record's, if ``error``)."""
-        mm = self.mm
-        end = mm.tell() + len(data)
+        """One more outcome: ``data`` is its pickle (an error record's, if ``error``).
+
+        Records may also have been added by ``_speedups.map_logged``: where the next
+        one goes is read from the header, never kept here.
+        """
+        words = self.words
+        count = words[1]
+        start = abs(words[1 + count]) if count else DATA_START
+        end = start + len(data)
         if end > self.size:
             self._grow(end)
-            mm = self.mm
-        mm.write(data)
-        count = self.words[1]
-        self.words[2 + count] = -end if error else end
-        self.words[1] = count + 1
+            words = self.words
+        self.mm[start:end] = data
+        words[2 + count] = -end if error else end
+        words[1] = count + 1
 
     def _grow(self, need: int) -> None:
-        pos = self.mm.tell()
         words = self.words
         size = self.size
         while size < need:
@@ -83,7 +102,6 @@ class LogWriter:
         words.release()
         self.mm.close()
         self._map(size)
-        self.mm.seek(pos)
 
 
 class LogReader:

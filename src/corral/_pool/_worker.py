@@ -1,6 +1,6 @@
 """The worker: run chunks in order, and make each item's outcome durable as it goes.
 
-    parent --chunk (seq, mode, fn, items, commit_every, log_all)--> worker
+    parent --chunk (seq, mode, fn, items, commit_every)--> worker
     worker: for each item: running word := (seq, items started)   # shared memory
                            run it; keep its outcome (and log it, see below)
                            every ``commit_every`` items: send the outcomes kept
@@ -14,11 +14,12 @@ the two had finished: their outcomes are in the outcome log (``_log``), which th
 parent reads after the death.
 
 Commits come about every ``COMMIT_SECONDS`` of work; items slower than that are
-committed one by one and need no log. Items faster than ``LOG_MIN_SECONDS`` are
-logged only when the call asked for it (``log_all``: calls with retries, pipeline
-stages), since the log costs more than such an item: otherwise, if their worker
-dies, those that finished since the last commit are reported lost
-(``WorkerCrashed``), and are not run again.
+committed one by one and need no log. Every other item's outcome is logged before
+the next item starts, however fast the item: in C when the optional extension is
+built (``_speedups.map_logged``: ints, floats, str, bytes, bools and None are
+pickled there in a few ns; other results through ``_log_record``), else in Python,
+at about 1.4 µs an item. So a finished item's outcome survives its worker's death
+and is delivered; nothing finished is lost or run again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from .._remote import dumps, encode_error
 from ._log import MAX_RECORDS, LogWriter
 from ._wire import WorkerEnd, decode, encode
 
-__all__ = ["COMMIT_SECONDS", "MODE_CALL", "MODE_MAP", "MODE_STAR", "WorkerSetup", "worker_main"]
+__all__ = [
+    "COMMIT_SECONDS",
+    "MODE_CALL",
+    "MODE_MAP",
+    "MODE_STAR",
+    "RETURNED",
+    "WorkerSetup",
+    "worker_main",
+]
 
 # How much work a worker does between two commits of outcomes. A commit costs a
 # pickle and a socket write (some µs), so commits further apart cost less; but
@@ -50,21 +59,21 @@ __all__ = ["COMMIT_SECONDS", "MODE_CALL", "MODE_MAP", "MODE_STAR", "WorkerSetup"
 COMMIT_SECONDS = 0.002
 # Upper bound on items between two commits: what the outcome log can index.
 MAX_COMMIT_ITEMS = MAX_RECORDS
-# Items faster than this are logged only by calls that ask (``log_all``): logging
-# an outcome costs about 1.4 µs (pickling it alone, and writing it), 5x a trivial
-# task's whole cost in a map (100k trivial tasks: 0.17x mp.Pool.map with every
-# item logged, 1.0x without). Unlogged, if their worker dies, those that finished
-# since its last commit (at most COMMIT_SECONDS of work) are reported lost, never
-# run again. Slower items are always logged (a few % of their time at most).
-LOG_MIN_SECONDS = 50e-6
-# The same threshold, as items between commits: logging is on for 1 < n <= this.
-_LOG_MAX_COMMIT_ITEMS = int(COMMIT_SECONDS / LOG_MIN_SECONDS)
 
 MODE_MAP, MODE_STAR, MODE_CALL = 0, 1, 2
 
-# The running-word loop in C, when the optional extension is built (about 45 ns an
-# item instead of 90; the "100k trivial tasks" pool benchmark).
+# A flag in the running word: the item it names has returned (or raised), and its
+# outcome is being logged or committed. Killed before that is done, such an item is
+# reported lost (WorkerCrashed, "it had finished"), not charged and re-run.
+RETURNED = 1 << 31
+
+# The hot loops in C, when the optional extension is built: the running word alone
+# (about 45 ns an item instead of 90), or with the outcome log (about 60 ns an item
+# for a small int, instead of 1.5 µs); the "100k trivial tasks" pool benchmark.
 _map_tracked = getattr(speedups, "map_tracked", None)
+_map_logged = getattr(speedups, "map_logged", None)
+if _map_logged is not None and getattr(speedups, "RETURNED_BIT", None) != RETURNED:
+    raise ImportError("corral._core._speedups disagrees with corral._pool._worker on RETURNED")
 
 _terminating = False
 
@@ -161,7 +170,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         if frame is None or not len(frame[0]):
             return
         try:
-            seq, mode, fn, items, commit_every, log_all = decode(*frame)
+            seq, mode, fn, items, commit_every = decode(*frame, end)
         except BaseException as exc:
             if _terminating:
                 raise
@@ -169,10 +178,9 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
             continue
         del frame
         done += len(items)
-        retiring = _run_chunk(
-            end, words, log, setup, seq, mode, fn, items, commit_every, log_all, done
-        )
+        retiring = _run_chunk(end, words, log, setup, seq, mode, fn, items, commit_every, done)
         del fn, items
+        end.send_freed()  # the arguments' segments, if they are gone now
         if retiring:
             return
 
@@ -202,7 +210,6 @@ def _run_chunk(
     fn: Callable[..., Any],
     items: list[Any],
     commit_every: int,
-    log_all: bool,
     done: int,
 ) -> bool:
     """Run one chunk, committing outcomes as it goes; True if the worker retires after.
@@ -215,7 +222,6 @@ def _run_chunk(
     # "100k trivial tasks" case is what it is measured by.
     call = _caller(mode, fn)
     slot = setup.slot
-    log_most = MAX_COMMIT_ITEMS if log_all else _LOG_MAX_COMMIT_ITEMS
     # The running word, stored before item i runs: (chunk, items started) = base + i.
     base = (seq << 32) + 1
     word = base
@@ -223,7 +229,7 @@ def _run_chunk(
     pos = 0  # the first item of the group of items between two commits
     while True:
         end = min(n, pos + commit_every)
-        logging = 1 < commit_every <= log_most
+        logging = commit_every > 1
         if logging:
             log.start(seq, pos)
         values: list[Any] = []
@@ -233,31 +239,38 @@ def _run_chunk(
         i = pos
         while i < end:
             try:
-                if logging:
-                    for item in items[i:end]:
-                        words[slot] = word
-                        word += 1
-                        value = call(item)
-                        append(value)
-                        _log_value(log, value)
-                elif _map_tracked is not None:  # the same loop, in C
+                if logging and _map_logged is not None:  # the loop below, in C
+                    while i < end:
+                        record = _map_logged(
+                            call, items, i, end, values, words, slot, base, log.mm, _log_record
+                        )
+                        if record is None:
+                            break
+                        i, data, error = record  # it did not fit: grow the log here
+                        log.add(data, error)
+                elif not logging and _map_tracked is not None:  # the same, unlogged
                     _map_tracked(call, items, i, end, values, words, slot, base)
                 else:
                     for item in items[i:end]:
                         words[slot] = word
+                        value = call(item)
+                        words[slot] = word | RETURNED
                         word += 1
-                        append(call(item))
+                        append(value)
+                        if logging:
+                            log.add(*_log_record(value))
                 i = end
             except BaseException as exc:
                 if _terminating:
                     raise
+                words[slot] = (base + pos + len(values)) | RETURNED  # it raised
                 record = encode_error(exc)
                 errors[len(values)] = record
                 append(None)
                 if logging:
                     log.add(pickle.dumps(record), True)
                 i = pos + len(values)
-            word = base + i  # the C loop keeps no count here
+            word = base + i  # the C loops keep no count here
         seconds = time.perf_counter() - start
         if end == n:
             break
@@ -271,19 +284,18 @@ def _run_chunk(
     return retiring
 
 
-def _log_value(log: LogWriter, value: Any) -> None:
+def _log_record(value: Any) -> tuple[bytes, bool]:
+    """An outcome's log record: (its pickle, False), or (a pickling error's, True)."""
     try:
-        data = pickle.dumps(value, 5)
+        return pickle.dumps(value, 5), False
     except BaseException:
         try:
-            data = dumps(value, 5)
+            return dumps(value, 5), False
         except BaseException as exc:
             if _terminating:
                 raise
             exc.add_note("corral: raised while pickling the task's result")
-            log.add(pickle.dumps(encode_error(exc)), True)
-            return
-    log.add(data, False)
+            return pickle.dumps(encode_error(exc)), True
 
 
 def _commit(
@@ -300,12 +312,12 @@ def _commit(
     items they were, and fails exactly those.
     """
     try:
-        data = encode(values)
+        data = encode(values, end.segments)
     except BaseException:
         if _terminating:
             raise
         values, errors = _one_by_one(values, errors)
-        data = encode(values)
+        data = encode(values, end.segments)
     end.send(encode(("r", len(values), errors, seconds, final, retiring)), data)
 
 

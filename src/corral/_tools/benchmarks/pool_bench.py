@@ -19,7 +19,8 @@ c. 2k tasks (10k with --full) of about 1 ms with 3 workers SIGKILLed during the 
    other libraries the row says what happened: hung, broken (the pool raised), lost
    tasks, or a time when every result came back.
 d. 8 numpy arrays of 16 MiB in and out of ``Pool.map(chunksize=1)`` against
-   mp.Pool.map (goal >= 10x).
+   mp.Pool.map (goal >= 10x), the median of 5 maps after an untimed one (each library
+   in the steady state: corral's shared-memory segments made, mp's heap grown).
 e. ``corral.map(f, 100 items, workers=2)``: the time per call of the second and later
    calls against ``imap`` on a corral.Pool(2) that the caller keeps (goal <= 2x).
 
@@ -320,7 +321,7 @@ def arrays(lib: str, count: int, repeats: int) -> None:
 
     data = [np.zeros(ARRAY_BYTES // 8) for _ in range(count)]
     with _pool(lib, chunksize=1) as pool_map:
-        pool_map(array_roundtrip, data[:WORKERS])
+        pool_map(array_roundtrip, data)  # untimed: the steady state is what is measured
         _report(seconds=[_timed(lambda: pool_map(array_roundtrip, data)) for _ in range(repeats)])
 
 
@@ -531,7 +532,7 @@ def _array_rows(quick: bool, deadline: float) -> list[Row]:
             _skipped(case, impl, unit) for impl in ("multiprocessing.Pool.map", "corral.Pool.map")
         ]
     count = 8 if quick else 32
-    repeats = 3 if quick else 7
+    repeats = 5 if quick else 7
     gb = count * ARRAY_BYTES * 2 / 2**30  # in and out
 
     def measure(lib: str) -> _Measured:
