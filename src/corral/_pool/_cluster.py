@@ -387,7 +387,7 @@ class ClusterEngine:
         self.reports += 1
         if self.reports % FORGET_REPORTS_EVERY == 0:
             with contextlib.suppress(Exception):
-                self.conn.client.run_on_scheduler(forget_reports, self.topic)
+                self.conn.client.run_on_scheduler(forget_reports, topic=self.topic)
         chunk = self.flying.get(progress.key)
         if chunk is None or (chunk.job.stopped and chunk.job.kill_running):
             return  # finished (its result covers these) or stopped meanwhile
@@ -415,14 +415,22 @@ class ClusterEngine:
                 exc.add_note("corral: raised while unpickling the chunk's results")
                 self._fail_all(chunk, exc)
                 return
-            self._deliver(chunk, outcome)
+            if outcome[0] == "rerun":  # dask re-ran it after a death: refused
+                self._resubmit(chunk, None)
+            else:
+                self._deliver(chunk, outcome)
             return
         error: BaseException | None = future.exception() if status == "error" else None
         if error is not None and not _is_worker_loss(error):
             self._fail_all(chunk, error)
             return
-        # The dask worker died (KilledWorker), or the task was lost: run the rest of
-        # the chunk again, uncharged. What it had reported is delivered already.
+        self._resubmit(chunk, error)
+
+    def _resubmit(self, chunk: RemoteChunk, error: BaseException | None) -> None:
+        """The chunk's dask worker died (``KilledWorker``, a lost task, or a re-run
+        that the node refused): run the rest of it again, uncharged, under a new key.
+        What it had reported is delivered already."""
+        job = chunk.job
         if self.state == "terminate" or job.stopped:
             return
         if chunk.done:
@@ -514,7 +522,7 @@ class ClusterEngine:
         with contextlib.suppress(Exception):
             self.conn.client.unsubscribe_topic(self.topic)
         with contextlib.suppress(Exception):
-            self.conn.client.run_on_scheduler(forget_reports, self.topic)
+            self.conn.client.run_on_scheduler(forget_reports, topic=self.topic)
         with contextlib.suppress(Exception):
             self.variable.set(([], True))
         with contextlib.suppress(Exception):

@@ -39,7 +39,7 @@ from .._remote import dumps, encode_error
 # are: it takes it from the package (the front, in turn, picks the cluster engine).
 from . import Pool
 
-__all__ = ["forget_reports", "release", "run_chunk"]
+__all__ = ["forget_reports", "release", "run_chunk", "suspicious_deaths"]
 
 # How often a running chunk asks the scheduler whether it was stopped. The promise
 # is a stop within 1 s on every node; each poll is one round trip to the scheduler.
@@ -123,13 +123,17 @@ def _stopped(variable: Any, job_id: int) -> tuple[bool, bool]:
 def run_chunk(payload: bytes) -> bytes:
     """Run one chunk of items; return its per-item outcomes, pickled.
 
-    Returns ``("done", [(ok, value or error record)...], seconds, retried)``, or
-    ``("stopped",)`` when the client stopped the job (or the pool) meanwhile.
+    Returns ``("done", [(ok, value or error record)...], seconds, retried)``,
+    ``("stopped",)`` when the client stopped the job (or the pool) meanwhile, or
+    ``("rerun",)`` without running anything when dask runs the task again after its
+    worker died: the client then submits only the items it has no report of.
     """
     import distributed
 
     variable_class: Any = distributed.Variable
     token, job_id, key, fn, mode, items, timeout, retries, options = pickle.loads(payload)
+    if _rerun(key):
+        return pickle.dumps(("rerun",))
     pool = _pool_for(token, options)
     if pool is None:
         return pickle.dumps(("stopped",))
@@ -164,6 +168,28 @@ def run_chunk(payload: bytes) -> bytes:
     seconds = time.monotonic() - started
     retried = pool.statistics().tasks_retried - retried_before
     return _encode_outcomes(outcomes, seconds, retried)
+
+
+def _rerun(key: str) -> bool:
+    """Is dask running this task again because a worker died while holding it?
+
+    dask re-runs such a task whole (up to ``allowed-failures`` times), items that
+    finished and were reported included; the client knows better what is left.
+    One round trip to the scheduler per chunk.
+    """
+    from distributed import get_client
+
+    try:
+        client: Any = get_client()
+        return bool(client.run_on_scheduler(suspicious_deaths, key=key))
+    except Exception:  # can't tell: run it (outcomes are still delivered once)
+        return False
+
+
+def suspicious_deaths(dask_scheduler: Any, key: str) -> int:
+    """On the scheduler: how many workers died while ``key`` was on them."""
+    task = dask_scheduler.tasks.get(key)
+    return 0 if task is None else int(task.suspicious)
 
 
 def _report(token: str, key: str, reported: int, outcomes: list[tuple[bool, Any]]) -> int:
