@@ -99,45 +99,23 @@ def _throughput(quick: bool) -> list[dict[str, Any]]:
         local.map(one_ms, range(100))
         local_ms_s = _median(lambda: _timed(lambda: local.map(one_ms, range(MS_ITEMS))), repeats)
     rate = ITEMS / corral_s
+    per_task_rate, batched_rate = per_task_items / per_task_s, ITEMS / batched_s
+    cluster_ms, local_ms = MS_ITEMS / cluster_ms_s, MS_ITEMS / local_ms_s
+    ours, unit = "corral.Pool(cluster=...).map", "items/s"
+    per_task_name = f"client.map, one task per item ({per_task_items} items)"
     return [
-        _row(
-            "100k trivial tasks",
-            "corral.Pool(cluster=...).map",
-            rate,
-            "items/s",
-            per_task_items / per_task_s,
-        ),
-        _row(
-            "100k trivial tasks",
-            f"client.map, one task per item ({per_task_items} items)",
-            per_task_items / per_task_s,
-            "items/s",
-            None,
-        ),
-        _row(
-            "100k trivial tasks (batched baseline)",
-            "corral.Pool(cluster=...).map",
-            rate,
-            "items/s",
-            ITEMS / batched_s,
-        ),
+        _row("100k trivial tasks", ours, rate, unit, per_task_rate),
+        _row("100k trivial tasks", per_task_name, per_task_rate, unit, None),
+        _row("100k trivial tasks (batched baseline)", ours, rate, unit, batched_rate),
         _row(
             "100k trivial tasks (batched baseline)",
             "client.map over batches of 1,000",
-            ITEMS / batched_s,
-            "items/s",
+            batched_rate,
+            unit,
             None,
         ),
-        _row(
-            "2k x 1 ms tasks",
-            "corral.Pool(cluster=...).map",
-            MS_ITEMS / cluster_ms_s,
-            "items/s",
-            MS_ITEMS / local_ms_s,
-        ),
-        _row(
-            "2k x 1 ms tasks", "corral.Pool(2).map, local", MS_ITEMS / local_ms_s, "items/s", None
-        ),
+        _row("2k x 1 ms tasks", ours, cluster_ms, unit, local_ms),
+        _row("2k x 1 ms tasks", "corral.Pool(2).map, local", local_ms, unit, None),
     ]
 
 
