@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -41,11 +42,11 @@ def test_bench_only_lists_its_choices() -> None:
     done = corral_cli("bench", "--only", "no-such")
     assert done.returncode == 2
     assert "invalid choice: 'no-such'" in done.stderr
-    for name in ("process", "queue", "sync", "pool"):
+    for name in ("distributed", "process", "queue", "sync", "pool"):
         assert name in done.stderr
     done = corral_cli("bench", "--help")
     assert done.returncode == 0
-    assert "{pool,process,queue,sync}" in done.stdout
+    assert "{distributed,pool,process,queue,sync}" in done.stdout
 
 
 def test_version() -> None:
@@ -102,3 +103,15 @@ def test_result_demo_labels_the_childs_traceback() -> None:
     traceback_lines = [line for line in done.stdout.splitlines() if "Traceback" in line]
     assert traceback_lines
     assert all(line.lstrip().startswith("| ") for line in traceback_lines)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("distributed") is None,
+    reason="needs dask.distributed: pip install 'corral[distributed]'",
+)
+def test_cluster_demo_passes() -> None:
+    done = corral_cli("demo", "cluster")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("PASS") == 3
+    assert "still running (dask cannot stop it)" in done.stdout
+    assert done.stdout.rstrip().endswith("0 failed")

@@ -57,6 +57,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     - :meth:`map` pulls its input lazily, a bounded window at a time, with automatic
       chunks unless ``chunksize`` is given; ``shutdown`` reads the rest of it, as
       the stdlib's (eager) ``map`` would have.
+    - ``cluster=`` runs the tasks on a dask.distributed cluster (see
+      :class:`corral.Pool`); ``max_workers`` is then the total concurrency.
     """
 
     __module__ = "corral"
@@ -75,6 +77,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         progress: ProgressArg = False,
         max_memory_per_child: int | None = None,
         on_event: Callable[[str, int], object] | None = None,
+        cluster: Any = None,
     ):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -91,6 +94,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             progress=progress,
             max_memory_per_child=max_memory_per_child,
             on_event=on_event,
+            cluster=cluster,
         )
         self._max_workers = self._pool._processes
         self._pool._engine.stdlib_errors = True
@@ -321,7 +325,8 @@ def map(
     new one). ``task_timeout`` and ``progress`` (a bar for this call; ``total`` for
     inputs without ``len()``) are per call; ``pool_options`` are
     :class:`corral.Pool`'s: ``retries``, ``context``, ``initializer``, ``initargs``,
-    ``maxtasksperchild``, ``max_memory_per_child``, ``on_event``.
+    ``maxtasksperchild``, ``max_memory_per_child``, ``on_event``, and ``cluster``
+    (a dask.distributed cluster to run on; ``workers`` is then the total concurrency).
     """
     pool = _kept_pool(workers, pool_options)
     method = pool.imap if ordered else pool.imap_unordered

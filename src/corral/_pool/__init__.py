@@ -18,6 +18,9 @@
 - ``_jobs``: one call's items and where their outcomes go (map, imap, submit).
 - ``_engine``: worker slots, scheduling, deaths, deadlines, retries.
 - ``_front``: ``Pool`` and its per-call views; ``_progress``: a bar per call.
+- ``_cluster``: ``cluster=``, the same jobs run as dask tasks (a chunk each) by a
+  pool kept on each node (``_cluster_node``); ``_cluster_connect`` resolves and
+  checks what ``cluster=`` names; ``_cluster_pickle`` refuses host-bound objects.
 """
 
 from ._engine import PoolStatistics

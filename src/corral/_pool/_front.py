@@ -6,7 +6,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.context import BaseContext
-from typing import Any, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
+from typing import Any, ParamSpec, TypeVar, TypeVarTuple, Unpack, cast, overload
 
 from .._context import CorralContext
 from .._process import Process
@@ -397,6 +397,12 @@ class Pool(_Calls):
     - ``progress``: a tqdm bar per call (``True``, ``"force"`` or a dict of tqdm
       options; per call too). ``on_event(kind, n)`` receives ``submitted``,
       ``completed``, ``failed``, ``retried`` and ``worker_died`` events.
+    - ``cluster=`` runs the tasks on a dask.distributed cluster, with the same
+      guarantees on every node: a scheduler address, a ``distributed.Client``, a
+      dask Cluster, ``"local"`` (corral starts and owns one on this machine), or
+      ``"auto"`` (the ``CORRAL_CLUSTER`` address if set, else this machine).
+      ``processes`` is then the total concurrency (default: the cluster's threads).
+      Needs ``pip install 'corral[distributed]'``.
     """
 
     __module__ = "corral"
@@ -415,6 +421,7 @@ class Pool(_Calls):
         progress: ProgressArg = False,
         max_memory_per_child: int | None = None,
         on_event: Callable[[str, int], object] | None = None,
+        cluster: Any = None,
     ):
         options = PoolOptions.make(
             processes,
@@ -429,11 +436,11 @@ class Pool(_Calls):
             on_event=on_event,
             progress=progress,
         )
-        self._engine = Engine(options)
+        self._engine = _engine_for(options, cluster, processes)
         self._call = CallOptions()
-        self._processes = options.processes
+        self._processes = self._engine.processes
         self._state = RUN  # the stdlib's Pool._state: RUN, CLOSE or TERMINATE
-        self._finalizer = weakref.finalize(self, Engine.terminate, self._engine)
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
 
     def __del__(self) -> None:
         # As the stdlib's Pool: a pool nobody closed or terminated is a resource leak
@@ -449,9 +456,10 @@ class Pool(_Calls):
 
     @property
     def _pool(self) -> list[Process]:
-        """The worker processes alive now (the stdlib's ``Pool._pool``)."""
+        """The worker processes alive now (the stdlib's ``Pool._pool``; none here for a
+        pool on a cluster, whose processes are on its nodes)."""
         with self._engine.lock:
-            workers = list(self._engine.workers)
+            workers = list(getattr(self._engine, "workers", ()))
         return [w.proc for w in workers]
 
     def __repr__(self) -> str:
@@ -493,6 +501,20 @@ class Pool(_Calls):
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+
+def _engine_for(options: PoolOptions, cluster: Any, processes: int | None) -> Engine:
+    """The local engine, or with ``cluster=`` the cluster engine (``_cluster``),
+    which drives the same jobs; the fronts use either through the same calls."""
+    if cluster is not None:
+        from ._cluster_connect import resolve_auto
+
+        cluster = resolve_auto(cluster)
+    if cluster is None:
+        return Engine(options)
+    from ._cluster import ClusterEngine
+
+    return cast(Engine, ClusterEngine(options, cluster, processes))
 
 
 def _wait(engine: Engine, result: AsyncResult[T]) -> T:

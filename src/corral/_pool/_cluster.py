@@ -1,0 +1,599 @@
+"""The cluster engine: the same jobs as the local engine, run as dask tasks.
+
+    fronts (any thread)       scheduler thread                      dask workers
+    -------------------       ----------------                      ------------
+    add_job / add_items  -->  jobs (FIFO) -> chunk of items
+                              payload (cloudpickle, host-bound
+                              objects refused)  --client.submit-->  _cluster_node.run_chunk
+                                                                    (a corral.Pool kept per
+                                                                    node runs the items)
+                              inbox <--done callback-- outcomes per item
+                              inbox <--dask event----- reports while it runs
+                              deliver to the job, in its order
+                              dask worker died: resubmit, uncharged
+    cancel / terminate  -->   stop variable (job ids, or all) <--polled by run_chunk--
+                              client.run(release): node pools ended
+
+Why a front of its own rather than a slot in ``Engine``: the local engine's loop is
+built on poll() over sockets, pidfds and running words that a remote node does not
+have, while dask reports by future callbacks. Both engines drive the same ``Job``
+classes through the same calls (``take``, ``deliver``, ``abort``, ``cut_input``...),
+so ``map``/``imap``/ordering/progress/cancel and the fronts are shared, and the
+local hot path is untouched. What differs is what a "slot" is: here, a dask task
+holding one chunk; its items are accounted for by the node's own corral.Pool.
+
+A running chunk reports the outcomes it has every 0.2 s (a dask event), and they
+are delivered at once; its final result repeats them, and only the ones past what
+was reported are delivered. After its dask worker's death only the items not
+reported yet run again (resubmitted under a new key, so dask's ``KilledWorker``
+charges nothing): no item is delivered twice.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import itertools
+import pickle
+import queue
+import threading
+import traceback
+import uuid
+import weakref
+from typing import Any
+
+from .._exceptions import CorralError, TaskTimeout
+from .._remote import decode_error
+from .._workercrash import WorkerCrashed
+from ._cluster_connect import ClusterConnection, connect
+from ._cluster_node import forget_reports, release, run_chunk
+from ._cluster_pickle import dumps
+from ._engine import PoolStatistics
+from ._jobs import Job
+from ._options import PoolOptions
+
+__all__ = ["ClusterEngine"]
+
+# How long one automatically sized chunk should run on a node. A dask task costs
+# milliseconds of scheduling, so a chunk must run far longer than that; shorter
+# chunks balance the load better and lose less to a dask worker's death.
+TARGET_CHUNK_SECONDS = 0.5
+# Automatic chunks: the first size, the growth per measured chunk, the largest.
+FIRST_CHUNK = 16
+CHUNK_GROWTH = 8
+MAX_CHUNK = 1000
+# Dask tasks in flight per unit of concurrency: a second one waits on the node while
+# the first's result travels back, so the node never idles between chunks.
+TASKS_PER_SLOT = 2
+# A chunk whose dask workers died this many times in a row fails its items with a
+# CorralError, rather than being resubmitted forever (a task that kills its node).
+MAX_RESUBMITS = 5
+# The scheduler keeps every topic's recent events for clients that ask later; the
+# running chunks' reports are dropped there after this many (one round trip each
+# time): the bound on the memory they hold on the scheduler.
+FORGET_REPORTS_EVERY = 256
+
+
+class RemoteChunk:
+    """Items ``start``.. of one job, sent to the cluster as one dask task."""
+
+    __slots__ = ("done", "future", "items", "job", "key", "resubmits", "start")
+
+    def __init__(self, job: Job, start: int, items: list[Any]):
+        self.job = job
+        self.start = start
+        self.items = items
+        self.done = 0  # items 0..done-1 delivered (reported while the chunk ran)
+        self.resubmits = 0
+        self.future: Any = None
+        self.key = ""
+
+
+class Progress:
+    """A running chunk's report of the outcomes it has so far (``first`` on)."""
+
+    __slots__ = ("first", "key", "payload")
+
+    def __init__(self, key: str, first: int, payload: bytes):
+        self.key = key
+        self.first = first
+        self.payload = payload
+
+
+class ClusterEngine:
+    """Drives jobs on a dask cluster; the fronts use it as they use ``Engine``."""
+
+    def __init__(self, options: PoolOptions, cluster: Any, processes: int | None):
+        self.options = options
+        self.conn: ClusterConnection = connect(cluster)
+        try:
+            self.processes = processes or self.conn.total_threads() or 1
+            self.token = uuid.uuid4().hex
+            self.variable = _variable(self.conn.client, self.token)
+            self.variable.set(([], False))
+            self.topic = f"corral-{self.token}"
+            self.conn.client.subscribe_topic(self.topic, self._on_progress_event)
+        except BaseException:
+            self.conn.close()
+            raise
+        self.lock = threading.Lock()
+        self.jobs: collections.deque[Job] = collections.deque()
+        self.state = "run"
+        self.broken: BaseException | None = None
+        self.completed = self.retried = self.resubmitted = self.reports = 0
+        self.flying: dict[str, RemoteChunk] = {}  # by dask key
+        self.inbox: queue.SimpleQueue[RemoteChunk | Progress | None] = queue.SimpleQueue()
+        self.job_ids: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
+        self.job_seq = itertools.count(1)
+        self.stopped_jobs: set[int] = set()  # ids of the jobs the user cancelled
+        self.seq = itertools.count(1)
+        self.chunk_size: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
+        self.done = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, name=f"corral-cluster-scheduler-{id(self):x}", daemon=True
+        )
+        self.thread.start()
+        _engines.add(self)
+        _at_exit_once()
+
+    # -- API for the fronts (any thread), as Engine's --
+
+    def wake(self) -> None:
+        self.inbox.put(None)
+
+    def check_running(self) -> None:
+        if self.state != "run":
+            raise ValueError("Pool not running")
+        if self.broken is not None:
+            raise CorralError(f"the pool is broken: {self.broken}") from self.broken
+
+    def add_job(self, job: Job) -> None:
+        with self.lock:
+            self.check_running()
+            self.jobs.append(job)
+        self.event("submitted", len(job.items))
+        self.wake()
+
+    def add_items(self, job: Job, items: list[Any], exhausted: bool) -> None:
+        with self.lock:
+            job.items.extend(items)
+            if exhausted:
+                job.input_done = True
+        if items:
+            self.event("submitted", len(items))
+        self.wake()
+
+    def wait_interruptibly(self, cond: threading.Condition, timeout: float | None) -> None:
+        try:
+            cond.wait(timeout)
+        except KeyboardInterrupt:
+            cond.release()
+            try:
+                self.terminate()
+            finally:
+                cond.acquire()
+            raise
+
+    def cancel_pending(self) -> None:
+        with self.lock:
+            jobs = list(self.jobs)
+        for job in jobs:
+            job.cancel_if_pending()
+        self.wake()
+
+    def drain_inputs(self) -> None:
+        with self.lock:
+            jobs = list(self.jobs)
+        for job in jobs:
+            job.drain()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.state != "run":
+                return
+            self.state = "close"
+            jobs = list(self.jobs)
+        for job in jobs:
+            job.cut_input()
+        self.wake()
+
+    def terminate(self) -> None:
+        with self.lock:
+            if self.state == "terminate" and self.done.is_set():
+                return
+            self.state = "terminate"
+        self.wake()
+        self.join(None)
+
+    def join(self, timeout: float | None) -> None:
+        if threading.current_thread() is not self.thread:
+            self.done.wait(timeout)
+
+    def statistics(self) -> PoolStatistics:
+        """As Engine's; ``workers_alive`` counts the cluster's threads, and
+        ``workers_restarted`` the chunks run again after a dask worker died."""
+        try:
+            alive = self.conn.total_threads()
+        except Exception:  # the scheduler is gone
+            alive = 0
+        return PoolStatistics(
+            workers=self.processes,
+            workers_alive=alive,
+            workers_restarted=self.resubmitted,
+            tasks_in_flight=sum(len(c.items) - c.done for c in list(self.flying.values())),
+            tasks_completed=self.completed,
+            tasks_retried=self.retried,
+        )
+
+    def event(self, kind: str, n: int) -> None:
+        on_event = self.options.on_event
+        if on_event is not None:
+            try:
+                on_event(kind, n)
+            except Exception:
+                traceback.print_exc()
+
+    # -- The scheduler thread --
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not leave callers hanging
+            self.broken = exc
+            traceback.print_exc()
+        finally:
+            self._abort_all(CorralError("the pool was terminated before this task finished"))
+            self._stop_nodes()
+            self.conn.close()
+            # Hold no job after the end: a job's error may hold the caller's frames,
+            # and the pool's finalizer holds this engine.
+            while not self.inbox.empty():
+                self.inbox.get_nowait()
+            self.stopped_jobs.clear()
+            self.done.set()
+
+    def _loop(self) -> None:
+        while True:
+            if self.state == "terminate" or self.broken is not None:
+                return
+            if self.state == "close" and not self._busy():
+                return
+            self._dispatch()
+            self._stop_cancelled()
+            msg = self.inbox.get()
+            while msg is not None or not self.inbox.empty():
+                if isinstance(msg, Progress):
+                    self._on_progress(msg)
+                elif msg is not None:
+                    self._on_done(msg)
+                try:
+                    msg = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _busy(self) -> bool:
+        with self.lock:
+            jobs = any(j.has_work() or not j.input_done for j in self.jobs if not j.stopped)
+        return jobs or bool(self.flying)
+
+    # Handing out work.
+
+    def _dispatch(self) -> None:
+        limit = TASKS_PER_SLOT * self.processes
+        while len(self.flying) < limit:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return
+            self._submit(chunk)
+
+    def _next_chunk(self) -> RemoteChunk | None:
+        with self.lock:
+            while self.jobs and (
+                self.jobs[0].stopped or (not self.jobs[0].has_work() and self.jobs[0].input_done)
+            ):
+                self.jobs.popleft()
+            for job in self.jobs:
+                if job.has_work() and job.start_chunk():
+                    start, items = job.take(self._size(job))
+                    return RemoteChunk(job, start, items)
+        return None
+
+    def _size(self, job: Job) -> int:
+        if job.fixed_chunksize is not None:
+            return job.fixed_chunksize
+        size = self.chunk_size.get(job, FIRST_CHUNK)
+        if job.input_done:  # all items known: chunks shrink as the end nears, so no
+            # slot idles while another runs a long last chunk (guided self-scheduling)
+            left = job.base + len(job.items) - job.cursor
+            size = min(size, max(1, -(-left // (2 * self.processes))))
+        job.chunk = size  # an imap's window follows the chunk size (see IMapJob.window)
+        return size
+
+    def _measured(self, job: Job, n: int, seconds: float) -> None:
+        if job.fixed_chunksize is not None or n <= 0:
+            return
+        current = self.chunk_size.get(job, FIRST_CHUNK)
+        if n < current // 2:
+            return
+        per_item = seconds / n
+        ideal = TARGET_CHUNK_SECONDS / per_item if per_item > 0 else MAX_CHUNK
+        self.chunk_size[job] = int(max(1, min(ideal, current * CHUNK_GROWTH, MAX_CHUNK)))
+
+    def _job_id(self, job: Job) -> int:
+        job_id = self.job_ids.get(job)
+        if job_id is None:
+            job_id = self.job_ids[job] = next(self.job_seq)
+        return job_id
+
+    def _submit(self, chunk: RemoteChunk) -> None:
+        job = chunk.job
+        opts = self.options
+        node_options = {
+            "initializer": opts.initializer,
+            "initargs": opts.initargs,
+            "maxtasksperchild": opts.maxtasksperchild,
+            "max_memory_per_child": opts.max_memory_per_child,
+            "initializer_timeout": opts.initializer_timeout,
+        }
+        chunk.key = f"corral-{job.name[:40]}-{self.token[:8]}-{next(self.seq)}"
+        spec = (
+            self.token,
+            self._job_id(job),
+            chunk.key,
+            job.fn,
+            job.mode,
+            chunk.items,
+            job.timeout,
+            job.retries,
+            node_options,
+        )
+        try:
+            payload = dumps(spec)
+        except Exception as exc:
+            self._pickling_failed(chunk, exc)
+            return
+        client = self.conn.client
+        future = client.submit(run_chunk, payload, key=chunk.key, pure=False, retries=0)
+        chunk.future = future
+        self.flying[chunk.key] = chunk
+        future.add_done_callback(lambda _f, c=chunk: self.inbox.put(c))
+
+    def _pickling_failed(self, chunk: RemoteChunk, exc: Exception) -> None:
+        """Find the item(s) that can't be pickled; fail them alone, send the rest."""
+        job = chunk.job
+        try:
+            dumps(job.fn)
+        except Exception as fn_exc:
+            self._fail_all(chunk, fn_exc)
+            return
+        if len(chunk.items) == 1:
+            exc.add_note(
+                f"corral: raised while pickling {job.describe(chunk.start, chunk.items[0])}"
+            )
+            self._finish(chunk, 0, [None], {0: exc})
+            return
+        for i, item in enumerate(chunk.items):
+            self._submit(RemoteChunk(job, chunk.start + i, [item]))
+
+    # Outcomes coming back.
+
+    def _on_progress_event(self, event: tuple[float, Any]) -> None:
+        """(The client's event loop) a running chunk reported outcomes: queue them."""
+        key, first, payload = event[1]
+        self.inbox.put(Progress(key, first, payload))
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.reports += 1
+        if self.reports % FORGET_REPORTS_EVERY == 0:
+            with contextlib.suppress(Exception):
+                self.conn.client.run_on_scheduler(forget_reports, topic=self.topic)
+        chunk = self.flying.get(progress.key)
+        if chunk is None or (chunk.job.stopped and chunk.job.kill_running):
+            return  # finished (its result covers these) or stopped meanwhile
+        skip = chunk.done - progress.first
+        if skip < 0:
+            return  # a report went missing: the chunk's result covers the gap
+        try:
+            records = pickle.loads(progress.payload)[1]
+        except BaseException:
+            return  # the chunk's result carries them too, or fails them
+        self._deliver_records(chunk, records[skip:])
+
+    def _on_done(self, chunk: RemoteChunk) -> None:
+        if self.flying.pop(chunk.key, None) is None:
+            return
+        job = chunk.job
+        future = chunk.future
+        if job.stopped and job.kill_running:
+            return
+        status = future.status
+        if status == "finished":
+            try:
+                outcome = pickle.loads(future.result())
+            except BaseException as exc:
+                exc.add_note("corral: raised while unpickling the chunk's results")
+                self._fail_all(chunk, exc)
+                return
+            if outcome[0] == "rerun":  # dask re-ran it after a death: refused
+                self._resubmit(chunk, None)
+            else:
+                self._deliver(chunk, outcome)
+            return
+        error: BaseException | None = future.exception() if status == "error" else None
+        if error is not None and not _is_worker_loss(error):
+            self._fail_all(chunk, error)
+            return
+        self._resubmit(chunk, error)
+
+    def _resubmit(self, chunk: RemoteChunk, error: BaseException | None) -> None:
+        """The chunk's dask worker died (``KilledWorker``, a lost task, or a re-run
+        that the node refused): run the rest of it again, uncharged, under a new key.
+        What it had reported is delivered already."""
+        job = chunk.job
+        if self.state == "terminate" or job.stopped:
+            return
+        if chunk.done:
+            rest = RemoteChunk(job, chunk.start + chunk.done, chunk.items[chunk.done :])
+            rest.resubmits = chunk.resubmits
+            chunk = rest
+        chunk.resubmits += 1
+        self.resubmitted += 1
+        self.event("worker_died", 1)
+        if chunk.resubmits > MAX_RESUBMITS:
+            given_up = CorralError(
+                f"the dask workers running {job.describe(chunk.start, chunk.items[0])} "
+                f"and the {len(chunk.items) - 1} items after it died {chunk.resubmits} "
+                f"times in a row (the last error: {error!r})"
+            )
+            self._fail_all(chunk, given_up)
+            return
+        self._submit(chunk)
+
+    def _fail_all(self, chunk: RemoteChunk, exc: BaseException) -> None:
+        """Every item of the chunk not delivered yet fails with ``exc``."""
+        n = len(chunk.items) - chunk.done
+        self._finish(chunk, chunk.done, [None] * n, dict.fromkeys(range(n), exc))
+
+    def _deliver(self, chunk: RemoteChunk, outcome: tuple[Any, ...]) -> None:
+        if outcome[0] == "stopped":
+            return  # the job or the pool was stopped meanwhile
+        _, records, seconds, retried = outcome
+        if retried:
+            self.retried += retried
+            self.event("retried", retried)
+        self._measured(chunk.job, len(records), seconds)
+        self._deliver_records(chunk, records[chunk.done :])
+
+    def _deliver_records(self, chunk: RemoteChunk, records: list[tuple[bool, Any]]) -> None:
+        """Outcomes of the chunk's items ``done``.. (as the node encoded them)."""
+        at = chunk.done
+        values: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        for i, (ok, value) in enumerate(records):
+            if ok:
+                values.append(value)
+            else:
+                item = chunk.items[at + i]
+                what = chunk.job.describe(chunk.start + at + i, item)
+                errors[i] = _as_ours(decode_error(value, what), what, item)
+                values.append(None)
+        chunk.done += len(records)
+        if records:
+            self._finish(chunk, at, values, errors)
+
+    def _finish(
+        self, chunk: RemoteChunk, at: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
+        """Outcomes of the chunk's items ``at``.. reach their job."""
+        self.completed += len(values)
+        if errors:
+            self.event("failed", len(errors))
+        self.event("completed", len(values))
+        chunk.job.deliver(chunk.start + at, values, errors)
+
+    # Stopping.
+
+    def _stop_cancelled(self) -> None:
+        """Jobs cancelled by the user: tell the nodes, and drop their queued tasks.
+
+        The stop variable lists every job cancelled so far, not only those with a
+        chunk in flight here: dask's cancel ends our future at once, while its task
+        runs on until its node next polls the variable.
+        """
+        newly = [
+            c
+            for c in self.flying.values()
+            if c.job.kill_running and self._job_id(c.job) not in self.stopped_jobs
+        ]
+        if not newly:
+            return
+        self.stopped_jobs.update(self._job_id(c.job) for c in newly)
+        with contextlib.suppress(Exception):
+            # msgpack-able: a list, not a set
+            self.variable.set((sorted(self.stopped_jobs), False))
+        with contextlib.suppress(Exception):
+            self.conn.client.cancel([c.future for c in newly])
+
+    def _stop_nodes(self) -> None:
+        """Stop every running chunk and end the pools on the nodes."""
+        futures = [c.future for c in self.flying.values()]
+        self.flying.clear()
+        with contextlib.suppress(Exception):
+            self.conn.client.unsubscribe_topic(self.topic)
+        with contextlib.suppress(Exception):
+            self.conn.client.run_on_scheduler(forget_reports, topic=self.topic)
+        with contextlib.suppress(Exception):
+            self.variable.set(([], True))
+        with contextlib.suppress(Exception):
+            self.conn.client.cancel(futures)
+        with contextlib.suppress(Exception):
+            self.conn.client.run(release, self.token, on_error="ignore")
+        with contextlib.suppress(Exception):
+            self.variable.delete()
+
+    def _abort_all(self, exc: BaseException) -> None:
+        if self.broken is not None:
+            exc = CorralError(f"the pool is broken: {self.broken}")
+            exc.__cause__ = self.broken
+        with self.lock:
+            jobs = [j for j in self.jobs if j.has_work() or not j.input_done]
+            self.jobs.clear()
+        jobs += [c.job for c in self.flying.values()]
+        seen: set[int] = set()
+        for job in jobs:
+            if id(job) not in seen and not job.stopped:
+                seen.add(id(job))
+                job.abort(exc)
+
+
+def _as_ours(err: BaseException, what: str, item: Any) -> BaseException:
+    """An error the node's pool made (a timeout, a crash) names the item as the node
+    saw it (its place in the chunk): name it as the caller's call does, and tag the
+    item for a pipeline's StageError, as the local engine does."""
+    if isinstance(err, TaskTimeout):
+        ours: BaseException = TaskTimeout(err.timeout, what)
+    elif isinstance(err, WorkerCrashed):
+        ours = WorkerCrashed(err.exitcode, err.pid, what, err.attempts)
+    else:
+        return err
+    ours.__cause__ = err.__cause__
+    vars(ours)["_corral_item"] = item
+    return ours
+
+
+_engines: weakref.WeakSet[ClusterEngine] = weakref.WeakSet()
+_at_exit_registered = False
+
+
+def _at_exit_once() -> None:
+    """Terminate cluster pools at exit, before dask's own exit handlers (which close
+    the clients) run: atexit runs the last registered first, and this is registered
+    after dask.distributed was imported."""
+    global _at_exit_registered
+    if not _at_exit_registered:
+        _at_exit_registered = True
+        atexit.register(_terminate_all)
+
+
+def _terminate_all() -> None:
+    for engine in list(_engines):
+        with contextlib.suppress(Exception):
+            engine.terminate()
+
+
+def _variable(client: Any, token: str) -> Any:
+    import distributed
+
+    variable_class: Any = distributed.Variable
+    return variable_class(f"corral-stop-{token}", client=client)
+
+
+def _is_worker_loss(exc: BaseException | None) -> bool:
+    """Did dask give up on the task because its workers died (not because it raised)?"""
+    from distributed.scheduler import KilledWorker
+
+    return isinstance(exc, KilledWorker) or type(exc).__name__ in (
+        "CommClosedError",
+        "FutureCancelledError",
+    )

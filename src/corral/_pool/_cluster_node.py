@@ -1,0 +1,236 @@
+"""The node side of a cluster pool: what one dask task runs, in a dask worker.
+
+    client (ClusterEngine)                      dask worker process (this module)
+    ----------------------                      ---------------------------------
+    submit(run_chunk, payload) --dask-->         run_chunk: unpickle (token, job, fn, items..)
+                                                   the corral.Pool kept for ``token`` here
+                                                   imap over the items, per-item outcomes
+    stop variable (job ids, or all) <--poll--      every STOP_POLL s: stopped? cancel imap
+    <--dask event (key, first, outcomes)--         ... and report the outcomes so far
+    <--dask-- ("done", outcomes, seconds) or ("stopped",)
+    client.run(release, token) ---------->       terminate the pool kept for ``token``
+
+The items run in a ``corral.Pool`` kept per (client-side pool, dask worker process),
+so every guarantee of the local pool holds on the node: ``task_timeout`` kills the
+item's whole tree, ``retries`` re-runs only the item that crashed, and an item that
+kills its own process costs one attempt of that item, never the dask worker (the
+pool's workers are corral children of the dask worker, not the dask worker itself).
+
+The kept pool ends when the client-side pool ends (``release``), when a terminate
+is signalled through the stop variable, when it has been idle for
+``KEPT_IDLE_SECONDS``, and, whatever happens, with its dask worker: corral's
+lifeline kills a pool's workers and their subtrees when their parent dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import pickle
+import threading
+import time
+from typing import Any
+
+from .._core import _linux
+from .._remote import dumps, encode_error
+
+# The node side is a user of corral's public Pool, as the Executor and the Pipeline
+# are: it takes it from the package (the front, in turn, picks the cluster engine).
+from . import Pool
+
+__all__ = ["forget_reports", "release", "run_chunk", "suspicious_deaths"]
+
+# How often a running chunk asks the scheduler whether it was stopped. The promise
+# is a stop within 1 s on every node; each poll is one round trip to the scheduler.
+STOP_POLL = 0.2
+# A kept pool that no chunk used for this long is ended by the next chunk run on
+# the node (its client went away without releasing it, say).
+KEPT_IDLE_SECONDS = 300.0
+# Start method of the pools on the nodes: a dask worker runs an event loop and a
+# thread pool, so fork is unsafe there; forkserver would leave a server process
+# per dask worker behind. spawn costs a pool start of ~0.2 s, once per pool.
+NODE_START_METHOD = "spawn"
+
+# Tokens released on this node, newest last: a chunk that dask started after its
+# pool's release (client.cancel does not reach a task already queued on a worker)
+# must not start the pool again. Bounded; the oldest are forgotten.
+RELEASED_REMEMBERED = 1024
+
+_kept: dict[str, list[Any]] = {}  # token -> [pool, last used, options]
+_released: collections.OrderedDict[str, None] = collections.OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def _pool_for(token: str, options: dict[str, Any]) -> Pool | None:
+    """The pool kept for ``token``, started if need be; None if it was released."""
+    now = time.monotonic()
+    stale: list[Pool] = []
+    with _kept_lock:
+        if token in _released:
+            return None
+        for key, (pool, used, _) in list(_kept.items()):
+            if key != token and now - used > KEPT_IDLE_SECONDS:
+                stale.append(pool)
+                del _kept[key]
+        entry = _kept.get(token)
+        if entry is None or entry[0]._engine.state != "run" or entry[0]._engine.broken:
+            if entry is not None:
+                stale.append(entry[0])
+            entry = [_new_pool(options), now, options]
+            _kept[token] = entry
+        entry[1] = now
+        kept: Pool = entry[0]
+    for old in stale:
+        old.terminate()
+    return kept
+
+
+def _new_pool(options: dict[str, Any]) -> Pool:
+    from distributed import get_worker
+
+    # Orphans of a pool worker's tree killed at a timeout or a cancel come back to
+    # this dask worker, which corral's kill then reaps; otherwise they would go to
+    # PID 1, which on many hosts (containers) reaps nothing. The trade-off: orphans
+    # of other dask tasks come back here too, and stay zombies once they exit.
+    _linux.set_child_subreaper(True)
+    nthreads = get_worker().state.nthreads
+    return Pool(nthreads, context=NODE_START_METHOD, **options)
+
+
+def release(token: str) -> int:
+    """End the pool kept for ``token`` on this node (run by ``client.run``)."""
+    with _kept_lock:
+        entry = _kept.pop(token, None)
+        _released[token] = None
+        while len(_released) > RELEASED_REMEMBERED:
+            _released.popitem(last=False)
+    if entry is None:
+        return 0
+    entry[0].terminate()
+    return 1
+
+
+def _stopped(variable: Any, job_id: int) -> tuple[bool, bool]:
+    """(this job is stopped, every job of the pool is) as the client last said."""
+    try:
+        ids, everything = variable.get(timeout=STOP_POLL)
+    except Exception:  # unset (a race at the pool's start) or the scheduler is busy
+        return False, False
+    return everything or job_id in ids, everything
+
+
+def run_chunk(payload: bytes) -> bytes:
+    """Run one chunk of items; return its per-item outcomes, pickled.
+
+    Returns ``("done", [(ok, value or error record)...], seconds, retried)``,
+    ``("stopped",)`` when the client stopped the job (or the pool) meanwhile, or
+    ``("rerun",)`` without running anything when dask runs the task again after its
+    worker died: the client then submits only the items it has no report of.
+    """
+    import distributed
+
+    variable_class: Any = distributed.Variable
+    token, job_id, key, fn, mode, items, timeout, retries, options = pickle.loads(payload)
+    if _rerun(key):
+        return pickle.dumps(("rerun",))
+    pool = _pool_for(token, options)
+    if pool is None:
+        return pickle.dumps(("stopped",))
+    variable = variable_class(f"corral-stop-{token}")
+    retried_before = pool.statistics().tasks_retried
+    started = time.monotonic()
+    view = pool.with_options(task_timeout=timeout, retries=retries)
+    it = view._imap(fn, items, None, mode, True, None, False, None)
+    outcomes: list[tuple[bool, Any]] = []
+    reported = 0
+    next_poll = started + STOP_POLL
+    while True:
+        try:
+            outcomes.append((True, it.next(STOP_POLL)))
+        except StopIteration:
+            break
+        except multiprocessing.TimeoutError:
+            pass
+        except Exception as exc:
+            if pool._engine.state != "run":  # released or terminated meanwhile
+                return pickle.dumps(("stopped",))
+            outcomes.append((False, encode_error(exc)))
+        if time.monotonic() >= next_poll:
+            stopped, everything = _stopped(variable, job_id)
+            if stopped:
+                it.cancel()
+                if everything:
+                    release(token)
+                return pickle.dumps(("stopped",))
+            reported = _report(token, key, reported, outcomes)
+            next_poll = time.monotonic() + STOP_POLL
+    seconds = time.monotonic() - started
+    retried = pool.statistics().tasks_retried - retried_before
+    return _encode_outcomes(outcomes, seconds, retried)
+
+
+def _rerun(key: str) -> bool:
+    """Is dask running this task again because a worker died while holding it?
+
+    dask re-runs such a task whole (up to ``allowed-failures`` times), items that
+    finished and were reported included; the client knows better what is left.
+    One round trip to the scheduler per chunk.
+    """
+    from distributed import get_client
+
+    try:
+        client: Any = get_client()
+        return bool(client.run_on_scheduler(suspicious_deaths, key=key))
+    except Exception:  # can't tell: run it (outcomes are still delivered once)
+        return False
+
+
+def suspicious_deaths(dask_scheduler: Any, key: str) -> int:
+    """On the scheduler: how many workers died while ``key`` was on them."""
+    task = dask_scheduler.tasks.get(key)
+    return 0 if task is None else int(task.suspicious)
+
+
+def _report(token: str, key: str, reported: int, outcomes: list[tuple[bool, Any]]) -> int:
+    """Send the outcomes after ``reported`` to the client now, through the scheduler
+    (a dask event): if this dask worker dies before the chunk ends, the client has
+    them, and runs again only the items after them. Returns the new count reported."""
+    if len(outcomes) <= reported:
+        return reported
+    from distributed import get_worker
+
+    payload = _encode_outcomes(outcomes[reported:], 0.0, 0)  # ("done", records, ...)
+    get_worker().log_event(f"corral-{token}", (key, reported, payload))
+    return len(outcomes)
+
+
+def forget_reports(dask_scheduler: Any, topic: str) -> None:
+    """On the scheduler (``client.run_on_scheduler``): drop the reports it keeps for
+    ``topic``. dask keeps the last thousands of events of every topic, for clients
+    that ask later; a pool's reports are read as they come, and would only hold
+    memory there."""
+    broker = getattr(dask_scheduler, "_broker", None)
+    with contextlib.suppress(Exception):
+        broker.truncate(topic)  # type: ignore[union-attr]
+        broker._topics.pop(topic, None)  # type: ignore[union-attr]
+
+
+def _encode_outcomes(outcomes: list[tuple[bool, Any]], seconds: float, retried: int) -> bytes:
+    """Pickle the outcomes; a value that can't be pickled fails its own item only."""
+    try:
+        return dumps(("done", outcomes, seconds, retried))
+    except Exception:
+        pass
+    safe: list[tuple[bool, Any]] = []
+    for ok, value in outcomes:
+        if ok:
+            try:
+                dumps(value)
+            except Exception as exc:
+                exc.add_note("corral: raised while pickling the task's result on the node")
+                ok, value = False, encode_error(exc)
+        safe.append((ok, value))
+    with contextlib.suppress(Exception):
+        return dumps(("done", safe, seconds, retried))
+    raise RuntimeError("corral: the chunk's outcomes could not be pickled")

@@ -1,0 +1,131 @@
+"""Task functions for the cluster tests: importable on the dask workers (their
+PYTHONPATH holds the repository), and leaving evidence in files, since a node's
+processes can't hand anything else to the test."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+FOREVER = 300.0
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def inverse(x: int) -> float:
+    return 1 / x
+
+
+_tag = ""
+
+
+def set_tag(tag: str) -> None:
+    """A pool initializer: runs once in each of the node pool's workers."""
+    global _tag
+    _tag = tag
+
+
+def tagged(x: int) -> str:
+    return f"{_tag}-{x}"
+
+
+def counted(x: int, where: str) -> int:
+    """Record one run of item ``x`` (a line in its own file), then return x * x."""
+    with open(os.path.join(where, f"ran-{x}"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return x * x
+
+
+def runs(where: str, n: int) -> list[int]:
+    """How many times each of items 0..n-1 ran, as ``counted`` recorded it."""
+    out = []
+    for x in range(n):
+        try:
+            out.append(len(Path(where, f"ran-{x}").read_text().splitlines()))
+        except FileNotFoundError:
+            out.append(0)
+    return out
+
+
+def crash(how: str) -> None:
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(3)
+    elif how == "segfault":
+        ctypes.string_at(0)
+
+
+def crash_on(x: int, bad: int, how: str, where: str) -> int:
+    """Item ``bad`` kills its own process (as ``how`` says), every time it runs."""
+    counted(x, where)
+    if x == bad:
+        crash(how)
+    return x * x
+
+
+def block_with_grandchild(x: int, where: str) -> int:
+    """Start a ``sleep`` grandchild, report both pids (and the dask worker's, our
+    pool's parent) in a file, then block forever."""
+    child = subprocess.Popen(["sleep", str(FOREVER)])
+    marker = Path(where, f"running-{x}-{os.getpid()}")
+    marker.write_text(f"{os.getpid()} {child.pid} {os.getppid()}")
+    time.sleep(FOREVER)  # killed by the test's stop, never waited out
+    return x
+
+
+def block_once(x: int, at: int, where: str) -> int:
+    """Item ``at`` blocks the first time it runs (until its dask worker is killed),
+    after writing the dask worker's pid; every item's runs are counted. Each item
+    takes 5 ms, so the node's pool hears of each as it ends (items faster than
+    ``_worker.COMMIT_SECONDS`` are committed in batches)."""
+    time.sleep(0.005)  # the item's work, not a wait for anything
+    counted(x, where)
+    marker = Path(where, "blocked")
+    if x == at and not marker.exists():
+        marker.write_text(str(os.getppid()))  # the dask worker: our pool's parent
+        time.sleep(FOREVER)  # its dask worker is SIGKILLed by the test
+    return x * x
+
+
+def node_pid(x: int) -> int:
+    """The dask worker process running the item (its pool worker's parent)."""
+    return os.getppid()
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are still running (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def markers(where: str, prefix: str) -> list[list[int]]:
+    """The pid lines of every marker file named ``prefix*`` in ``where``."""
+    out = []
+    for path in sorted(Path(where).glob(prefix + "*")):
+        text = path.read_text()
+        if text:
+            out.append([int(p) for p in text.split()])
+    return out

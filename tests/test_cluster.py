@@ -1,0 +1,347 @@
+"""cluster=: the same Pool, Executor, corral.map and Pipeline on a real dask cluster.
+
+Every test runs against separate ``dask scheduler`` and ``dask worker`` programs on
+loopback (``dask_cluster.DaskCluster``, one per module); the per-test leak check
+still sees every corral process the test made on the nodes, since the nodes are
+this test process's descendants.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import itertools
+import signal
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip(
+    "distributed", reason="cluster= needs dask.distributed: pip install 'corral[distributed]'"
+)
+
+import corral
+
+from . import cluster_targets as targets
+from .dask_cluster import DaskCluster
+from .leaks import wait_until
+
+pytestmark = pytest.mark.cluster
+
+# Results of any call here come within this; a hang fails the test, not the suite.
+CALL_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def dask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    yield cluster
+    problems = cluster.stop()
+    assert not problems, problems
+
+
+@pytest.fixture(autouse=True)
+def _fixture_client_idle(dask: DaskCluster) -> Iterator[None]:
+    yield  # torn down before the leak check: dask's pooled sockets are not a leak
+    dask.close_idle_connections()
+
+
+def test_pool_map_imap_apply_on_the_cluster(dask: DaskCluster) -> None:
+    events: collections.Counter[str] = collections.Counter()
+
+    def on_event(kind: str, n: int) -> None:
+        events[kind] += n
+
+    with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
+        assert pool._processes == 2  # the cluster's threads, by default
+        assert pool.map(targets.square, range(500)) == [x * x for x in range(500)]
+        assert pool.starmap(targets.add, [(1, 2), (3, 4)]) == [3, 7]
+        assert list(pool.imap(targets.square, iter(range(50)))) == [x * x for x in range(50)]
+        unordered = pool.imap_unordered(targets.square, range(50), chunksize=7)
+        assert sorted(unordered) == [x * x for x in range(50)]
+        assert pool.apply_async(targets.add, (2, 3)).get(CALL_TIMEOUT) == 5
+        nodes = set(pool.map(targets.node_pid, range(200), chunksize=10))
+        stats = pool.statistics()
+    assert nodes <= set(dask.worker_pids())
+    assert stats.tasks_completed == 500 + 2 + 50 + 50 + 1 + 200
+    assert stats.workers_alive == 2
+    assert events["completed"] == events["submitted"] == stats.tasks_completed
+    assert events["failed"] == events["retried"] == events["worker_died"] == 0
+
+
+def test_a_lambda_runs_on_the_cluster(dask: DaskCluster) -> None:
+    # cloudpickle is a dependency of dask.distributed: lambdas always travel.
+    with corral.Pool(cluster=dask.client) as pool:
+        assert pool.map(lambda x: x + 1, range(10)) == list(range(1, 11))
+
+
+def test_executor_corral_map_and_pipeline_take_cluster(dask: DaskCluster) -> None:
+    with corral.ProcessPoolExecutor(max_workers=2, cluster=dask.client) as ex:
+        futures = [ex.submit(targets.add, i, i) for i in range(5)]
+        done = [f.result(CALL_TIMEOUT) for f in futures]
+        mapped = list(ex.map(targets.add, range(5), range(5), timeout=CALL_TIMEOUT))
+    assert done == mapped == [2 * i for i in range(5)]
+    assert list(corral.map(targets.square, range(20), cluster=dask.address)) == [
+        x * x for x in range(20)
+    ]
+    pipeline = corral.Pipeline(range(30)).stage(targets.square, cluster=dask.client, workers=2)
+    assert pipeline.run() == [x * x for x in range(30)]
+    skipping = corral.Pipeline(range(-3, 4)).stage(
+        targets.inverse, cluster=dask.client, workers=2, on_error="skip"
+    )
+    assert skipping.run() == [-1 / 3, -1 / 2, -1.0, 1.0, 1 / 2, 1 / 3]
+    assert [(e.stage, e.item) for e in skipping.errors] == [("inverse", 0)]
+
+
+def test_a_cluster_object_and_an_initializer(dask: DaskCluster) -> None:
+    # What a dask Cluster (LocalCluster, SpecCluster...) offers the Client.
+    from distributed.core import Status
+
+    cluster = types.SimpleNamespace(scheduler_address=dask.address, status=Status.running)
+    with corral.Pool(cluster=cluster, initializer=targets.set_tag, initargs=("node",)) as pool:
+        assert pool.map(targets.tagged, range(6), chunksize=2) == [f"node-{x}" for x in range(6)]
+
+
+# --- Guarantee 1: a crash costs one item, never the dask worker --------------------
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
+@pytest.mark.parametrize("retries", [0, 2])
+def test_an_item_that_kills_its_process_costs_one_item(
+    dask: DaskCluster, tmp_path: Path, how: str, retries: int
+) -> None:
+    workers_before = dask.worker_pids()
+    fn = functools.partial(targets.crash_on, bad=7, how=how, where=str(tmp_path))
+    with corral.Pool(cluster=dask.address, retries=retries) as pool:
+        it = pool.imap(fn, range(40), chunksize=20)
+        got: list[object] = []
+        for _ in range(40):
+            try:
+                got.append(it.next(CALL_TIMEOUT))
+            except corral.WorkerCrashed as exc:
+                got.append(exc)
+        stats = pool.statistics()
+    assert got[:7] + got[8:] == [x * x for x in range(40) if x != 7]
+    assert isinstance(got[7], corral.WorkerCrashed)
+    assert got[7].attempts == retries + 1
+    ran = targets.runs(str(tmp_path), 40)
+    assert ran[7] == retries + 1
+    assert ran[:7] + ran[8:] == [1] * 39  # no neighbour ran twice
+    assert stats.tasks_retried == retries
+    assert stats.workers_restarted == 0  # no chunk was re-run: dask was not charged
+    assert dask.worker_pids() == workers_before  # the dask workers were not charged
+
+
+# --- Guarantee 3: task_timeout kills the item's tree on the node ------------------
+
+
+def test_task_timeout_kills_the_items_tree_on_the_node(dask: DaskCluster, tmp_path: Path) -> None:
+    fn = functools.partial(targets.block_with_grandchild, where=str(tmp_path))
+    with corral.Pool(cluster=dask.address, task_timeout=1) as pool:
+        with pytest.raises(corral.TaskTimeout):
+            pool.apply(fn, (1,))
+        (pids,) = targets.markers(str(tmp_path), "running-")
+        item_pid, grandchild = pids[0], pids[1]
+        assert wait_until(lambda: not targets.pids_alive([item_pid, grandchild]), 5.0)
+        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]  # the pool goes on
+
+
+# --- Guarantee 2: a dask worker SIGKILLed mid-chunk -----------------------------
+
+
+def _set_allowed_failures(dask_scheduler: Any, n: int) -> int:
+    """On the scheduler: set its allowed-failures, return the old value."""
+    old: int = dask_scheduler.allowed_failures
+    dask_scheduler.allowed_failures = n
+    return old
+
+
+# allowed-failures 0: dask fails the chunk with KilledWorker at once; 3 (dask's
+# default): dask runs the task again itself, which the node refuses ("rerun").
+# corral resubmits the unreported rest either way.
+@pytest.mark.parametrize("allowed_failures", [0, 3])
+def test_a_dask_worker_killed_mid_chunk_loses_nothing(
+    dask: DaskCluster, tmp_path: Path, allowed_failures: int
+) -> None:
+    old = dask.client.run_on_scheduler(_set_allowed_failures, n=allowed_failures)
+    try:
+        _killed_mid_chunk(dask, tmp_path)
+    finally:
+        dask.client.run_on_scheduler(_set_allowed_failures, n=old)
+
+
+def _killed_mid_chunk(dask: DaskCluster, tmp_path: Path) -> None:
+    n, at = 120, 45
+    where = str(tmp_path)
+    fn = functools.partial(targets.block_once, at=at, where=where)
+    with corral.Pool(cluster=dask.address) as pool:
+        it = pool.imap(fn, range(n), chunksize=30)
+        # Items 30..44 of the chunk 30..59 finished before item 45 blocked; they
+        # reached us while that chunk still ran (its reports), so we can read them.
+        first = [it.next(CALL_TIMEOUT) for _ in range(at)]
+        marker = tmp_path / "blocked"
+        assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
+        victim = int(marker.read_text())
+        assert victim in dask.worker_pids()
+        assert dask.kill_worker(victim) == []  # its corral processes died with it
+        rest = [it.next(CALL_TIMEOUT) for _ in range(n - at)]
+        with pytest.raises(StopIteration):
+            it.next(CALL_TIMEOUT)
+        stats = pool.statistics()
+        topic = pool._engine.topic  # type: ignore[attr-defined]
+        assert dask.client.get_events(topic)  # the running chunks' reports
+    assert dask.client.get_events(topic) == ()  # dropped on the scheduler at the end
+    assert first + rest == [x * x for x in range(n)]  # correct, in order, each once
+    ran = targets.runs(where, n)
+    # Only the item running when its dask worker died ran again, uncharged: the
+    # finished items of its chunk had been reported, those after it had not started.
+    assert ran == [2 if x == at else 1 for x in range(n)]
+    assert stats.workers_restarted >= 1  # corral resubmitted the rest: no item failed
+    dask.wait_for_workers()
+    assert victim not in dask.worker_pids()
+
+
+# --- Guarantee 4: stopping reaches every node within 1 s ----------------------------
+
+STOP_BOUND = 1.0
+
+
+def _both_running(where: Path) -> list[int]:
+    """Wait until an item runs on each node; the pids of the items and grandchildren."""
+    ran: list[list[int]] = []
+
+    def both() -> bool:
+        ran[:] = targets.markers(str(where), "running-")
+        return len({pids[2] for pids in ran}) == 2
+
+    assert wait_until(both, CALL_TIMEOUT)
+    return [p for pids in ran for p in pids[:2]]
+
+
+@pytest.mark.parametrize("how", ["cancel", "terminate", "ctrl-c"])
+def test_stopping_reaches_every_node(dask: DaskCluster, tmp_path: Path, how: str) -> None:
+    fn = functools.partial(targets.block_with_grandchild, where=str(tmp_path))
+    workers_before = dask.worker_pids()
+    pool = corral.Pool(cluster=dask.address)
+    pids: list[int] = []
+    stopped_at: list[float] = []
+    try:
+        if how == "ctrl-c":
+            main = threading.get_ident()
+
+            def interrupt() -> None:
+                pids.extend(_both_running(tmp_path))
+                stopped_at.append(time.monotonic())
+                signal.pthread_kill(main, signal.SIGINT)
+
+            helper = threading.Thread(target=interrupt)
+            helper.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    pool.map(fn, range(4), chunksize=1)
+            finally:
+                helper.join(CALL_TIMEOUT)
+        else:
+            running = pool.map_async(fn, range(4), chunksize=1)
+            pids.extend(_both_running(tmp_path))
+            stopped_at.append(time.monotonic())
+            if how == "cancel":
+                running.cancel()
+            else:
+                pool.terminate()
+        left = STOP_BOUND - (time.monotonic() - stopped_at[0])
+        assert wait_until(lambda: not targets.pids_alive(pids), left), (
+            f"still running {STOP_BOUND} s after {how}: {targets.pids_alive(pids)}"
+        )
+        if how == "cancel":
+            with pytest.raises(concurrent.futures.CancelledError):
+                running.get(CALL_TIMEOUT)
+    finally:
+        pool.terminate()
+    assert dask.worker_pids() == workers_before  # the dask workers stay up
+
+
+def test_cluster_auto_reads_corral_cluster(
+    dask: DaskCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_CLUSTER", dask.address)
+    with corral.Pool(cluster="auto") as pool:
+        assert set(pool.map(targets.node_pid, range(100), chunksize=10)) <= set(dask.worker_pids())
+
+
+# --- Guarantee 6: backpressure ----------------------------------------------------
+
+
+def test_imap_over_an_infinite_generator_pulls_a_bounded_number(dask: DaskCluster) -> None:
+    pulled = itertools.count()
+
+    def source() -> Iterator[int]:
+        for x in itertools.count():
+            next(pulled)
+            yield x
+
+    with corral.Pool(cluster=dask.address) as pool:
+        it = pool.imap(targets.square, source())
+        got = [it.next(CALL_TIMEOUT) for _ in range(3000)]
+        seen = next(pulled)
+        it.close()
+    assert got == [x * x for x in range(3000)]
+    # The window: a few chunks per unit of concurrency (at most 1,000 items each).
+    assert seen <= 3000 + 4 * 2 * 1000
+
+
+# --- Guarantee 7: bad input gets a clear error at the call -------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        corral.Queue,
+        corral.Lock,
+        lambda: corral.Value("i", 0),
+        lambda: corral.Array("i", 3),
+        corral.Event,
+    ],
+    ids=["Queue", "Lock", "Value", "Array", "Event"],
+)
+def test_a_host_bound_object_is_refused(dask: DaskCluster, make: object) -> None:
+    obj = make()  # type: ignore[operator]
+    with corral.Pool(cluster=dask.address) as pool:
+        with pytest.raises(corral.SharingError, match="cluster"):
+            pool.map(targets.square, [1, obj, 3])
+        with pytest.raises(corral.SharingError, match="cluster"):
+            pool.apply(functools.partial(targets.add, obj), (1,))
+
+
+def test_a_corral_process_or_pool_is_refused(dask: DaskCluster) -> None:
+    proc = corral.Process(target=targets.square, args=(1,))
+    with corral.Pool(cluster=dask.address) as pool:
+        with pytest.raises(corral.SharingError, match="Process"):
+            pool.apply(targets.identity, (proc,))
+        with pytest.raises(corral.SharingError, match="Pool"):
+            pool.apply(targets.identity, (pool,))
+
+
+# dask itself only warns, at connect time, then lets the work go on.
+@pytest.mark.filterwarnings("ignore:Mismatched versions found")
+def test_mismatched_versions_fail_at_the_call(
+    dask: DaskCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distributed.versions
+
+    real = distributed.versions.get_versions
+
+    def older_client(packages: object = None) -> dict[str, dict[str, object]]:
+        versions = real(packages)  # type: ignore[arg-type]
+        versions["packages"]["corral"] = "0.0.1"
+        return versions
+
+    monkeypatch.setattr(distributed.versions, "get_versions", older_client)
+    with pytest.raises(ValueError, match=r"corral: client: 0\.0\.1"):
+        corral.Pool(cluster=dask.address)
