@@ -495,3 +495,43 @@ def test_a_task_cancelled_before_it_started_never_runs(
     cancelled, ran = _cancel_behind_a_busy_task(ctx, tmp_path)
     assert cancelled
     assert ran == 0, "the cancelled task ran"
+
+
+TBLIB_SCENARIO = """
+import sys
+import distributed  # registers tblib's reducers for every exception class
+import corral
+from tests import pool_targets as t
+with corral.Pool(1, context=sys.argv[1]) as pool:
+    try:
+        pool.apply(t.raise_system_exit, (3,))
+    except SystemExit as exc:
+        assert exc.code == 3, exc.code
+    else:
+        raise AssertionError("no SystemExit")
+print("ok")
+"""
+
+
+def test_errors_keep_their_attributes_after_dask_is_imported(
+    start_method: str, tmp_path: Path
+) -> None:
+    """dask.distributed replaces exception pickling (tblib), which loses ``.code``."""
+    pytest.importorskip("distributed")
+    import subprocess
+    import sys
+
+    from tests import leaks
+
+    before = leaks.descendants()
+    proc = subprocess.run(
+        [sys.executable, "-c", TBLIB_SCENARIO, start_method],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    leaks.kill_and_reap(leaks.descendants() - before)  # its forkserver, a moment late
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")

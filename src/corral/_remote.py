@@ -14,10 +14,18 @@ it can be.
 
     child:   record = encode_error(exc)          -> pickled along with the rest
     parent:  exc = decode_error(record, "task 3") -> raised, child traceback as __cause__
+
+Exceptions are pickled the stdlib's way (``BaseException.__reduce__``: the class,
+its args, its ``__dict__``), whatever reducers others registered in ``copyreg``:
+dask.distributed, once imported, registers tblib's for every exception class, and
+those lose what ``__init__`` derives from the args (``SystemExit.code``,
+``OSError.errno``).
 """
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import traceback
 
@@ -71,11 +79,28 @@ def encode_error(exc: BaseException) -> ErrorRecord:
     tb = _safe(lambda: "".join(traceback.format_exception(exc)))
     data: bytes | None
     try:
-        data = dumps(exc)
+        data = _dumps_exception(exc)
         pickle.loads(data)  # what can't be rebuilt here won't be in the parent either
     except BaseException:
         data = None
     return (data, tb, typename, message)
+
+
+def _dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with the stdlib's reducers for exceptions (see above)."""
+    table = copyreg.dispatch_table
+    if not any(isinstance(k, type) and issubclass(k, BaseException) for k in table):
+        return dumps(exc)  # nobody replaced them: the usual path
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = {
+        k: v for k, v in table.items() if not (isinstance(k, type) and issubclass(k, BaseException))
+    }
+    try:
+        pickler.dump(exc)
+    except PICKLE_ERRORS:
+        return dumps(exc)  # a local exception class: cloudpickle, if installed
+    return buf.getvalue()
 
 
 def decode_error(record: ErrorRecord, what: str = "the task") -> BaseException:
