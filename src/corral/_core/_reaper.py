@@ -26,7 +26,7 @@ import select
 import threading
 from collections.abc import Callable
 
-__all__ = ["close_watched", "watch"]
+__all__ = ["close_watched", "unwatch", "watch"]
 
 # How long the thread waits with nothing to watch before it exits, and its longest
 # single wait. Longer saves a thread start on the next Process.start() (about
@@ -63,6 +63,17 @@ class _Reaper:
             else:
                 assert self._epoll is not None
                 self._epoll.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd: int) -> Callable[[], bool] | None:
+        """Stop watching ``fd``, leaving it open: its callback, to :meth:`watch` it again
+        with; None if it was not watched or the thread is running its callback now."""
+        with self._lock:
+            if self._running == fd:
+                return None
+            callback = self._watched.pop(fd, None)
+            if callback is not None:
+                self._unregister(fd)
+            return callback
 
     def close_watched(self, fd: int) -> None:
         with self._lock:
@@ -178,6 +189,11 @@ def watch(fd: int, callback: Callable[[], bool]) -> None:
     returns True. Close the fd with :func:`close_watched`, never directly.
     """
     _reaper.watch(fd, callback)
+
+
+def unwatch(fd: int) -> Callable[[], bool] | None:
+    """Stop watching ``fd`` for now (see ``_Reaper.unwatch``); ``watch`` it again after."""
+    return _reaper.unwatch(fd)
 
 
 def close_watched(fd: int) -> None:
