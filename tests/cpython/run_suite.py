@@ -364,7 +364,12 @@ def parent(args: argparse.Namespace) -> int:
         sources[run.suite] = "" if source.shipped else str(source.directory)
     begin = time.monotonic()
     with open(args.log, "w") as log:
-        pending = [r for r in runs if not r.unavailable]
+        # Longest first (cf before mp, spawn before fork: about 80, 55, 50 and 25 s
+        # here), so that two jobs end together.
+        pending = sorted(
+            (r for r in runs if not r.unavailable),
+            key=lambda r: (r.suite != "cf", r.method == "fork"),
+        )
         lock = threading.Lock()
 
         def worker() -> None:
