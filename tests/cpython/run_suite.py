@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="the stdlib, not corral")
     parser.add_argument("--jobs", type=int, default=2, help="suite runs at once")
     parser.add_argument("--log", default=str(ROOT / ".cpython-suite.log"))
+    parser.add_argument(
+        "--allow-unavailable",
+        action="store_true",
+        help="a suite that can't be found or fetched is reported, not a failure",
+    )
     parser.add_argument("--child")
     parser.add_argument("--report-fd", type=int)
     parser.add_argument("--after")
@@ -387,6 +392,11 @@ def parent(args: argparse.Namespace) -> int:
             t.start()
         for t in threads:
             t.join()
+    if args.allow_unavailable:
+        for run in runs:
+            if run.unavailable:
+                print(f"{run.suite} {run.method}: not run ({run.unavailable})")
+        runs = [r for r in runs if not r.unavailable]
     status = report(runs, diffs, args.baseline)
     print(f"\n{time.monotonic() - begin:.0f} s in all; children's output in {args.log}")
     return status
