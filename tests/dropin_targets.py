@@ -116,3 +116,22 @@ def condition_sleeper(cond: Any, sleeping: Any, woken: Any, timeout: float) -> N
         sleeping.release()
         cond.wait(timeout)
         woken.release()
+
+
+def manager_child(d: Any, items: Any, q: Any, lock: Any) -> None:
+    """Uses a Manager's proxies from a corral child."""
+    with lock:
+        d["pid"] = os.getpid()
+        items.append("child")
+    q.put("hello")
+
+
+def manager_put(item: tuple[Any, int]) -> int:
+    q, i = item
+    q.put(i * 2)
+    return i
+
+
+def manager_append(items: Any, value: str) -> int:
+    items.append(value)
+    return len(items)

@@ -252,6 +252,21 @@ def test_an_executor_collected_without_shutdown_finishes_its_work(
     assert list(results) == [abs(x) for x in range(-5, 5)]
 
 
+def test_workers_exit_promptly_while_another_executor_lives(ctx: corral.CorralContext) -> None:
+    """The exit hook that completes an executor's work must not run, in a forked
+    worker, for the copies of its parent's executors (it waited on them for ever)."""
+    other = corral.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        with corral.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+            processes = list(ex._processes.values())
+            assert list(ex.map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
+        for p in processes:
+            p.join(TIMEOUT)
+            assert p.exitcode == 0  # told to stop, it stopped (not killed after a grace)
+    finally:
+        other.shutdown()
+
+
 def test_map_results_are_not_kept_alive(ctx: corral.CorralContext) -> None:
     with corral.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         seen = 0

@@ -233,11 +233,14 @@ def test_fd_handle_refuses_pickling_outside_start() -> None:
 def test_all_matches_exports() -> None:
     # Submodules (corral.pool, corral.queues, ...) are attributes once imported, and
     # never in __all__, as with multiprocessing.
-    public = {
-        name
-        for name in dir(corral)
-        if not name.startswith("_") and not isinstance(getattr(corral, name), types.ModuleType)
-    }
+    def submodule(name: str) -> bool:
+        obj = getattr(corral, name)
+        return isinstance(obj, types.ModuleType) and obj.__name__ in (
+            f"corral.{name}",
+            f"multiprocessing.{name}",  # corral.connection is the stdlib's, say
+        )
+
+    public = {name for name in dir(corral) if not name.startswith("_") and not submodule(name)}
     modules = {"annotations"}  # from __future__
     # multiprocessing.reducer is in the stdlib's __all__: the reduction module once
     # something imported it, else None. corral re-exports it as it is.

@@ -252,11 +252,16 @@ def _python_exit() -> None:
     global _global_shutdown
     _global_shutdown = True
     for executor in list(_live):
+        if executor._pool._engine.pid != os.getpid():
+            continue  # a copy in a forked child (a worker): its parent's to end
         with contextlib.suppress(Exception):
             executor.shutdown(wait=True)
 
 
 getattr(threading, "_register_atexit")(_python_exit)  # noqa: B009  (private, typeshed lacks it)
+# A forked child (a worker, or the user's own fork) owns none of its parent's executors;
+# a worker runs threading's exit hooks too, and would wait for them for ever.
+os.register_at_fork(after_in_child=_live.clear)
 
 
 # --- corral.map and its kept pools ----------------------------------------------------

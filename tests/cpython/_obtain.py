@@ -74,6 +74,10 @@ def cache_root() -> Path:
 
 def find(name: str) -> Source:
     """The directory holding test module ``name`` for this interpreter."""
+    if name == "test_concurrent_futures" and sys.version_info >= (3, 12):
+        # 3.12 split it into a package (test_concurrent_futures/test_*.py, the mixins
+        # in .util); _cf_suite knows 3.11's single module only.
+        raise Unavailable(f"{name}: the 3.12+ package layout is not supported yet")
     spec = importlib.util.find_spec(f"test.{name}")
     if spec is not None and spec.origin is not None:
         path = Path(spec.origin)

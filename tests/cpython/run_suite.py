@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="the stdlib, not corral")
     parser.add_argument("--jobs", type=int, default=2, help="suite runs at once")
     parser.add_argument("--log", default=str(ROOT / ".cpython-suite.log"))
+    parser.add_argument(
+        "--allow-unavailable",
+        action="store_true",
+        help="a suite that can't be found or fetched is reported, not a failure",
+    )
     parser.add_argument("--child")
     parser.add_argument("--report-fd", type=int)
     parser.add_argument("--after")
@@ -364,7 +369,12 @@ def parent(args: argparse.Namespace) -> int:
         sources[run.suite] = "" if source.shipped else str(source.directory)
     begin = time.monotonic()
     with open(args.log, "w") as log:
-        pending = [r for r in runs if not r.unavailable]
+        # Longest first (cf before mp, spawn before fork: about 80, 55, 50 and 25 s
+        # here), so that two jobs end together.
+        pending = sorted(
+            (r for r in runs if not r.unavailable),
+            key=lambda r: (r.suite != "cf", r.method == "fork"),
+        )
         lock = threading.Lock()
 
         def worker() -> None:
@@ -382,6 +392,11 @@ def parent(args: argparse.Namespace) -> int:
             t.start()
         for t in threads:
             t.join()
+    if args.allow_unavailable:
+        for run in runs:
+            if run.unavailable:
+                print(f"{run.suite} {run.method}: not run ({run.unavailable})")
+        runs = [r for r in runs if not r.unavailable]
     status = report(runs, diffs, args.baseline)
     print(f"\n{time.monotonic() - begin:.0f} s in all; children's output in {args.log}")
     return status
