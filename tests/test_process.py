@@ -361,3 +361,20 @@ def test_forkserver_child_reaped_before_start_returns(monkeypatch: pytest.Monkey
     assert p.exitcode == 0
     p.kill()
     assert p.exitcode == 0
+
+
+def test_a_joined_process_leaves_no_finalizer_behind(ctx: corral.CorralContext) -> None:
+    """Once a joined Process is gone, so are its launcher's util.Finalize entries:
+    the reaper holds the launcher only weakly (CPython's TestFinalize checks this)."""
+    import gc
+    from multiprocessing import util
+
+    before = set(util._finalizer_registry)  # type: ignore[attr-defined]
+    for _ in range(20):
+        p = ctx.Process(target=int)
+        p.start()
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+        del p
+    gc.collect()
+    assert set(util._finalizer_registry) - before == set()  # type: ignore[attr-defined]

@@ -19,9 +19,11 @@ signals.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from multiprocessing import forkserver as _mp_forkserver
 from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
@@ -70,7 +72,12 @@ class CorralPopen:
         watch_fd = self._watch_fd = self._new_watch_fd()
         fds = tuple({fd for fd in (self._pidfd, watch_fd) if fd >= 0})
         self._corral_finalizer = util.Finalize(self, _close_all, (watch_fd, fds))
-        _reaper.watch(watch_fd, self._reaper_callback)
+        # A weak reference: what keeps a launcher alive until its child is collected
+        # is its Process (in _process._children), never the reaper, so that the
+        # launcher and its util.Finalize entries go with the Process after join().
+        _reaper.watch(
+            watch_fd, functools.partial(_call_weakly, weakref.WeakMethod(self._reaper_callback))
+        )
 
     # -- hooks for subclasses
     def _open_pidfd(self) -> int:
@@ -137,14 +144,14 @@ class CorralPopen:
         # While this thread waits for the child, the reaper needs no wake-up for it:
         # that would only make the two contend for the GIL and the reap lock (about
         # 0.3 ms of a 2 ms fork start+join; the "start+join" process benchmark).
-        callback = None
-        if self._watch_fd == self._pidfd >= 0:
-            callback = _reaper.unwatch(self._pidfd)
+        # (The watched fd is the pidfd, or a forkserver child's copy of its status
+        # socket, which the blocking poll does not read.)
+        callback = _reaper.unwatch(self._watch_fd) if self._watch_fd >= 0 else None
         try:
             return self.poll(0)
         finally:
             if callback is not None and self.returncode is None:  # interrupted
-                _reaper.watch(self._pidfd, callback)
+                _reaper.watch(self._watch_fd, callback)
 
     def _send_signal(self, sig: int) -> None:
         if self.poll() is not None or self._pidfd < 0:
@@ -196,6 +203,11 @@ def _reap_when_all_dead(members: list[_tree.Member], root: _tree.Member) -> None
 
     for _, fd in watched:
         _reaper.watch(fd, lambda fd=fd: on_exit(fd))  # type: ignore[misc]
+
+
+def _call_weakly(method: weakref.WeakMethod[Callable[[], bool]]) -> bool:
+    callback = method()
+    return True if callback is None else callback()
 
 
 def _close_all(watch_fd: int, fds: tuple[int, ...]) -> None:
