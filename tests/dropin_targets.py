@@ -10,6 +10,7 @@ import ctypes
 import os
 import pickle
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,13 @@ def manager_put(item: tuple[Any, int]) -> int:
 def manager_append(items: Any, value: str) -> int:
     items.append(value)
     return len(items)
+
+
+def wait_for_path(path: str, timeout: float) -> bool:
+    """Keep a worker busy until ``path`` exists (True), or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -79,6 +79,9 @@ def test_a_failing_initializer_is_logged_in_the_worker(ctx: corral.CorralContext
     q: Any = corral.Queue()
     ex = corral.ProcessPoolExecutor(1, ctx, t.init_fail_logging, (q,))
     try:
+        # (Under spawn and forkserver the first task starts the worker, as the stdlib's.)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(t.identity, 1).result(TIMEOUT)
         assert wait_until(lambda: bool(ex._broken), TIMEOUT)
         message = q.get(timeout=TIMEOUT).getMessage()
         assert message.startswith("Exception in initializer:")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import multiprocessing.pool
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,7 +78,28 @@ def test_private_views_of_the_workers(ctx: corral.CorralContext) -> None:
     with corral.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         pids = {ex.submit(t.getpid).result(TIMEOUT) for _ in range(4)}
         assert pids <= set(ex._processes)
-        assert len(ex._processes) == 2
+        # Under fork every worker starts at once; else one, reused (as the stdlib's).
+        assert len(ex._processes) == (2 if ctx.get_start_method() == "fork" else 1)
+
+
+def test_executor_workers_start_on_demand_and_idle_ones_are_reused(
+    ctx: corral.CorralContext, tmp_path: Path
+) -> None:
+    """As the stdlib's executor: under spawn and forkserver a task starts a worker only
+    when no idle one can take it, up to max_workers; under fork all start at once."""
+    on_demand = ctx.get_start_method() != "fork"
+    gate = str(tmp_path / "gate")
+    with corral.ProcessPoolExecutor(4, mp_context=ctx) as ex:
+        assert len(ex._processes) == (0 if on_demand else 4)
+        for x in range(3):
+            assert ex.submit(t.identity, x).result(TIMEOUT) == x
+        assert len(ex._processes) == (1 if on_demand else 4)  # one idle worker, reused
+        blocked = [ex.submit(t.wait_for_path, gate, TIMEOUT) for _ in range(3)]
+        assert len(ex._processes) == (3 if on_demand else 4)  # started by the submits
+        open(gate, "w").close()
+        assert all(f.result(TIMEOUT) for f in blocked)
+        assert len(ex._processes) <= 4
+        assert list(ex.map(abs, range(-8, 0))) == list(range(8, 0, -1))
 
 
 @pytest.mark.parametrize("chunksize", [None, 1, 2, 4])

@@ -95,6 +95,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             max_memory_per_child=max_memory_per_child,
             on_event=on_event,
             cluster=cluster,
+            # As the stdlib's: workers start as tasks arrive, idle ones reused first,
+            # except under fork, where all start at once (a fork from a process that
+            # runs threads is safest early).
+            _start_on_demand=mp_context.get_start_method() != "fork",
         )
         self._max_workers = self._pool._processes
         self._pool._engine.stdlib_errors = True

@@ -194,8 +194,11 @@ class Engine:
         # One running word per slot: (chunk seq << 32) | items of it started.
         self.words = SharedMemory(8 * self.processes, what="pool running words")
         self.running = self.words.buf.cast("q")
-        for i in range(self.processes):
-            self.workers.append(self._start_worker(i))
+        self._free_indices = collections.deque(range(self.processes))  # slots not in use
+        self._starting = 0  # workers being started for add_job, outside the lock
+        if not options.start_on_demand:
+            for _ in range(self.processes):
+                self.workers.append(self._start_worker(self._free_indices.popleft()))
         # Set when the scheduler has stopped every worker. Waited on instead of
         # Thread.join: a Ctrl-C that interrupts Thread.join (CPython < 3.13) can leave
         # the thread marked finished while it still runs.
@@ -231,14 +234,65 @@ class Engine:
         with self.lock:
             self.check_running()
             self.jobs.append(job)
+        self._grow_on_demand()
         self.event("submitted", len(job.items))
         self.wake()
+
+    def _grow_on_demand(self) -> None:
+        """With ``start_on_demand``: more workers while the work waiting wants them."""
+        while self.options.start_on_demand:
+            with self.lock:
+                start = self.state != "terminate" and self._wants_worker()
+                if start:
+                    self._starting += 1
+            if not start:
+                return
+            self._start_on_demand()
+
+    def _wants_worker(self) -> bool:
+        """(Lock held.) On demand: is there more waiting work than idle workers?
+
+        A worker counts as idle while it holds no chunk, ready or still starting; a
+        single task waits for one worker, any other job (a map, whose input may not
+        be read yet) for as many as there are.
+        """
+        if len(self.workers) + self._starting >= self.processes or not self._free_indices:
+            return False
+        idle = self._starting + sum(
+            1 for w in self.workers if not w.chunks and not w.retiring and w.kill_reason is None
+        )
+        waiting = len(self.stash) + sum(  # (a stashed chunk waits for an idle worker)
+            1 if not j.prefetchable else self.processes
+            for j in self.jobs
+            if j.has_work() or not (j.input_done or j.stopped)
+        )
+        return idle < waiting
+
+    def _start_on_demand(self) -> None:
+        """Start one more worker, in the caller's thread (as the stdlib's submit does)."""
+        try:
+            with self.lock:
+                index = self._free_indices.popleft()
+            try:
+                worker = self._start_worker(index)
+            except BaseException:
+                with self.lock:
+                    self._free_indices.appendleft(index)
+                raise
+            with self.lock:
+                self.workers.append(worker)
+                self.workers.sort(key=lambda x: x.index)
+        finally:
+            with self.lock:
+                self._starting -= 1
 
     def add_items(self, job: Job, items: list[Any], exhausted: bool) -> None:
         with self.lock:
             job.items.extend(items)
             if exhausted:
                 job.input_done = True
+        if items:
+            self._grow_on_demand()
         if items:
             self.event("submitted", len(items))
         self.wake()

@@ -422,6 +422,7 @@ class Pool(_Calls):
         max_memory_per_child: int | None = None,
         on_event: Callable[[str, int], object] | None = None,
         cluster: Any = None,
+        _start_on_demand: bool = False,
     ):
         options = PoolOptions.make(
             processes,
@@ -435,6 +436,7 @@ class Pool(_Calls):
             max_memory_per_child=max_memory_per_child,
             on_event=on_event,
             progress=progress,
+            start_on_demand=_start_on_demand,
         )
         self._engine = _engine_for(options, cluster, processes)
         self._call = CallOptions()

@@ -29,6 +29,9 @@ class PoolOptions:
     max_memory_per_child: int | None = None
     on_event: Callable[[str, int], object] | None = None
     progress: ProgressArg = field(default=False)
+    # Start workers as work arrives (up to ``processes``), reusing idle ones first,
+    # instead of all at once: the stdlib executor's way under spawn and forkserver.
+    start_on_demand: bool = False
 
     @classmethod
     def make(
@@ -45,6 +48,7 @@ class PoolOptions:
         max_memory_per_child: int | None = None,
         on_event: Callable[[str, int], object] | None = None,
         progress: ProgressArg = False,
+        start_on_demand: bool = False,
     ) -> PoolOptions:
         if processes is None:
             processes = len(os.sched_getaffinity(0)) or 1
@@ -76,6 +80,7 @@ class PoolOptions:
             max_memory_per_child=max_memory_per_child,
             on_event=on_event,
             progress=progress,
+            start_on_demand=start_on_demand,
         )
 
     @property
