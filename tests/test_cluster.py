@@ -118,7 +118,7 @@ def test_a_real_local_cluster_object(dask: DaskCluster) -> None:
     from distributed import LocalCluster
     from distributed.core import Status
 
-    with LocalCluster(
+    with LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=1,
         threads_per_worker=1,
         processes=True,
@@ -219,10 +219,10 @@ def test_task_timeout_per_call_and_retried(
 ) -> None:
     timeout = 0.5
     fn = functools.partial(targets.sleep_on, bad=3, where=str(tmp_path))
-    on_pool = {"task_timeout": timeout} if set_on == "pool" else {}
-    on_call = {"task_timeout": timeout} if set_on == "call" else {}
-    with corral.Pool(cluster=dask.address, retries=retries, **on_pool) as pool:
-        it = pool.imap(fn, range(8), chunksize=4, **on_call)
+    on_pool = timeout if set_on == "pool" else None
+    on_call = timeout if set_on == "call" else None
+    with corral.Pool(cluster=dask.address, retries=retries, task_timeout=on_pool) as pool:
+        it = pool.imap(fn, range(8), chunksize=4, task_timeout=on_call)
         got: list[object] = []
         for _ in range(8):
             try:
@@ -292,6 +292,44 @@ def _killed_mid_chunk(dask: DaskCluster, tmp_path: Path) -> None:
     assert stats.workers_restarted >= 1  # corral resubmitted the rest: no item failed
     dask.wait_for_workers()
     assert victim not in dask.worker_pids()
+
+
+def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
+    dask: DaskCluster, tmp_path: Path
+) -> None:
+    # The window of "a finished item never runs again" across a dask worker's death:
+    # the worker is killed as soon as item 45 blocks, without waiting for the items
+    # before it to reach us. Those whose report had not reached the client when it
+    # died (a few ms of transit, or up to REPORT_INTERVAL for a stream of fast
+    # items) may run again; an item the client had received never does, and none
+    # is delivered twice.
+    n, at = 90, 45
+    where = str(tmp_path)
+    fn = functools.partial(targets.block_once, at=at, where=where)
+    events: collections.Counter[str] = collections.Counter()
+
+    def on_event(kind: str, count: int) -> None:
+        events[kind] += count
+
+    with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
+        result = pool.map_async(fn, range(n), chunksize=30)
+        marker = tmp_path / "blocked"
+        assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
+        victim = int(marker.read_text())
+        flying = list(pool._engine.flying.values())  # type: ignore[attr-defined]
+        received = {c.start + i for c in flying for i in range(c.done)}
+        assert dask.kill_worker(victim) == []
+        out = result.get(CALL_TIMEOUT)
+    assert out == [x * x for x in range(n)]
+    assert events["completed"] == n  # each delivered once
+    ran = targets.runs(where, n)
+    twice = [x for x in range(n) if ran[x] == 2]
+    assert set(ran) <= {1, 2}
+    # The running item, and maybe the last few before it, unreported: of its chunk.
+    assert twice == list(range(twice[0], at + 1)), ran
+    assert twice[0] >= 30, ran
+    assert not set(twice) & received
+    dask.wait_for_workers()
 
 
 def test_a_task_that_kills_every_node_it_runs_on_is_given_up(
