@@ -319,6 +319,17 @@ class ClusterEngine:
         job.chunk = size  # an imap's window follows the chunk size (see IMapJob.window)
         return size
 
+    def _resubmit_size(self, chunk: RemoteChunk) -> int:
+        """The parts a dead worker's rest is resubmitted in: as the tail is cut (a
+        share of it per unit of concurrency, not below MIN_TAIL_SECONDS of work).
+        The survivors take most of them while the dead worker's replacement starts;
+        the replacement's first part, slow while its node pool starts, is small."""
+        if chunk.job.fixed_chunksize is not None:
+            return len(chunk.items)  # the caller's chunks, as asked
+        per_item = self.per_item.get(chunk.job)
+        floor = int(MIN_TAIL_SECONDS / per_item) if per_item else 1
+        return max(1, floor, -(-len(chunk.items) // (2 * self.processes)))
+
     def _measured(self, job: Job, n: int, seconds: float) -> None:
         if job.fixed_chunksize is not None or n <= 0:
             return
@@ -338,14 +349,7 @@ class ClusterEngine:
 
     def _submit(self, chunk: RemoteChunk) -> None:
         job = chunk.job
-        opts = self.options
-        node_options = {
-            "initializer": opts.initializer,
-            "initargs": opts.initargs,
-            "maxtasksperchild": opts.maxtasksperchild,
-            "max_memory_per_child": opts.max_memory_per_child,
-            "initializer_timeout": opts.initializer_timeout,
-        }
+        node_options = self._node_options()
         chunk.key = f"corral-{job.name[:40]}-{self.token[:8]}-{next(self.seq)}"
         spec = (
             self.token,
@@ -368,6 +372,17 @@ class ClusterEngine:
         chunk.future = future
         self.flying[chunk.key] = chunk
         future.add_done_callback(lambda _f, c=chunk: self.inbox.put(c))
+
+    def _node_options(self) -> dict[str, Any]:
+        """The options of the pools kept on the nodes."""
+        opts = self.options
+        return {
+            "initializer": opts.initializer,
+            "initargs": opts.initargs,
+            "maxtasksperchild": opts.maxtasksperchild,
+            "max_memory_per_child": opts.max_memory_per_child,
+            "initializer_timeout": opts.initializer_timeout,
+        }
 
     def _pickling_failed(self, chunk: RemoteChunk, exc: Exception) -> None:
         """Find the item(s) that can't be pickled; fail them alone, send the rest."""
@@ -459,7 +474,7 @@ class ClusterEngine:
             )
             self._fail_all(chunk, given_up)
             return
-        for part in _split(chunk, self.processes):
+        for part in _split(chunk, self._resubmit_size(chunk)):
             self._submit(part)
 
     def _fail_all(self, chunk: RemoteChunk, exc: BaseException) -> None:
@@ -566,12 +581,10 @@ class ClusterEngine:
                 job.abort(exc)
 
 
-def _split(chunk: RemoteChunk, processes: int) -> list[RemoteChunk]:
-    """A resubmitted rest, in one part per unit of concurrency: while the dead
-    worker's replacement starts, the others take them; dask's queue then hands
-    the parts not started yet to the replacement, rather than one long chunk to
-    whichever node it landed on. Each part keeps the chunk's count of deaths."""
-    size = -(-len(chunk.items) // max(1, processes))
+def _split(chunk: RemoteChunk, size: int) -> list[RemoteChunk]:
+    """A resubmitted rest, in parts of ``size``: dask's queue hands them to
+    whichever node is free, rather than one long chunk to whichever node it
+    landed on. Each part keeps the chunk's count of deaths."""
     parts = []
     for at in range(0, len(chunk.items), size):
         part = RemoteChunk(chunk.job, chunk.start + at, chunk.items[at : at + size])
