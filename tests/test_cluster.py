@@ -294,8 +294,11 @@ def _killed_mid_chunk(dask: DaskCluster, tmp_path: Path) -> None:
     assert victim not in dask.worker_pids()
 
 
+# Chunks of 30 as asked (the rest resubmitted whole), or sized by corral (the
+# rest resubmitted in parts cut as the tail is).
+@pytest.mark.parametrize(("chunksize", "n", "at"), [(30, 90, 45), (None, 400, 300)])
 def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
-    dask: DaskCluster, tmp_path: Path
+    dask: DaskCluster, tmp_path: Path, chunksize: int | None, n: int, at: int
 ) -> None:
     # The window of "a finished item never runs again" across a dask worker's death:
     # the worker is killed as soon as item 45 blocks, without waiting for the items
@@ -303,7 +306,6 @@ def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
     # died (a few ms of transit, or up to REPORT_INTERVAL for a stream of fast
     # items) may run again; an item the client had received never does, and none
     # is delivered twice.
-    n, at = 90, 45
     where = str(tmp_path)
     fn = functools.partial(targets.block_once, at=at, where=where)
     events: collections.Counter[str] = collections.Counter()
@@ -312,12 +314,13 @@ def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
         events[kind] += count
 
     with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
-        result = pool.map_async(fn, range(n), chunksize=30)
+        result = pool.map_async(fn, range(n), chunksize=chunksize)
         marker = tmp_path / "blocked"
         assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
         victim = int(marker.read_text())
         flying = list(pool._engine.flying.values())  # type: ignore[attr-defined]
         received = {c.start + i for c in flying for i in range(c.done)}
+        (killed,) = [c.start for c in flying if c.start <= at < c.start + len(c.items)]
         assert dask.kill_worker(victim) == []
         out = result.get(CALL_TIMEOUT)
     assert out == [x * x for x in range(n)]
@@ -327,7 +330,7 @@ def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
     assert set(ran) <= {1, 2}
     # The running item, and maybe the last few before it, unreported: of its chunk.
     assert twice == list(range(twice[0], at + 1)), ran
-    assert twice[0] >= 30, ran
+    assert twice[0] >= killed, ran
     assert not set(twice) & received
     dask.wait_for_workers()
 
