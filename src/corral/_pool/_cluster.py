@@ -23,8 +23,8 @@ local hot path is untouched. What differs is what a "slot" is: here, a dask task
 holding one chunk; its items are accounted for by the node's own corral.Pool.
 
 A running chunk reports its outcomes as they come, at most every 0.05 s (a dask
-event), and they are delivered at once; its final result repeats them, and only the ones past what
-was reported are delivered. After its dask worker's death only the items not
+event), and they are delivered at once; its final result repeats them, and only
+the ones past what was reported are delivered. After its dask worker's death only the items not
 reported yet run again (resubmitted under a new key, so dask's ``KilledWorker``
 charges nothing): no item is delivered twice.
 """
