@@ -29,6 +29,8 @@ READY_TIMEOUT = 60.0
 def main() -> None:
     where = sys.argv[1]
     with corral.Pool(cluster="local") as pool:
+        # One dask worker per core, all counted: the default concurrency.
+        assert pool._processes == len(os.sched_getaffinity(0)), pool._processes
         assert pool.map(targets.square, range(10)) == [x * x for x in range(10)]
         blocked = functools.partial(targets.block_with_grandchild, where=where)
         pool.map_async(blocked, range(2), chunksize=1)

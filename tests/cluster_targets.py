@@ -129,3 +129,21 @@ def markers(where: str, prefix: str) -> list[list[int]]:
         if text:
             out.append([int(p) for p in text.split()])
     return out
+
+
+def sleep_on(x: int, bad: int, where: str) -> int:
+    """Item ``bad`` blocks every time it runs (until its timeout kills it); every
+    item's runs are counted."""
+    counted(x, where)
+    if x == bad:
+        time.sleep(FOREVER)  # killed at its task_timeout, never waited out
+    return x * x
+
+
+def kill_node(x: int, where: str) -> int:
+    """Count the run, then SIGKILL the dask worker running the item (our pool's
+    parent): a task that takes its node down, every time it runs."""
+    counted(x, where)
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(FOREVER)  # dies with its dask worker (corral's lifeline)
+    return x

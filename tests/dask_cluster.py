@@ -118,6 +118,11 @@ class DaskCluster:
         done = threading.Event()
         self.client.submit(os.getpid, pure=False).add_done_callback(lambda _: done.set())
         assert done.wait(START_TIMEOUT)
+        # A scheduler in this process (a LocalCluster's) starts dask's one offload
+        # thread, which also lives as long as the process: the session's too.
+        from distributed.utils import _offload_executor
+
+        _offload_executor.submit(os.getpid).result(START_TIMEOUT)
 
     def log_tail(self) -> str:
         self.log.flush()
@@ -166,6 +171,26 @@ class DaskCluster:
         survivors = alive()
         ours = subtree & set(_linux.children_of(os.getpid()))
         for orphan in ours - survivors:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(orphan, 0)
+        return sorted(survivors)
+
+    def reap_orphans(self, before: set[int]) -> list[int]:
+        """After a dask worker died on its own (an item killed it): wait until the
+        corral processes it held, which came back to this test process (a
+        subreaper), are dead, and reap them. ``before``: this process's children
+        before the death. Returns the pids still alive after LEAK_GRACE."""
+        owned = {self.scheduler.pid, self.workers.pid}
+
+        def orphans() -> set[int]:
+            return set(_linux.children_of(os.getpid())) - before - owned
+
+        def alive() -> set[int]:
+            return {p for p in orphans() if _linux.proc_state(p) not in (None, "Z")}
+
+        leaks.wait_until(lambda: not alive(), leaks.LEAK_GRACE)
+        survivors = alive()
+        for orphan in orphans() - survivors:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(orphan, 0)
         return sorted(survivors)

@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import functools
 import itertools
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ pytest.importorskip(
 )
 
 import corral
+from corral._core import _linux
 
 from . import cluster_targets as targets
 from .dask_cluster import DaskCluster
@@ -108,6 +110,61 @@ def test_a_cluster_object_and_an_initializer(dask: DaskCluster) -> None:
         assert pool.map(targets.tagged, range(6), chunksize=2) == [f"node-{x}" for x in range(6)]
 
 
+def test_a_real_local_cluster_object(dask: DaskCluster) -> None:
+    # A distributed.LocalCluster as cluster=: corral makes its own client for it,
+    # closes that client with the pool, and leaves the user's cluster running.
+    import logging
+
+    from distributed import LocalCluster
+    from distributed.core import Status
+
+    with LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        with corral.Pool(cluster=cluster) as pool:
+            assert pool._processes == 1  # the cluster's threads
+            assert pool.map(targets.square, range(50)) == [x * x for x in range(50)]
+            nodes = set(pool.map(targets.node_pid, range(10), chunksize=5))
+        assert cluster.status == Status.running
+        (worker,) = cluster.workers.values()
+        assert nodes == {worker.process.pid}  # ran on its worker, not on the fixture's
+
+
+def _bar_states(buf: Any) -> list[str]:
+    """The states of the one progress bar drawn into ``buf``."""
+    (line,) = [line for line in buf.getvalue().split("\n") if line.strip()]
+    return [s.strip() for s in line.split("\r") if s.strip()]
+
+
+@pytest.mark.parametrize("method", ["map", "imap", "imap_unordered"])
+def test_a_progress_bar_counts_every_item_once(dask: DaskCluster, method: str) -> None:
+    pytest.importorskip("tqdm")
+    import io
+    import re
+
+    buf = io.StringIO()
+    n = 300
+    with corral.Pool(cluster=dask.address) as pool:
+        if method == "map":
+            out = pool.map(targets.square, range(n), progress={"file": buf})
+        else:
+            it = getattr(pool, method)(
+                targets.square, iter(range(n)), total=n, progress={"file": buf}
+            )
+            out = sorted(it)
+    assert out == [x * x for x in range(n)]
+    states = _bar_states(buf)
+    counts = [tuple(map(int, m.groups())) for s in states for m in re.finditer(r"(\d+)/(\d+)", s)]
+    assert {total for _, total in counts} == {n}, states
+    assert max(done for done, _ in counts) == n, states  # never past the total
+    assert f"{n}/{n}" in states[-1], states[-1]
+
+
 # --- Guarantee 1: a crash costs one item, never the dask worker --------------------
 
 
@@ -150,6 +207,36 @@ def test_task_timeout_kills_the_items_tree_on_the_node(dask: DaskCluster, tmp_pa
         item_pid, grandchild = pids[0], pids[1]
         assert wait_until(lambda: not targets.pids_alive([item_pid, grandchild]), 5.0)
         assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]  # the pool goes on
+
+
+# Where the timeout is set (the pool, or the call) x retries: a timed-out item is
+# run again on its node up to ``retries`` times, then fails with TaskTimeout; its
+# neighbours run once.
+@pytest.mark.parametrize("set_on", ["pool", "call"])
+@pytest.mark.parametrize("retries", [0, 1])
+def test_task_timeout_per_call_and_retried(
+    dask: DaskCluster, tmp_path: Path, set_on: str, retries: int
+) -> None:
+    timeout = 0.5
+    fn = functools.partial(targets.sleep_on, bad=3, where=str(tmp_path))
+    on_pool = timeout if set_on == "pool" else None
+    on_call = timeout if set_on == "call" else None
+    with corral.Pool(cluster=dask.address, retries=retries, task_timeout=on_pool) as pool:
+        it = pool.imap(fn, range(8), chunksize=4, task_timeout=on_call)
+        got: list[object] = []
+        for _ in range(8):
+            try:
+                got.append(it.next(CALL_TIMEOUT))
+            except corral.TaskTimeout as exc:
+                got.append(exc)
+        stats = pool.statistics()
+    assert got[:3] + got[4:] == [x * x for x in range(8) if x != 3]
+    assert isinstance(got[3], corral.TaskTimeout)
+    assert got[3].timeout == timeout
+    assert "3" in str(got[3])  # names the item as the caller's call does
+    assert targets.runs(str(tmp_path), 8) == [retries + 1 if x == 3 else 1 for x in range(8)]
+    assert stats.tasks_retried == retries
+    assert stats.workers_restarted == 0
 
 
 # --- Guarantee 2: a dask worker SIGKILLed mid-chunk -----------------------------
@@ -205,6 +292,71 @@ def _killed_mid_chunk(dask: DaskCluster, tmp_path: Path) -> None:
     assert stats.workers_restarted >= 1  # corral resubmitted the rest: no item failed
     dask.wait_for_workers()
     assert victim not in dask.worker_pids()
+
+
+# Chunks of 30 as asked (the rest resubmitted whole), or sized by corral (the
+# rest resubmitted in parts cut as the tail is).
+@pytest.mark.parametrize(("chunksize", "n", "at"), [(30, 90, 45), (None, 400, 300)])
+def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
+    dask: DaskCluster, tmp_path: Path, chunksize: int | None, n: int, at: int
+) -> None:
+    # The window of "a finished item never runs again" across a dask worker's death:
+    # the worker is killed as soon as item 45 blocks, without waiting for the items
+    # before it to reach us. Those whose report had not reached the client when it
+    # died (a few ms of transit, or up to REPORT_INTERVAL for a stream of fast
+    # items) may run again; an item the client had received never does, and none
+    # is delivered twice.
+    where = str(tmp_path)
+    fn = functools.partial(targets.block_once, at=at, where=where)
+    events: collections.Counter[str] = collections.Counter()
+
+    def on_event(kind: str, count: int) -> None:
+        events[kind] += count
+
+    with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
+        result = pool.map_async(fn, range(n), chunksize=chunksize)
+        marker = tmp_path / "blocked"
+        assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
+        victim = int(marker.read_text())
+        flying = list(pool._engine.flying.values())  # type: ignore[attr-defined]
+        received = {c.start + i for c in flying for i in range(c.done)}
+        (killed,) = [c.start for c in flying if c.start <= at < c.start + len(c.items)]
+        assert dask.kill_worker(victim) == []
+        out = result.get(CALL_TIMEOUT)
+    assert out == [x * x for x in range(n)]
+    assert events["completed"] == n  # each delivered once
+    ran = targets.runs(where, n)
+    twice = [x for x in range(n) if ran[x] == 2]
+    assert set(ran) <= {1, 2}
+    # The running item, and maybe the last few before it, unreported: of its chunk.
+    assert twice == list(range(twice[0], at + 1)), ran
+    assert twice[0] >= killed, ran
+    assert not set(twice) & received
+    dask.wait_for_workers()
+
+
+def test_a_task_that_kills_every_node_it_runs_on_is_given_up(
+    dask: DaskCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each dask worker death costs a nanny restart (seconds): one resubmit only.
+    from corral._pool import _cluster
+
+    monkeypatch.setattr(_cluster, "MAX_RESUBMITS", 1)
+    before = set(_linux.children_of(os.getpid()))
+    killer = functools.partial(targets.kill_node, where=str(tmp_path))
+    with corral.Pool(cluster=dask.address, retries=3) as pool:
+        doomed = pool.apply_async(killer, (7,))
+        with pytest.raises(corral.CorralError, match="died 2 times in a row") as info:
+            doomed.get(CALL_TIMEOUT)
+        assert not isinstance(info.value, corral.WorkerCrashed)  # not an item's crash
+        stats = pool.statistics()
+        assert dask.reap_orphans(before) == []
+        dask.wait_for_workers()
+        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]  # the pool goes on
+    # Run once, then once per resubmit; the node pool's retries never saw a crash.
+    assert targets.runs(str(tmp_path), 8)[7] == 2
+    assert stats.workers_restarted == 2
+    assert stats.tasks_retried == 0
 
 
 # --- Guarantee 4: stopping reaches every node within 1 s ----------------------------

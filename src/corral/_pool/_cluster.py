@@ -22,9 +22,9 @@ so ``map``/``imap``/ordering/progress/cancel and the fronts are shared, and the
 local hot path is untouched. What differs is what a "slot" is: here, a dask task
 holding one chunk; its items are accounted for by the node's own corral.Pool.
 
-A running chunk reports the outcomes it has every 0.2 s (a dask event), and they
-are delivered at once; its final result repeats them, and only the ones past what
-was reported are delivered. After its dask worker's death only the items not
+A running chunk reports its outcomes as they come, at most every 0.05 s (a dask
+event), and they are delivered at once; its final result repeats them, and only
+the ones past what was reported are delivered. After its dask worker's death only the items not
 reported yet run again (resubmitted under a new key, so dask's ``KilledWorker``
 charges nothing): no item is delivered twice.
 """
@@ -63,6 +63,11 @@ TARGET_CHUNK_SECONDS = 0.5
 FIRST_CHUNK = 16
 CHUNK_GROWTH = 8
 MAX_CHUNK = 1000
+# Near the end of a known input, chunks shrink (so no node idles behind another's
+# long last chunk), but not below this much measured work: each chunk costs a dask
+# round trip and a start on its node, which a chunk of a few items would not pay
+# for; a node may idle this long at the very end instead.
+MIN_TAIL_SECONDS = 0.05
 # Dask tasks in flight per unit of concurrency: a second one waits on the node while
 # the first's result travels back, so the node never idles between chunks.
 TASKS_PER_SLOT = 2
@@ -78,7 +83,7 @@ FORGET_REPORTS_EVERY = 256
 class RemoteChunk:
     """Items ``start``.. of one job, sent to the cluster as one dask task."""
 
-    __slots__ = ("done", "future", "items", "job", "key", "resubmits", "start")
+    __slots__ = ("done", "future", "items", "job", "key", "resubmits", "retried", "start")
 
     def __init__(self, job: Job, start: int, items: list[Any]):
         self.job = job
@@ -86,6 +91,7 @@ class RemoteChunk:
         self.items = items
         self.done = 0  # items 0..done-1 delivered (reported while the chunk ran)
         self.resubmits = 0
+        self.retried = 0  # retries on the node counted so far (reports carry them)
         self.future: Any = None
         self.key = ""
 
@@ -129,6 +135,7 @@ class ClusterEngine:
         self.stopped_jobs: set[int] = set()  # ids of the jobs the user cancelled
         self.seq = itertools.count(1)
         self.chunk_size: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
+        self.per_item: weakref.WeakKeyDictionary[Job, float] = weakref.WeakKeyDictionary()
         self.done = threading.Event()
         self.thread = threading.Thread(
             target=self._run, name=f"corral-cluster-scheduler-{id(self):x}", daemon=True
@@ -306,9 +313,22 @@ class ClusterEngine:
         if job.input_done:  # all items known: chunks shrink as the end nears, so no
             # slot idles while another runs a long last chunk (guided self-scheduling)
             left = job.base + len(job.items) - job.cursor
-            size = min(size, max(1, -(-left // (2 * self.processes))))
+            per_item = self.per_item.get(job)
+            floor = int(MIN_TAIL_SECONDS / per_item) if per_item else 1
+            size = min(size, max(1, floor, -(-left // (2 * self.processes))))
         job.chunk = size  # an imap's window follows the chunk size (see IMapJob.window)
         return size
+
+    def _resubmit_size(self, chunk: RemoteChunk) -> int:
+        """The parts a dead worker's rest is resubmitted in: as the tail is cut (a
+        share of it per unit of concurrency, not below MIN_TAIL_SECONDS of work).
+        The survivors take most of them while the dead worker's replacement starts;
+        the replacement's first part, slow while its node pool starts, is small."""
+        if chunk.job.fixed_chunksize is not None:
+            return len(chunk.items)  # the caller's chunks, as asked
+        per_item = self.per_item.get(chunk.job)
+        floor = int(MIN_TAIL_SECONDS / per_item) if per_item else 1
+        return max(1, floor, -(-len(chunk.items) // (2 * self.processes)))
 
     def _measured(self, job: Job, n: int, seconds: float) -> None:
         if job.fixed_chunksize is not None or n <= 0:
@@ -317,6 +337,7 @@ class ClusterEngine:
         if n < current // 2:
             return
         per_item = seconds / n
+        self.per_item[job] = per_item
         ideal = TARGET_CHUNK_SECONDS / per_item if per_item > 0 else MAX_CHUNK
         self.chunk_size[job] = int(max(1, min(ideal, current * CHUNK_GROWTH, MAX_CHUNK)))
 
@@ -328,14 +349,7 @@ class ClusterEngine:
 
     def _submit(self, chunk: RemoteChunk) -> None:
         job = chunk.job
-        opts = self.options
-        node_options = {
-            "initializer": opts.initializer,
-            "initargs": opts.initargs,
-            "maxtasksperchild": opts.maxtasksperchild,
-            "max_memory_per_child": opts.max_memory_per_child,
-            "initializer_timeout": opts.initializer_timeout,
-        }
+        node_options = self._node_options()
         chunk.key = f"corral-{job.name[:40]}-{self.token[:8]}-{next(self.seq)}"
         spec = (
             self.token,
@@ -358,6 +372,17 @@ class ClusterEngine:
         chunk.future = future
         self.flying[chunk.key] = chunk
         future.add_done_callback(lambda _f, c=chunk: self.inbox.put(c))
+
+    def _node_options(self) -> dict[str, Any]:
+        """The options of the pools kept on the nodes."""
+        opts = self.options
+        return {
+            "initializer": opts.initializer,
+            "initargs": opts.initargs,
+            "maxtasksperchild": opts.maxtasksperchild,
+            "max_memory_per_child": opts.max_memory_per_child,
+            "initializer_timeout": opts.initializer_timeout,
+        }
 
     def _pickling_failed(self, chunk: RemoteChunk, exc: Exception) -> None:
         """Find the item(s) that can't be pickled; fail them alone, send the rest."""
@@ -395,9 +420,10 @@ class ClusterEngine:
         if skip < 0:
             return  # a report went missing: the chunk's result covers the gap
         try:
-            records = pickle.loads(progress.payload)[1]
+            _, records, _, retried = pickle.loads(progress.payload)
         except BaseException:
             return  # the chunk's result carries them too, or fails them
+        self._count_retries(chunk, retried)
         self._deliver_records(chunk, records[skip:])
 
     def _on_done(self, chunk: RemoteChunk) -> None:
@@ -448,7 +474,8 @@ class ClusterEngine:
             )
             self._fail_all(chunk, given_up)
             return
-        self._submit(chunk)
+        for part in _split(chunk, self._resubmit_size(chunk)):
+            self._submit(part)
 
     def _fail_all(self, chunk: RemoteChunk, exc: BaseException) -> None:
         """Every item of the chunk not delivered yet fails with ``exc``."""
@@ -459,11 +486,18 @@ class ClusterEngine:
         if outcome[0] == "stopped":
             return  # the job or the pool was stopped meanwhile
         _, records, seconds, retried = outcome
-        if retried:
-            self.retried += retried
-            self.event("retried", retried)
+        self._count_retries(chunk, retried)
         self._measured(chunk.job, len(records), seconds)
         self._deliver_records(chunk, records[chunk.done :])
+
+    def _count_retries(self, chunk: RemoteChunk, retried: int) -> None:
+        """The node's retries of the chunk's items so far; counted before the
+        outcomes they led to are delivered, as on one machine."""
+        new = retried - chunk.retried
+        if new > 0:
+            chunk.retried = retried
+            self.retried += new
+            self.event("retried", new)
 
     def _deliver_records(self, chunk: RemoteChunk, records: list[tuple[bool, Any]]) -> None:
         """Outcomes of the chunk's items ``done``.. (as the node encoded them)."""
@@ -545,6 +579,18 @@ class ClusterEngine:
             if id(job) not in seen and not job.stopped:
                 seen.add(id(job))
                 job.abort(exc)
+
+
+def _split(chunk: RemoteChunk, size: int) -> list[RemoteChunk]:
+    """A resubmitted rest, in parts of ``size``: dask's queue hands them to
+    whichever node is free, rather than one long chunk to whichever node it
+    landed on. Each part keeps the chunk's count of deaths."""
+    parts = []
+    for at in range(0, len(chunk.items), size):
+        part = RemoteChunk(chunk.job, chunk.start + at, chunk.items[at : at + size])
+        part.resubmits = chunk.resubmits
+        parts.append(part)
+    return parts
 
 
 def _as_ours(err: BaseException, what: str, item: Any) -> BaseException:

@@ -100,7 +100,9 @@ def connect(cluster: Any) -> ClusterConnection:
             f"'local' or 'auto', not {cluster!r}"
         )
     try:
-        if not conn.client.nthreads():
+        if host is not None:  # every core's worker: the pool's concurrency counts them
+            conn.client.wait_for_workers(host.n_workers, timeout=LOCAL_START_TIMEOUT)
+        elif not conn.client.nthreads():
             conn.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
         check_versions(conn.client)
     except BaseException:
@@ -164,10 +166,11 @@ class LocalHost:
     dies, however it dies; :meth:`stop` ends them when the pool ends.
     """
 
-    def __init__(self, proc: Any, directory: str, address: str):
+    def __init__(self, proc: Any, directory: str, address: str, n_workers: int = 1):
         self.proc = proc
         self.directory = directory
         self.address = address
+        self.n_workers = n_workers
 
     @classmethod
     def start(cls, n_workers: int | None = None) -> LocalHost:
@@ -181,7 +184,7 @@ class LocalHost:
             target=_host_main, args=(directory, n_workers), name="corral-cluster-host"
         )
         proc.start()
-        host = cls(proc, directory, "")
+        host = cls(proc, directory, "", n_workers)
         try:
             host.address = host._wait_for_address(scheduler_file)
         except BaseException:  # a failed start, or a Ctrl-C while waiting

@@ -6,7 +6,7 @@
                                                    the corral.Pool kept for ``token`` here
                                                    imap over the items, per-item outcomes
     stop variable (job ids, or all) <--poll--      every STOP_POLL s: stopped? cancel imap
-    <--dask event (key, first, outcomes)--         ... and report the outcomes so far
+    <--dask event (key, first, outcomes)--       new outcomes, at most every REPORT_INTERVAL
     <--dask-- ("done", outcomes, seconds) or ("stopped",)
     client.run(release, token) ---------->       terminate the pool kept for ``token``
 
@@ -44,6 +44,12 @@ __all__ = ["forget_reports", "release", "run_chunk", "suspicious_deaths"]
 # How often a running chunk asks the scheduler whether it was stopped. The promise
 # is a stop within 1 s on every node; each poll is one round trip to the scheduler.
 STOP_POLL = 0.2
+# A running chunk reports its outcomes to the client (a dask event) at most this
+# often: an outcome after a quiet spell at once, a stream of fast ones in batches.
+# It bounds what runs again when the dask worker dies (what finished within it,
+# before the death); each report is one message through the scheduler, so shorter
+# costs the scheduler and the client more messages for fast items.
+REPORT_INTERVAL = 0.05
 # A kept pool that no chunk used for this long is ended by the next chunk run on
 # the node (its client went away without releasing it, say).
 KEPT_IDLE_SECONDS = 300.0
@@ -145,9 +151,12 @@ def run_chunk(payload: bytes) -> bytes:
     outcomes: list[tuple[bool, Any]] = []
     reported = 0
     next_poll = started + STOP_POLL
+    next_report = started  # the first outcome is reported at once
     while True:
+        now = time.monotonic()
+        due = min(next_poll, next_report) if len(outcomes) > reported else next_poll
         try:
-            outcomes.append((True, it.next(STOP_POLL)))
+            outcomes.append((True, it.next(max(0.0, due - now))))
         except StopIteration:
             break
         except multiprocessing.TimeoutError:
@@ -156,14 +165,18 @@ def run_chunk(payload: bytes) -> bytes:
             if pool._engine.state != "run":  # released or terminated meanwhile
                 return pickle.dumps(("stopped",))
             outcomes.append((False, encode_error(exc)))
-        if time.monotonic() >= next_poll:
+        now = time.monotonic()
+        if now >= next_report and len(outcomes) > reported:
+            retried = pool.statistics().tasks_retried - retried_before
+            reported = _report(token, key, reported, outcomes, retried)
+            next_report = now + REPORT_INTERVAL
+        if now >= next_poll:
             stopped, everything = _stopped(variable, job_id)
             if stopped:
                 it.cancel()
                 if everything:
                     release(token)
                 return pickle.dumps(("stopped",))
-            reported = _report(token, key, reported, outcomes)
             next_poll = time.monotonic() + STOP_POLL
     seconds = time.monotonic() - started
     retried = pool.statistics().tasks_retried - retried_before
@@ -192,15 +205,18 @@ def suspicious_deaths(dask_scheduler: Any, key: str) -> int:
     return 0 if task is None else int(task.suspicious)
 
 
-def _report(token: str, key: str, reported: int, outcomes: list[tuple[bool, Any]]) -> int:
-    """Send the outcomes after ``reported`` to the client now, through the scheduler
-    (a dask event): if this dask worker dies before the chunk ends, the client has
-    them, and runs again only the items after them. Returns the new count reported."""
+def _report(
+    token: str, key: str, reported: int, outcomes: list[tuple[bool, Any]], retried: int
+) -> int:
+    """Send the outcomes after ``reported`` (and the retries so far) to the client
+    now, through the scheduler (a dask event): if this dask worker dies before the
+    chunk ends, the client has them, and runs again only the items after them.
+    Returns the new count reported."""
     if len(outcomes) <= reported:
         return reported
     from distributed import get_worker
 
-    payload = _encode_outcomes(outcomes[reported:], 0.0, 0)  # ("done", records, ...)
+    payload = _encode_outcomes(outcomes[reported:], 0.0, retried)  # ("done", records, ...)
     get_worker().log_event(f"corral-{token}", (key, reported, payload))
     return len(outcomes)
 
