@@ -382,7 +382,9 @@ class Queue:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             try:
-                return self.get(False)
+                # block=True with timeout 0: what is there now, without waiting even
+                # for a busy mutex (block=False would allow NOWAIT_GRACE in the loop).
+                return self.get(True, 0.0)
             except queue.Empty:
                 pass
             wait = ASYNC_SLICE if deadline is None else min(ASYNC_SLICE, deadline - loop.time())
@@ -402,7 +404,7 @@ class Queue:
         size = frame_size(len(data), [b.nbytes for b in raws] if raws else ())
         while True:
             try:
-                self._ring_put(data, raws, False)
+                self._ring_put(data, raws, True, 0.0)  # (as in aget: no wait at all)
                 return
             except queue.Full:
                 pass
@@ -416,7 +418,8 @@ class Queue:
     # -- state -------------------------------------------------------------------
 
     def qsize(self) -> int:
-        """The number of messages in the queue, exact at the moment of the call."""
+        """The number of messages in the queue, exact at the moment of the call
+        (read without the queue's lock: a peer paused while holding it delays no one)."""
         return self._ring.qsize()
 
     def empty(self) -> bool:

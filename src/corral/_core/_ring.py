@@ -87,8 +87,10 @@ from ._ringlayout import (
     I_CLAIM,
     I_DONE_SEQ,
     I_GET_SEQ,
+    I_GETTERS,
     I_JOINERS,
     I_PUT_SEQ,
+    I_PUTTERS,
     I_RESERVE,
     I_SHUT,
     JOINER,
@@ -189,11 +191,28 @@ class Ring(BatchOps):
     # -- state -----------------------------------------------------------------------
 
     def _read_state(self) -> tuple[int, ...]:
-        self._lock()
-        try:
-            return STATE.unpack_from(self._mm, OFF_HEAD)
-        finally:
-            self._unlock()
+        """The header's state. Under the mutex if it is free (a dead holder's
+        mutex is free, and repaired first), so the answer is exact; if a live peer
+        holds it, read *without* it rather than wait, so that a peer paused with
+        the mutex held delays nobody's ``qsize()`` or ``statistics()``. Each field
+        is then one aligned load (a memoryview item), never torn, though the
+        fields are not one snapshot."""
+        if self._lock(0):
+            try:
+                return STATE.unpack_from(self._mm, OFF_HEAD)
+            finally:
+                self._unlock()
+        q, i = self._q, self._i
+        return (
+            q[Q_HEAD],
+            q[Q_TAIL],
+            q[Q_COUNT],
+            q[Q_TAKEN],
+            i[I_GETTERS],
+            i[I_PUTTERS],
+            i[I_JOINERS],
+            i[I_SHUT],
+        )
 
     def qsize(self) -> int:
         return int(self._read_state()[2])
@@ -239,10 +258,12 @@ class Ring(BatchOps):
     def wait(self, size: int, timeout: float) -> None:
         """Sleep up to ``timeout`` until a get (``size`` 0) or a put of a frame of
         ``size`` bytes might succeed, or the ring is shut down. Takes nothing: for
-        callers (asyncio) that must never consume from a thread they may abandon."""
+        callers (asyncio) that must never consume from a thread they may abandon.
+        Returns within ``timeout`` even while a paused peer holds the mutex."""
         deadline = time.monotonic() + timeout
         cap = self.capacity
-        self._lock()
+        if not self._lock(timeout):
+            return
         try:
             head, tail, count, _, _, _, _, shut = STATE.unpack_from(self._mm, OFF_HEAD)
             if shut:
@@ -286,12 +307,14 @@ class Ring(BatchOps):
         """Wait until every message put has been got and acknowledged. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         q = self._q
-        self._lock()
+        if not self._lock(timeout):
+            return False
         try:
             while q[Q_COUNT] + q[Q_TAKEN]:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                self._sleep(JOINER, I_DONE_SEQ, deadline)
+                if not self._sleep(JOINER, I_DONE_SEQ, deadline):
+                    return False  # a peer held the mutex past the deadline
             return True
         finally:
             self._unlock()

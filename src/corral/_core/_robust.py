@@ -36,7 +36,16 @@ import time
 
 from ._linux import libc
 
-__all__ = ["MUTEX_SIZE", "SPIN", "WAIT_SLICE", "MutexError", "RobustMutex", "init_mutex"]
+__all__ = [
+    "MUTEX_SIZE",
+    "NOWAIT_GRACE",
+    "SPIN",
+    "WAIT_SLICE",
+    "MutexError",
+    "RobustMutex",
+    "init_mutex",
+    "timeout_until",
+]
 
 # Bytes reserved for one mutex: pthread_mutex_t is 40 B on x86-64 and 48 B on
 # aarch64; 64 keeps the next field on its own cache line.
@@ -46,6 +55,15 @@ MUTEX_SIZE = 64
 # react sooner; longer: fewer wake-ups of an idle waiter. 50 ms keeps both well
 # under the 100 ms recovery promise.
 WAIT_SLICE = 0.05
+
+# How long a call that must not block (``block=False``, a non-blocking ``acquire``
+# of a semaphore, the bookkeeping after a deadline) waits for a *busy internal*
+# mutex before it gives up. Internal mutexes are held for microseconds, so a live
+# holder lets go well within it, even descheduled on a busy machine; a holder that
+# is paused (SIGSTOP) would hold it for good, and this bounds what that costs the
+# caller. Longer: fewer spurious "would block" answers under heavy contention;
+# shorter: a paused peer delays a non-blocking call less.
+NOWAIT_GRACE = 0.02
 
 # corral's one spin policy for a busy mutex (the ring's and corral.Lock's, here and
 # in the C fast paths of _speedups.c, which export their count; _ringlayout checks
@@ -106,6 +124,14 @@ _attr_setpshared = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_setpshared"
 _attr_setrobust = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_setrobust", libc))
 _attr_settype = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_settype", libc))
 _mutex_init = ctypes.CFUNCTYPE(_I, _VP, _VP)(("pthread_mutex_init", libc))
+
+
+def timeout_until(deadline: float | None) -> float | None:
+    """The timeout (never negative) left until a ``time.monotonic()`` deadline;
+    None stays None (no deadline)."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
 
 
 def _check(rc: int, what: str) -> None:
