@@ -47,10 +47,12 @@ from threading import BrokenBarrierError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._core._errors import LockTimeout
+from ._core._futex import futex_wait
 from ._core._linux import pid_of_tid
 from ._core._monitor import Monitor, Slot
 from ._core._native import speedups
-from ._core._robust import RobustMutex, init_mutex
+from ._core._robust import NOWAIT_GRACE, WAIT_SLICE, RobustMutex, init_mutex
 from ._core._robust import trylock_unchecked as _fast_trylock
 from ._core._robust import unlock_unchecked as _fast_unlock
 from ._core._shm import SharedMemory
@@ -109,6 +111,18 @@ def _remaining(deadline: float) -> float:
     if deadline == math.inf:
         return math.inf
     return deadline - time.monotonic()
+
+
+def _lock_wait(deadline: float) -> float | None:
+    """How long a call with this deadline may wait for a busy *internal* mutex:
+    ``NOWAIT_GRACE`` when it must not block (deadline 0.0), not at all past its
+    deadline, for good without one (None). A paused peer holding the mutex thus
+    never holds the caller past its deadline."""
+    if deadline == 0.0:
+        return NOWAIT_GRACE
+    if deadline == math.inf:
+        return None
+    return max(0.0, deadline - time.monotonic())
 
 
 # --------------------------------------------------------------------------- locks
@@ -243,18 +257,20 @@ class Lock(_LockBase):
         if rc != errno.EBUSY or deadline == 0.0:
             got = mutex.acquire_after(rc, 0)  # 0: ours; EOWNERDEAD: ours, owner died
         else:
+            # Counted as a waiter (for statistics) under the monitor's mutex, which
+            # a paused peer may hold: then within the deadline, or not counted.
             mon = self._mon
-            mon.lock()
-            slot = mon.my_slot()
-            slot.waiters += 1
-            mon.unlock()
+            counted = mon.try_lock(_lock_wait(deadline))
+            if counted:
+                try:
+                    _count_waiter(mon, 1)()
+                finally:
+                    mon.unlock()
             try:
                 got = mutex.acquire(None if deadline == math.inf else _remaining(deadline))
             finally:
-                mon.lock()
-                slot = mon.my_slot()
-                slot.waiters = max(0, slot.waiters - 1)
-                mon.unlock()
+                if counted:
+                    mon.apply(_count_waiter(mon, -1))
         if not got:
             return False
         if mutex.owner_died:
@@ -266,9 +282,7 @@ class Lock(_LockBase):
     def _owner_died(self) -> None:
         self.owner_died = True
         mon = self._mon
-        mon.lock()
-        mon.header.recoveries += 1
-        mon.unlock()
+        mon.apply(_count_recovery(mon))
         what = f"corral.{type(self).__name__}"
         if self._on_owner_death == "raise":
             raise OwnerDiedError(what)
@@ -328,6 +342,24 @@ class RLock(Lock):
     def _acquire_restore(self, count: int) -> None:
         for _ in range(count):
             self.acquire()
+
+
+def _count_waiter(mon: Monitor, n: int) -> Callable[[], None]:
+    """A job for the monitor's mutex: count ``n`` more waiters in this process."""
+
+    def job() -> None:
+        slot = mon.my_slot()
+        slot.waiters = max(0, slot.waiters + n)
+        mon.header.nwaiters = max(0, mon.header.nwaiters + n)
+
+    return job
+
+
+def _count_recovery(mon: Monitor) -> Callable[[], None]:
+    def job() -> None:
+        mon.header.recoveries += 1
+
+    return job
 
 
 def _rebuild_lock(cls: type[Lock], shm: SharedMemory, on_owner_death: OnOwnerDeath) -> Lock:
@@ -396,18 +428,22 @@ class Semaphore:
         mon = self._mon
         f = mon.f
         wake = False
-        mon.lock()
+        deadline = _deadline(block, timeout)
+        if not mon.try_lock(_lock_wait(deadline)):
+            return False  # a peer holds the state's mutex past our deadline
         try:
             if f.value > 0:
                 mon.my_slot().held += 1
                 f.value -= 1
                 return True
-            deadline = _deadline(block, timeout)
             while True:
                 remaining = _remaining(deadline)
                 if remaining <= 0:
                     return False
-                woken, _ = mon.wait(remaining)
+                try:
+                    woken, _ = mon.wait(remaining)
+                except LockTimeout:
+                    return False
                 if not woken and mon.reap():
                     mon.bump()  # units came back: let the other waiters look too
                     wake = mon.has_waiters()
@@ -450,12 +486,8 @@ class Semaphore:
             mon.wake(n)
 
     def get_value(self) -> int:
-        mon = self._mon
-        mon.lock()
-        try:
-            return int(mon.f.value)
-        finally:
-            mon.unlock()
+        # One aligned load, without the mutex: a paused peer holding it delays no one.
+        return int(self._mon.f.value)
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -519,45 +551,53 @@ class Event:
     def __init__(self, *, _shm: SharedMemory | None = None):
         self._mon = _EventMonitor(_shm)
 
+    # The flag is one aligned word, read and written without the monitor's mutex,
+    # so a peer paused while holding that mutex delays no set(), clear(),
+    # is_set() or wait(). A waiter reads the futex word *then* the flag; set()
+    # stores the flag *then* changes the futex word and wakes everyone: a waiter
+    # that saw the flag clear sleeps on a futex value that set() changes after, so
+    # it cannot sleep through the set (on x86-64 exactly; on aarch64, whose loads
+    # may pass each other, within a WAIT_SLICE at worst). The mutex only counts
+    # waiters, for statistics().
+
     def is_set(self) -> bool:
-        mon = self._mon
-        mon.lock()
-        flag = mon.f.flag
-        mon.unlock()
-        return bool(flag)
+        return bool(self._mon.f.flag)
 
     def set(self) -> None:
         mon = self._mon
-        mon.lock()
-        try:
-            mon.f.flag = 1
-            mon.bump()
-            wake = mon.has_waiters()
-        finally:
-            mon.unlock()
-        if wake:
-            mon.wake_all()
+        mon.f.flag = 1
+        h = mon.header
+        h.seq = (h.seq + 1) & 0xFFFFFFFF  # (racing set()s: any change wakes)
+        mon.wake_all()  # always: a waiter may be counting itself right now
 
     def clear(self) -> None:
-        mon = self._mon
-        mon.lock()
-        mon.f.flag = 0
-        mon.unlock()
+        self._mon.f.flag = 0
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set or ``timeout`` passes; return the flag."""
         mon = self._mon
+        f, h = mon.f, mon.header
+        if f.flag:
+            return True
         deadline = _deadline(True, timeout)
-        mon.lock()
+        counted = mon.try_lock(_lock_wait(deadline))  # (statistics only: skipped if busy)
+        if counted:
+            try:
+                _count_waiter(mon, 1)()
+            finally:
+                mon.unlock()
         try:
-            while not mon.f.flag:
+            while True:
+                seq = h.seq
+                if f.flag:
+                    return True
                 remaining = _remaining(deadline)
                 if remaining <= 0:
-                    return False
-                mon.wait(remaining)
-            return True
+                    return bool(f.flag)
+                futex_wait(mon.seq_address, seq, min(remaining, WAIT_SLICE))
         finally:
-            mon.unlock()
+            if counted:
+                mon.apply(_count_waiter(mon, -1))
 
     def statistics(self) -> SyncStatistics:
         waiters, recoveries, _ = self._mon.statistics_fields()
@@ -655,7 +695,8 @@ class Condition:
         mon = self._mon
         f = mon.f
         deadline = _deadline(True, timeout)
-        mon.lock()
+        if not mon.try_lock(_lock_wait(deadline)):
+            return False  # a peer holds the bookkeeping past our deadline: timed out
         try:
             f.total += 1
             mon.my_slot().mark += 1
@@ -663,30 +704,57 @@ class Condition:
         finally:
             mon.unlock()
         saved = lock._release_save()
-        notified = done = False
         try:
-            mon.lock()
-            try:
-                while True:
-                    if f.wakeup != registered_at and f.woken < f.wakeup:
-                        f.woken += 1
-                        notified = done = True
-                        break
-                    remaining = _remaining(deadline)
-                    if remaining <= 0:
-                        break
-                    woken, _ = mon.wait(remaining)
-                    if not woken:
-                        mon.reap()
-            finally:
-                if not done:
-                    mon.cancel_one()
-                slot = mon.my_slot()
-                slot.mark = max(0, slot.mark - 1)
-                mon.unlock()
+            return self._wait_registered(registered_at, deadline)
         finally:
             lock._acquire_restore(saved)
+
+    def _wait_registered(self, registered_at: int, deadline: float) -> bool:
+        """Wait for a notification meant for the wait registered at
+        ``registered_at``; then un-register it (in the background, ``_later``, if
+        a paused peer holds the mutex past ``deadline``)."""
+        mon = self._mon
+        f = mon.f
+        if not mon.try_lock(_lock_wait(deadline)):
+            mon.apply(self._unregister)
+            return False
+        notified = False
+        try:
+            while True:
+                if f.wakeup != registered_at and f.woken < f.wakeup:
+                    f.woken += 1
+                    notified = True
+                    break
+                remaining = _remaining(deadline)
+                if remaining <= 0:
+                    break
+                try:
+                    woken, _ = mon.wait(remaining)
+                except LockTimeout:
+                    mon.apply(self._unregister)
+                    return False
+                if not woken:
+                    mon.reap()
+        except BaseException:  # (Ctrl-C in the wait: the mutex may not be ours)
+            if mon.held():
+                self._unregister()
+                mon.unlock()
+            else:
+                mon.apply(self._unregister)
+            raise
+        if notified:
+            mon.my_slot().mark = max(0, mon.my_slot().mark - 1)
+        else:
+            self._unregister()
+        mon.unlock()
         return notified
+
+    def _unregister(self) -> None:
+        """(Monitor mutex held.) A registered wait ends without a notification."""
+        mon = self._mon
+        mon.cancel_one()
+        slot = mon.my_slot()
+        slot.mark = max(0, slot.mark - 1)
 
     def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         """Wait until ``predicate()`` is true, or ``timeout`` passes; return its last value."""
@@ -818,7 +886,12 @@ class Barrier:
         f = mon.fields()
         deadline = _deadline(True, timeout)
         wake = False
-        mon.lock()
+        if not mon.try_lock(_lock_wait(deadline)):
+            # A paused peer holds the barrier's state past our deadline: a timeout,
+            # which breaks the barrier (as the stdlib's does), once it can be had.
+            if mon.apply(self._break_locked):
+                mon.wake_all()
+            raise BrokenBarrierError
         try:
             if f.broken:
                 raise BrokenBarrierError
@@ -854,11 +927,15 @@ class Barrier:
                     self._break_locked()
                     wake = True
                     raise BrokenBarrierError
-                woken, _ = mon.wait(remaining)
+                try:
+                    woken, _ = mon.wait(remaining)
+                except LockTimeout:
+                    wake = mon.apply(self._break_locked)
+                    raise BrokenBarrierError from None
                 if not woken and mon.reap():
                     wake = True
         finally:
-            mon.unlock()
+            mon.unlock()  # (EPERM, if a LockTimeout left it not ours, is ignored)
             if wake:
                 mon.wake_all()
 
@@ -893,12 +970,8 @@ class Barrier:
         mon.wake_all()
 
     def _read(self, name: str) -> int:
-        mon = self._mon
-        mon.lock()
-        try:
-            return int(getattr(mon.fields(), name))
-        finally:
-            mon.unlock()
+        # One aligned load, without the mutex: a paused peer holding it delays no one.
+        return int(getattr(self._mon.fields(), name))
 
     @property
     def parties(self) -> int:

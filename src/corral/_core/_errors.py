@@ -9,15 +9,23 @@ Two kinds:
   ``corral.SharingError``;
 - internal, which the layer above translates into its own (``corral._queue``):
   ``RingShutDown`` (-> ``corral.ShutDown``), ``TooLarge`` (->
-  ``corral.MessageTooLarge``) and ``NothingToAck`` (-> ``ValueError`` from
-  ``JoinableQueue.task_done``).
+  ``corral.MessageTooLarge``), ``NothingToAck`` (-> ``ValueError`` from
+  ``JoinableQueue.task_done``) and ``LockTimeout`` (-> the timeout answer of the
+  call: False, ``queue.Empty``, ``BrokenBarrierError``...).
 
 Nothing here imports anything: every spawned child loads this module.
 """
 
 from __future__ import annotations
 
-__all__ = ["CorralError", "NothingToAck", "RingShutDown", "SharingError", "TooLarge"]
+__all__ = [
+    "CorralError",
+    "LockTimeout",
+    "NothingToAck",
+    "RingShutDown",
+    "SharingError",
+    "TooLarge",
+]
 
 
 class CorralError(Exception):
@@ -61,3 +69,10 @@ class TooLarge(ValueError):
 class NothingToAck(ValueError):
     """Internal: ``Ring.ack`` with no message got and not yet acknowledged (the
     queue layer raises the ValueError of ``task_done()`` called too often)."""
+
+
+class LockTimeout(Exception):
+    """Internal: a caller's deadline passed while a peer (paused, not dead) held a
+    shared object's internal mutex, which the caller therefore does *not* hold.
+    What it owed the shared state was handed to ``_later``. The layer above gives
+    the call's own timeout answer."""

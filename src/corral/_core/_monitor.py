@@ -42,14 +42,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import math
 import os
+import threading
+import time
 import weakref
+from collections.abc import Callable
 from multiprocessing import util as _mp_util
 
+from ._errors import LockTimeout
 from ._futex import futex_wait, futex_wake
+from ._later import later
 from ._linux import is_alive, pid_of_tid, proc_start_time
 from ._linux import self_identity as _self_identity
-from ._robust import MUTEX_SIZE, WAIT_SLICE, MutexError, RobustMutex, init_mutex
+from ._robust import MUTEX_SIZE, NOWAIT_GRACE, WAIT_SLICE, MutexError, RobustMutex, init_mutex
 from ._shm import SharedMemory
 
 __all__ = [
@@ -137,12 +143,53 @@ class Monitor:
         m = self.mutex
         m.acquire()
         if m.owner_died:
-            self.header.recoveries += 1
-            self.reap()
-            self.header.nwaiters = sum(s.waiters for s in self.slots if s.pid)
-            self.repair()
+            self._recover()
             return True
         return False
+
+    def _recover(self) -> None:
+        """With the mutex just taken from a dead holder: reap, recount, repair."""
+        self.header.recoveries += 1
+        self.reap()
+        self.header.nwaiters = sum(s.waiters for s in self.slots if s.pid)
+        self.repair()
+
+    def try_lock(self, timeout: float | None) -> bool:
+        """``lock()``, giving up after ``timeout`` seconds (None: never; 0: only if
+        free now) while a live peer holds the mutex. True if it is now held."""
+        m = self.mutex
+        if not m.acquire(timeout):
+            return False
+        if m.owner_died:
+            self._recover()
+        return True
+
+    def apply(self, job: Callable[[], None], timeout: float | None = None) -> bool:
+        """Run ``job`` with the mutex held: now, if it can be had within ``timeout``
+        (at least NOWAIT_GRACE), else in the background as soon as it can
+        (``_later``), so that a paused peer never holds the caller. True if now."""
+        wait = NOWAIT_GRACE if timeout is None else max(timeout, NOWAIT_GRACE)
+        if self.try_lock(wait):
+            try:
+                job()
+            finally:
+                self.unlock()
+            return True
+
+        def locked_job() -> None:
+            self.lock()
+            try:
+                job()
+            finally:
+                self.unlock()
+            self.wake_all()
+
+        later(self.shm, locked_job)
+        return False
+
+    def held(self) -> bool:
+        """Whether this thread holds the mutex (glibc keeps the owner's TID in it)."""
+        return self.mutex.owner_tid() == threading.get_native_id()
 
     def unlock(self) -> None:
         # EPERM (not held) is tolerated: a KeyboardInterrupt can land between a
@@ -266,37 +313,56 @@ class Monitor:
     def wait(self, timeout: float) -> tuple[bool, bool]:
         """Sleep for a change (lock held on entry and on return).
 
-        Sleeps at most ``min(timeout, WAIT_SLICE)``. Returns ``(woken, died)``:
-        ``woken`` is False when the slice ended without news (callers then
-        ``reap()`` to look for dead peers); ``died`` is True when relocking found
-        a dead holder (state repaired).
+        Sleeps at most ``min(timeout, WAIT_SLICE)``, then takes the mutex again
+        within what is left of ``timeout`` (``math.inf``: however long it takes).
+        Returns ``(woken, died)``: ``woken`` is False when the slice ended without
+        news (callers then ``reap()`` to look for dead peers); ``died`` is True
+        when relocking found a dead holder (state repaired). Raises
+        ``LockTimeout``, with the mutex *not* held, when a peer held it past the
+        deadline (un-registering is then left to ``_later``).
         """
+        deadline = time.monotonic() + timeout
         s = self.my_slot()
         h = self.header
         s.waiters += 1
         h.nwaiters += 1
         seq = h.seq
         self.unlock()
-        died = False
-        try:
-            woken = futex_wait(self.seq_address, seq, min(timeout, WAIT_SLICE))
-        finally:
-            died = self.lock()
+
+        def unregister() -> None:
             s = self.my_slot()
             s.waiters = max(0, s.waiters - 1)
             h.nwaiters = max(0, h.nwaiters - 1)
+
+        died = relocked = False
+        try:
+            woken = futex_wait(self.seq_address, seq, min(timeout, WAIT_SLICE))
+        finally:
+            left = None if timeout == math.inf else max(0.0, deadline - time.monotonic())
+            if self.mutex.acquire(left):
+                relocked = True
+                died = self.mutex.owner_died
+                if died:
+                    self._recover()
+                unregister()
+            else:
+                self.apply(unregister)
+        if not relocked:
+            raise LockTimeout
         return woken, died
 
     def statistics_fields(self) -> tuple[int, int, list[Slot]]:
-        """(waiters, recoveries, live slots), read under the lock."""
-        self.lock()
+        """(waiters, recoveries, live slots): under the lock if it is free, else
+        read without it (racy, never torn), so a paused holder delays no one."""
+        held = self.try_lock(0)
         try:
             live = self.live_slots()
             waiters = sum(s.waiters for s in live)
             # Copies: the caller reads them after the lock is gone.
             return waiters, self.header.recoveries, [_copy_slot(s) for s in live]
         finally:
-            self.unlock()
+            if held:
+                self.unlock()
 
 
 def _copy_slot(s: Slot) -> Slot:
