@@ -115,6 +115,7 @@ from ._ringlayout import (
     parse_blob,
     place,
 )
+from ._robust import INCONSISTENT
 from ._shm import SharedMemory
 
 __all__ = [
@@ -197,11 +198,13 @@ class Ring(BatchOps):
         the mutex held delays nobody's ``qsize()`` or ``statistics()``. Each field
         is then one aligned load (a memoryview item), never torn, though the
         fields are not one snapshot."""
-        if self._lock(0):
-            try:
+        try:
+            if self._lock(0):
                 return STATE.unpack_from(self._mm, OFF_HEAD)
-            finally:
-                self._unlock()
+        finally:
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         q, i = self._q, self._i
         return (
             q[Q_HEAD],
@@ -240,8 +243,8 @@ class Ring(BatchOps):
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse new puts; with ``immediate``, drop every queued message too."""
         q, i = self._q, self._i
-        self._lock()
         try:
+            self._lock()
             if immediate and q[Q_COUNT]:
                 tail = q[Q_TAIL]
                 self._jump(tail if tail % self.capacity else tail - 1)
@@ -253,7 +256,9 @@ class Ring(BatchOps):
             i[I_SHUT] = max(i[I_SHUT], 2 if immediate else 1)
             self._wake_everyone()
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
     def wait(self, size: int, timeout: float) -> None:
         """Sleep up to ``timeout`` until a get (``size`` 0) or a put of a frame of
@@ -262,9 +267,9 @@ class Ring(BatchOps):
         Returns within ``timeout`` even while a paused peer holds the mutex."""
         deadline = time.monotonic() + timeout
         cap = self.capacity
-        if not self._lock(timeout):
-            return
         try:
+            if not self._lock(timeout):
+                return
             head, tail, count, _, _, _, _, shut = STATE.unpack_from(self._mm, OFF_HEAD)
             if shut:
                 return
@@ -278,7 +283,9 @@ class Ring(BatchOps):
             if end - head > cap or (self.maxsize and count >= self.maxsize):
                 self._sleep(PUTTER, I_GET_SEQ, deadline)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
     # -- acknowledgements (a ring made with acks=True) --------------------------------
     #
@@ -289,8 +296,8 @@ class Ring(BatchOps):
     def ack(self) -> None:
         """Acknowledge one message got earlier. NothingToAck if none is pending."""
         q, i = self._q, self._i
-        self._lock()
         try:
+            self._lock()
             taken = q[Q_TAKEN]
             if taken <= 0:
                 raise NothingToAck
@@ -299,7 +306,9 @@ class Ring(BatchOps):
             if wake:
                 self._bump(I_DONE_SEQ)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         if wake:
             futex_wake(self._done_seq, WAKE_ALL)
 
@@ -309,9 +318,9 @@ class Ring(BatchOps):
         q = self._q
         if not q[Q_COUNT] + q[Q_TAKEN]:
             return True  # (two aligned loads: nothing in flight, without the mutex)
-        if not self._lock(timeout):
-            return False
         try:
+            if not self._lock(timeout):
+                return False
             while q[Q_COUNT] + q[Q_TAKEN]:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
@@ -319,7 +328,9 @@ class Ring(BatchOps):
                     return False  # a peer held the mutex past the deadline
             return True
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
 
 def _attach(shm: SharedMemory, capacity: int, maxsize: int, acks: bool) -> Ring:

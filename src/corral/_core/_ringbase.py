@@ -58,7 +58,7 @@ from ._ringlayout import (
     ZERO_WAKES_MAX,
     speedups,
 )
-from ._robust import NOWAIT_GRACE, RobustMutex, init_mutex, timeout_until
+from ._robust import INCONSISTENT, NOWAIT_GRACE, RobustMutex, init_mutex, timeout_until
 from ._shm import SharedMemory
 
 __all__ = ["RingBase", "deadline_of", "lock_timeout"]
@@ -107,6 +107,8 @@ class RingBase:
         self._i = self._header.cast("I")
         addr = _shm.address
         self._mutex = RobustMutex(addr + OFF_MUTEX)
+        self._owner = self._mutex.owner  # (see "Interrupts" below)
+        self._unlock_raw = self._mutex.unlock_raw
         self._put_seq = addr + OFF_PUT_SEQ
         self._get_seq = addr + OFF_GET_SEQ
         self._done_seq = addr + OFF_DONE_SEQ
@@ -156,10 +158,29 @@ class RingBase:
 
     # -- the mutex -------------------------------------------------------------------
 
+    # Interrupts (KeyboardInterrupt, or any exception a signal handler raises) may
+    # land at any point where CPython checks for signals: after every call, at the
+    # start of every Python function. So every holding of the mutex is written
+    #
+    #     try:
+    #         take it (_lock, or try_acquire/_lock_slow + repair)
+    #         ...
+    #     finally:
+    #         if self._owner.value == INCONSISTENT: self._settle()
+    #         self._unlock_raw()
+    #
+    # An interrupt after the mutex was taken is inside the ``try``; the unlock is a
+    # C-level call that runs no Python frame first (``RobustMutex.unlock_raw``), and
+    # answers EPERM, harmlessly, when the mutex was not taken. A dead holder's mutex
+    # stays inconsistent until the repair is done (``consistent=False``), so an
+    # interrupt between EOWNERDEAD and the end of the repair is seen in the
+    # ``finally``, which repairs before unlocking (``_settle``).
+
     def _lock(self, timeout: float | None = None) -> bool:
-        """Take the mutex, repairing after a dead holder. False if ``timeout`` passed."""
+        """Take the mutex, repairing after a dead holder. False if ``timeout`` passed.
+        Call it inside the ``try`` whose ``finally`` unlocks (see above)."""
         m = self._mutex
-        if not m.try_acquire() and not self._lock_slow(timeout):
+        if not m.try_acquire(False) and not self._lock_slow(timeout):
             return False
         if m.owner_died:
             self._repair()
@@ -167,8 +188,16 @@ class RingBase:
 
     def _lock_slow(self, timeout: float | None) -> bool:
         """Take the busy mutex: spin (_robust.SPIN), then sleep. The caller checks
-        ``owner_died``."""
-        return self._mutex.spin_acquire(timeout)
+        ``owner_died`` (and repairs: the mutex is left inconsistent until then)."""
+        return self._mutex.spin_acquire(timeout, False)
+
+    def _settle(self) -> None:
+        """In a ``finally``: the mutex is still inconsistent, so an interrupt landed
+        between a dead holder's EOWNERDEAD and the end of the repair. If this thread
+        holds it, repair now, before the unlock (which would otherwise make it
+        unrecoverable)."""
+        if self._mutex.held():
+            self._repair()
 
     def _lock_or_later(self, job: Callable[[], None], deadline: float | None = None) -> bool:
         """Run ``job`` with the mutex held: now if the mutex can be had by
@@ -177,24 +206,32 @@ class RingBase:
         grace = NOWAIT_GRACE
         if deadline is not None:
             grace = max(grace, deadline - time.monotonic())
-        if self._lock(grace):
-            try:
+        ran = False
+        try:
+            if self._lock(grace):
                 job()
-            finally:
-                self._unlock()
+                ran = True
+        finally:
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
+        if ran:
             return True
 
         def locked_job() -> None:
-            self._lock()
             try:
+                self._lock()
                 job()
             finally:
-                self._unlock()
+                if self._owner.value == INCONSISTENT:
+                    self._settle()
+                self._unlock_raw()
 
         later(self._shm, locked_job)
         return False
 
     def _unlock(self) -> None:
+        """(Only where no interrupt can matter: a Python frame runs before the unlock.)"""
         rc = self._mutex.unlock_errno()
         if rc:
             self._unlock_failed(rc)
@@ -241,6 +278,7 @@ class RingBase:
         self._sweep_waiters()
         # A wake-up meant for (or owed by) the dead holder may be lost: wake everyone.
         self._wake_everyone()
+        self._mutex.make_consistent()  # last: until here, an interrupt repairs again
 
     def _claim_alive(self) -> bool:
         """With the mutex held: whether a live process holds the claim (a dead one's
@@ -281,11 +319,13 @@ class RingBase:
 
     def _sweep(self) -> None:
         # Housekeeping: skipped (and done by a later sweep) if the mutex is busy.
-        if self._lock(NOWAIT_GRACE):
-            try:
+        try:
+            if self._lock(NOWAIT_GRACE):
                 self._sweep_waiters()
-            finally:
-                self._unlock()
+        finally:
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
     def _bump(self, index: int) -> None:
         i = self._i
@@ -327,7 +367,7 @@ class RingBase:
             i[I_SLOT_START + slot] = start & 0xFFFFFFFF
             i[I_SLOT_PID + slot] = pid  # last: the slot is taken once its pid is set
         seq = i[seq_index]
-        self._unlock()
+        self._unlock_raw()  # (C-level: no interrupt before it)
 
         def unregister() -> None:
             i[counter] = max(0, i[counter] - 1)
@@ -355,7 +395,7 @@ class RingBase:
         the mutex again by ``deadline``. True with the mutex held again (the caller
         must read the state again); False if it could not be had in time."""
         q = self._q
-        self._unlock()
+        self._unlock_raw()
         try:
             for _ in range(POLL_ROUNDS):
                 if q[Q_COUNT]:

@@ -46,6 +46,7 @@ from ._ringlayout import (
     place,
 )
 from ._ringsingle import SingleOps
+from ._robust import INCONSISTENT
 
 __all__ = ["BatchOps", "full_after"]
 
@@ -89,7 +90,9 @@ class BatchOps(SingleOps):
             try:
                 done, getters = self._put_run(messages, sizes, done, block, deadline)
             finally:
-                self._unlock()
+                if self._owner.value == INCONSISTENT:
+                    self._settle()
+                self._unlock_raw()
             if getters:
                 self._wake(self._put_seq, done - start, getters)
         return done
@@ -182,10 +185,10 @@ class BatchOps(SingleOps):
         cap = self.capacity
         k = len(messages)
         m = self._mutex
-        if not m.try_acquire() and not self._lock_slow(lock_timeout(block, deadline)):
-            raise full_after(0)
         getters = 0
-        try:
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False) and not self._lock_slow(lock_timeout(block, deadline)):
+                raise full_after(0)
             if m.owner_died:
                 self._repair()
             mm = self._mm
@@ -207,9 +210,9 @@ class BatchOps(SingleOps):
             if getters:
                 self._bump(I_PUT_SEQ)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if getters:
             self._wake(self._put_seq, k, getters)
         return True
@@ -236,9 +239,9 @@ class BatchOps(SingleOps):
             raise queue.Empty  # seen under the mutex: exact
         m = self._mutex
         deadline = deadline_of(block, timeout)
-        if not m.try_acquire() and not self._lock_slow(lock_timeout(block, deadline)):
-            raise queue.Empty
-        try:
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False) and not self._lock_slow(lock_timeout(block, deadline)):
+                raise queue.Empty
             if m.owner_died:
                 self._repair()
             head, tail, count, taken, _, putters, _, _, claim = GET_STATE.unpack_from(
@@ -262,9 +265,9 @@ class BatchOps(SingleOps):
             if give_back:
                 self._give_back(head, end, tail)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if putters:
             self._wake(self._get_seq, WAKE_ALL, putters)
         return got

@@ -59,7 +59,7 @@ from ._ringlayout import (
     place,
     read_frame_bufs,
 )
-from ._robust import NOWAIT_GRACE, timeout_until
+from ._robust import INCONSISTENT, NOWAIT_GRACE, timeout_until
 
 __all__ = ["SingleOps"]
 
@@ -110,11 +110,11 @@ class SingleOps(RingBase):
             self._put_reserved(head, bufs, size, block, timeout)
             return
         deadline: float | None = -1.0  # (computed off the fast path only: one clock read less)
-        if not m.try_acquire():
-            deadline = deadline_of(block, timeout)
-            if not self._lock_slow(lock_timeout(block, deadline)):
-                raise queue.Full
-        try:
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False):
+                deadline = deadline_of(block, timeout)
+                if not self._lock_slow(lock_timeout(block, deadline)):
+                    raise queue.Full
             if m.owner_died:
                 self._repair()
             head_pos, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
@@ -136,9 +136,9 @@ class SingleOps(RingBase):
             if getters:
                 self._bump(I_PUT_SEQ)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if getters:
             self._wake(self._put_seq, 1, getters)
 
@@ -156,9 +156,9 @@ class SingleOps(RingBase):
         putter died is dropped, and nothing of it was ever visible."""
         pid, start = _self_identity()
         deadline = deadline_of(block, timeout)
-        if not self._lock(lock_timeout(block, deadline)):
-            raise queue.Full
         try:
+            if not self._lock(lock_timeout(block, deadline)):
+                raise queue.Full
             old_tail = self._q[Q_TAIL]
             tail, off, _count, _getters = self._room(size, block, deadline)
             if tail != old_tail:
@@ -168,7 +168,9 @@ class SingleOps(RingBase):
             self._q[Q_RESERVE_START] = start
             self._i[I_RESERVE] = pid  # (tail stays put until it is let go)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         try:
             self._write_bufs(base, head, bufs)
         except BaseException:
@@ -193,7 +195,9 @@ class SingleOps(RingBase):
             if putters:
                 self._bump(I_GET_SEQ)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         if getters:
             self._wake(self._put_seq, 1, getters)
         if putters:
@@ -290,12 +294,12 @@ class SingleOps(RingBase):
             raise queue.Empty  # seen under the mutex: exact
         cap, retain, _maxsize, mm, q, m = self._hot
         deadline: float | None = -1.0  # (computed off the fast path only: one clock read less)
-        if not m.try_acquire():
-            deadline = deadline_of(block, timeout)
-            if not self._lock_slow(lock_timeout(block, deadline)):
-                raise queue.Empty
         claimed = False
-        try:
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False):
+                deadline = deadline_of(block, timeout)
+                if not self._lock_slow(lock_timeout(block, deadline)):
+                    raise queue.Empty
             if m.owner_died:
                 self._repair()
             head, tail, count, taken, _, putters, _, _, claim = _get_state_from(mm, OFF_HEAD)
@@ -337,9 +341,9 @@ class SingleOps(RingBase):
                 if off + flen > retain:
                     self._give_back(start, end, tail)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if claimed:
             if deadline == -1.0:
                 deadline = deadline_of(block, timeout)
@@ -397,7 +401,9 @@ class SingleOps(RingBase):
                 if getters:
                     self._bump(I_PUT_SEQ)  # the claim is gone: waiting getters, look
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         if getters:
             self._wake(self._put_seq, WAKE_ALL, getters)
         if putters:

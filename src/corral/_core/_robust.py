@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import math
+import threading
 import time
 
 from ._linux import libc
@@ -88,6 +90,9 @@ ENOTRECOVERABLE = getattr(errno, "ENOTRECOVERABLE", 131)
 FUTEX_TID_MASK = 0x3FFFFFFF
 
 _ATTR_SIZE = 64  # pthread_mutexattr_t is 4 B on x86-64, 8 B on aarch64
+# glibc's __owner of a robust mutex whose owner died and that was not made
+# consistent yet (PTHREAD_MUTEX_INCONSISTENT).
+INCONSISTENT = 0x7FFFFFFF
 
 
 class MutexError(OSError):
@@ -161,30 +166,55 @@ class RobustMutex:
     """A robust mutex living at ``address`` in shared memory (see ``init_mutex``).
 
     ``owner_died`` is True for the current holding when the previous owner died
-    while holding the mutex; the mutex has already been made consistent again.
+    while holding the mutex. The acquiring calls make it consistent again at once,
+    unless given ``consistent=False``: then it stays *inconsistent* (glibc's
+    ``__owner`` field reads ``INCONSISTENT``) until the caller has repaired what
+    the mutex guards and calls ``make_consistent()``. The inconsistent state is
+    itself the record that a repair is owed, which an interrupt cannot lose (see
+    "Interrupts" below).
+
+    Interrupts: ``unlock_raw`` is a C-level callable (a ``functools.partial`` over
+    the ctypes function), so calling it runs no Python frame, and CPython checks
+    for pending signals only *after* it returns: an exception raised by a signal
+    handler cannot land between a ``finally:`` and the unlock it holds. It returns
+    glibc's error number (EPERM when not held), never raises.
     """
 
-    __slots__ = ("_m", "address", "owner_died")
+    __slots__ = ("_m", "_word", "address", "owner", "owner_died", "unlock_raw")
 
     def __init__(self, address: int):
         self.address = address
         self._m = ctypes.c_void_p(address)
+        self._word = ctypes.c_uint32.from_address(address)
+        # glibc's __data.__owner (the third int of every pthread_mutex_t layout):
+        # INCONSISTENT while a dead owner's mutex awaits pthread_mutex_consistent.
+        self.owner = ctypes.c_int.from_address(address + 8)
+        self.unlock_raw = functools.partial(unlock_unchecked, self._m)
         self.owner_died = False
 
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: float | None = None, consistent: bool = True) -> bool:
         """Lock; return False if ``timeout`` seconds (None: forever) pass first."""
         rc = _trylock(self._m)
         if rc == 0:
             self.owner_died = False
             return True
-        return self.acquire_after(rc, timeout)
+        return self.acquire_after(rc, timeout, consistent)
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, consistent: bool = True) -> bool:
         rc = _trylock(self._m)
         if rc == 0:
             self.owner_died = False
             return True
-        return self.acquire_after(rc, 0)
+        return self.acquire_after(rc, 0, consistent)
+
+    def make_consistent(self) -> None:
+        """After a repair: mark a dead owner's mutex consistent (a no-op if it is)."""
+        if self.owner.value == INCONSISTENT:
+            _consistent(self._m)
+
+    def held(self) -> bool:
+        """Whether this thread holds the mutex (its TID is in the lock word)."""
+        return self._word.value & FUTEX_TID_MASK == threading.get_native_id()
 
     def spin_trylock(self) -> int:
         """The SPIN policy: trylock, and while the mutex is busy, look at its word and
@@ -194,7 +224,7 @@ class RobustMutex:
         rc: int = _trylock(m)
         if rc != errno.EBUSY:
             return rc
-        word = ctypes.c_uint32.from_address(self.address)
+        word = self._word
         for _ in range(SPIN):
             if not word.value & FUTEX_TID_MASK:
                 rc = _trylock(m)
@@ -202,14 +232,16 @@ class RobustMutex:
                     break
         return rc
 
-    def spin_acquire(self, timeout: float | None = None) -> bool:
+    def spin_acquire(self, timeout: float | None = None, consistent: bool = True) -> bool:
         """``spin_trylock``, then ``acquire_after``: lock, sleeping only after the
         spin; False if ``timeout`` seconds (None: forever) pass first."""
-        return self.acquire_after(self.spin_trylock(), timeout)
+        return self.acquire_after(self.spin_trylock(), timeout, consistent)
 
-    def acquire_after(self, rc: int, timeout: float | None) -> bool:
+    def acquire_after(self, rc: int, timeout: float | None, consistent: bool = True) -> bool:
         """Finish an acquisition whose ``pthread_mutex_trylock`` returned ``rc``
-        (EOWNERDEAD: it is ours already; EBUSY: wait up to ``timeout``)."""
+        (EOWNERDEAD: it is ours already; EBUSY: wait up to ``timeout``). With
+        ``consistent=False`` a dead owner's mutex is left inconsistent (see the
+        class docstring)."""
         if rc == errno.EBUSY:
             if timeout is not None and timeout <= 0:
                 return False
@@ -232,7 +264,8 @@ class RobustMutex:
             self.owner_died = False
             return True
         if rc == EOWNERDEAD:
-            _check(_consistent(self._m), "pthread_mutex_consistent")
+            if consistent:
+                _check(_consistent(self._m), "pthread_mutex_consistent")
             self.owner_died = True
             return True
         _check(rc, "pthread_mutex_lock")
