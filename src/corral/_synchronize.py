@@ -52,7 +52,14 @@ from ._core._futex import futex_wait
 from ._core._linux import pid_of_tid
 from ._core._monitor import Monitor, Slot
 from ._core._native import speedups
-from ._core._robust import NOWAIT_GRACE, WAIT_SLICE, RobustMutex, init_mutex
+from ._core._robust import (
+    EOWNERDEAD,
+    INCONSISTENT,
+    NOWAIT_GRACE,
+    WAIT_SLICE,
+    RobustMutex,
+    init_mutex,
+)
 from ._core._robust import trylock_unchecked as _fast_trylock
 from ._core._robust import unlock_unchecked as _fast_unlock
 from ._core._shm import SharedMemory
@@ -140,21 +147,46 @@ class _PyLockBase:
 
     # The fast paths are written out in full: each Python call level costs about
     # as much as a ctypes call.
+    # An interrupt (an exception from a signal handler) can land right after the
+    # trylock returns, before its answer is stored: it must not leave the lock
+    # held by an acquire() that never returned. The handler gives back what the
+    # trylock may have taken (glibc refuses, EPERM, if it took nothing). (On this
+    # pure-Python path, one window stays: an interrupt at the very start of
+    # release() or __exit__, before the unlock; the C base has none.)
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock; with ``block`` False or a ``timeout``, return False
         if it could not be had. ``timeout=None`` waits forever."""
-        rc = _fast_trylock(self._m)
+        try:
+            rc = _fast_trylock(self._m)
+        except BaseException:  # (inline: a Python call would be a place to land again)
+            if self._mutex.owner.value == INCONSISTENT:
+                self._give_back()
+            else:
+                _fast_unlock(self._m)
+            raise
         if rc == 0:
             self.owner_died = False
             return True
         return self._acquire_slow(rc, block, timeout)
 
     def __enter__(self) -> bool:
-        rc = _fast_trylock(self._m)
+        try:
+            rc = _fast_trylock(self._m)
+        except BaseException:  # (inline: a Python call would be a place to land again)
+            if self._mutex.owner.value == INCONSISTENT:
+                self._give_back()
+            else:
+                _fast_unlock(self._m)
+            raise
         if rc == 0:
             self.owner_died = False
             return True
         return self._acquire_slow(rc, True, None)
+
+    _mutex: RobustMutex
+
+    def _give_back(self) -> None:
+        raise NotImplementedError
 
     def release(self) -> None:
         """Release the lock. Raises RuntimeError unless this thread holds it."""
@@ -245,7 +277,33 @@ class Lock(_LockBase):
             "(it is unlocked, or held by another thread or process)"
         )
 
+    def _give_back(self) -> None:
+        """An interrupt escaped a trylock whose answer was lost: if it took the lock
+        (a dead owner's included), let it go; if not, glibc answers EPERM."""
+        mutex = self._mutex
+        if mutex.owner.value == INCONSISTENT and mutex.held():
+            mutex.make_consistent()
+        _fast_unlock(self._m)
+
     def _acquire_slow(self, rc: int, block: bool, timeout: float | None) -> bool:
+        """Finish an acquire whose trylock answered ``rc``. An exception that escapes
+        leaves the lock as it found it (except ``OwnerDiedError``, raised with the
+        lock held on purpose): an interrupt may land after the lock was taken and
+        before this returns."""
+        mutex = self._mutex
+        held_before = rc != 0 and rc != EOWNERDEAD and mutex.held()
+        depth_before = mutex.depth()
+        try:
+            return self._acquire_slow_inner(rc, block, timeout)
+        except OwnerDiedError:
+            raise
+        except BaseException:
+            if mutex.held() and (not held_before or mutex.depth() > depth_before):
+                mutex.make_consistent()
+                _fast_unlock(self._m)
+            raise
+
+    def _acquire_slow_inner(self, rc: int, block: bool, timeout: float | None) -> bool:
         mutex = self._mutex
         deadline = _deadline(block, timeout)
         if rc == errno.EBUSY and deadline != 0.0:
@@ -260,12 +318,13 @@ class Lock(_LockBase):
             # Counted as a waiter (for statistics) under the monitor's mutex, which
             # a paused peer may hold: then within the deadline, or not counted.
             mon = self._mon
-            counted = mon.try_lock(_lock_wait(deadline))
-            if counted:
-                try:
+            counted = False
+            try:
+                if mon.try_lock(_lock_wait(deadline)):
                     _count_waiter(mon, 1)()
-                finally:
-                    mon.unlock()
+                    counted = True
+            finally:
+                mon.unlock()
             try:
                 got = mutex.acquire(None if deadline == math.inf else _remaining(deadline))
             finally:
@@ -286,7 +345,7 @@ class Lock(_LockBase):
         what = f"corral.{type(self).__name__}"
         if self._on_owner_death == "raise":
             raise OwnerDiedError(what)
-        warnings.warn(OwnerDiedWarning(what), stacklevel=4)
+        warnings.warn(OwnerDiedWarning(what), stacklevel=5)
 
     def locked(self) -> bool:
         """Whether some thread, in any process, holds the lock (racy)."""
@@ -429,9 +488,9 @@ class Semaphore:
         f = mon.f
         wake = False
         deadline = _deadline(block, timeout)
-        if not mon.try_lock(_lock_wait(deadline)):
-            return False  # a peer holds the state's mutex past our deadline
-        try:
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                return False  # a peer holds the state's mutex past our deadline
             if f.value > 0:
                 mon.my_slot().held += 1
                 f.value -= 1
@@ -462,8 +521,8 @@ class Semaphore:
             raise ValueError("n must be one or more")
         mon = self._mon
         f = mon.f
-        mon.lock()
         try:
+            mon.lock()
             mine = mon.my_slot()
             for _ in range(n):
                 if f.bound and f.value >= f.bound:
@@ -580,12 +639,13 @@ class Event:
         if f.flag:
             return True
         deadline = _deadline(True, timeout)
-        counted = mon.try_lock(_lock_wait(deadline))  # (statistics only: skipped if busy)
-        if counted:
-            try:
+        counted = False  # (statistics only: skipped if a paused peer holds the mutex)
+        try:
+            if mon.try_lock(_lock_wait(deadline)):
                 _count_waiter(mon, 1)()
-            finally:
-                mon.unlock()
+                counted = True
+        finally:
+            mon.unlock()
         try:
             while True:
                 seq = h.seq
@@ -695,9 +755,9 @@ class Condition:
         mon = self._mon
         f = mon.f
         deadline = _deadline(True, timeout)
-        if not mon.try_lock(_lock_wait(deadline)):
-            return False  # a peer holds the bookkeeping past our deadline: timed out
-        try:
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                return False  # a peer holds the bookkeeping past our deadline: timed out
             f.total += 1
             mon.my_slot().mark += 1
             registered_at = f.wakeup
@@ -715,11 +775,11 @@ class Condition:
         a paused peer holds the mutex past ``deadline``)."""
         mon = self._mon
         f = mon.f
-        if not mon.try_lock(_lock_wait(deadline)):
-            mon.apply(self._unregister)
-            return False
-        notified = False
-        try:
+        notified = relocked = False
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                mon.apply(self._unregister)
+                return False
             while True:
                 if f.wakeup != registered_at and f.woken < f.wakeup:
                     f.woken += 1
@@ -735,18 +795,20 @@ class Condition:
                     return False
                 if not woken:
                     mon.reap()
-        except BaseException:  # (Ctrl-C in the wait: the mutex may not be ours)
-            if mon.held():
-                self._unregister()
-                mon.unlock()
+            if notified:
+                mon.my_slot().mark = max(0, mon.my_slot().mark - 1)
             else:
-                mon.apply(self._unregister)
+                self._unregister()
+            relocked = True  # (un-registered: nothing left to do)
+        except BaseException:  # (Ctrl-C in the wait: the mutex may not be ours)
+            if not relocked:
+                if mon.held():
+                    self._unregister()
+                else:
+                    mon.apply(self._unregister)
             raise
-        if notified:
-            mon.my_slot().mark = max(0, mon.my_slot().mark - 1)
-        else:
-            self._unregister()
-        mon.unlock()
+        finally:
+            mon.unlock()
         return notified
 
     def _unregister(self) -> None:
@@ -774,8 +836,8 @@ class Condition:
             raise RuntimeError("cannot notify on un-acquired lock")
         mon = self._mon
         f = mon.f
-        mon.lock()
         try:
+            mon.lock()
             k = min(n, f.total - f.wakeup)
             if k <= 0:
                 return
@@ -886,13 +948,13 @@ class Barrier:
         f = mon.fields()
         deadline = _deadline(True, timeout)
         wake = False
-        if not mon.try_lock(_lock_wait(deadline)):
-            # A paused peer holds the barrier's state past our deadline: a timeout,
-            # which breaks the barrier (as the stdlib's does), once it can be had.
-            if mon.apply(self._break_locked):
-                mon.wake_all()
-            raise BrokenBarrierError
-        try:
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                # A paused peer holds the barrier's state past our deadline: a timeout,
+                # which breaks the barrier (as the stdlib's does), once it can be had.
+                if mon.apply(self._break_locked):
+                    mon.wake_all()
+                raise BrokenBarrierError
             if f.broken:
                 raise BrokenBarrierError
             gen = int(f.generation)
@@ -947,17 +1009,19 @@ class Barrier:
     def abort(self) -> None:
         """Break the barrier: current and future waiters get BrokenBarrierError."""
         mon = self._mon
-        mon.lock()
-        self._break_locked()
-        mon.unlock()
+        try:
+            mon.lock()
+            self._break_locked()
+        finally:
+            mon.unlock()
         mon.wake_all()
 
     def reset(self) -> None:
         """Back to the empty state; threads waiting now get BrokenBarrierError."""
         mon = self._mon
         f = mon.fields()
-        mon.lock()
         try:
+            mon.lock()
             if f.count > 0:
                 gen = f.generation
                 f.reset_bits |= 1 << (gen % 64)

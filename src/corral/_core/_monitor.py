@@ -32,6 +32,17 @@ Each field update is one aligned store, and layers order their stores so that a
 death between two of them leaves state that ``repair()`` can rebuild from the
 slots (for example a semaphore's value is recomputed as total - sum(held)).
 
+Interrupts (KeyboardInterrupt, any exception a signal handler raises) may land
+wherever CPython checks for signals: after every call, at the start of every
+Python function. Every holding is therefore written ``try: <take the mutex>;
+... finally: mon.unlock()``: an interrupt after the mutex was taken is inside the
+``try``, and ``unlock`` is a C-level call that runs no Python frame first (it
+answers EPERM, harmlessly, when the mutex was not taken). One window stays on
+this pure-Python monitor: an interrupt in the instructions between a dead
+holder's EOWNERDEAD and the end of ``_recover()`` lets the mutex go with the
+derived fields not yet rebuilt (the next reap rebuilds slots; a semaphore's
+value is recomputed at the next death).
+
 A process that exits cleanly gives its slots back at exit (``detach()``, run by
 ``multiprocessing.util``'s exit hook in corral children and at interpreter exit
 in the main process); only processes that vanished are treated as dead.
@@ -41,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import math
 import os
 import threading
@@ -55,7 +65,7 @@ from ._futex import futex_wait, futex_wake
 from ._later import later
 from ._linux import is_alive, pid_of_tid, proc_start_time
 from ._linux import self_identity as _self_identity
-from ._robust import MUTEX_SIZE, NOWAIT_GRACE, WAIT_SLICE, MutexError, RobustMutex, init_mutex
+from ._robust import MUTEX_SIZE, NOWAIT_GRACE, WAIT_SLICE, RobustMutex, init_mutex
 from ._shm import SharedMemory
 
 __all__ = [
@@ -110,6 +120,10 @@ class Monitor:
     """
 
     eager_attach = False  # take a slot as soon as a process holds the object
+    # Let the mutex go: a C-level callable (``RobustMutex.unlock_raw``), so that no
+    # Python frame, and so no signal handler's exception, runs before the unlock;
+    # it answers EPERM, harmlessly, when this thread does not hold the mutex.
+    unlock: Callable[[], int]
 
     def __init__(self, shm: SharedMemory | None = None):
         create = shm is None
@@ -118,6 +132,8 @@ class Monitor:
         self.shm = shm
         base = shm.address
         self.mutex = RobustMutex(base)
+        # unlock(): C-level, answers EPERM (harmless) when the mutex is not ours.
+        self.unlock = self.mutex.unlock_raw
         self.header = _Header.from_address(base + HEADER_OFFSET)
         self.seq_address = base + HEADER_OFFSET
         self.user_address = base + USER_OFFSET
@@ -169,16 +185,19 @@ class Monitor:
         (at least NOWAIT_GRACE), else in the background as soon as it can
         (``_later``), so that a paused peer never holds the caller. True if now."""
         wait = NOWAIT_GRACE if timeout is None else max(timeout, NOWAIT_GRACE)
-        if self.try_lock(wait):
-            try:
+        ran = False
+        try:  # (see "Interrupts" in the class docstring)
+            if self.try_lock(wait):
                 job()
-            finally:
-                self.unlock()
+                ran = True
+        finally:
+            self.unlock()
+        if ran:
             return True
 
         def locked_job() -> None:
-            self.lock()
             try:
+                self.lock()
                 job()
             finally:
                 self.unlock()
@@ -190,14 +209,6 @@ class Monitor:
     def held(self) -> bool:
         """Whether this thread holds the mutex (glibc keeps the owner's TID in it)."""
         return self.mutex.owner_tid() == threading.get_native_id()
-
-    def unlock(self) -> None:
-        # EPERM (not held) is tolerated: a KeyboardInterrupt can land between a
-        # ``finally: unlock()`` and the ``lock()`` it pairs with, before the mutex
-        # was taken; reporting that would replace the interrupt with a MutexError.
-        rc = self.mutex.unlock_errno()
-        if rc != 0 and rc != errno.EPERM:
-            raise MutexError(rc, f"pthread_mutex_unlock: {errno.errorcode.get(rc, rc)}")
 
     # -- hooks for layers
     def repair(self) -> None:
@@ -268,8 +279,8 @@ class Monitor:
         return [s for s in self.slots if s.pid and is_alive(s.pid, s.start)]
 
     def attach(self) -> None:
-        self.lock()
         try:
+            self.lock()
             self.my_slot()
         finally:
             self.unlock()
@@ -279,9 +290,9 @@ class Monitor:
         pid, start = _self_identity()
         if self._slot_pid != pid:
             return
-        if not self.mutex.acquire(timeout=1.0):
-            return
         try:
+            if not self.try_lock(1.0):
+                return
             s = self.slots[self._slot_index]
             if s.pid == pid and s.start == start:
                 self.on_detach(s)
@@ -354,15 +365,14 @@ class Monitor:
     def statistics_fields(self) -> tuple[int, int, list[Slot]]:
         """(waiters, recoveries, live slots): under the lock if it is free, else
         read without it (racy, never torn), so a paused holder delays no one."""
-        held = self.try_lock(0)
         try:
+            self.try_lock(0)  # (not held: read without it; unlock then answers EPERM)
             live = self.live_slots()
             waiters = sum(s.waiters for s in live)
             # Copies: the caller reads them after the lock is gone.
             return waiters, self.header.recoveries, [_copy_slot(s) for s in live]
         finally:
-            if held:
-                self.unlock()
+            self.unlock()
 
 
 def _copy_slot(s: Slot) -> Slot:
@@ -417,13 +427,12 @@ _mp_util.register_after_fork(_ANCHOR, _on_child_bootstrap)
 def _after_fork_in_child() -> None:
     for mon in list(_eager):
         try:
-            if mon.mutex.acquire(timeout=1.0):
-                try:
-                    mon.my_slot()
-                finally:
-                    mon.unlock()
+            if mon.try_lock(1.0):
+                mon.my_slot()
         except Exception:  # pragma: no cover - best effort
             pass
+        finally:
+            mon.unlock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

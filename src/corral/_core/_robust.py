@@ -216,6 +216,11 @@ class RobustMutex:
         """Whether this thread holds the mutex (its TID is in the lock word)."""
         return self._word.value & FUTEX_TID_MASK == threading.get_native_id()
 
+    def depth(self) -> int:
+        """A recursive mutex's re-entry count (glibc's ``__count``, the second int
+        of every pthread_mutex_t layout); racy unless this thread holds it."""
+        return int(ctypes.c_uint32.from_address(self.address + 4).value)
+
     def spin_trylock(self) -> int:
         """The SPIN policy: trylock, and while the mutex is busy, look at its word and
         try again when it shows no owner. Returns the last trylock's result (0, EBUSY,
