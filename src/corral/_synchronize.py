@@ -484,6 +484,27 @@ class Semaphore:
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take one unit; with ``block`` False or a ``timeout``, return False if
         none became available."""
+        took = [False]
+        try:
+            return self._acquire(block, timeout, took)
+        except BaseException:
+            # An interrupt after the unit was taken (at the unlock, say): acquire()
+            # did not return, so the unit goes back.
+            if took[0]:
+                self._mon.apply(self._give_back_unit)
+                self._mon.wake_all()
+            raise
+
+    def _give_back_unit(self) -> None:
+        """(Monitor mutex held.) Undo one unit taken by an acquire that raised."""
+        mon = self._mon
+        slot = mon.my_slot()
+        if slot.held > 0:
+            slot.held -= 1
+            mon.f.value += 1
+            mon.bump()
+
+    def _acquire(self, block: bool, timeout: float | None, took: list[bool]) -> bool:
         mon = self._mon
         f = mon.f
         wake = False
@@ -491,11 +512,13 @@ class Semaphore:
         try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
             if not mon.try_lock(_lock_wait(deadline)):
                 return False  # a peer holds the state's mutex past our deadline
-            if f.value > 0:
-                mon.my_slot().held += 1
-                f.value -= 1
-                return True
             while True:
+                if f.value > 0:
+                    # (No call between these three stores: nothing can interrupt them.)
+                    mon.my_slot().held += 1
+                    f.value -= 1
+                    took[0] = True
+                    return True
                 remaining = _remaining(deadline)
                 if remaining <= 0:
                     return False
@@ -506,10 +529,6 @@ class Semaphore:
                 if not woken and mon.reap():
                     mon.bump()  # units came back: let the other waiters look too
                     wake = mon.has_waiters()
-                if f.value > 0:
-                    mon.my_slot().held += 1
-                    f.value -= 1
-                    return True
         finally:
             mon.unlock()
             if wake:
