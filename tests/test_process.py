@@ -348,3 +348,22 @@ def test_forkserver_child_reaped_before_start_returns(monkeypatch: pytest.Monkey
     assert p.exitcode == 0
     p.kill()
     assert p.exitcode == 0
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [4, 1 << 20],
+    ids=["cut-in-the-length", "cut-in-the-pickle"],
+)
+def test_result_record_cut_short_by_death_is_process_died(
+    ctx: corral.CorralContext, limit: int
+) -> None:
+    """A child killed while writing its result record (here by SIGXFSZ, at a file
+    size limit): the record is cut short, and result() says the child died, never
+    that a pickle was truncated."""
+    p = ctx.Process(target=helpers.return_big_under_file_limit, args=(4 << 20, limit))
+    p.start()
+    with pytest.raises(corral.ProcessDied) as info:
+        p.result(timeout=TIMEOUT)
+    assert info.value.signal == signal.SIGXFSZ
+    assert p.exitcode == -signal.SIGXFSZ
