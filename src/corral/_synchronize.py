@@ -923,6 +923,13 @@ class _BarrierMonitor(Monitor):
             self.header.recoveries += 1
             self.bump()
 
+    def on_detach(self, slot: Slot) -> None:
+        # A party leaves for good (its run() raised, say, and it exits) while
+        # others wait: it will never arrive, so the barrier breaks, as for a death.
+        f = self.fields()
+        if f.count > 0 and not f.broken:
+            f.broken = 1
+
     def repair(self) -> None:
         # A party died in the middle of the barrier's bookkeeping or its action.
         f = self.fields()
