@@ -526,7 +526,7 @@ class Semaphore:
                     woken, _ = mon.wait(remaining)
                 except LockTimeout:
                     return False
-                if not woken and mon.reap():
+                if not woken and mon.reap_due():
                     mon.bump()  # units came back: let the other waiters look too
                     wake = mon.has_waiters()
         finally:
@@ -813,7 +813,7 @@ class Condition:
                     mon.apply(self._unregister)
                     return False
                 if not woken:
-                    mon.reap()
+                    mon.reap_due()
             if notified:
                 mon.my_slot().mark = max(0, mon.my_slot().mark - 1)
             else:
@@ -1020,7 +1020,7 @@ class Barrier:
                 except LockTimeout:
                     wake = mon.apply(self._break_locked)
                     raise BrokenBarrierError from None
-                if not woken and mon.reap():
+                if not woken and mon.reap_due():
                     wake = True
         finally:
             mon.unlock()  # (EPERM, if a LockTimeout left it not ours, is ignored)

@@ -19,13 +19,18 @@ mutex, with futex waiting and per-process accounting that survives SIGKILL.
   identifies the process without pid-reuse races (the start time comes from
   ``/proc/<pid>/stat``); ``held`` and ``mark`` are for the layer above
   (semaphore units held, barrier arrival); ``waiters`` counts its waiting threads.
-  Only the owning process writes its slot, except the reaper below.
+  Only the owning process writes its slot, except the reaper below. The page
+  holds 120; when all belong to live processes, the slots double, the new ones
+  in a *growth area* past the page in the same memfd (``nslots`` in the header
+  says how many; each process maps the area again, larger, when it next takes
+  the mutex). So only memory bounds how many processes use one object.
 
 Death: a process killed while holding the mutex is detected by glibc (the next
 ``lock`` returns EOWNERDEAD); ``lock()`` then reaps dead slots and calls
 ``repair()`` so the layer can rebuild derived fields. A process killed while
 *not* holding it (a semaphore holder sleeping, a barrier party waiting) is found
-by ``reap()``, which waiters call each time a wait slice ends without news:
+by ``reap()``, which waiters call when a wait slice ends without news (at most
+once per ``REAP_INTERVAL_NS`` among them all, ``reap_due()``):
 every slot whose process is gone is handed to ``on_dead_slot()`` and cleared.
 
 Each field update is one aligned store, and layers order their stores so that a
@@ -53,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import mmap
 import os
 import threading
 import time
@@ -93,6 +99,7 @@ class _Header(ctypes.Structure):
         ("nwaiters", ctypes.c_uint32),
         ("recoveries", ctypes.c_uint32),
         ("nslots", ctypes.c_uint32),
+        ("last_reap", ctypes.c_uint64),  # CLOCK_MONOTONIC ns of the last reap_due()
     )
 
 
@@ -106,7 +113,32 @@ class Slot(ctypes.Structure):
     )
 
 
-NSLOTS = (PAGE - SLOTS_OFFSET) // ctypes.sizeof(Slot)  # 120 processes per object
+NSLOTS = (PAGE - SLOTS_OFFSET) // ctypes.sizeof(Slot)  # slots in the page: 120
+
+# How often, at most, waiters look for vanished processes among the slots (reading
+# /proc for each): a dead holder's units come back, or a barrier breaks, within
+# about this long. Shorter: faster recovery; longer: less work for a big crowd of
+# waiters, which share it (one of them reaps per interval, not each per slice).
+REAP_INTERVAL_NS = 50_000_000
+
+# When every slot belongs to a live process, the slots are multiplied by this
+# (the new ones in a growth area of the same memfd, mapped by each process when
+# it next takes the mutex). Larger: fewer growths for a big crowd; smaller: less
+# memory for a crowd that stops just past a size. Only memory bounds the count.
+GROWTH_FACTOR = 2
+
+
+def _growth_bytes(total: int) -> int:
+    """Bytes of the growth area (whole pages) for ``total`` slots in all."""
+    return -(-(total - NSLOTS) * ctypes.sizeof(Slot) // PAGE) * PAGE
+
+
+def _close(shm: SharedMemory, growth: list[tuple[mmap.mmap, ctypes.c_char]]) -> None:
+    maps = [mm for mm, _ in growth]
+    growth.clear()  # (the anchors go first: they hold the mappings' buffers)
+    for mm in maps:
+        mm.close()
+    shm.close()
 
 
 # -- the monitor
@@ -137,7 +169,10 @@ class Monitor:
         self.header = _Header.from_address(base + HEADER_OFFSET)
         self.seq_address = base + HEADER_OFFSET
         self.user_address = base + USER_OFFSET
-        self.slots = (Slot * NSLOTS).from_address(base + SLOTS_OFFSET)
+        # Every slot, the page's and those of the growth area (see _sync_slots).
+        self._page_slots = list((Slot * NSLOTS).from_address(base + SLOTS_OFFSET))
+        self.slots: list[Slot] = self._page_slots
+        self._growth: list[tuple[mmap.mmap, ctypes.c_char]] = []
         self._slot_pid = 0
         self._slot_index = -1
         if create:
@@ -147,7 +182,7 @@ class Monitor:
         # above never outlive it (they are only reachable through it).
         # Not at interpreter exit, though: detach() still needs the page then, and
         # the kernel frees everything at exit anyway.
-        weakref.finalize(self, shm.close).atexit = False
+        weakref.finalize(self, _close, shm, self._growth).atexit = False
         if self.eager_attach:
             _eager.add(self)
             self.attach()
@@ -158,6 +193,7 @@ class Monitor:
         (the state has then been repaired already)."""
         m = self.mutex
         m.acquire()
+        self._sync_slots()
         if m.owner_died:
             self._recover()
             return True
@@ -176,6 +212,7 @@ class Monitor:
         m = self.mutex
         if not m.acquire(timeout):
             return False
+        self._sync_slots()
         if m.owner_died:
             self._recover()
         return True
@@ -238,10 +275,8 @@ class Monitor:
             self.reap()
             free = next((i for i, s in enumerate(self.slots) if s.pid == 0), -1)
             if free < 0:
-                raise RuntimeError(
-                    f"more than {NSLOTS} live processes use this corral "
-                    f"{type(self).__name__.lstrip('_')}"
-                )
+                free = len(self.slots)
+                self._grow()
         s = self.slots[free]
         s.held = 0
         s.waiters = 0
@@ -251,6 +286,36 @@ class Monitor:
         _register_exit_hook()
         _attached.add(self)
         return self._remember(pid, free)
+
+    def _grow(self) -> None:
+        """(Lock held.) Every slot is a live process's: double the slots. The new
+        ones live in the growth area, past the page, in the same memfd."""
+        total = len(self.slots) * GROWTH_FACTOR
+        os.ftruncate(self.shm.fd, PAGE + _growth_bytes(total))
+        self.header.nslots = total  # (after the file grew: others map what it says)
+        self._sync_slots()
+
+    def _sync_slots(self) -> None:
+        """(Lock held.) Map the slots another process added (``header.nslots``).
+
+        The growth area (file offset PAGE on) is mapped again, larger, each time it
+        grew; earlier mappings stay until the monitor goes, so a slot view taken
+        before never dangles (every mapping shows the same pages)."""
+        total = self.header.nslots
+        if total == len(self.slots) or total <= NSLOTS:
+            return
+        extra = total - NSLOTS
+        mm = mmap.mmap(
+            self.shm.fd,
+            _growth_bytes(total),
+            mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=PAGE,
+        )
+        anchor = ctypes.c_char.from_buffer(mm)
+        self._growth.append((mm, anchor))
+        grown = (Slot * extra).from_address(ctypes.addressof(anchor))
+        self.slots = [*self._page_slots, *grown]
 
     def _remember(self, pid: int, index: int) -> Slot:
         self._slot_pid = pid
@@ -273,6 +338,16 @@ class Monitor:
             s.mark = 0
             s.pid = 0
         return found
+
+    def reap_due(self) -> int:
+        """``reap()`` for waiters whose slice ended without news: at most once per
+        ``REAP_INTERVAL`` among all of them (lock held), so that a crowd of waiters
+        does not read /proc for every slot every slice. Returns how many were found."""
+        now = time.monotonic_ns()  # (CLOCK_MONOTONIC: one clock for every process)
+        if now - self.header.last_reap < REAP_INTERVAL_NS:
+            return 0
+        self.header.last_reap = now
+        return self.reap()
 
     def live_slots(self) -> list[Slot]:
         """Slots of processes still running (lock held; reads /proc)."""
@@ -352,6 +427,7 @@ class Monitor:
             left = None if timeout == math.inf else max(0.0, deadline - time.monotonic())
             if self.mutex.acquire(left):
                 relocked = True
+                self._sync_slots()
                 died = self.mutex.owner_died
                 if died:
                     self._recover()
