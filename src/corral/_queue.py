@@ -44,6 +44,10 @@ __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
 # exactly ``capacity_bytes`` pickled bytes fits.
 _FRAME_ROOM = 4096
 
+# The smallest capacity_bytes: one page, the unit the ring's memory comes in. A
+# smaller one is refused rather than silently rounded up.
+MIN_CAPACITY_BYTES = 4096
+
 # Longest wait an asyncio helper thread does before the coroutine looks again.
 # Shorter: a cancelled await frees its thread sooner; longer: fewer round trips.
 ASYNC_SLICE = 0.1
@@ -142,8 +146,10 @@ class Queue:
     def __init__(self, maxsize: int = 0, *, capacity_bytes: int | None = None):
         if capacity_bytes is None:
             capacity_bytes = DEFAULT_CAPACITY
-        if capacity_bytes <= 0:
-            raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
+        if capacity_bytes < MIN_CAPACITY_BYTES:
+            raise ValueError(
+                f"capacity_bytes must be at least {MIN_CAPACITY_BYTES}, got {capacity_bytes}"
+            )
         maxsize = max(0, int(maxsize))
         self._setup(
             Ring(capacity_bytes + _FRAME_ROOM, maxsize, acks=self._joinable), capacity_bytes
