@@ -244,10 +244,17 @@ class Lock(_LockBase):
     __slots__ = ("__weakref__", "_m", "_mon", "_mutex", "_on_owner_death")
     _recursive = False
 
-    def __init__(self, *, on_owner_death: OnOwnerDeath = "warn", _shm: SharedMemory | None = None):
+    def __init__(
+        self,
+        *,
+        on_owner_death: OnOwnerDeath = "warn",
+        _shm: SharedMemory | None = None,
+        _data_bytes: int = 0,
+    ):
         if on_owner_death not in ("warn", "raise"):
             raise ValueError(f"on_owner_death must be 'warn' or 'raise', not {on_owner_death!r}")
-        self._mon = Monitor(_shm)
+        # (_data_bytes: room for a Value's bytes in the lock's own memfd.)
+        self._mon = Monitor(_shm, data_bytes=_data_bytes)
         address = self._mon.user_address + _LOCK_MUTEX_OFFSET
         if _shm is None:
             init_mutex(address, recursive=self._recursive)

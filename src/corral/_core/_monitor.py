@@ -100,6 +100,7 @@ class _Header(ctypes.Structure):
         ("recoveries", ctypes.c_uint32),
         ("nslots", ctypes.c_uint32),
         ("last_reap", ctypes.c_uint64),  # CLOCK_MONOTONIC ns of the last reap_due()
+        ("growth_at", ctypes.c_uint64),  # file offset of the growth area
     )
 
 
@@ -157,10 +158,13 @@ class Monitor:
     # it answers EPERM, harmlessly, when this thread does not hold the mutex.
     unlock: Callable[[], int]
 
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: SharedMemory | None = None, *, data_bytes: int = 0):
+        """``data_bytes``: room for the layer's own data after the page, at
+        ``data_address`` (a Value's bytes beside its lock: one memfd, one fd)."""
         create = shm is None
         if shm is None:
-            shm = SharedMemory(PAGE, what=type(self).__name__)
+            data_bytes = -(-data_bytes // PAGE) * PAGE
+            shm = SharedMemory(PAGE + data_bytes, what=type(self).__name__, one_fd=True)
         self.shm = shm
         base = shm.address
         self.mutex = RobustMutex(base)
@@ -175,9 +179,11 @@ class Monitor:
         self._growth: list[tuple[mmap.mmap, ctypes.c_char]] = []
         self._slot_pid = 0
         self._slot_index = -1
+        self.data_address = base + PAGE
         if create:
             init_mutex(base)
             self.header.nslots = NSLOTS
+            self.header.growth_at = PAGE + data_bytes
         # Close the memfd and unmap when this monitor is garbage; the ctypes views
         # above never outlive it (they are only reachable through it).
         # Not at interpreter exit, though: detach() still needs the page then, and
@@ -291,16 +297,17 @@ class Monitor:
         """(Lock held.) Every slot is a live process's: double the slots. The new
         ones live in the growth area, past the page, in the same memfd."""
         total = len(self.slots) * GROWTH_FACTOR
-        os.ftruncate(self.shm.fd, PAGE + _growth_bytes(total))
+        os.ftruncate(self.shm.fd, self.header.growth_at + _growth_bytes(total))
         self.header.nslots = total  # (after the file grew: others map what it says)
         self._sync_slots()
 
     def _sync_slots(self) -> None:
         """(Lock held.) Map the slots another process added (``header.nslots``).
 
-        The growth area (file offset PAGE on) is mapped again, larger, each time it
-        grew; earlier mappings stay until the monitor goes, so a slot view taken
-        before never dangles (every mapping shows the same pages)."""
+        The growth area (from ``growth_at``, past the page and any data) is mapped
+        again, larger, each time it grew; earlier mappings stay until the monitor
+        goes, so a slot view taken before never dangles (every mapping shows the
+        same pages)."""
         total = self.header.nslots
         if total == len(self.slots) or total <= NSLOTS:
             return
@@ -310,7 +317,7 @@ class Monitor:
             _growth_bytes(total),
             mmap.MAP_SHARED,
             mmap.PROT_READ | mmap.PROT_WRITE,
-            offset=PAGE,
+            offset=self.header.growth_at,
         )
         anchor = ctypes.c_char.from_buffer(mm)
         self._growth.append((mm, anchor))
