@@ -40,6 +40,7 @@ from multiprocessing import (
 # pay only for what it uses.
 from ._context import CorralContext, get_context
 from ._exceptions import (
+    ChildDiedAtStart,
     CorralError,
     MessageTooLarge,
     OwnerDiedError,
@@ -122,6 +123,7 @@ __all__ = (
     "Barrier",
     "BoundedSemaphore",
     "BufferTooShort",
+    "ChildDiedAtStart",
     "Condition",
     "CorralContext",
     "CorralError",

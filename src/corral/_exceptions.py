@@ -3,6 +3,7 @@
 The tree::
 
     CorralError                      root of everything corral raises
+    ├── ChildDiedAtStart             a spawned child died while start() wrote its data
     ├── ProcessDied                  a child ended without producing a result
     │   └── WorkerCrashed            a pool task's worker died, retries exhausted
     │                                (also concurrent.futures.process.BrokenProcessPool)
@@ -16,8 +17,8 @@ The tree::
 
     OwnerDiedWarning                 the same news as a warning (a RuntimeWarning, not an error)
 
-``CorralError`` and ``SharingError`` are defined in ``_core._errors`` (the core
-raises SharingError) and re-exported here. ``WorkerCrashed`` lives in
+``CorralError``, ``SharingError`` and ``ChildDiedAtStart`` are defined in
+``_core._errors`` (the core raises them) and re-exported here. ``WorkerCrashed`` lives in
 ``_workercrash`` (its stdlib base costs concurrent.futures at import) and is loaded
 on first use by ``corral.__getattr__``.
 
@@ -33,7 +34,7 @@ import sys
 
 # Defined in the core, which raises SharingError itself (from inside pickle, where
 # nothing could translate it); the root comes along.
-from ._core._errors import CorralError, SharingError
+from ._core._errors import ChildDiedAtStart, CorralError, SharingError
 
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "ChildDiedAtStart",
     "CorralError",
     "MessageTooLarge",
     "OwnerDiedError",

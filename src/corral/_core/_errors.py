@@ -19,6 +19,7 @@ Nothing here imports anything: every spawned child loads this module.
 from __future__ import annotations
 
 __all__ = [
+    "ChildDiedAtStart",
     "CorralError",
     "LockTimeout",
     "NothingToAck",
@@ -76,3 +77,24 @@ class LockTimeout(Exception):
     shared object's internal mutex, which the caller therefore does *not* hold.
     What it owed the shared state was handed to ``_later``. The layer above gives
     the call's own timeout answer."""
+
+
+class ChildDiedAtStart(CorralError):
+    """A spawned child died while ``start()`` was still writing its start data (its
+    pickled process object and arguments) to it.
+
+    Raised by ``Process.start()`` under the spawn start method. The child has been
+    reaped; the Process was not started.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, pid: int, exitcode: int | None):
+        super().__init__(
+            f"child {pid} died (exit code {exitcode}) while its start data was written"
+        )
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid, self.exitcode))
