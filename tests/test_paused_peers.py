@@ -419,3 +419,30 @@ def test_a_paused_peer_delays_nobody_past_their_deadline(
     shm = obj._ring._shm if where == "ring" else None
     if shm is not None:
         assert wait_until(lambda: _later.pending(shm) == 0, START_TIMEOUT)
+
+
+def test_a_ring_closed_with_bookkeeping_owed_is_unmapped_after_it() -> None:
+    """Bookkeeping handed to ``_later`` while the ring's mutex is held elsewhere
+    runs before the ring is unmapped, however early the ring is closed."""
+    q = corral.Queue()
+    ring = q._ring
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:  # another thread holds the mutex, as a paused peer would
+        ring._mutex.acquire()
+        held.set()
+        release.wait(START_TIMEOUT)
+        ring._mutex.release()
+
+    th = threading.Thread(target=holder)
+    th.start()
+    assert held.wait(START_TIMEOUT)
+    ran: list[int] = []
+    assert ring._lock_or_later(lambda: ran.append(ring._q[0] >= 0)) is False
+    ring.close()
+    assert ring.fd >= 0  # not yet: a job for it is still owed
+    release.set()
+    th.join(START_TIMEOUT)
+    assert wait_until(lambda: ring.fd < 0, START_TIMEOUT)
+    assert ran == [1]
+    assert _later.pending(ring._shm) == 0

@@ -144,7 +144,12 @@ class RingBase:
         if self._shm.fd < 0:
             return
         if pending(self._shm):
-            later(self._shm, self.close)
+            later(self._shm, self._unmap)  # (after the jobs queued before it)
+            return
+        self._unmap()
+
+    def _unmap(self) -> None:
+        if self._shm.fd < 0:
             return
         self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
         self._q.release()
