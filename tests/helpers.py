@@ -114,3 +114,14 @@ def ready_and_pinned(parent: subprocess.Popen[bytes]) -> tuple[list[int], dict[i
     subtree = list(_linux.descendants_of(parent.pid))
     assert set(reported) <= set(subtree), (reported, subtree)
     return reported, _watch.pin(subtree)
+
+
+def return_big_under_file_limit(nbytes: int, limit: int) -> bytes:
+    """Return ``nbytes`` bytes, with the process's file size limit at ``limit``:
+    writing the result record then kills it (SIGXFSZ) with the record cut short."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # (Python ignores it by default)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return b"x" * nbytes

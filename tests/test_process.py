@@ -6,18 +6,21 @@ Where corral mirrors the stdlib, the same assertions run against
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import threading
 import types
 from typing import Any
 
 import pytest
 
 import corral
+from corral._core import _linux
 from corral._core._fdpass import FdHandle
 
 from . import helpers
@@ -378,3 +381,52 @@ def test_a_joined_process_leaves_no_finalizer_behind(ctx: corral.CorralContext) 
         del p
     gc.collect()
     assert set(util._finalizer_registry) - before == set()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [4, 1 << 20],
+    ids=["cut-in-the-length", "cut-in-the-pickle"],
+)
+def test_result_record_cut_short_by_death_is_process_died(
+    ctx: corral.CorralContext, limit: int
+) -> None:
+    """A child killed while writing its result record (here by SIGXFSZ, at a file
+    size limit): the record is cut short, and result() says the child died, never
+    that a pickle was truncated."""
+    p = ctx.Process(target=helpers.return_big_under_file_limit, args=(4 << 20, limit))
+    p.start()
+    with pytest.raises(corral.ProcessDied) as info:
+        p.result(timeout=TIMEOUT)
+    assert info.value.signal == signal.SIGXFSZ
+    assert p.exitcode == -signal.SIGXFSZ
+
+
+def _kill_new_children(stop: threading.Event, known: frozenset[int]) -> None:
+    """SIGKILL every new child of this process until ``stop``."""
+    while not stop.is_set():
+        for pid in set(_linux.children_of(os.getpid())) - known:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stop.wait(0.001)
+
+
+def test_spawn_start_raises_if_the_child_dies_while_its_start_data_is_written() -> None:
+    """Under spawn, start() writes the pickled process object (here with a 64 MiB
+    argument) down a pipe the child reads. A child killed meanwhile made the write
+    block for good, with the child a zombie; now start() raises at once and the
+    child is reaped."""
+    ctx = corral.get_context("spawn")
+    known = frozenset(_linux.children_of(os.getpid()))
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_new_children, args=(stop, known))
+    killer.start()
+    p = ctx.Process(target=helpers.double, args=(b"x" * (64 << 20),))
+    try:
+        with pytest.raises(corral.ChildDiedAtStart) as info:
+            p.start()
+    finally:
+        stop.set()
+        killer.join(TIMEOUT)
+    assert info.value.exitcode == -signal.SIGKILL
+    assert set(_linux.children_of(os.getpid())) - known == set()  # reaped: no zombie

@@ -774,3 +774,18 @@ def test_demo_scenario_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.checks
     assert not failed
     assert "multiprocessing.Queue after the same kill" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("capacity", [-1, 0, 10, 4095])
+def test_capacity_below_the_minimum_raises(capacity: int) -> None:
+    """Refused, not silently rounded up to a page."""
+    with pytest.raises(ValueError, match="at least 4096"):
+        corral.Queue(capacity_bytes=capacity)
+
+
+def test_capacity_at_the_minimum_holds_a_message_of_that_size() -> None:
+    q = corral.Queue(capacity_bytes=4096)
+    payload = b"x" * (4096 - 64)  # its pickle fits in 4096 bytes
+    q.put(payload)
+    assert q.get(timeout=10) == payload
+    assert q.statistics().capacity_bytes == 4096

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import types
@@ -725,6 +726,40 @@ def test_barrier_not_broken_by_clean_exit(ctx: corral.CorralContext) -> None:
     assert second.result(timeout=START_TIMEOUT) in (0, 1)
     _finish(second)
     assert not barrier.broken
+
+
+def _barrier_leaver(barrier: corral.Barrier, how: str) -> None:
+    """Wait until the test process waits at the barrier, then leave without arriving."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while barrier.n_waiting < 1:  # (a lock-free read; bounded)
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+    if how == "exception":
+        raise ValueError("left the barrier by an exception")
+    if how == "sys.exit":
+        sys.exit(3)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["exception", "sys.exit", "SIGKILL"])
+def test_barrier_breaks_when_a_party_leaves(ctx: corral.CorralContext, how: str) -> None:
+    """A party that leaves while others wait, however it leaves, breaks the barrier:
+    the others get BrokenBarrierError at once, not at their timeout."""
+    barrier = corral.Barrier(2)
+    p = ctx.Process(target=_barrier_leaver, args=(barrier, how))
+    p.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(threading.BrokenBarrierError):
+            barrier.wait(START_TIMEOUT)
+        assert time.monotonic() - t0 < START_TIMEOUT / 2
+        p.join(START_TIMEOUT)
+        assert p.exitcode is not None
+        assert p.exitcode != 0
+        assert barrier.broken
+    finally:
+        _finish(p)
 
 
 # A process may also die inside an object's own bookkeeping, holding the internal

@@ -40,6 +40,7 @@ from multiprocessing import (
 # pay only for what it uses.
 from ._context import CorralContext, get_context
 from ._exceptions import (
+    ChildDiedAtStart,
     CorralError,
     MessageTooLarge,
     OwnerDiedError,
@@ -124,6 +125,7 @@ __all__ = (
     "BoundedSemaphore",
     "BrokenPool",
     "BufferTooShort",
+    "ChildDiedAtStart",
     "Condition",
     "CorralContext",
     "CorralError",

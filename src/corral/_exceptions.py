@@ -3,6 +3,7 @@
 The tree::
 
     CorralError                      root of everything corral raises
+    ├── ChildDiedAtStart             a spawned child died while start() wrote its data
     ├── ProcessDied                  a child ended without producing a result
     │   └── WorkerCrashed            a pool task's worker died, retries exhausted
     │                                (also concurrent.futures.process.BrokenProcessPool)
@@ -21,11 +22,11 @@ The tree::
                                      (also multiprocessing.pool.RemoteTraceback and
                                      concurrent.futures.process._RemoteTraceback)
 
-``CorralError`` and ``SharingError`` are defined in ``_core._errors`` (the core
-raises SharingError) and re-exported here. ``WorkerCrashed``, ``BrokenPool`` and
-``RemoteTraceback`` live in ``_workercrash`` (their stdlib bases cost
-concurrent.futures and multiprocessing.pool at import) and are loaded on first use
-by ``corral.__getattr__``.
+``CorralError``, ``SharingError`` and ``ChildDiedAtStart`` are defined in
+``_core._errors`` (the core raises them) and re-exported here. ``WorkerCrashed``,
+``BrokenPool`` and ``RemoteTraceback`` live in ``_workercrash`` (their stdlib bases
+cost concurrent.futures and multiprocessing.pool at import) and are loaded on first
+use by ``corral.__getattr__``.
 
 Each class also inherits the stdlib exception that a user of ``multiprocessing``
 would already catch, where one fits. Every exception here survives pickling,
@@ -39,7 +40,7 @@ import sys
 
 # Defined in the core, which raises SharingError itself (from inside pickle, where
 # nothing could translate it); the root comes along.
-from ._core._errors import CorralError, SharingError
+from ._core._errors import ChildDiedAtStart, CorralError, SharingError
 
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "ChildDiedAtStart",
     "CorralError",
     "MessageTooLarge",
     "OwnerDiedError",

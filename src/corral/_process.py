@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import process as _mp_process
@@ -194,9 +195,11 @@ class Process(_mp_process.BaseProcess):
         self._corral_collect()
         raw = self._corral_raw
         exitcode = self._popen.returncode
-        if not raw:
+        # A record is its length, then its pickle: a child killed while writing it
+        # left it short, and died without a result like any other.
+        if not raw or len(raw) < _LEN.size or _LEN.unpack_from(raw)[0] != len(raw) - _LEN.size:
             raise ProcessDied(exitcode, self.pid, self.name)
-        kind, payload, message = pickle.loads(raw)
+        kind, payload, message = pickle.loads(memoryview(raw)[_LEN.size :])
         if kind == _OK:
             return pickle.loads(payload)
         if kind == _EXIT:
@@ -292,16 +295,32 @@ def _encode_outcome(outcome: list[tuple[str, Any]]) -> bytes:
     return pickle.dumps((kind, payload, message), pickle.HIGHEST_PROTOCOL)
 
 
+# The length that starts an outcome record.
+_LEN = struct.Struct("<Q")
+# Records up to this size are written with their length in one write (a copy
+# that costs less than a second syscall); larger ones in two, without the copy.
+_JOIN_MAX = 64 * 1024
+
 # The commonest outcome, encoded once: a target that returned None.
 _OK_NONE = pickle.dumps((_OK, pickle.dumps(None), ""), pickle.HIGHEST_PROTOCOL)
 
 
 def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any]]) -> None:
+    """The record: the pickle's length, then the pickle (see ``result``)."""
     try:
         if outcome:
-            view = memoryview(_encode_outcome(outcome))
-            while view:
-                view = view[os.write(handle.fd, view) :]
+            data = _encode_outcome(outcome)
+            # One write for a small record (the start-to-exit path counts every
+            # syscall); a large one is not copied to prepend its length.
+            parts = (
+                [_LEN.pack(len(data)) + data]
+                if len(data) <= _JOIN_MAX
+                else [_LEN.pack(len(data)), data]
+            )
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(handle.fd, view) :]
     finally:
         handle.close()
 

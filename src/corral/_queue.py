@@ -54,6 +54,10 @@ __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
 # exactly ``capacity_bytes`` pickled bytes fits.
 _FRAME_ROOM = 4096
 
+# The smallest capacity_bytes: one page, the unit the ring's memory comes in. A
+# smaller one is refused rather than silently rounded up.
+MIN_CAPACITY_BYTES = 4096
+
 # Longest wait an asyncio helper thread does before the coroutine looks again.
 # Shorter: a cancelled await frees its thread sooner; longer: fewer round trips.
 ASYNC_SLICE = 0.1
@@ -152,8 +156,10 @@ class Queue(Generic[T]):
     def __init__(self, maxsize: int = 0, *, capacity_bytes: int | None = None):
         if capacity_bytes is None:
             capacity_bytes = DEFAULT_CAPACITY
-        if capacity_bytes <= 0:
-            raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
+        if capacity_bytes < MIN_CAPACITY_BYTES:
+            raise ValueError(
+                f"capacity_bytes must be at least {MIN_CAPACITY_BYTES}, got {capacity_bytes}"
+            )
         maxsize = max(0, int(maxsize))
         self._setup(
             Ring(capacity_bytes + _FRAME_ROOM, maxsize, acks=self._joinable), capacity_bytes
@@ -391,7 +397,9 @@ class Queue(Generic[T]):
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             try:
-                return self.get(False)
+                # block=True with timeout 0: what is there now, without waiting even
+                # for a busy mutex (block=False would allow NOWAIT_GRACE in the loop).
+                return self.get(True, 0.0)
             except queue.Empty:
                 pass
             wait = ASYNC_SLICE if deadline is None else min(ASYNC_SLICE, deadline - loop.time())
@@ -411,7 +419,7 @@ class Queue(Generic[T]):
         size = frame_size(len(data), [b.nbytes for b in raws] if raws else ())
         while True:
             try:
-                self._ring_put(data, raws, False)
+                self._ring_put(data, raws, True, 0.0)  # (as in aget: no wait at all)
                 return
             except queue.Full:
                 pass
@@ -425,7 +433,8 @@ class Queue(Generic[T]):
     # -- state -------------------------------------------------------------------
 
     def qsize(self) -> int:
-        """The number of messages in the queue, exact at the moment of the call."""
+        """The number of messages in the queue, exact at the moment of the call
+        (read without the queue's lock: a peer paused while holding it delays no one)."""
         return self._ring.qsize()
 
     def empty(self) -> bool:

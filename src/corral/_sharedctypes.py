@@ -36,21 +36,32 @@ _typecode_to_type: dict[str, Any] = dict(_mp_sc.typecode_to_type)
 
 
 class _Block:
-    """The shared memory under one ctypes object."""
+    """The shared memory under one ctypes object: ``size`` bytes at ``offset``.
 
-    __slots__ = ("shm",)
+    A Value's or Array's own lock (``lock=True``) carries its bytes in its memfd,
+    past the lock's page (one fd for the pair): ``owner`` is then that lock, which
+    the block keeps alive and which unmaps the memory when it goes."""
 
-    def __init__(self, shm: SharedMemory):
+    __slots__ = ("offset", "owner", "shm", "size")
+
+    def __init__(self, shm: SharedMemory, offset: int = 0, size: int = 0, owner: Any = None):
         self.shm = shm
+        self.offset = offset
+        self.size = size or shm.size
+        self.owner = owner
 
     def create_memoryview(self) -> memoryview:
         # The stdlib's reducer protocol (multiprocessing.heap.BufferWrapper).
-        return self.shm.buf
+        if not self.offset and self.size == self.shm.size:
+            return self.shm.buf
+        return self.shm.buf[self.offset : self.offset + self.size]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Block, (self.shm,))
+        return (_Block, (self.shm, self.offset, self.size, self.owner))
 
     def __del__(self) -> None:
+        if self.owner is not None:
+            return  # the lock's memory: its monitor unmaps it
         try:
             self.shm.close()
         except BufferError:  # the stdlib's rebuild exported the buffer; the fd still goes
@@ -64,14 +75,14 @@ def _as_type(typecode_or_type: Any) -> Any:
 def _over(type_: Any, block: _Block, length: int | None) -> Any:
     full = type_ if length is None else type_ * length
     ForkingPickler.register(full, _reduce_ctype)
-    obj = full.from_address(block.shm.address)
+    obj = full.from_address(block.shm.address + block.offset)
     obj._wrapper = block
     return obj
 
 
 def _new(type_: Any, length: int | None) -> Any:
     full = type_ if length is None else type_ * length
-    shm = SharedMemory(max(ctypes.sizeof(full), 1), what="shared ctypes")
+    shm = SharedMemory(max(ctypes.sizeof(full), 1), what="shared ctypes", one_fd=True)
     return _over(type_, _Block(shm), length)
 
 
@@ -114,17 +125,43 @@ def _synchronized(obj: Any, lock: Any) -> Any:
     return _mp_sc.synchronized(obj, lock)
 
 
+def _new_locked(type_: Any, length: int | None) -> tuple[Any, RLock]:
+    """A ctypes object in the memfd of its own new RLock, past the lock's page."""
+    full = type_ if length is None else type_ * length
+    size = max(ctypes.sizeof(full), 1)
+    lock = RLock(_data_bytes=size)
+    mon = lock._mon
+    block = _Block(mon.shm, mon.data_address - mon.shm.address, size, lock)
+    return _over(type_, block, length), lock
+
+
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
     """A ctypes object in shared memory, guarded by a corral RLock (``get_lock()``).
 
     ``lock=False`` returns the raw object; a corral Lock or RLock may be given.
+    With its own lock (the default), the object lives in the lock's memory: one
+    fd for both.
     """
-    return _synchronized(RawValue(typecode_or_type, *args), lock)
+    if lock is True or lock is None:
+        obj, lock = _new_locked(_as_type(typecode_or_type), None)
+        obj.__init__(*args)
+    else:
+        obj = RawValue(typecode_or_type, *args)
+    return _synchronized(obj, lock)
 
 
 def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
     """A ctypes array in shared memory, guarded by a corral RLock (``get_lock()``)."""
-    return _synchronized(RawArray(typecode_or_type, size_or_initializer), lock)
+    if lock is not True and lock is not None:
+        return _synchronized(RawArray(typecode_or_type, size_or_initializer), lock)
+    type_ = _as_type(typecode_or_type)
+    if isinstance(size_or_initializer, int):
+        obj, lock = _new_locked(type_, size_or_initializer)
+    else:
+        values = list(size_or_initializer)
+        obj, lock = _new_locked(type_, len(values))
+        obj.__init__(*values)
+    return _synchronized(obj, lock)
 
 
 for _fn in (RawValue, RawArray, Value, Array):

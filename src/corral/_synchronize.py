@@ -47,10 +47,19 @@ from threading import BrokenBarrierError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._core._errors import LockTimeout
+from ._core._futex import futex_wait
 from ._core._linux import pid_of_tid
 from ._core._monitor import Monitor, Slot
 from ._core._native import speedups
-from ._core._robust import RobustMutex, init_mutex
+from ._core._robust import (
+    EOWNERDEAD,
+    INCONSISTENT,
+    NOWAIT_GRACE,
+    WAIT_SLICE,
+    RobustMutex,
+    init_mutex,
+)
 from ._core._robust import trylock_unchecked as _fast_trylock
 from ._core._robust import unlock_unchecked as _fast_unlock
 from ._core._shm import SharedMemory
@@ -111,6 +120,18 @@ def _remaining(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
+def _lock_wait(deadline: float) -> float | None:
+    """How long a call with this deadline may wait for a busy *internal* mutex:
+    ``NOWAIT_GRACE`` when it must not block (deadline 0.0), not at all past its
+    deadline, for good without one (None). A paused peer holding the mutex thus
+    never holds the caller past its deadline."""
+    if deadline == 0.0:
+        return NOWAIT_GRACE
+    if deadline == math.inf:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
 # --------------------------------------------------------------------------- locks
 
 # Where the lock's own mutex sits in the monitor's user area.
@@ -126,21 +147,46 @@ class _PyLockBase:
 
     # The fast paths are written out in full: each Python call level costs about
     # as much as a ctypes call.
+    # An interrupt (an exception from a signal handler) can land right after the
+    # trylock returns, before its answer is stored: it must not leave the lock
+    # held by an acquire() that never returned. The handler gives back what the
+    # trylock may have taken (glibc refuses, EPERM, if it took nothing). (On this
+    # pure-Python path, one window stays: an interrupt at the very start of
+    # release() or __exit__, before the unlock; the C base has none.)
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock; with ``block`` False or a ``timeout``, return False
         if it could not be had. ``timeout=None`` waits forever."""
-        rc = _fast_trylock(self._m)
+        try:
+            rc = _fast_trylock(self._m)
+        except BaseException:  # (inline: a Python call would be a place to land again)
+            if self._mutex.owner.value == INCONSISTENT:
+                self._give_back()
+            else:
+                _fast_unlock(self._m)
+            raise
         if rc == 0:
             self.owner_died = False
             return True
         return self._acquire_slow(rc, block, timeout)
 
     def __enter__(self) -> bool:
-        rc = _fast_trylock(self._m)
+        try:
+            rc = _fast_trylock(self._m)
+        except BaseException:  # (inline: a Python call would be a place to land again)
+            if self._mutex.owner.value == INCONSISTENT:
+                self._give_back()
+            else:
+                _fast_unlock(self._m)
+            raise
         if rc == 0:
             self.owner_died = False
             return True
         return self._acquire_slow(rc, True, None)
+
+    _mutex: RobustMutex
+
+    def _give_back(self) -> None:
+        raise NotImplementedError
 
     def release(self) -> None:
         """Release the lock. Raises RuntimeError unless this thread holds it."""
@@ -198,10 +244,17 @@ class Lock(_LockBase):
     __slots__ = ("__weakref__", "_m", "_mon", "_mutex", "_on_owner_death")
     _recursive = False
 
-    def __init__(self, *, on_owner_death: OnOwnerDeath = "warn", _shm: SharedMemory | None = None):
+    def __init__(
+        self,
+        *,
+        on_owner_death: OnOwnerDeath = "warn",
+        _shm: SharedMemory | None = None,
+        _data_bytes: int = 0,
+    ):
         if on_owner_death not in ("warn", "raise"):
             raise ValueError(f"on_owner_death must be 'warn' or 'raise', not {on_owner_death!r}")
-        self._mon = Monitor(_shm)
+        # (_data_bytes: room for a Value's bytes in the lock's own memfd.)
+        self._mon = Monitor(_shm, data_bytes=_data_bytes)
         address = self._mon.user_address + _LOCK_MUTEX_OFFSET
         if _shm is None:
             init_mutex(address, recursive=self._recursive)
@@ -231,7 +284,33 @@ class Lock(_LockBase):
             "(it is unlocked, or held by another thread or process)"
         )
 
+    def _give_back(self) -> None:
+        """An interrupt escaped a trylock whose answer was lost: if it took the lock
+        (a dead owner's included), let it go; if not, glibc answers EPERM."""
+        mutex = self._mutex
+        if mutex.owner.value == INCONSISTENT and mutex.held():
+            mutex.make_consistent()
+        _fast_unlock(self._m)
+
     def _acquire_slow(self, rc: int, block: bool, timeout: float | None) -> bool:
+        """Finish an acquire whose trylock answered ``rc``. An exception that escapes
+        leaves the lock as it found it (except ``OwnerDiedError``, raised with the
+        lock held on purpose): an interrupt may land after the lock was taken and
+        before this returns."""
+        mutex = self._mutex
+        held_before = rc != 0 and rc != EOWNERDEAD and mutex.held()
+        depth_before = mutex.depth()
+        try:
+            return self._acquire_slow_inner(rc, block, timeout)
+        except OwnerDiedError:
+            raise
+        except BaseException:
+            if mutex.held() and (not held_before or mutex.depth() > depth_before):
+                mutex.make_consistent()
+                _fast_unlock(self._m)
+            raise
+
+    def _acquire_slow_inner(self, rc: int, block: bool, timeout: float | None) -> bool:
         mutex = self._mutex
         deadline = _deadline(block, timeout)
         if rc == errno.EBUSY and deadline != 0.0:
@@ -243,18 +322,21 @@ class Lock(_LockBase):
         if rc != errno.EBUSY or deadline == 0.0:
             got = mutex.acquire_after(rc, 0)  # 0: ours; EOWNERDEAD: ours, owner died
         else:
+            # Counted as a waiter (for statistics) under the monitor's mutex, which
+            # a paused peer may hold: then within the deadline, or not counted.
             mon = self._mon
-            mon.lock()
-            slot = mon.my_slot()
-            slot.waiters += 1
-            mon.unlock()
+            counted = False
+            try:
+                if mon.try_lock(_lock_wait(deadline)):
+                    _count_waiter(mon, 1)()
+                    counted = True
+            finally:
+                mon.unlock()
             try:
                 got = mutex.acquire(None if deadline == math.inf else _remaining(deadline))
             finally:
-                mon.lock()
-                slot = mon.my_slot()
-                slot.waiters = max(0, slot.waiters - 1)
-                mon.unlock()
+                if counted:
+                    mon.apply(_count_waiter(mon, -1))
         if not got:
             return False
         if mutex.owner_died:
@@ -266,13 +348,11 @@ class Lock(_LockBase):
     def _owner_died(self) -> None:
         self.owner_died = True
         mon = self._mon
-        mon.lock()
-        mon.header.recoveries += 1
-        mon.unlock()
+        mon.apply(_count_recovery(mon))
         what = f"corral.{type(self).__name__}"
         if self._on_owner_death == "raise":
             raise OwnerDiedError(what)
-        warnings.warn(OwnerDiedWarning(what), stacklevel=4)
+        warnings.warn(OwnerDiedWarning(what), stacklevel=5)
 
     def locked(self) -> bool:
         """Whether some thread, in any process, holds the lock (racy)."""
@@ -328,6 +408,24 @@ class RLock(Lock):
     def _acquire_restore(self, count: int) -> None:
         for _ in range(count):
             self.acquire()
+
+
+def _count_waiter(mon: Monitor, n: int) -> Callable[[], None]:
+    """A job for the monitor's mutex: count ``n`` more waiters in this process."""
+
+    def job() -> None:
+        slot = mon.my_slot()
+        slot.waiters = max(0, slot.waiters + n)
+        mon.header.nwaiters = max(0, mon.header.nwaiters + n)
+
+    return job
+
+
+def _count_recovery(mon: Monitor) -> Callable[[], None]:
+    def job() -> None:
+        mon.header.recoveries += 1
+
+    return job
 
 
 def _rebuild_lock(cls: type[Lock], shm: SharedMemory, on_owner_death: OnOwnerDeath) -> Lock:
@@ -393,28 +491,51 @@ class Semaphore:
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take one unit; with ``block`` False or a ``timeout``, return False if
         none became available."""
+        took = [False]
+        try:
+            return self._acquire(block, timeout, took)
+        except BaseException:
+            # An interrupt after the unit was taken (at the unlock, say): acquire()
+            # did not return, so the unit goes back.
+            if took[0]:
+                self._mon.apply(self._give_back_unit)
+                self._mon.wake_all()
+            raise
+
+    def _give_back_unit(self) -> None:
+        """(Monitor mutex held.) Undo one unit taken by an acquire that raised."""
+        mon = self._mon
+        slot = mon.my_slot()
+        if slot.held > 0:
+            slot.held -= 1
+            mon.f.value += 1
+            mon.bump()
+
+    def _acquire(self, block: bool, timeout: float | None, took: list[bool]) -> bool:
         mon = self._mon
         f = mon.f
         wake = False
-        mon.lock()
-        try:
-            if f.value > 0:
-                mon.my_slot().held += 1
-                f.value -= 1
-                return True
-            deadline = _deadline(block, timeout)
+        deadline = _deadline(block, timeout)
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                return False  # a peer holds the state's mutex past our deadline
             while True:
+                if f.value > 0:
+                    # (No call between these three stores: nothing can interrupt them.)
+                    mon.my_slot().held += 1
+                    f.value -= 1
+                    took[0] = True
+                    return True
                 remaining = _remaining(deadline)
                 if remaining <= 0:
                     return False
-                woken, _ = mon.wait(remaining)
-                if not woken and mon.reap():
+                try:
+                    woken, _ = mon.wait(remaining)
+                except LockTimeout:
+                    return False
+                if not woken and mon.reap_due():
                     mon.bump()  # units came back: let the other waiters look too
                     wake = mon.has_waiters()
-                if f.value > 0:
-                    mon.my_slot().held += 1
-                    f.value -= 1
-                    return True
         finally:
             mon.unlock()
             if wake:
@@ -426,8 +547,8 @@ class Semaphore:
             raise ValueError("n must be one or more")
         mon = self._mon
         f = mon.f
-        mon.lock()
         try:
+            mon.lock()
             mine = mon.my_slot()
             for _ in range(n):
                 if f.bound and f.value >= f.bound:
@@ -450,12 +571,8 @@ class Semaphore:
             mon.wake(n)
 
     def get_value(self) -> int:
-        mon = self._mon
-        mon.lock()
-        try:
-            return int(mon.f.value)
-        finally:
-            mon.unlock()
+        # One aligned load, without the mutex: a paused peer holding it delays no one.
+        return int(self._mon.f.value)
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -520,45 +637,54 @@ class Event:
     def __init__(self, *, _shm: SharedMemory | None = None):
         self._mon = _EventMonitor(_shm)
 
+    # The flag is one aligned word, read and written without the monitor's mutex,
+    # so a peer paused while holding that mutex delays no set(), clear(),
+    # is_set() or wait(). A waiter reads the futex word *then* the flag; set()
+    # stores the flag *then* changes the futex word and wakes everyone: a waiter
+    # that saw the flag clear sleeps on a futex value that set() changes after, so
+    # it cannot sleep through the set (on x86-64 exactly; on aarch64, whose loads
+    # may pass each other, within a WAIT_SLICE at worst). The mutex only counts
+    # waiters, for statistics().
+
     def is_set(self) -> bool:
-        mon = self._mon
-        mon.lock()
-        flag = mon.f.flag
-        mon.unlock()
-        return bool(flag)
+        return bool(self._mon.f.flag)
 
     def set(self) -> None:
         mon = self._mon
-        mon.lock()
-        try:
-            mon.f.flag = 1
-            mon.bump()
-            wake = mon.has_waiters()
-        finally:
-            mon.unlock()
-        if wake:
-            mon.wake_all()
+        mon.f.flag = 1
+        h = mon.header
+        h.seq = (h.seq + 1) & 0xFFFFFFFF  # (racing set()s: any change wakes)
+        mon.wake_all()  # always: a waiter may be counting itself right now
 
     def clear(self) -> None:
-        mon = self._mon
-        mon.lock()
-        mon.f.flag = 0
-        mon.unlock()
+        self._mon.f.flag = 0
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set or ``timeout`` passes; return the flag."""
         mon = self._mon
-        deadline = _deadline(True, timeout)
-        mon.lock()
-        try:
-            while not mon.f.flag:
-                remaining = _remaining(deadline)
-                if remaining <= 0:
-                    return False
-                mon.wait(remaining)
+        f, h = mon.f, mon.header
+        if f.flag:
             return True
+        deadline = _deadline(True, timeout)
+        counted = False  # (statistics only: skipped if a paused peer holds the mutex)
+        try:
+            if mon.try_lock(_lock_wait(deadline)):
+                _count_waiter(mon, 1)()
+                counted = True
         finally:
             mon.unlock()
+        try:
+            while True:
+                seq = h.seq
+                if f.flag:
+                    return True
+                remaining = _remaining(deadline)
+                if remaining <= 0:
+                    return bool(f.flag)
+                futex_wait(mon.seq_address, seq, min(remaining, WAIT_SLICE))
+        finally:
+            if counted:
+                mon.apply(_count_waiter(mon, -1))
 
     def statistics(self) -> SyncStatistics:
         waiters, recoveries, _ = self._mon.statistics_fields()
@@ -657,38 +783,68 @@ class Condition:
         mon = self._mon
         f = mon.f
         deadline = _deadline(True, timeout)
-        mon.lock()
-        try:
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                return False  # a peer holds the bookkeeping past our deadline: timed out
             f.total += 1
             mon.my_slot().mark += 1
             registered_at = f.wakeup
         finally:
             mon.unlock()
         saved = lock._release_save()
-        notified = done = False
         try:
-            mon.lock()
-            try:
-                while True:
-                    if f.wakeup != registered_at and f.woken < f.wakeup:
-                        f.woken += 1
-                        notified = done = True
-                        break
-                    remaining = _remaining(deadline)
-                    if remaining <= 0:
-                        break
-                    woken, _ = mon.wait(remaining)
-                    if not woken:
-                        mon.reap()
-            finally:
-                if not done:
-                    mon.cancel_one()
-                slot = mon.my_slot()
-                slot.mark = max(0, slot.mark - 1)
-                mon.unlock()
+            return self._wait_registered(registered_at, deadline)
         finally:
             lock._acquire_restore(saved)
+
+    def _wait_registered(self, registered_at: int, deadline: float) -> bool:
+        """Wait for a notification meant for the wait registered at
+        ``registered_at``; then un-register it (in the background, ``_later``, if
+        a paused peer holds the mutex past ``deadline``)."""
+        mon = self._mon
+        f = mon.f
+        notified = relocked = False
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                mon.apply(self._unregister)
+                return False
+            while True:
+                if f.wakeup != registered_at and f.woken < f.wakeup:
+                    f.woken += 1
+                    notified = True
+                    break
+                remaining = _remaining(deadline)
+                if remaining <= 0:
+                    break
+                try:
+                    woken, _ = mon.wait(remaining)
+                except LockTimeout:
+                    mon.apply(self._unregister)
+                    return False
+                if not woken:
+                    mon.reap_due()
+            if notified:
+                mon.my_slot().mark = max(0, mon.my_slot().mark - 1)
+            else:
+                self._unregister()
+            relocked = True  # (un-registered: nothing left to do)
+        except BaseException:  # (Ctrl-C in the wait: the mutex may not be ours)
+            if not relocked:
+                if mon.held():
+                    self._unregister()
+                else:
+                    mon.apply(self._unregister)
+            raise
+        finally:
+            mon.unlock()
         return notified
+
+    def _unregister(self) -> None:
+        """(Monitor mutex held.) A registered wait ends without a notification."""
+        mon = self._mon
+        mon.cancel_one()
+        slot = mon.my_slot()
+        slot.mark = max(0, slot.mark - 1)
 
     def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         """Wait until ``predicate()`` is true, or ``timeout`` passes; return its last value."""
@@ -708,8 +864,8 @@ class Condition:
             raise RuntimeError("cannot notify on un-acquired lock")
         mon = self._mon
         f = mon.f
-        mon.lock()
         try:
+            mon.lock()
             k = min(n, f.total - f.wakeup)
             if k <= 0:
                 return
@@ -813,6 +969,13 @@ class _BarrierMonitor(Monitor):
             self.header.recoveries += 1
             self.bump()
 
+    def on_detach(self, slot: Slot) -> None:
+        # A party leaves for good (its run() raised, say, and it exits) while
+        # others wait: it will never arrive, so the barrier breaks, as for a death.
+        f = self.fields()
+        if f.count > 0 and not f.broken:
+            f.broken = 1
+
     def repair(self) -> None:
         # A party died in the middle of the barrier's bookkeeping or its action.
         f = self.fields()
@@ -857,8 +1020,13 @@ class Barrier:
         f = mon.fields()
         deadline = _deadline(True, timeout)
         wake = False
-        mon.lock()
-        try:
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+            if not mon.try_lock(_lock_wait(deadline)):
+                # A paused peer holds the barrier's state past our deadline: a timeout,
+                # which breaks the barrier (as the stdlib's does), once it can be had.
+                if mon.apply(self._break_locked):
+                    mon.wake_all()
+                raise BrokenBarrierError
             if f.broken:
                 raise BrokenBarrierError
             gen = int(f.generation)
@@ -893,11 +1061,15 @@ class Barrier:
                     self._break_locked()
                     wake = True
                     raise BrokenBarrierError
-                woken, _ = mon.wait(remaining)
-                if not woken and mon.reap():
+                try:
+                    woken, _ = mon.wait(remaining)
+                except LockTimeout:
+                    wake = mon.apply(self._break_locked)
+                    raise BrokenBarrierError from None
+                if not woken and mon.reap_due():
                     wake = True
         finally:
-            mon.unlock()
+            mon.unlock()  # (EPERM, if a LockTimeout left it not ours, is ignored)
             if wake:
                 mon.wake_all()
 
@@ -909,17 +1081,19 @@ class Barrier:
     def abort(self) -> None:
         """Break the barrier: current and future waiters get BrokenBarrierError."""
         mon = self._mon
-        mon.lock()
-        self._break_locked()
-        mon.unlock()
+        try:
+            mon.lock()
+            self._break_locked()
+        finally:
+            mon.unlock()
         mon.wake_all()
 
     def reset(self) -> None:
         """Back to the empty state; threads waiting now get BrokenBarrierError."""
         mon = self._mon
         f = mon.fields()
-        mon.lock()
         try:
+            mon.lock()
             if f.count > 0:
                 gen = f.generation
                 f.reset_bits |= 1 << (gen % 64)
@@ -932,12 +1106,8 @@ class Barrier:
         mon.wake_all()
 
     def _read(self, name: str) -> int:
-        mon = self._mon
-        mon.lock()
-        try:
-            return int(getattr(mon.fields(), name))
-        finally:
-            mon.unlock()
+        # One aligned load, without the mutex: a paused peer holding it delays no one.
+        return int(getattr(self._mon.fields(), name))
 
     @property
     def parties(self) -> int:

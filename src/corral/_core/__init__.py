@@ -19,6 +19,8 @@ Nothing here knows about Process, Queue, Lock or Pool, or imports anything from
 - ``_ringbase``, ``_ringsingle``, ``_ringbatch``, ``_ring``: the ring of byte
                    messages in shared memory: base and repair, single put/get,
                    batches, the whole (the queues build on it).
+- ``_later``:      bookkeeping owed to shared state whose mutex a caller could not get
+                   before its deadline (a paused peer held it), done in the background.
 - ``_tree``:       freezing and killing a whole process subtree, bottom to top.
 - ``_lifeline``:   the pipe whose end tells a child that the process that started it is gone.
 - ``_reaper``:     the thread that reaps corral's own children through pidfds, and only them.

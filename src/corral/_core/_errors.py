@@ -9,15 +9,24 @@ Two kinds:
   ``corral.SharingError``;
 - internal, which the layer above translates into its own (``corral._queue``):
   ``RingShutDown`` (-> ``corral.ShutDown``), ``TooLarge`` (->
-  ``corral.MessageTooLarge``) and ``NothingToAck`` (-> ``ValueError`` from
-  ``JoinableQueue.task_done``).
+  ``corral.MessageTooLarge``), ``NothingToAck`` (-> ``ValueError`` from
+  ``JoinableQueue.task_done``) and ``LockTimeout`` (-> the timeout answer of the
+  call: False, ``queue.Empty``, ``BrokenBarrierError``...).
 
 Nothing here imports anything: every spawned child loads this module.
 """
 
 from __future__ import annotations
 
-__all__ = ["CorralError", "NothingToAck", "RingShutDown", "SharingError", "TooLarge"]
+__all__ = [
+    "ChildDiedAtStart",
+    "CorralError",
+    "LockTimeout",
+    "NothingToAck",
+    "RingShutDown",
+    "SharingError",
+    "TooLarge",
+]
 
 
 class CorralError(Exception):
@@ -61,3 +70,31 @@ class TooLarge(ValueError):
 class NothingToAck(ValueError):
     """Internal: ``Ring.ack`` with no message got and not yet acknowledged (the
     queue layer raises the ValueError of ``task_done()`` called too often)."""
+
+
+class LockTimeout(Exception):
+    """Internal: a caller's deadline passed while a peer (paused, not dead) held a
+    shared object's internal mutex, which the caller therefore does *not* hold.
+    What it owed the shared state was handed to ``_later``. The layer above gives
+    the call's own timeout answer."""
+
+
+class ChildDiedAtStart(CorralError):
+    """A spawned child died while ``start()`` was still writing its start data (its
+    pickled process object and arguments) to it.
+
+    Raised by ``Process.start()`` under the spawn start method. The child has been
+    reaped; the Process was not started.
+    """
+
+    __module__ = "corral"
+
+    def __init__(self, pid: int, exitcode: int | None):
+        super().__init__(
+            f"child {pid} died (exit code {exitcode}) while its start data was written"
+        )
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid, self.exitcode))

@@ -19,18 +19,34 @@ mutex, with futex waiting and per-process accounting that survives SIGKILL.
   identifies the process without pid-reuse races (the start time comes from
   ``/proc/<pid>/stat``); ``held`` and ``mark`` are for the layer above
   (semaphore units held, barrier arrival); ``waiters`` counts its waiting threads.
-  Only the owning process writes its slot, except the reaper below.
+  Only the owning process writes its slot, except the reaper below. The page
+  holds 120; when all belong to live processes, the slots double, the new ones
+  in a *growth area* past the page in the same memfd (``nslots`` in the header
+  says how many; each process maps the area again, larger, when it next takes
+  the mutex). So only memory bounds how many processes use one object.
 
 Death: a process killed while holding the mutex is detected by glibc (the next
 ``lock`` returns EOWNERDEAD); ``lock()`` then reaps dead slots and calls
 ``repair()`` so the layer can rebuild derived fields. A process killed while
 *not* holding it (a semaphore holder sleeping, a barrier party waiting) is found
-by ``reap()``, which waiters call each time a wait slice ends without news:
+by ``reap()``, which waiters call when a wait slice ends without news (at most
+once per ``REAP_INTERVAL_NS`` among them all, ``reap_due()``):
 every slot whose process is gone is handed to ``on_dead_slot()`` and cleared.
 
 Each field update is one aligned store, and layers order their stores so that a
 death between two of them leaves state that ``repair()`` can rebuild from the
 slots (for example a semaphore's value is recomputed as total - sum(held)).
+
+Interrupts (KeyboardInterrupt, any exception a signal handler raises) may land
+wherever CPython checks for signals: after every call, at the start of every
+Python function. Every holding is therefore written ``try: <take the mutex>;
+... finally: mon.unlock()``: an interrupt after the mutex was taken is inside the
+``try``, and ``unlock`` is a C-level call that runs no Python frame first (it
+answers EPERM, harmlessly, when the mutex was not taken). One window stays on
+this pure-Python monitor: an interrupt in the instructions between a dead
+holder's EOWNERDEAD and the end of ``_recover()`` lets the mutex go with the
+derived fields not yet rebuilt (the next reap rebuilds slots; a semaphore's
+value is recomputed at the next death).
 
 A process that exits cleanly gives its slots back at exit (``detach()``, run by
 ``multiprocessing.util``'s exit hook in corral children and at interpreter exit
@@ -41,15 +57,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
+import math
+import mmap
 import os
+import threading
+import time
 import weakref
+from collections.abc import Callable
 from multiprocessing import util as _mp_util
 
+from ._errors import LockTimeout
 from ._futex import futex_wait, futex_wake
+from ._later import later
 from ._linux import is_alive, pid_of_tid, proc_start_time
 from ._linux import self_identity as _self_identity
-from ._robust import MUTEX_SIZE, WAIT_SLICE, MutexError, RobustMutex, init_mutex
+from ._robust import MUTEX_SIZE, NOWAIT_GRACE, WAIT_SLICE, RobustMutex, init_mutex
 from ._shm import SharedMemory
 
 __all__ = [
@@ -77,6 +99,8 @@ class _Header(ctypes.Structure):
         ("nwaiters", ctypes.c_uint32),
         ("recoveries", ctypes.c_uint32),
         ("nslots", ctypes.c_uint32),
+        ("last_reap", ctypes.c_uint64),  # CLOCK_MONOTONIC ns of the last reap_due()
+        ("growth_at", ctypes.c_uint64),  # file offset of the growth area
     )
 
 
@@ -90,7 +114,32 @@ class Slot(ctypes.Structure):
     )
 
 
-NSLOTS = (PAGE - SLOTS_OFFSET) // ctypes.sizeof(Slot)  # 120 processes per object
+NSLOTS = (PAGE - SLOTS_OFFSET) // ctypes.sizeof(Slot)  # slots in the page: 120
+
+# How often, at most, waiters look for vanished processes among the slots (reading
+# /proc for each): a dead holder's units come back, or a barrier breaks, within
+# about this long. Shorter: faster recovery; longer: less work for a big crowd of
+# waiters, which share it (one of them reaps per interval, not each per slice).
+REAP_INTERVAL_NS = 50_000_000
+
+# When every slot belongs to a live process, the slots are multiplied by this
+# (the new ones in a growth area of the same memfd, mapped by each process when
+# it next takes the mutex). Larger: fewer growths for a big crowd; smaller: less
+# memory for a crowd that stops just past a size. Only memory bounds the count.
+GROWTH_FACTOR = 2
+
+
+def _growth_bytes(total: int) -> int:
+    """Bytes of the growth area (whole pages) for ``total`` slots in all."""
+    return -(-(total - NSLOTS) * ctypes.sizeof(Slot) // PAGE) * PAGE
+
+
+def _close(shm: SharedMemory, growth: list[tuple[mmap.mmap, ctypes.c_char]]) -> None:
+    maps = [mm for mm, _ in growth]
+    growth.clear()  # (the anchors go first: they hold the mappings' buffers)
+    for mm in maps:
+        mm.close()
+    shm.close()
 
 
 # -- the monitor
@@ -104,28 +153,42 @@ class Monitor:
     """
 
     eager_attach = False  # take a slot as soon as a process holds the object
+    # Let the mutex go: a C-level callable (``RobustMutex.unlock_raw``), so that no
+    # Python frame, and so no signal handler's exception, runs before the unlock;
+    # it answers EPERM, harmlessly, when this thread does not hold the mutex.
+    unlock: Callable[[], int]
 
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: SharedMemory | None = None, *, data_bytes: int = 0):
+        """``data_bytes``: room for the layer's own data after the page, at
+        ``data_address`` (a Value's bytes beside its lock: one memfd, one fd)."""
         create = shm is None
         if shm is None:
-            shm = SharedMemory(PAGE, what=type(self).__name__)
+            data_bytes = -(-data_bytes // PAGE) * PAGE
+            shm = SharedMemory(PAGE + data_bytes, what=type(self).__name__, one_fd=True)
         self.shm = shm
         base = shm.address
         self.mutex = RobustMutex(base)
+        # unlock(): C-level, answers EPERM (harmless) when the mutex is not ours.
+        self.unlock = self.mutex.unlock_raw
         self.header = _Header.from_address(base + HEADER_OFFSET)
         self.seq_address = base + HEADER_OFFSET
         self.user_address = base + USER_OFFSET
-        self.slots = (Slot * NSLOTS).from_address(base + SLOTS_OFFSET)
+        # Every slot, the page's and those of the growth area (see _sync_slots).
+        self._page_slots = list((Slot * NSLOTS).from_address(base + SLOTS_OFFSET))
+        self.slots: list[Slot] = self._page_slots
+        self._growth: list[tuple[mmap.mmap, ctypes.c_char]] = []
         self._slot_pid = 0
         self._slot_index = -1
+        self.data_address = base + PAGE
         if create:
             init_mutex(base)
             self.header.nslots = NSLOTS
+            self.header.growth_at = PAGE + data_bytes
         # Close the memfd and unmap when this monitor is garbage; the ctypes views
         # above never outlive it (they are only reachable through it).
         # Not at interpreter exit, though: detach() still needs the page then, and
         # the kernel frees everything at exit anyway.
-        weakref.finalize(self, shm.close).atexit = False
+        weakref.finalize(self, _close, shm, self._growth).atexit = False
         if self.eager_attach:
             _eager.add(self)
             self.attach()
@@ -136,21 +199,59 @@ class Monitor:
         (the state has then been repaired already)."""
         m = self.mutex
         m.acquire()
+        self._sync_slots()
         if m.owner_died:
-            self.header.recoveries += 1
-            self.reap()
-            self.header.nwaiters = sum(s.waiters for s in self.slots if s.pid)
-            self.repair()
+            self._recover()
             return True
         return False
 
-    def unlock(self) -> None:
-        # EPERM (not held) is tolerated: a KeyboardInterrupt can land between a
-        # ``finally: unlock()`` and the ``lock()`` it pairs with, before the mutex
-        # was taken; reporting that would replace the interrupt with a MutexError.
-        rc = self.mutex.unlock_errno()
-        if rc != 0 and rc != errno.EPERM:
-            raise MutexError(rc, f"pthread_mutex_unlock: {errno.errorcode.get(rc, rc)}")
+    def _recover(self) -> None:
+        """With the mutex just taken from a dead holder: reap, recount, repair."""
+        self.header.recoveries += 1
+        self.reap()
+        self.header.nwaiters = sum(s.waiters for s in self.slots if s.pid)
+        self.repair()
+
+    def try_lock(self, timeout: float | None) -> bool:
+        """``lock()``, giving up after ``timeout`` seconds (None: never; 0: only if
+        free now) while a live peer holds the mutex. True if it is now held."""
+        m = self.mutex
+        if not m.acquire(timeout):
+            return False
+        self._sync_slots()
+        if m.owner_died:
+            self._recover()
+        return True
+
+    def apply(self, job: Callable[[], None], timeout: float | None = None) -> bool:
+        """Run ``job`` with the mutex held: now, if it can be had within ``timeout``
+        (at least NOWAIT_GRACE), else in the background as soon as it can
+        (``_later``), so that a paused peer never holds the caller. True if now."""
+        wait = NOWAIT_GRACE if timeout is None else max(timeout, NOWAIT_GRACE)
+        ran = False
+        try:  # (see "Interrupts" in the class docstring)
+            if self.try_lock(wait):
+                job()
+                ran = True
+        finally:
+            self.unlock()
+        if ran:
+            return True
+
+        def locked_job() -> None:
+            try:
+                self.lock()
+                job()
+            finally:
+                self.unlock()
+            self.wake_all()
+
+        later(self.shm, locked_job)
+        return False
+
+    def held(self) -> bool:
+        """Whether this thread holds the mutex (glibc keeps the owner's TID in it)."""
+        return self.mutex.owner_tid() == threading.get_native_id()
 
     # -- hooks for layers
     def repair(self) -> None:
@@ -180,10 +281,8 @@ class Monitor:
             self.reap()
             free = next((i for i, s in enumerate(self.slots) if s.pid == 0), -1)
             if free < 0:
-                raise RuntimeError(
-                    f"more than {NSLOTS} live processes use this corral "
-                    f"{type(self).__name__.lstrip('_')}"
-                )
+                free = len(self.slots)
+                self._grow()
         s = self.slots[free]
         s.held = 0
         s.waiters = 0
@@ -193,6 +292,37 @@ class Monitor:
         _register_exit_hook()
         _attached.add(self)
         return self._remember(pid, free)
+
+    def _grow(self) -> None:
+        """(Lock held.) Every slot is a live process's: double the slots. The new
+        ones live in the growth area, past the page, in the same memfd."""
+        total = len(self.slots) * GROWTH_FACTOR
+        os.ftruncate(self.shm.fd, self.header.growth_at + _growth_bytes(total))
+        self.header.nslots = total  # (after the file grew: others map what it says)
+        self._sync_slots()
+
+    def _sync_slots(self) -> None:
+        """(Lock held.) Map the slots another process added (``header.nslots``).
+
+        The growth area (from ``growth_at``, past the page and any data) is mapped
+        again, larger, each time it grew; earlier mappings stay until the monitor
+        goes, so a slot view taken before never dangles (every mapping shows the
+        same pages)."""
+        total = self.header.nslots
+        if total == len(self.slots) or total <= NSLOTS:
+            return
+        extra = total - NSLOTS
+        mm = mmap.mmap(
+            self.shm.fd,
+            _growth_bytes(total),
+            mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=self.header.growth_at,
+        )
+        anchor = ctypes.c_char.from_buffer(mm)
+        self._growth.append((mm, anchor))
+        grown = (Slot * extra).from_address(ctypes.addressof(anchor))
+        self.slots = [*self._page_slots, *grown]
 
     def _remember(self, pid: int, index: int) -> Slot:
         self._slot_pid = pid
@@ -216,13 +346,23 @@ class Monitor:
             s.pid = 0
         return found
 
+    def reap_due(self) -> int:
+        """``reap()`` for waiters whose slice ended without news: at most once per
+        ``REAP_INTERVAL`` among all of them (lock held), so that a crowd of waiters
+        does not read /proc for every slot every slice. Returns how many were found."""
+        now = time.monotonic_ns()  # (CLOCK_MONOTONIC: one clock for every process)
+        if now - self.header.last_reap < REAP_INTERVAL_NS:
+            return 0
+        self.header.last_reap = now
+        return self.reap()
+
     def live_slots(self) -> list[Slot]:
         """Slots of processes still running (lock held; reads /proc)."""
         return [s for s in self.slots if s.pid and is_alive(s.pid, s.start)]
 
     def attach(self) -> None:
-        self.lock()
         try:
+            self.lock()
             self.my_slot()
         finally:
             self.unlock()
@@ -232,9 +372,9 @@ class Monitor:
         pid, start = _self_identity()
         if self._slot_pid != pid:
             return
-        if not self.mutex.acquire(timeout=1.0):
-            return
         try:
+            if not self.try_lock(1.0):
+                return
             s = self.slots[self._slot_index]
             if s.pid == pid and s.start == start:
                 self.on_detach(s)
@@ -266,31 +406,50 @@ class Monitor:
     def wait(self, timeout: float) -> tuple[bool, bool]:
         """Sleep for a change (lock held on entry and on return).
 
-        Sleeps at most ``min(timeout, WAIT_SLICE)``. Returns ``(woken, died)``:
-        ``woken`` is False when the slice ended without news (callers then
-        ``reap()`` to look for dead peers); ``died`` is True when relocking found
-        a dead holder (state repaired).
+        Sleeps at most ``min(timeout, WAIT_SLICE)``, then takes the mutex again
+        within what is left of ``timeout`` (``math.inf``: however long it takes).
+        Returns ``(woken, died)``: ``woken`` is False when the slice ended without
+        news (callers then ``reap()`` to look for dead peers); ``died`` is True
+        when relocking found a dead holder (state repaired). Raises
+        ``LockTimeout``, with the mutex *not* held, when a peer held it past the
+        deadline (un-registering is then left to ``_later``).
         """
+        deadline = time.monotonic() + timeout
         s = self.my_slot()
         h = self.header
         s.waiters += 1
         h.nwaiters += 1
         seq = h.seq
         self.unlock()
-        died = False
-        try:
-            woken = futex_wait(self.seq_address, seq, min(timeout, WAIT_SLICE))
-        finally:
-            died = self.lock()
+
+        def unregister() -> None:
             s = self.my_slot()
             s.waiters = max(0, s.waiters - 1)
             h.nwaiters = max(0, h.nwaiters - 1)
+
+        died = relocked = False
+        try:
+            woken = futex_wait(self.seq_address, seq, min(timeout, WAIT_SLICE))
+        finally:
+            left = None if timeout == math.inf else max(0.0, deadline - time.monotonic())
+            if self.mutex.acquire(left):
+                relocked = True
+                self._sync_slots()
+                died = self.mutex.owner_died
+                if died:
+                    self._recover()
+                unregister()
+            else:
+                self.apply(unregister)
+        if not relocked:
+            raise LockTimeout
         return woken, died
 
     def statistics_fields(self) -> tuple[int, int, list[Slot]]:
-        """(waiters, recoveries, live slots), read under the lock."""
-        self.lock()
+        """(waiters, recoveries, live slots): under the lock if it is free, else
+        read without it (racy, never torn), so a paused holder delays no one."""
         try:
+            self.try_lock(0)  # (not held: read without it; unlock then answers EPERM)
             live = self.live_slots()
             waiters = sum(s.waiters for s in live)
             # Copies: the caller reads them after the lock is gone.
@@ -351,13 +510,12 @@ _mp_util.register_after_fork(_ANCHOR, _on_child_bootstrap)
 def _after_fork_in_child() -> None:
     for mon in list(_eager):
         try:
-            if mon.mutex.acquire(timeout=1.0):
-                try:
-                    mon.my_slot()
-                finally:
-                    mon.unlock()
+            if mon.try_lock(1.0):
+                mon.my_slot()
         except Exception:  # pragma: no cover - best effort
             pass
+        finally:
+            mon.unlock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import signal
 import threading
@@ -30,6 +31,7 @@ from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, uti
 from multiprocessing.connection import wait as _mp_wait
 
 from . import _linux, _reaper, _tree
+from ._errors import ChildDiedAtStart
 
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
@@ -228,6 +230,58 @@ class SpawnPopen(CorralPopen, popen_spawn_posix.Popen):
     def __init__(self, process_obj: Any):
         popen_spawn_posix.Popen.__init__(self, process_obj)
         self._corral_after_launch()
+
+    def _launch(self, process_obj: Any) -> None:
+        """The stdlib's spawn launch, with one change: the child's ends of the two
+        pipes are closed as soon as the child exists, *before* its start data is
+        written. The stdlib closes them after, so a child that died while the data
+        (a large argument, say) was written left the write blocked for good on a
+        pipe this process still had a reader for, and the child a zombie. Here the
+        write fails with EPIPE instead: the child is killed if need be, reaped, and
+        ``start()`` raises ``ChildDiedAtStart``."""
+        from multiprocessing import context, reduction, resource_tracker, spawn
+
+        mp_util: Any = util  # (the stubs lack some of what it has)
+        fds: list[int] = self._fds  # type: ignore[attr-defined]
+        tracker_fd: int = resource_tracker.getfd()  # type: ignore[assignment]
+        fds.append(tracker_fd)
+        data = io.BytesIO()
+        context.set_spawning_popen(self)
+        try:
+            reduction.dump(spawn.get_preparation_data(process_obj._name), data)
+            reduction.dump(process_obj, data)
+        finally:
+            context.set_spawning_popen(None)
+        parent_r, child_w = os.pipe()
+        try:
+            child_r, parent_w = os.pipe()
+        except BaseException:
+            os.close(parent_r)
+            os.close(child_w)
+            raise
+        try:
+            cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
+            fds.extend([child_r, child_w])
+            self.pid = mp_util.spawnv_passfds(spawn.get_executable(), cmd, fds)
+        except BaseException:
+            mp_util.close_fds(parent_r, parent_w)
+            raise
+        finally:
+            os.close(child_r)
+            os.close(child_w)
+        self.sentinel = parent_r
+        self.finalizer = util.Finalize(self, mp_util.close_fds, (parent_r, parent_w))
+        try:
+            view = data.getbuffer()
+            while view:
+                view = view[os.write(parent_w, view) :]
+        except BrokenPipeError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)  # (it closed the pipe without dying)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.finalizer()
+            raise ChildDiedAtStart(self.pid, self.returncode) from None
 
 
 class ForkServerPopen(CorralPopen, popen_forkserver.Popen):

@@ -87,8 +87,10 @@ from ._ringlayout import (
     I_CLAIM,
     I_DONE_SEQ,
     I_GET_SEQ,
+    I_GETTERS,
     I_JOINERS,
     I_PUT_SEQ,
+    I_PUTTERS,
     I_RESERVE,
     I_SHUT,
     JOINER,
@@ -113,6 +115,7 @@ from ._ringlayout import (
     parse_blob,
     place,
 )
+from ._robust import INCONSISTENT
 from ._shm import SharedMemory
 
 __all__ = [
@@ -189,11 +192,30 @@ class Ring(BatchOps):
     # -- state -----------------------------------------------------------------------
 
     def _read_state(self) -> tuple[int, ...]:
-        self._lock()
+        """The header's state. Under the mutex if it is free (a dead holder's
+        mutex is free, and repaired first), so the answer is exact; if a live peer
+        holds it, read *without* it rather than wait, so that a peer paused with
+        the mutex held delays nobody's ``qsize()`` or ``statistics()``. Each field
+        is then one aligned load (a memoryview item), never torn, though the
+        fields are not one snapshot."""
         try:
-            return STATE.unpack_from(self._mm, OFF_HEAD)
+            if self._lock(0):
+                return STATE.unpack_from(self._mm, OFF_HEAD)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
+        q, i = self._q, self._i
+        return (
+            q[Q_HEAD],
+            q[Q_TAIL],
+            q[Q_COUNT],
+            q[Q_TAKEN],
+            i[I_GETTERS],
+            i[I_PUTTERS],
+            i[I_JOINERS],
+            i[I_SHUT],
+        )
 
     def qsize(self) -> int:
         return int(self._read_state()[2])
@@ -221,8 +243,8 @@ class Ring(BatchOps):
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse new puts; with ``immediate``, drop every queued message too."""
         q, i = self._q, self._i
-        self._lock()
         try:
+            self._lock()
             if immediate and q[Q_COUNT]:
                 tail = q[Q_TAIL]
                 self._jump(tail if tail % self.capacity else tail - 1)
@@ -234,16 +256,20 @@ class Ring(BatchOps):
             i[I_SHUT] = max(i[I_SHUT], 2 if immediate else 1)
             self._wake_everyone()
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
     def wait(self, size: int, timeout: float) -> None:
         """Sleep up to ``timeout`` until a get (``size`` 0) or a put of a frame of
         ``size`` bytes might succeed, or the ring is shut down. Takes nothing: for
-        callers (asyncio) that must never consume from a thread they may abandon."""
+        callers (asyncio) that must never consume from a thread they may abandon.
+        Returns within ``timeout`` even while a paused peer holds the mutex."""
         deadline = time.monotonic() + timeout
         cap = self.capacity
-        self._lock()
         try:
+            if not self._lock(timeout):
+                return
             head, tail, count, _, _, _, _, shut = STATE.unpack_from(self._mm, OFF_HEAD)
             if shut:
                 return
@@ -257,7 +283,9 @@ class Ring(BatchOps):
             if end - head > cap or (self.maxsize and count >= self.maxsize):
                 self._sleep(PUTTER, I_GET_SEQ, deadline)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
     # -- acknowledgements (a ring made with acks=True) --------------------------------
     #
@@ -268,8 +296,8 @@ class Ring(BatchOps):
     def ack(self) -> None:
         """Acknowledge one message got earlier. NothingToAck if none is pending."""
         q, i = self._q, self._i
-        self._lock()
         try:
+            self._lock()
             taken = q[Q_TAKEN]
             if taken <= 0:
                 raise NothingToAck
@@ -278,7 +306,9 @@ class Ring(BatchOps):
             if wake:
                 self._bump(I_DONE_SEQ)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         if wake:
             futex_wake(self._done_seq, WAKE_ALL)
 
@@ -286,15 +316,21 @@ class Ring(BatchOps):
         """Wait until every message put has been got and acknowledged. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         q = self._q
-        self._lock()
+        if not q[Q_COUNT] + q[Q_TAKEN]:
+            return True  # (two aligned loads: nothing in flight, without the mutex)
         try:
+            if not self._lock(timeout):
+                return False
             while q[Q_COUNT] + q[Q_TAKEN]:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                self._sleep(JOINER, I_DONE_SEQ, deadline)
+                if not self._sleep(JOINER, I_DONE_SEQ, deadline):
+                    return False  # a peer held the mutex past the deadline
             return True
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
 
 def _attach(shm: SharedMemory, capacity: int, maxsize: int, acks: bool) -> Ring:

@@ -14,10 +14,12 @@ import errno
 import mmap
 import os
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from . import _linux
 from ._futex import futex_wait, futex_wake
+from ._later import later, pending
 from ._ringlayout import (
     ALIGN,
     CONST,
@@ -56,10 +58,10 @@ from ._ringlayout import (
     ZERO_WAKES_MAX,
     speedups,
 )
-from ._robust import RobustMutex, init_mutex
+from ._robust import INCONSISTENT, NOWAIT_GRACE, RobustMutex, init_mutex, timeout_until
 from ._shm import SharedMemory
 
-__all__ = ["RingBase", "deadline_of"]
+__all__ = ["RingBase", "deadline_of", "lock_timeout"]
 
 _sched_yield = os.sched_yield
 _is_alive = _linux.is_alive
@@ -68,6 +70,13 @@ _self_identity = _linux.self_identity
 
 def deadline_of(block: bool, timeout: float | None) -> float | None:
     return None if not block or timeout is None else time.monotonic() + timeout
+
+
+def lock_timeout(block: bool, deadline: float | None) -> float | None:
+    """How long an operation may wait for the busy mutex: until its ``deadline``
+    (None: for good) when it blocks, ``NOWAIT_GRACE`` when it does not. A paused
+    peer holding the mutex thus never holds a caller past its deadline."""
+    return timeout_until(deadline) if block else NOWAIT_GRACE
 
 
 class RingBase:
@@ -98,6 +107,8 @@ class RingBase:
         self._i = self._header.cast("I")
         addr = _shm.address
         self._mutex = RobustMutex(addr + OFF_MUTEX)
+        self._owner = self._mutex.owner  # (see "Interrupts" below)
+        self._unlock_raw = self._mutex.unlock_raw
         self._put_seq = addr + OFF_PUT_SEQ
         self._get_seq = addr + OFF_GET_SEQ
         self._done_seq = addr + OFF_DONE_SEQ
@@ -126,7 +137,18 @@ class RingBase:
         self._hot = (capacity, self.retain, maxsize, self._mm, self._q, self._mutex)
 
     def close(self) -> None:
-        """Unmap and close this process's view. Nobody in this process may use it after."""
+        """Unmap and close this process's view. Nobody in this process may use it after.
+
+        If bookkeeping is still owed to the ring (``_later``: a peer paused with the
+        mutex held past a caller's deadline), the unmapping waits for it."""
+        if self._shm.fd < 0:
+            return
+        if pending(self._shm):
+            later(self._shm, self._unmap)  # (after the jobs queued before it)
+            return
+        self._unmap()
+
+    def _unmap(self) -> None:
         if self._shm.fd < 0:
             return
         self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
@@ -141,10 +163,29 @@ class RingBase:
 
     # -- the mutex -------------------------------------------------------------------
 
+    # Interrupts (KeyboardInterrupt, or any exception a signal handler raises) may
+    # land at any point where CPython checks for signals: after every call, at the
+    # start of every Python function. So every holding of the mutex is written
+    #
+    #     try:
+    #         take it (_lock, or try_acquire/_lock_slow + repair)
+    #         ...
+    #     finally:
+    #         if self._owner.value == INCONSISTENT: self._settle()
+    #         self._unlock_raw()
+    #
+    # An interrupt after the mutex was taken is inside the ``try``; the unlock is a
+    # C-level call that runs no Python frame first (``RobustMutex.unlock_raw``), and
+    # answers EPERM, harmlessly, when the mutex was not taken. A dead holder's mutex
+    # stays inconsistent until the repair is done (``consistent=False``), so an
+    # interrupt between EOWNERDEAD and the end of the repair is seen in the
+    # ``finally``, which repairs before unlocking (``_settle``).
+
     def _lock(self, timeout: float | None = None) -> bool:
-        """Take the mutex, repairing after a dead holder. False if ``timeout`` passed."""
+        """Take the mutex, repairing after a dead holder. False if ``timeout`` passed.
+        Call it inside the ``try`` whose ``finally`` unlocks (see above)."""
         m = self._mutex
-        if not m.try_acquire() and not self._lock_slow(timeout):
+        if not m.try_acquire(False) and not self._lock_slow(timeout):
             return False
         if m.owner_died:
             self._repair()
@@ -152,10 +193,50 @@ class RingBase:
 
     def _lock_slow(self, timeout: float | None) -> bool:
         """Take the busy mutex: spin (_robust.SPIN), then sleep. The caller checks
-        ``owner_died``."""
-        return self._mutex.spin_acquire(timeout)
+        ``owner_died`` (and repairs: the mutex is left inconsistent until then)."""
+        return self._mutex.spin_acquire(timeout, False)
+
+    def _settle(self) -> None:
+        """In a ``finally``: the mutex is still inconsistent, so an interrupt landed
+        between a dead holder's EOWNERDEAD and the end of the repair. If this thread
+        holds it, repair now, before the unlock (which would otherwise make it
+        unrecoverable)."""
+        if self._mutex.held():
+            self._repair()
+
+    def _lock_or_later(self, job: Callable[[], None], deadline: float | None = None) -> bool:
+        """Run ``job`` with the mutex held: now if the mutex can be had by
+        ``deadline`` (or within NOWAIT_GRACE, whichever is later), else in the
+        background as soon as it can (``_later``). True if it ran now."""
+        grace = NOWAIT_GRACE
+        if deadline is not None:
+            grace = max(grace, deadline - time.monotonic())
+        ran = False
+        try:
+            if self._lock(grace):
+                job()
+                ran = True
+        finally:
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
+        if ran:
+            return True
+
+        def locked_job() -> None:
+            try:
+                self._lock()
+                job()
+            finally:
+                if self._owner.value == INCONSISTENT:
+                    self._settle()
+                self._unlock_raw()
+
+        later(self._shm, locked_job)
+        return False
 
     def _unlock(self) -> None:
+        """(Only where no interrupt can matter: a Python frame runs before the unlock.)"""
         rc = self._mutex.unlock_errno()
         if rc:
             self._unlock_failed(rc)
@@ -202,6 +283,7 @@ class RingBase:
         self._sweep_waiters()
         # A wake-up meant for (or owed by) the dead holder may be lost: wake everyone.
         self._wake_everyone()
+        self._mutex.make_consistent()  # last: until here, an interrupt repairs again
 
     def _claim_alive(self) -> bool:
         """With the mutex held: whether a live process holds the claim (a dead one's
@@ -241,11 +323,14 @@ class RingBase:
                 i[I_SLOT_PID + n] = 0
 
     def _sweep(self) -> None:
-        self._lock()
+        # Housekeeping: skipped (and done by a later sweep) if the mutex is busy.
         try:
-            self._sweep_waiters()
+            if self._lock(NOWAIT_GRACE):
+                self._sweep_waiters()
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
 
     def _bump(self, index: int) -> None:
         i = self._i
@@ -267,10 +352,12 @@ class RingBase:
         for address in (self._put_seq, self._get_seq, self._done_seq):
             futex_wake(address, WAKE_ALL)
 
-    def _sleep(self, kind: int, seq_index: int, deadline: float | None) -> None:
+    def _sleep(self, kind: int, seq_index: int, deadline: float | None) -> bool:
         """With the mutex held: register as a waiter, sleep until the futex word
-        changes (or a slice or the deadline passes), re-lock. Returns with the mutex
-        held, whatever happens; exceptions pass through after the re-lock."""
+        changes (or a slice or the deadline passes), re-lock. True with the mutex
+        held again; False if ``deadline`` passed while a peer held the mutex (then
+        it is *not* held, and un-registering is left to ``_later``). Exceptions pass
+        through after the re-lock."""
         i = self._i
         counter = COUNTER[kind]
         i[counter] += 1
@@ -285,7 +372,14 @@ class RingBase:
             i[I_SLOT_START + slot] = start & 0xFFFFFFFF
             i[I_SLOT_PID + slot] = pid  # last: the slot is taken once its pid is set
         seq = i[seq_index]
-        self._unlock()
+        self._unlock_raw()  # (C-level: no interrupt before it)
+
+        def unregister() -> None:
+            i[counter] = max(0, i[counter] - 1)
+            if slot >= 0 and i[I_SLOT_PID + slot] == pid:
+                i[I_SLOT_PID + slot] = 0
+
+        relocked = False
         try:
             timeout = WAIT_SLICE
             if deadline is not None:
@@ -293,26 +387,28 @@ class RingBase:
             if timeout > 0:
                 futex_wait(self._shm.address + 4 * seq_index, seq, timeout)
         finally:
-            self._lock()
-            i[counter] = max(0, i[counter] - 1)
-            if slot >= 0 and i[I_SLOT_PID + slot] == pid:
-                i[I_SLOT_PID + slot] = 0
+            if self._lock(timeout_until(deadline)):
+                relocked = True
+                unregister()
+            else:
+                self._lock_or_later(unregister)
+        return relocked
 
-    def _poll(self) -> bool:
+    def _poll(self, deadline: float | None) -> bool:
         """With the mutex held: let it go and watch ``count`` for a short while (no
-        lock: a racy read, only a hint), yielding the CPU between looks. Returns
-        with the mutex held (the caller must read the state again); True if
-        something seemed to arrive."""
+        lock: a racy read, only a hint), yielding the CPU between looks, then take
+        the mutex again by ``deadline``. True with the mutex held again (the caller
+        must read the state again); False if it could not be had in time."""
         q = self._q
-        self._unlock()
+        self._unlock_raw()
         try:
             for _ in range(POLL_ROUNDS):
                 if q[Q_COUNT]:
-                    return True
+                    break
                 _sched_yield()
-            return False
         finally:
-            self._lock()
+            relocked = self._lock(timeout_until(deadline))
+        return relocked
 
     # -- laps ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ._errors import RingShutDown, TooLarge
-from ._ringbase import deadline_of
+from ._ringbase import deadline_of, lock_timeout
 from ._ringlayout import (
     ALIGN,
     BLOB_MAX,
@@ -46,6 +46,7 @@ from ._ringlayout import (
     place,
 )
 from ._ringsingle import SingleOps
+from ._robust import INCONSISTENT
 
 __all__ = ["BatchOps", "full_after"]
 
@@ -82,14 +83,16 @@ class BatchOps(SingleOps):
         deadline = deadline_of(block, timeout)
         done = 0
         while done < len(messages):
-            if not self._lock(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            if not self._lock(lock_timeout(block, deadline)):
                 raise full_after(done)
             start = done
             getters = 0
             try:
                 done, getters = self._put_run(messages, sizes, done, block, deadline)
             finally:
-                self._unlock()
+                if self._owner.value == INCONSISTENT:
+                    self._settle()
+                self._unlock_raw()
             if getters:
                 self._wake(self._put_seq, done - start, getters)
         return done
@@ -135,7 +138,8 @@ class BatchOps(SingleOps):
                     return done, getters
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise full_after(done)
-            self._sleep(PUTTER, I_GET_SEQ, deadline)
+            if not self._sleep(PUTTER, I_GET_SEQ, deadline):
+                raise full_after(done)
 
     def put_many_flat(
         self,
@@ -149,15 +153,18 @@ class BatchOps(SingleOps):
         if after == FAST_SWEEP:  # all in; waiters keep being absent
             self._sweep()
             return len(messages)
-        if self._put_blob(messages, block, timeout):
+        deadline = deadline_of(block, timeout)
+        if self._put_blob(messages, block, deadline):
             return len(messages)
-        return self.put_many([(m, None) for m in messages], block, timeout)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.put_many([(m, None) for m in messages], block, left)
 
-    def _put_blob(self, messages: list[bytes], block: bool, timeout: float | None) -> bool:
+    def _put_blob(self, messages: list[bytes], block: bool, deadline: float | None) -> bool:
         """The common case of ``put_many``: small messages without buffers. Frames
         them into one blob *outside* the mutex, then, if it fits where the ring is
         now (``fits_plain``), publishes it with one copy and one ``tail`` store.
-        False: nothing was put, use the general path."""
+        False: nothing was put, use the general path. Raises queue.Full (nothing
+        put) if the mutex could not be had by ``deadline``."""
         parts: list[bytes] = []
         extend = parts.extend
         framing: dict[int, tuple[bytes, bytes, int]] = {}  # by length: header, pad, size
@@ -178,10 +185,10 @@ class BatchOps(SingleOps):
         cap = self.capacity
         k = len(messages)
         m = self._mutex
-        if not m.try_acquire() and not self._lock_slow(timeout if block else None):
-            return False
         getters = 0
-        try:
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False) and not self._lock_slow(lock_timeout(block, deadline)):
+                raise full_after(0)
             if m.owner_died:
                 self._repair()
             mm = self._mm
@@ -203,9 +210,9 @@ class BatchOps(SingleOps):
             if getters:
                 self._bump(I_PUT_SEQ)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if getters:
             self._wake(self._put_seq, k, getters)
         return True
@@ -231,16 +238,19 @@ class BatchOps(SingleOps):
         if after == FAST_EMPTY and not block:
             raise queue.Empty  # seen under the mutex: exact
         m = self._mutex
-        if not m.try_acquire() and not self._lock_slow(timeout if block else None):
-            raise queue.Empty
-        try:
+        deadline = deadline_of(block, timeout)
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False) and not self._lock_slow(lock_timeout(block, deadline)):
+                raise queue.Empty
             if m.owner_died:
                 self._repair()
             head, tail, count, taken, _, putters, _, _, claim = GET_STATE.unpack_from(
                 self._mm, OFF_HEAD
             )
             if not count or claim:
-                head, tail, count, taken, putters = self._items(block, timeout, after != FAST_EMPTY)
+                head, tail, count, taken, putters = self._items(
+                    block, deadline, after != FAST_EMPTY
+                )
             n = min(count, max_items)
             got, end, give_back = self._copy_out(head, tail, count, n)
             if _hook is not None:
@@ -255,9 +265,9 @@ class BatchOps(SingleOps):
             if give_back:
                 self._give_back(head, end, tail)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if putters:
             self._wake(self._get_seq, WAKE_ALL, putters)
         return got

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from . import _linux
 from ._errors import RingShutDown, TooLarge
 from ._futex import futex_wake
-from ._ringbase import RingBase, deadline_of
+from ._ringbase import RingBase, deadline_of, lock_timeout
 from ._ringlayout import (
     CLAIM_BYTES,
     COPY_CHUNK,
@@ -59,6 +59,7 @@ from ._ringlayout import (
     place,
     read_frame_bufs,
 )
+from ._robust import INCONSISTENT, NOWAIT_GRACE, timeout_until
 
 __all__ = ["SingleOps"]
 
@@ -70,6 +71,15 @@ _get_state_from = GET_STATE.unpack_from
 _frame_from = FRAME.unpack_from
 _frame_into = FRAME.pack_into
 _self_identity = _linux.self_identity
+
+
+def _finish_timeout(block: bool, deadline: float | None) -> float | None:
+    """How long a large put or get may wait to re-take the mutex after its copy:
+    until its deadline, but at least NOWAIT_GRACE (the copy took its time)."""
+    if not block:
+        return NOWAIT_GRACE
+    left = timeout_until(deadline)
+    return None if left is None else max(left, NOWAIT_GRACE)
 
 
 class SingleOps(RingBase):
@@ -99,9 +109,12 @@ class SingleOps(RingBase):
         if bufs and size >= CLAIM_BYTES:
             self._put_reserved(head, bufs, size, block, timeout)
             return
-        if not m.try_acquire() and not self._lock_slow(timeout if block else None):
-            raise queue.Full
-        try:
+        deadline: float | None = -1.0  # (computed off the fast path only: one clock read less)
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False):
+                deadline = deadline_of(block, timeout)
+                if not self._lock_slow(lock_timeout(block, deadline)):
+                    raise queue.Full
             if m.owner_died:
                 self._repair()
             head_pos, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
@@ -110,7 +123,9 @@ class SingleOps(RingBase):
                 or self._i[I_RESERVE]
                 or not fits_plain(head_pos, tail, count, size, 1, cap, retain, maxsize)
             ):
-                tail, off, count, getters = self._room(size, block, timeout)
+                if deadline == -1.0:
+                    deadline = deadline_of(block, timeout)
+                tail, off, count, getters = self._room(size, block, deadline)
             else:
                 off = tail % cap
             self._write_frame(DATA + off, size, head, bufs)
@@ -121,9 +136,9 @@ class SingleOps(RingBase):
             if getters:
                 self._bump(I_PUT_SEQ)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if getters:
             self._wake(self._put_seq, 1, getters)
 
@@ -140,11 +155,12 @@ class SingleOps(RingBase):
         publish under the mutex. Other puts wait for the reservation; one whose
         putter died is dropped, and nothing of it was ever visible."""
         pid, start = _self_identity()
-        if not self._lock(timeout if block else None):
-            raise queue.Full
+        deadline = deadline_of(block, timeout)
         try:
+            if not self._lock(lock_timeout(block, deadline)):
+                raise queue.Full
             old_tail = self._q[Q_TAIL]
-            tail, off, _count, _getters = self._room(size, block, timeout)
+            tail, off, _count, _getters = self._room(size, block, deadline)
             if tail != old_tail:
                 self._q[Q_TAIL] = tail  # a pad frame, on its own: nothing to get
             base = DATA + off
@@ -152,13 +168,18 @@ class SingleOps(RingBase):
             self._q[Q_RESERVE_START] = start
             self._i[I_RESERVE] = pid  # (tail stays put until it is let go)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         try:
             self._write_bufs(base, head, bufs)
         except BaseException:
             self._let_go(I_RESERVE, pid, I_GET_SEQ, self._get_seq)
             raise
-        self._lock()
+        if not self._lock(_finish_timeout(block, deadline)):
+            # A peer holds the mutex past our deadline: the message is not put.
+            self._let_go(I_RESERVE, pid, I_GET_SEQ, self._get_seq)
+            raise queue.Full
         try:
             q, i = self._q, self._i
             if i[I_RESERVE] != pid or q[Q_TAIL] != tail:
@@ -174,7 +195,9 @@ class SingleOps(RingBase):
             if putters:
                 self._bump(I_GET_SEQ)
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         if getters:
             self._wake(self._put_seq, 1, getters)
         if putters:
@@ -182,24 +205,25 @@ class SingleOps(RingBase):
 
     def _let_go(self, index: int, pid: int, seq_index: int, seq_address: int) -> None:
         """Drop this process's claim or reservation (the word at ``index``) after
-        its copy failed, and wake whoever waits for it."""
-        self._lock()
-        try:
+        its copy failed (or its deadline passed), and wake whoever waits for it.
+        With the mutex busy past NOWAIT_GRACE, in the background (``_later``)."""
+
+        def drop() -> None:
             if self._i[index] == pid:
                 self._i[index] = 0
                 self._bump(seq_index)
-        finally:
-            self._unlock()
-        futex_wake(seq_address, WAKE_ALL)
 
-    def _room(self, size: int, block: bool, timeout: float | None) -> tuple[int, int, int, int]:
-        """With the mutex held: wait until a frame of ``size`` bytes fits (and one
-        more message is allowed), write a pad frame if it must start a new lap, and
-        return (tail, offset to write at, count, getters waiting)."""
+        if self._lock_or_later(drop):
+            futex_wake(seq_address, WAKE_ALL)
+
+    def _room(self, size: int, block: bool, deadline: float | None) -> tuple[int, int, int, int]:
+        """With the mutex held: wait (until ``deadline``) until a frame of ``size``
+        bytes fits (and one more message is allowed), write a pad frame if it must
+        start a new lap, and return (tail, offset to write at, count, getters
+        waiting). Raises queue.Full (the mutex may then be let go: see _sleep)."""
         mm = self._mm
         cap = self.capacity
         maxsize = self.maxsize
-        deadline = deadline_of(block, timeout)
         while True:
             head, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
             if shut:
@@ -219,7 +243,8 @@ class SingleOps(RingBase):
                     return tail, off, count, getters
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise queue.Full
-            self._sleep(PUTTER, I_GET_SEQ, deadline)
+            if not self._sleep(PUTTER, I_GET_SEQ, deadline):
+                raise queue.Full
 
     def _write_frame(
         self, base: int, size: int, head: bytes, bufs: Sequence[memoryview] | None
@@ -268,16 +293,23 @@ class SingleOps(RingBase):
         if after == FAST_EMPTY and not block:
             raise queue.Empty  # seen under the mutex: exact
         cap, retain, _maxsize, mm, q, m = self._hot
-        if not m.try_acquire() and not self._lock_slow(timeout if block else None):
-            raise queue.Empty
+        deadline: float | None = -1.0  # (computed off the fast path only: one clock read less)
         claimed = False
-        try:
+        try:  # (taking the mutex inside: see RingBase, "Interrupts")
+            if not m.try_acquire(False):
+                deadline = deadline_of(block, timeout)
+                if not self._lock_slow(lock_timeout(block, deadline)):
+                    raise queue.Empty
             if m.owner_died:
                 self._repair()
             head, tail, count, taken, _, putters, _, _, claim = _get_state_from(mm, OFF_HEAD)
             if not count or claim:
                 # (FAST_EMPTY: the C call has polled already; sleep without polling.)
-                head, tail, count, taken, putters = self._items(block, timeout, after != FAST_EMPTY)
+                if deadline == -1.0:
+                    deadline = deadline_of(block, timeout)
+                head, tail, count, taken, putters = self._items(
+                    block, deadline, after != FAST_EMPTY
+                )
             start = head
             off = head % cap
             flen, plen, nbufs = _frame_from(mm, DATA + off)
@@ -309,11 +341,13 @@ class SingleOps(RingBase):
                 if off + flen > retain:
                     self._give_back(start, end, tail)
         finally:
-            rc = m.unlock_errno()
-            if rc:
-                self._unlock_failed(rc)
+            if m.owner.value == INCONSISTENT:
+                self._settle()
+            m.unlock_raw()
         if claimed:
-            return self._get_claimed(start, head + flen, base, plen, nbufs)
+            if deadline == -1.0:
+                deadline = deadline_of(block, timeout)
+            return self._get_claimed(start, head + flen, base, plen, nbufs, block, deadline)
         if putters:
             self._wake(self._get_seq, WAKE_ALL, putters)
         return out
@@ -332,8 +366,19 @@ class SingleOps(RingBase):
         if (end - 1) % self.capacity >= self.retain:
             self._give_back(start, end, tail)
 
-    def _get_claimed(self, start: int, end: int, base: int, plen: int, nbufs: int) -> Received:
-        """Copy out the message claimed at ``start`` without the mutex, then consume it."""
+    def _get_claimed(
+        self,
+        start: int,
+        end: int,
+        base: int,
+        plen: int,
+        nbufs: int,
+        block: bool,
+        deadline: float | None,
+    ) -> Received:
+        """Copy out the message claimed at ``start`` without the mutex, then consume
+        it. If a peer holds the mutex past ``deadline``, the claim is let go (the
+        message stays, whole, for the next getter) and queue.Empty is raised."""
         pid = _self_identity()[0]
         try:
             out = self._read_bufs(base, plen, nbufs)
@@ -342,7 +387,9 @@ class SingleOps(RingBase):
         except BaseException:
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise
-        self._lock()
+        if not self._lock(_finish_timeout(block, deadline)):
+            self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
+            raise queue.Empty
         try:
             head, tail, count, taken, getters, putters, _, _, claim = _get_state_from(
                 self._mm, OFF_HEAD
@@ -354,7 +401,9 @@ class SingleOps(RingBase):
                 if getters:
                     self._bump(I_PUT_SEQ)  # the claim is gone: waiting getters, look
         finally:
-            self._unlock()
+            if self._owner.value == INCONSISTENT:
+                self._settle()
+            self._unlock_raw()
         if getters:
             self._wake(self._put_seq, WAKE_ALL, getters)
         if putters:
@@ -362,12 +411,12 @@ class SingleOps(RingBase):
         return out
 
     def _items(
-        self, block: bool, timeout: float | None, poll: bool = True
+        self, block: bool, deadline: float | None, poll: bool = True
     ) -> tuple[int, int, int, int, int]:
-        """With the mutex held: wait until there is a message and no live claim on
-        it; return (head, tail, count, taken, putters waiting)."""
+        """With the mutex held: wait (until ``deadline``) until there is a message
+        and no live claim on it; return (head, tail, count, taken, putters
+        waiting). Raises queue.Empty (the mutex may then be let go: see _sleep)."""
         mm = self._mm
-        deadline = deadline_of(block, timeout)
         spin = block and poll and POLL_ROUNDS > 0
         while True:
             head, tail, count, taken, _, putters, _, shut = _state_from(mm, OFF_HEAD)
@@ -380,9 +429,11 @@ class SingleOps(RingBase):
                 raise queue.Empty
             if spin and not claimed:
                 spin = False
-                self._poll()
+                if not self._poll(deadline):
+                    raise queue.Empty
                 continue  # the mutex was let go: look at the state again
-            self._sleep(GETTER, I_PUT_SEQ, deadline)
+            if not self._sleep(GETTER, I_PUT_SEQ, deadline):
+                raise queue.Empty
 
     def _read_bufs(self, base: int, plen: int, nbufs: int) -> tuple[bytes, list[bytearray]]:
         return read_frame_bufs(self._mm, self._shm.buf, base, plen, nbufs)

@@ -31,12 +31,23 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import math
+import threading
 import time
 
 from ._linux import libc
 
-__all__ = ["MUTEX_SIZE", "SPIN", "WAIT_SLICE", "MutexError", "RobustMutex", "init_mutex"]
+__all__ = [
+    "MUTEX_SIZE",
+    "NOWAIT_GRACE",
+    "SPIN",
+    "WAIT_SLICE",
+    "MutexError",
+    "RobustMutex",
+    "init_mutex",
+    "timeout_until",
+]
 
 # Bytes reserved for one mutex: pthread_mutex_t is 40 B on x86-64 and 48 B on
 # aarch64; 64 keeps the next field on its own cache line.
@@ -46,6 +57,15 @@ MUTEX_SIZE = 64
 # react sooner; longer: fewer wake-ups of an idle waiter. 50 ms keeps both well
 # under the 100 ms recovery promise.
 WAIT_SLICE = 0.05
+
+# How long a call that must not block (``block=False``, a non-blocking ``acquire``
+# of a semaphore, the bookkeeping after a deadline) waits for a *busy internal*
+# mutex before it gives up. Internal mutexes are held for microseconds, so a live
+# holder lets go well within it, even descheduled on a busy machine; a holder that
+# is paused (SIGSTOP) would hold it for good, and this bounds what that costs the
+# caller. Longer: fewer spurious "would block" answers under heavy contention;
+# shorter: a paused peer delays a non-blocking call less.
+NOWAIT_GRACE = 0.02
 
 # corral's one spin policy for a busy mutex (the ring's and corral.Lock's, here and
 # in the C fast paths of _speedups.c, which export their count; _ringlayout checks
@@ -70,6 +90,9 @@ ENOTRECOVERABLE = getattr(errno, "ENOTRECOVERABLE", 131)
 FUTEX_TID_MASK = 0x3FFFFFFF
 
 _ATTR_SIZE = 64  # pthread_mutexattr_t is 4 B on x86-64, 8 B on aarch64
+# glibc's __owner of a robust mutex whose owner died and that was not made
+# consistent yet (PTHREAD_MUTEX_INCONSISTENT).
+INCONSISTENT = 0x7FFFFFFF
 
 
 class MutexError(OSError):
@@ -108,6 +131,14 @@ _attr_settype = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_settype", libc
 _mutex_init = ctypes.CFUNCTYPE(_I, _VP, _VP)(("pthread_mutex_init", libc))
 
 
+def timeout_until(deadline: float | None) -> float | None:
+    """The timeout (never negative) left until a ``time.monotonic()`` deadline;
+    None stays None (no deadline)."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise MutexError(rc, f"{what}: {errno.errorcode.get(rc, rc)}")
@@ -135,30 +166,60 @@ class RobustMutex:
     """A robust mutex living at ``address`` in shared memory (see ``init_mutex``).
 
     ``owner_died`` is True for the current holding when the previous owner died
-    while holding the mutex; the mutex has already been made consistent again.
+    while holding the mutex. The acquiring calls make it consistent again at once,
+    unless given ``consistent=False``: then it stays *inconsistent* (glibc's
+    ``__owner`` field reads ``INCONSISTENT``) until the caller has repaired what
+    the mutex guards and calls ``make_consistent()``. The inconsistent state is
+    itself the record that a repair is owed, which an interrupt cannot lose (see
+    "Interrupts" below).
+
+    Interrupts: ``unlock_raw`` is a C-level callable (a ``functools.partial`` over
+    the ctypes function), so calling it runs no Python frame, and CPython checks
+    for pending signals only *after* it returns: an exception raised by a signal
+    handler cannot land between a ``finally:`` and the unlock it holds. It returns
+    glibc's error number (EPERM when not held), never raises.
     """
 
-    __slots__ = ("_m", "address", "owner_died")
+    __slots__ = ("_m", "_word", "address", "owner", "owner_died", "unlock_raw")
 
     def __init__(self, address: int):
         self.address = address
         self._m = ctypes.c_void_p(address)
+        self._word = ctypes.c_uint32.from_address(address)
+        # glibc's __data.__owner (the third int of every pthread_mutex_t layout):
+        # INCONSISTENT while a dead owner's mutex awaits pthread_mutex_consistent.
+        self.owner = ctypes.c_int.from_address(address + 8)
+        self.unlock_raw = functools.partial(unlock_unchecked, self._m)
         self.owner_died = False
 
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: float | None = None, consistent: bool = True) -> bool:
         """Lock; return False if ``timeout`` seconds (None: forever) pass first."""
         rc = _trylock(self._m)
         if rc == 0:
             self.owner_died = False
             return True
-        return self.acquire_after(rc, timeout)
+        return self.acquire_after(rc, timeout, consistent)
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, consistent: bool = True) -> bool:
         rc = _trylock(self._m)
         if rc == 0:
             self.owner_died = False
             return True
-        return self.acquire_after(rc, 0)
+        return self.acquire_after(rc, 0, consistent)
+
+    def make_consistent(self) -> None:
+        """After a repair: mark a dead owner's mutex consistent (a no-op if it is)."""
+        if self.owner.value == INCONSISTENT:
+            _consistent(self._m)
+
+    def held(self) -> bool:
+        """Whether this thread holds the mutex (its TID is in the lock word)."""
+        return self._word.value & FUTEX_TID_MASK == threading.get_native_id()
+
+    def depth(self) -> int:
+        """A recursive mutex's re-entry count (glibc's ``__count``, the second int
+        of every pthread_mutex_t layout); racy unless this thread holds it."""
+        return int(ctypes.c_uint32.from_address(self.address + 4).value)
 
     def spin_trylock(self) -> int:
         """The SPIN policy: trylock, and while the mutex is busy, look at its word and
@@ -168,7 +229,7 @@ class RobustMutex:
         rc: int = _trylock(m)
         if rc != errno.EBUSY:
             return rc
-        word = ctypes.c_uint32.from_address(self.address)
+        word = self._word
         for _ in range(SPIN):
             if not word.value & FUTEX_TID_MASK:
                 rc = _trylock(m)
@@ -176,14 +237,16 @@ class RobustMutex:
                     break
         return rc
 
-    def spin_acquire(self, timeout: float | None = None) -> bool:
+    def spin_acquire(self, timeout: float | None = None, consistent: bool = True) -> bool:
         """``spin_trylock``, then ``acquire_after``: lock, sleeping only after the
         spin; False if ``timeout`` seconds (None: forever) pass first."""
-        return self.acquire_after(self.spin_trylock(), timeout)
+        return self.acquire_after(self.spin_trylock(), timeout, consistent)
 
-    def acquire_after(self, rc: int, timeout: float | None) -> bool:
+    def acquire_after(self, rc: int, timeout: float | None, consistent: bool = True) -> bool:
         """Finish an acquisition whose ``pthread_mutex_trylock`` returned ``rc``
-        (EOWNERDEAD: it is ours already; EBUSY: wait up to ``timeout``)."""
+        (EOWNERDEAD: it is ours already; EBUSY: wait up to ``timeout``). With
+        ``consistent=False`` a dead owner's mutex is left inconsistent (see the
+        class docstring)."""
         if rc == errno.EBUSY:
             if timeout is not None and timeout <= 0:
                 return False
@@ -206,7 +269,8 @@ class RobustMutex:
             self.owner_died = False
             return True
         if rc == EOWNERDEAD:
-            _check(_consistent(self._m), "pthread_mutex_consistent")
+            if consistent:
+                _check(_consistent(self._m), "pthread_mutex_consistent")
             self.owner_died = True
             return True
         _check(rc, "pthread_mutex_lock")

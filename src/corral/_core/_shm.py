@@ -42,6 +42,20 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.fallocate.restype = ctypes.c_int
 
+_libc_mmap = ctypes.CFUNCTYPE(
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+    use_errno=True,
+)(("mmap", libc))
+_libc_munmap = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)(("munmap", libc))
+_PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
 
 class SharedMemory:
     """A block of anonymous memory shared with the children this process starts.
@@ -52,7 +66,18 @@ class SharedMemory:
         address: the block's address in this process, for ctypes and futexes.
     """
 
-    def __init__(self, size: int, *, what: str = "shared memory", _handle: FdHandle | None = None):
+    def __init__(
+        self,
+        size: int,
+        *,
+        what: str = "shared memory",
+        one_fd: bool = False,
+        _handle: FdHandle | None = None,
+    ):
+        """``one_fd``: map with libc's mmap instead of Python's, which keeps a
+        duplicate of the fd for as long as the mapping lives. One fd per block
+        instead of two, for the small objects a program makes by the thousand
+        (locks, values); ``buf`` is then a view of a ctypes array, not of an mmap."""
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if _handle is None:
@@ -65,10 +90,25 @@ class SharedMemory:
             _handle = FdHandle(fd, what)
         self._handle = _handle
         self.size = size
-        self._mmap = mmap.mmap(_handle.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.buf = memoryview(self._mmap)
-        self._anchor = ctypes.c_char.from_buffer(self._mmap)
-        self.address: int = ctypes.addressof(self._anchor)
+        self.one_fd = one_fd
+        self._mmap: mmap.mmap | None = None
+        if one_fd:
+            address = _libc_mmap(None, size, _PROT_RW, mmap.MAP_SHARED, _handle.fd, 0)
+            if address is None or address == _MAP_FAILED:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mmap: {os.strerror(err)}")
+            self._anchor: ctypes.Array[ctypes.c_char] | ctypes.c_char = (
+                ctypes.c_char * size
+            ).from_address(address)
+            self.buf = memoryview(self._anchor).cast("B")
+            self.address: int = address
+        else:
+            self._mmap = mmap.mmap(
+                _handle.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+            self.buf = memoryview(self._mmap)
+            self._anchor = ctypes.c_char.from_buffer(self._mmap)
+            self.address = ctypes.addressof(self._anchor)
 
     @property
     def fd(self) -> int:
@@ -95,17 +135,20 @@ class SharedMemory:
         """Unmap and close. Safe to call twice. Views exported from ``buf`` must be gone."""
         if self._handle.closed:
             return
+        self.buf.release()  # (BufferError while views of it remain: nothing unmapped)
         del self._anchor
-        self.buf.release()
-        self._mmap.close()
+        if self._mmap is not None:
+            self._mmap.close()
+        else:
+            _libc_munmap(self.address, self.size)
         self._handle.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._handle, self.size))
+        return (_rebuild, (self._handle, self.size, self.one_fd))
 
     def __repr__(self) -> str:
         return f"<corral SharedMemory size={self.size} fd={self._handle.fd}>"
 
 
-def _rebuild(handle: FdHandle, size: int) -> SharedMemory:
-    return SharedMemory(size, what=handle.what, _handle=handle)
+def _rebuild(handle: FdHandle, size: int, one_fd: bool = False) -> SharedMemory:
+    return SharedMemory(size, what=handle.what, one_fd=one_fd, _handle=handle)
