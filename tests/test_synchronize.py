@@ -393,7 +393,11 @@ def _wait_condition(cond: corral.Condition, flag: Any) -> bool:
         return bool(cond.wait_for(lambda: flag.value == 1, timeout=20))
 
 
-def _hold_condition_lock(cond: corral.Condition, ready: corral.Event, stop: corral.Event) -> None:
+def _hold_condition_lock(
+    cond: corral.Condition, ready: corral.Event, stop: corral.Event, started: Any = None
+) -> None:
+    if started is not None:
+        started.set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cond.acquire(timeout=20)
@@ -650,8 +654,8 @@ def test_condition_across_processes(ctx: corral.CorralContext) -> None:
 
 def test_condition_waiter_honours_timeout_when_notifier_dies(ctx: corral.CorralContext) -> None:
     cond = corral.Condition(corral.Lock())
-    ready, stop = corral.Event(), corral.Event()
-    p = ctx.Process(target=_hold_condition_lock, args=(cond, ready, stop))
+    ready, stop, started = corral.Event(), corral.Event(), corral.Event()
+    p = ctx.Process(target=_hold_condition_lock, args=(cond, ready, stop, started))
 
     def killer() -> None:
         if ready.wait(START_TIMEOUT):
@@ -659,6 +663,8 @@ def test_condition_waiter_honours_timeout_when_notifier_dies(ctx: corral.CorralC
 
     with cond:
         p.start()  # it can take the lock only once wait() below has released it
+        # Its start (slow on a busy machine) must not eat the waiter's second.
+        assert started.wait(START_TIMEOUT)
         t = threading.Thread(target=killer)
         t.start()
         t0 = time.monotonic()
@@ -668,7 +674,6 @@ def test_condition_waiter_honours_timeout_when_notifier_dies(ctx: corral.CorralC
         assert cond._lock.owner_died  # re-acquired from the dead notifier
     t.join(START_TIMEOUT)
     _finish(p)
-    # Spawn may take most of the second to start the child; still bounded.
     assert 0.99 <= elapsed < 1.0 + RECOVERY_BOUND + START_TIMEOUT
 
 
