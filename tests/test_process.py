@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 from typing import Any
 
@@ -430,3 +431,31 @@ def test_spawn_start_raises_if_the_child_dies_while_its_start_data_is_written() 
         killer.join(TIMEOUT)
     assert info.value.exitcode == -signal.SIGKILL
     assert set(_linux.children_of(os.getpid())) - known == set()  # reaped: no zombie
+
+
+def test_terminate_from_another_thread_while_one_joins(ctx: corral.CorralContext) -> None:
+    """A join() in one thread never makes terminate(), kill() or is_alive() in another
+    wait for the child: the join waits on the sentinel, not under the reap lock."""
+    p = ctx.Process(target=time.sleep, args=(TIMEOUT / 3,))
+    p.start()
+    joiner = threading.Thread(target=p.join)  # no timeout: the blocking wait
+    joiner.start()
+
+    def joining() -> bool:  # the joiner is inside its launcher's poll()
+        frame = sys._current_frames().get(joiner.ident or 0)
+        while frame is not None and frame.f_code.co_name != "poll":
+            frame = frame.f_back
+        return frame is not None
+
+    deadline = time.monotonic() + TIMEOUT
+    while not joining():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)  # polling the joiner's stack, with a deadline
+    assert p.is_alive()
+    t0 = time.monotonic()
+    p.terminate()
+    took = time.monotonic() - t0
+    joiner.join(TIMEOUT)
+    assert not joiner.is_alive()
+    assert p.exitcode is not None
+    assert took < TIMEOUT / 6, took  # it used to wait out the child's sleep

@@ -59,7 +59,7 @@ class CorralPopen:
     sentinel: int
     _pidfd: int
     _watch_fd: int
-    _reap_lock: threading.Lock
+    _reap_lock: threading.RLock
     _exit_callbacks: list[Callable[[], None]]
 
     if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class CorralPopen:
         def __init__(self, process_obj: Any) -> None: ...
 
     def _corral_after_launch(self) -> None:
-        self._reap_lock = threading.Lock()
+        self._reap_lock = threading.RLock()  # (re-entrant: exit callbacks run under it)
         self._exit_callbacks = []
         self._pidfd = self._open_pidfd()
         self._corral_set_sentinel()
@@ -118,41 +118,53 @@ class CorralPopen:
         callback()
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
-        if (code := self.returncode) is not None:
-            return code
-        with self._reap_lock:
-            code = self.returncode
-            if code is not None:  # collected by another thread while we waited
+        """The exit code, or None if the child runs (``flag=0``: wait until it exits).
+
+        A wait happens on the sentinel, never under the reap lock, so that nothing
+        else (``terminate()`` from another thread, say) waits behind a join().
+        """
+        while True:
+            if (code := self.returncode) is not None:
                 return code
-            code = self._collect(block=flag == 0)
-            if code is None:
-                return None
-            self.returncode = code
-            callbacks, self._exit_callbacks = self._exit_callbacks, []
-        for cb in callbacks:
-            cb()
-        return code
+            if flag == 0:
+                _mp_wait([self.sentinel], None)
+            with self._reap_lock:
+                code = self.returncode
+                if code is not None:  # collected by another thread while we waited
+                    return code
+                code = self._collect(block=False)
+                if code is None:
+                    if flag == 0:
+                        continue  # (the sentinel woke us early: wait again)
+                    return None
+                # The exit callbacks run before returncode is set, under the lock: so
+                # a poll() or join() in another thread returns only once they are done
+                # (and the reaper has let go of this launcher).
+                callbacks, self._exit_callbacks = self._exit_callbacks, []
+                try:
+                    for cb in callbacks:
+                        cb()
+                finally:
+                    self.returncode = code
+            return code
 
     def wait(self, timeout: float | None = None) -> int | None:
-        if self.returncode is None:
-            if timeout is None:
-                return self._wait_blocking()
-            if not _mp_wait([self.sentinel], timeout):
-                return None
-            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
-        return self.returncode
-
-    def _wait_blocking(self) -> int | None:
-        # While this thread waits for the child, the reaper needs no wake-up for it:
-        # that would only make the two contend for the GIL and the reap lock (about
-        # 0.3 ms of a 2 ms fork start+join; the "start+join" process benchmark).
-        # (The watched fd is the pidfd, or a forkserver child's copy of its status
-        # socket, which the blocking poll does not read.)
+        if self.returncode is not None:
+            return self.returncode
+        # While a thread waits for the child, the reaper needs no wake-up for it: that
+        # would only make the two contend for the GIL and the reap lock (about 0.3 ms
+        # of a 2 ms fork start+join; the "start+join" process benchmark). (The watched
+        # fd is the pidfd, or a forkserver child's copy of its status socket, which
+        # the poll here does not read.)
         callback = _reaper.unwatch(self._watch_fd) if self._watch_fd >= 0 else None
         try:
-            return self.poll(0)
+            if timeout is None:
+                return self.poll(0)
+            if not _mp_wait([self.sentinel], timeout):
+                return None
+            return self.poll()
         finally:
-            if callback is not None and self.returncode is None:  # interrupted
+            if callback is not None and self.returncode is None:  # not collected
                 _reaper.watch(self._watch_fd, callback)
 
     def _send_signal(self, sig: int) -> None:
