@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import weakref
 
 from ._fdpass import FdHandle
 from ._linux import libc
@@ -29,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["NAME_PREFIX", "SharedMemory"]
+__all__ = ["NAME_PREFIX", "SharedMemory", "map_fd"]
 
 # Every memfd corral makes is named with this prefix (it shows in /proc/<pid>/maps
 # and /proc/<pid>/fd), and so would anything corral ever put in /dev/shm: the
@@ -55,6 +56,28 @@ _libc_mmap = ctypes.CFUNCTYPE(
 _libc_munmap = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)(("munmap", libc))
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 _MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _mmap_shared(fd: int, size: int) -> int:
+    """libc's mmap of ``size`` bytes of ``fd``, shared and read-write: the address."""
+    address = _libc_mmap(None, size, _PROT_RW, mmap.MAP_SHARED, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap: {os.strerror(err)}")
+    return int(address)
+
+
+def map_fd(fd: int, size: int) -> ctypes.Array[ctypes.c_char]:
+    """Map ``size`` bytes of ``fd`` (shared, read-write) without keeping an fd.
+
+    ``mmap.mmap`` keeps a duplicate of the fd for the mapping's life; this keeps
+    none. The mapping is unmapped when the returned ctypes array and every view of
+    it are gone.
+    """
+    address = _mmap_shared(fd, size)
+    array = (ctypes.c_char * size).from_address(address)
+    weakref.finalize(array, _libc_munmap, address, size).atexit = False
+    return array
 
 
 class SharedMemory:
@@ -93,10 +116,7 @@ class SharedMemory:
         self.one_fd = one_fd
         self._mmap: mmap.mmap | None = None
         if one_fd:
-            address = _libc_mmap(None, size, _PROT_RW, mmap.MAP_SHARED, _handle.fd, 0)
-            if address is None or address == _MAP_FAILED:
-                err = ctypes.get_errno()
-                raise OSError(err, f"mmap: {os.strerror(err)}")
+            address = _mmap_shared(_handle.fd, size)
             self._anchor: ctypes.Array[ctypes.c_char] | ctypes.c_char = (
                 ctypes.c_char * size
             ).from_address(address)

@@ -640,6 +640,43 @@ static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* The arguments both map loops share: (fn, items, start, end, values, words, slot,
+ * base). On success, *word points at words[slot] and the caller releases *buf. */
+typedef struct {
+    PyObject *fn, *items, *values;
+    Py_ssize_t start, end;
+    long long base;
+    Py_buffer buf;
+    volatile int64_t *word;
+} loop_args;
+
+static int
+parse_loop_args(PyObject *const *args, loop_args *a)
+{
+    a->fn = args[0];
+    a->items = args[1];
+    a->values = args[4];
+    if (!PyList_Check(a->items) || !PyList_Check(a->values)) {
+        PyErr_SetString(PyExc_TypeError, "items and values must be lists");
+        return -1;
+    }
+    a->start = PyLong_AsSsize_t(args[2]);
+    a->end = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t slot = PyLong_AsSsize_t(args[6]);
+    a->base = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred())
+        return -1;
+    if (PyObject_GetBuffer(args[5], &a->buf, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (slot < 0 || (slot + 1) * (Py_ssize_t)sizeof(int64_t) > a->buf.len) {
+        PyBuffer_Release(&a->buf);
+        PyErr_SetString(PyExc_IndexError, "slot out of range");
+        return -1;
+    }
+    a->word = (volatile int64_t *)a->buf.buf + slot;
+    return 0;
+}
+
 /* Set in the running word once the call it names has returned (or raised). */
 #define RETURNED_BIT ((int64_t)1 << 31)
 
@@ -658,45 +695,28 @@ map_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "map_tracked takes 8 arguments");
         return NULL;
     }
-    PyObject *fn = args[0], *items = args[1], *values = args[4];
-    if (!PyList_Check(items) || !PyList_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "items and values must be lists");
+    loop_args a;
+    if (parse_loop_args(args, &a) < 0)
         return NULL;
-    }
-    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t end = PyLong_AsSsize_t(args[3]);
-    Py_ssize_t slot = PyLong_AsSsize_t(args[6]);
-    long long base = PyLong_AsLongLong(args[7]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_buffer words;
-    if (PyObject_GetBuffer(args[5], &words, PyBUF_WRITABLE) < 0)
-        return NULL;
-    if (slot < 0 || (slot + 1) * (Py_ssize_t)sizeof(int64_t) > words.len) {
-        PyBuffer_Release(&words);
-        PyErr_SetString(PyExc_IndexError, "slot out of range");
-        return NULL;
-    }
-    volatile int64_t *word = (volatile int64_t *)words.buf + slot;
-    for (Py_ssize_t i = start; i < end && i < PyList_GET_SIZE(items); i++) {
-        *word = (int64_t)(base + i);
-        PyObject *item = PyList_GET_ITEM(items, i);
+    for (Py_ssize_t i = a.start; i < a.end && i < PyList_GET_SIZE(a.items); i++) {
+        *a.word = (int64_t)(a.base + i);
+        PyObject *item = PyList_GET_ITEM(a.items, i);
         Py_INCREF(item);
-        PyObject *result = PyObject_CallOneArg(fn, item);
+        PyObject *result = PyObject_CallOneArg(a.fn, item);
         Py_DECREF(item);
-        *word = (int64_t)(base + i) | RETURNED_BIT;
+        *a.word = (int64_t)(a.base + i) | RETURNED_BIT;
         if (result == NULL) {
-            PyBuffer_Release(&words);
+            PyBuffer_Release(&a.buf);
             return NULL;
         }
-        int failed = PyList_Append(values, result);
+        int failed = PyList_Append(a.values, result);
         Py_DECREF(result);
         if (failed < 0) {
-            PyBuffer_Release(&words);
+            PyBuffer_Release(&a.buf);
             return NULL;
         }
     }
-    PyBuffer_Release(&words);
+    PyBuffer_Release(&a.buf);
     Py_RETURN_NONE;
 }
 
@@ -804,37 +824,23 @@ map_logged(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "map_logged takes 10 arguments");
         return NULL;
     }
-    PyObject *fn = args[0], *items = args[1], *values = args[4], *slow = args[9];
-    if (!PyList_Check(items) || !PyList_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "items and values must be lists");
+    PyObject *slow = args[9];
+    loop_args a;
+    if (parse_loop_args(args, &a) < 0)
         return NULL;
-    }
-    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t end = PyLong_AsSsize_t(args[3]);
-    Py_ssize_t slot = PyLong_AsSsize_t(args[6]);
-    long long base = PyLong_AsLongLong(args[7]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_buffer words, log;
-    if (PyObject_GetBuffer(args[5], &words, PyBUF_WRITABLE) < 0)
-        return NULL;
+    Py_buffer log;
     if (PyObject_GetBuffer(args[8], &log, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&words);
+        PyBuffer_Release(&a.buf);
         return NULL;
     }
     PyObject *ret = NULL;
-    if (slot < 0 || (slot + 1) * (Py_ssize_t)sizeof(int64_t) > words.len) {
-        PyErr_SetString(PyExc_IndexError, "slot out of range");
-        goto done;
-    }
     if (log.len < LOG_DATA_START) {
         PyErr_SetString(PyExc_ValueError, "log too small");
         goto done;
     }
-    volatile int64_t *word = (volatile int64_t *)words.buf + slot;
     volatile int64_t *head = (volatile int64_t *)log.buf;
     unsigned char *bytes = (unsigned char *)log.buf;
-    for (Py_ssize_t i = start; i < end && i < PyList_GET_SIZE(items); i++) {
+    for (Py_ssize_t i = a.start; i < a.end && i < PyList_GET_SIZE(a.items); i++) {
         int64_t count = head[1];
         if (count < 0 || count >= LOG_MAX_RECORDS) {
             PyErr_SetString(PyExc_IndexError, "log full");
@@ -845,15 +851,15 @@ map_logged(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_ValueError, "log corrupt");
             goto done;
         }
-        *word = (int64_t)(base + i);
-        PyObject *item = PyList_GET_ITEM(items, i);
+        *a.word = (int64_t)(a.base + i);
+        PyObject *item = PyList_GET_ITEM(a.items, i);
         Py_INCREF(item);
-        PyObject *result = PyObject_CallOneArg(fn, item);
+        PyObject *result = PyObject_CallOneArg(a.fn, item);
         Py_DECREF(item);
-        *word = (int64_t)(base + i) | RETURNED_BIT;
+        *a.word = (int64_t)(a.base + i) | RETURNED_BIT;
         if (result == NULL)
             goto done;
-        int failed = PyList_Append(values, result);
+        int failed = PyList_Append(a.values, result);
         if (failed < 0) {
             Py_DECREF(result);
             goto done;
@@ -889,7 +895,7 @@ map_logged(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     ret = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&log);
-    PyBuffer_Release(&words);
+    PyBuffer_Release(&a.buf);
     return ret;
 }
 

@@ -24,7 +24,7 @@ the parent's segments are closed when its pool stops, a worker's when it exits.
 Everything is a memfd: nothing is ever in /dev/shm, and the kernel frees a segment
 when its last fd and mapping are gone, whoever dies first.
 
-Mappings are made with libc's mmap (``map_shared``), not ``mmap.mmap``, which keeps
+Mappings are made with libc's mmap (``_core._shm.map_fd``), not ``mmap.mmap``, which keeps
 a duplicate of the fd for its life: a result the caller holds would cost it an fd,
 where the stdlib's costs none. A segment costs its sender one fd; a mapping the
 receiver holds, none.
@@ -33,19 +33,14 @@ receiver holds, none.
 from __future__ import annotations
 
 import collections
-import ctypes
 import itertools
-import mmap
 import os
 import threading
 import time
-import weakref
-from typing import Any
 
-from .._core._linux import libc
-from .._core._shm import NAME_PREFIX
+from .._core._shm import NAME_PREFIX, map_fd
 
-__all__ = ["CACHE_BYTES", "IDLE_SECONDS", "Segment", "Segments", "map_shared"]
+__all__ = ["CACHE_BYTES", "IDLE_SECONDS", "Segment", "Segments"]
 
 # Idle segments a sender keeps for reuse, in bytes. More keeps more large buffers
 # fast (their pages are already allocated) at the price of holding that much memory
@@ -64,35 +59,6 @@ MIN_FILL = 0.5
 GRAIN = 64 * 1024
 
 
-_MAP_FAILED = ctypes.c_void_p(-1).value
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-libc.munmap.restype = ctypes.c_int
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-
-
-def map_shared(fd: int, size: int) -> Any:
-    """Map ``size`` bytes of ``fd`` read-write and shared; keeps no fd.
-
-    Returns a ctypes array over the mapping, which is unmapped when the array and
-    every view of it are gone (a ``weakref.finalize`` on it).
-    """
-    addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-    if addr is None or addr == _MAP_FAILED:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    array = (ctypes.c_char * size).from_address(addr)
-    weakref.finalize(array, libc.munmap, addr, size).atexit = False
-    return array
-
-
 class Segment:
     """A memfd and the sender's mapping of it (``view``, bytes)."""
 
@@ -105,7 +71,7 @@ class Segment:
         self.fd = os.memfd_create(f"{NAME_PREFIX}pool-buffers", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
-            self.view = memoryview(map_shared(self.fd, size)).cast("B")
+            self.view = memoryview(map_fd(self.fd, size)).cast("B")
         except BaseException:
             os.close(self.fd)
             raise

@@ -34,6 +34,7 @@ import struct
 import weakref
 from typing import Any
 
+from .._core._shm import map_fd
 from .._remote import dumps
 from . import _segments
 from ._segments import Segment, Segments
@@ -171,7 +172,7 @@ def decode(
     assert fd is not None
     try:
         ident, *sizes = struct.unpack_from(f"<Q{nbuf}Q", body)
-        mapped = _segments.map_shared(fd, max(1, sum(sizes)))
+        mapped = map_fd(fd, max(1, sum(sizes)))
     finally:
         os.close(fd)
     if ident and end is not None:
