@@ -125,3 +125,12 @@ def return_big_under_file_limit(nbytes: int, limit: int) -> bytes:
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # (Python ignores it by default)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     return b"x" * nbytes
+
+
+def sleeping_grandchildren(q: Any, n: int) -> None:
+    """Start ``n`` ``sleep`` subprocesses, put their pids on ``q``, then sleep."""
+    import subprocess
+
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
+    q.put([p.pid for p in procs])
+    time.sleep(60)

@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -459,3 +460,21 @@ def test_terminate_from_another_thread_while_one_joins(ctx: corral.CorralContext
     assert not joiner.is_alive()
     assert p.exitcode is not None
     assert took < TIMEOUT / 6, took  # it used to wait out the child's sleep
+
+
+def test_kill_returns_once_the_subtree_is_gone(ctx: corral.CorralContext) -> None:
+    """kill() waits for the SIGKILLed subtree to have exited, so right after it
+    returns no descendant is left: a pool's terminate() relies on it."""
+    q = corral.Queue()
+    p = ctx.Process(target=helpers.sleeping_grandchildren, args=(q, 3))
+    p.start()
+    pids = q.get(timeout=TIMEOUT)
+    fds = [os.pidfd_open(pid) for pid in pids]
+    try:
+        p.kill()
+        ready, _, _ = select.select(fds, [], [], 0)
+        assert len(ready) == len(fds), "a grandchild was still alive when kill() returned"
+    finally:
+        for fd in fds:
+            os.close(fd)
+        p.join(TIMEOUT)

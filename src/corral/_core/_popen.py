@@ -172,6 +172,10 @@ class CorralPopen:
             return
         members = _tree.freeze_subtree(self.pid, self._pidfd)
         _tree.signal_members([(self.pid, self._pidfd), *members], sig)
+        if sig == signal.SIGKILL and members:
+            # kill() returns once the subtree is gone, not merely signalled: a caller
+            # that checks right after (a pool's terminate(), a test) sees no survivor.
+            _tree.wait_dead([fd for _, fd in members], KILL_WAIT)
         if members and _linux.is_child_subreaper():
             # We are a subreaper, so the members come back to us as their parents
             # die: reap them once they are all dead, or they would stay zombies.
@@ -217,6 +221,11 @@ def _reap_when_all_dead(members: list[_tree.Member], root: _tree.Member) -> None
 
     for _, fd in watched:
         _reaper.watch(fd, lambda fd=fd: on_exit(fd))  # type: ignore[misc]
+
+
+# How long kill() waits for the SIGKILLed members of a child's subtree to be gone
+# (they go in microseconds, unless stuck in the kernel): its bound on a stuck one.
+KILL_WAIT = 1.0
 
 
 def _call_weakly(method: weakref.WeakMethod[Callable[[], bool]]) -> bool:
