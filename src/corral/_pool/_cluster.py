@@ -32,7 +32,6 @@ charges nothing): no item is delivered twice.
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import itertools
 import pickle
@@ -50,6 +49,7 @@ from ._cluster_connect import ClusterConnection, connect
 from ._cluster_node import forget_reports, release, run_chunk
 from ._cluster_pickle import dumps
 from ._engine import PoolStatistics
+from ._enginebase import EngineBase
 from ._jobs import Job
 from ._options import PoolOptions
 
@@ -107,11 +107,11 @@ class Progress:
         self.payload = payload
 
 
-class ClusterEngine:
+class ClusterEngine(EngineBase):
     """Drives jobs on a dask cluster; the fronts use it as they use ``Engine``."""
 
     def __init__(self, options: PoolOptions, cluster: Any, processes: int | None):
-        self.options = options
+        super().__init__(options)
         self.conn: ClusterConnection = connect(cluster)
         try:
             self.processes = processes or self.conn.total_threads() or 1
@@ -123,10 +123,6 @@ class ClusterEngine:
         except BaseException:
             self.conn.close()
             raise
-        self.lock = threading.Lock()
-        self.jobs: collections.deque[Job] = collections.deque()
-        self.state = "run"
-        self.broken: BaseException | None = None
         self.completed = self.retried = self.resubmitted = self.reports = 0
         self.flying: dict[str, RemoteChunk] = {}  # by dask key
         self.inbox: queue.SimpleQueue[RemoteChunk | Progress | None] = queue.SimpleQueue()
@@ -136,7 +132,6 @@ class ClusterEngine:
         self.seq = itertools.count(1)
         self.chunk_size: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
         self.per_item: weakref.WeakKeyDictionary[Job, float] = weakref.WeakKeyDictionary()
-        self.done = threading.Event()
         self.thread = threading.Thread(
             target=self._run, name=f"corral-cluster-scheduler-{id(self):x}", daemon=True
         )
@@ -148,74 +143,6 @@ class ClusterEngine:
 
     def wake(self) -> None:
         self.inbox.put(None)
-
-    def check_running(self) -> None:
-        if self.state != "run":
-            raise ValueError("Pool not running")
-        if self.broken is not None:
-            raise CorralError(f"the pool is broken: {self.broken}") from self.broken
-
-    def add_job(self, job: Job) -> None:
-        with self.lock:
-            self.check_running()
-            self.jobs.append(job)
-        self.event("submitted", len(job.items))
-        self.wake()
-
-    def add_items(self, job: Job, items: list[Any], exhausted: bool) -> None:
-        with self.lock:
-            job.items.extend(items)
-            if exhausted:
-                job.input_done = True
-        if items:
-            self.event("submitted", len(items))
-        self.wake()
-
-    def wait_interruptibly(self, cond: threading.Condition, timeout: float | None) -> None:
-        try:
-            cond.wait(timeout)
-        except KeyboardInterrupt:
-            cond.release()
-            try:
-                self.terminate()
-            finally:
-                cond.acquire()
-            raise
-
-    def cancel_pending(self) -> None:
-        with self.lock:
-            jobs = list(self.jobs)
-        for job in jobs:
-            job.cancel_if_pending()
-        self.wake()
-
-    def drain_inputs(self) -> None:
-        with self.lock:
-            jobs = list(self.jobs)
-        for job in jobs:
-            job.drain()
-
-    def close(self) -> None:
-        with self.lock:
-            if self.state != "run":
-                return
-            self.state = "close"
-            jobs = list(self.jobs)
-        for job in jobs:
-            job.cut_input()
-        self.wake()
-
-    def terminate(self) -> None:
-        with self.lock:
-            if self.state == "terminate" and self.done.is_set():
-                return
-            self.state = "terminate"
-        self.wake()
-        self.join(None)
-
-    def join(self, timeout: float | None) -> None:
-        if threading.current_thread() is not self.thread:
-            self.done.wait(timeout)
 
     def statistics(self) -> PoolStatistics:
         """As Engine's; ``workers_alive`` counts the cluster's threads, and
@@ -232,14 +159,6 @@ class ClusterEngine:
             tasks_completed=self.completed,
             tasks_retried=self.retried,
         )
-
-    def event(self, kind: str, n: int) -> None:
-        on_event = self.options.on_event
-        if on_event is not None:
-            try:
-                on_event(kind, n)
-            except Exception:
-                traceback.print_exc()
 
     # -- The scheduler thread --
 
@@ -279,10 +198,8 @@ class ClusterEngine:
                 except queue.Empty:
                     break
 
-    def _busy(self) -> bool:
-        with self.lock:
-            jobs = any(j.has_work() or not j.input_done for j in self.jobs if not j.stopped)
-        return jobs or bool(self.flying)
+    def _in_flight(self) -> bool:
+        return bool(self.flying)
 
     # Handing out work.
 
@@ -568,8 +485,7 @@ class ClusterEngine:
 
     def _abort_all(self, exc: BaseException) -> None:
         if self.broken is not None:
-            exc = CorralError(f"the pool is broken: {self.broken}")
-            exc.__cause__ = self.broken
+            exc = self._broken_error()
         with self.lock:
             jobs = [j for j in self.jobs if j.has_work() or not j.input_done]
             self.jobs.clear()

@@ -43,6 +43,7 @@ from .._process import Process
 from .._remote import decode_error
 from .._workercrash import BrokenPool, WorkerCrashed
 from . import _segments
+from ._enginebase import EngineBase
 from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
@@ -169,19 +170,15 @@ class LocalWorker(WorkerSlot):
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-class Engine:
+class Engine(EngineBase):
     """Worker slots plus the scheduler thread; shared by every front."""
 
     def __init__(self, options: PoolOptions):
-        self.options = options
+        super().__init__(options)
         self.processes = options.processes
-        self.lock = threading.Lock()
-        self.jobs: collections.deque[Job] = collections.deque()
         self.stash: collections.deque[Chunk] = collections.deque()  # encoded, unsent
         self.workers: list[LocalWorker] = []
         self.segments = Segments()  # shared memory for large arguments, reused
-        self.state = "run"  # run -> close -> (stopped) | terminate
-        self.broken: BaseException | None = None
         # Errors as concurrent.futures users expect them (set by ProcessPoolExecutor).
         self.stdlib_errors = False
         self.early_deaths = 0
@@ -199,11 +196,6 @@ class Engine:
         if not options.start_on_demand:
             for _ in range(self.processes):
                 self.workers.append(self._start_worker(self._free_indices.popleft()))
-        # Set when the scheduler has stopped every worker. Waited on instead of
-        # Thread.join: a Ctrl-C that interrupts Thread.join (CPython < 3.13) can leave
-        # the thread marked finished while it still runs.
-        self.done = threading.Event()
-        self.pid = os.getpid()
         # multiprocessing's exit handler joins (and terminates) child processes; in a
         # process started by multiprocessing or corral it runs instead of atexit.
         # This runs first, so the pool stops its own workers, in order.
@@ -224,19 +216,8 @@ class Engine:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.write(self._wake_w, b"x")
 
-    def check_running(self) -> None:
-        if self.state != "run":
-            raise ValueError("Pool not running")
-        if self.broken is not None:
-            raise BrokenPool(f"the pool is broken: {self.broken}") from self.broken
-
-    def add_job(self, job: Job) -> None:
-        with self.lock:
-            self.check_running()
-            self.jobs.append(job)
+    def _on_new_work(self) -> None:
         self._grow_on_demand()
-        self.event("submitted", len(job.items))
-        self.wake()
 
     def _grow_on_demand(self) -> None:
         """With ``start_on_demand``: more workers while the work waiting wants them."""
@@ -286,69 +267,6 @@ class Engine:
             with self.lock:
                 self._starting -= 1
 
-    def add_items(self, job: Job, items: list[Any], exhausted: bool) -> None:
-        with self.lock:
-            job.items.extend(items)
-            if exhausted:
-                job.input_done = True
-        if items:
-            self._grow_on_demand()
-        if items:
-            self.event("submitted", len(items))
-        self.wake()
-
-    def wait_interruptibly(self, cond: threading.Condition, timeout: float | None) -> None:
-        """cond.wait, but a Ctrl-C in the waiting thread terminates the pool first."""
-        try:
-            cond.wait(timeout)
-        except KeyboardInterrupt:
-            cond.release()
-            try:
-                self.terminate()
-            finally:
-                cond.acquire()
-            raise
-
-    def cancel_pending(self) -> None:
-        """Cancel every job's work that was not sent to a worker yet (futures)."""
-        with self.lock:
-            jobs = list(self.jobs)
-        for job in jobs:
-            job.cancel_if_pending()
-        self.wake()
-
-    def drain_inputs(self) -> None:
-        """Pull every lazy input to its end now (the executor's shutdown)."""
-        with self.lock:
-            jobs = list(self.jobs)
-        for job in jobs:
-            job.drain()
-
-    def close(self) -> None:
-        """No new work, and no more input pulled; what was taken finishes."""
-        with self.lock:
-            if self.state != "run":
-                return
-            self.state = "close"
-            jobs = list(self.jobs)
-        for job in jobs:
-            job.cut_input()
-        self.wake()
-
-    def terminate(self) -> None:
-        if self.pid != os.getpid():
-            return  # a copy in an os.fork() child: the pool is its parent's
-        with self.lock:
-            if self.state == "terminate" and self.done.is_set():
-                return
-            self.state = "terminate"
-        self.wake()
-        self.join(None)
-
-    def join(self, timeout: float | None) -> None:
-        if threading.current_thread() is not self.thread:
-            self.done.wait(timeout)
-
     def statistics(self) -> PoolStatistics:
         with self.lock:
             workers = list(self.workers)
@@ -360,14 +278,6 @@ class Engine:
             tasks_completed=self.completed,
             tasks_retried=self.retried,
         )
-
-    def event(self, kind: str, n: int) -> None:
-        on_event = self.options.on_event
-        if on_event is not None:
-            try:
-                on_event(kind, n)
-            except Exception:
-                traceback.print_exc()
 
     # -- The scheduler thread --
 
@@ -468,10 +378,8 @@ class Engine:
             for w in self.workers:
                 w.channel.send_freed()
 
-    def _busy(self) -> bool:
-        with self.lock:
-            jobs = any(j.has_work() or not j.input_done for j in self.jobs if not j.stopped)
-        return jobs or bool(self.stash) or any(w.chunks for w in self.workers)
+    def _in_flight(self) -> bool:
+        return bool(self.stash) or any(w.chunks for w in self.workers)
 
     # Handing out work.
 
@@ -908,8 +816,7 @@ class Engine:
 
     def _abort_all(self, exc: BaseException) -> None:
         if self.broken is not None:
-            exc = BrokenPool(f"the pool is broken: {self.broken}")
-            exc.__cause__ = self.broken
+            exc = self._broken_error()
         with self.lock:
             self._drop_finished_jobs()
             jobs = list(self.jobs)
