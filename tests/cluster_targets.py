@@ -147,3 +147,18 @@ def kill_node(x: int, where: str) -> int:
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(FOREVER)  # dies with its dask worker (corral's lifeline)
     return x
+
+
+def kept_pool_workers(token: str) -> int:
+    """On a dask worker (``client.run``): the live workers of the corral pool this
+    node keeps for the client-side pool ``token`` (0: none is kept)."""
+    from corral._pool import _cluster_node
+
+    with _cluster_node._kept_lock:
+        kept = _cluster_node._kept.get(token)
+    return 0 if kept is None else kept.pool.statistics().workers_alive
+
+
+def worker_plugin_names(dask_scheduler: object) -> list[str]:
+    """On the scheduler (``run_on_scheduler``): the worker plugins new workers get."""
+    return sorted(dask_scheduler.worker_plugins)  # type: ignore[attr-defined]

@@ -294,6 +294,48 @@ def _killed_mid_chunk(dask: DaskCluster, tmp_path: Path) -> None:
     assert victim not in dask.worker_pids()
 
 
+def _kept_everywhere(dask: DaskCluster, token: str) -> list[int]:
+    return list(dask.client.run(targets.kept_pool_workers, token).values())
+
+
+def _kill_and_replace(dask: DaskCluster) -> None:
+    """SIGKILL one dask worker; return once the scheduler knows its replacement."""
+    victim = dask.worker_pids()[0]
+    assert dask.kill_worker(victim) == []
+
+    def replaced() -> bool:
+        try:
+            pids = dask.worker_pids()
+        except OSError:  # the scheduler has not noticed the death yet
+            return False
+        return victim not in pids and len(pids) == 2
+
+    assert wait_until(replaced, CALL_TIMEOUT)
+
+
+def test_node_pools_start_ahead_of_their_chunks_even_on_a_replacement(
+    dask: DaskCluster,
+) -> None:
+    # Each dask worker starts its pool when the client-side pool is made, and a
+    # nanny's replacement when it joins, not when a chunk first reaches it: after a
+    # death the replacement is ready to share the work sooner.
+    with corral.Pool(cluster=dask.address) as pool:
+        token = pool._engine.token  # type: ignore[attr-defined]
+        plugins = dask.client.run_on_scheduler(targets.worker_plugin_names)
+        assert [p for p in plugins if token in p] == [f"corral-start-{token}"]
+        assert wait_until(lambda: all(_kept_everywhere(dask, token)), CALL_TIMEOUT)
+        _kill_and_replace(dask)
+        # No chunk was ever sent: the replacement started its pool on joining.
+        assert wait_until(lambda: all(_kept_everywhere(dask, token)), CALL_TIMEOUT)
+        assert pool.map(targets.square, range(50)) == [x * x for x in range(50)]
+    # Ended on every node with the pool; a worker that joins now starts none.
+    plugins = dask.client.run_on_scheduler(targets.worker_plugin_names)
+    assert [p for p in plugins if token in p] == []
+    assert _kept_everywhere(dask, token) == [0, 0]
+    _kill_and_replace(dask)
+    assert _kept_everywhere(dask, token) == [0, 0]
+
+
 # Chunks of 30 as asked (the rest resubmitted whole), or sized by corral (the
 # rest resubmitted in parts cut as the tail is).
 @pytest.mark.parametrize(("chunksize", "n", "at"), [(30, 90, 45), (None, 400, 300)])

@@ -118,6 +118,7 @@ class ClusterEngine(EngineBase):
             self.token = uuid.uuid4().hex
             self.variable = _variable(self.conn.client, self.token)
             self.variable.set(([], False))
+            self._start_node_pools()
             self.topic = f"corral-{self.token}"
             self.conn.client.subscribe_topic(self.topic, self._on_progress_event)
         except BaseException:
@@ -289,6 +290,18 @@ class ClusterEngine(EngineBase):
         chunk.future = future
         self.flying[chunk.key] = chunk
         future.add_done_callback(lambda _f, c=chunk: self.inbox.put(c))
+
+    def _start_node_pools(self) -> None:
+        """Have every dask worker, and each one that joins later, start its pool now
+        rather than at its first chunk (``_cluster_warm``)."""
+        from ._cluster_warm import NodePoolStarter, plugin_name
+
+        try:
+            options = dumps(self._node_options())
+        except Exception:  # an initializer that can't be pickled: its chunks will say
+            return
+        plugin = NodePoolStarter(self.token, options)
+        self.conn.client.register_plugin(plugin, name=plugin_name(self.token))
 
     def _node_options(self) -> dict[str, Any]:
         """The options of the pools kept on the nodes."""
@@ -468,8 +481,12 @@ class ClusterEngine(EngineBase):
 
     def _stop_nodes(self) -> None:
         """Stop every running chunk and end the pools on the nodes."""
+        from ._cluster_warm import plugin_name
+
         futures = [c.future for c in self.flying.values()]
         self.flying.clear()
+        with contextlib.suppress(Exception):  # (first: no new worker starts a pool)
+            self.conn.client.unregister_worker_plugin(plugin_name(self.token))
         with contextlib.suppress(Exception):
             self.conn.client.unsubscribe_topic(self.topic)
         with contextlib.suppress(Exception):

@@ -53,6 +53,9 @@ REPORT_INTERVAL = 0.05
 # A kept pool that no chunk used for this long is ended by the next chunk run on
 # the node (its client went away without releasing it, say).
 KEPT_IDLE_SECONDS = 300.0
+# How often a node pool started ahead of its chunks looks whether it has been idle
+# that long (one lock and a clock read per check).
+IDLE_CHECK = 10.0
 # Start method of the pools on the nodes: a dask worker runs an event loop and a
 # thread pool, so fork is unsafe there; forkserver would leave a server process
 # per dask worker behind. spawn costs a pool start of ~0.2 s, once per pool.
@@ -63,44 +66,86 @@ NODE_START_METHOD = "spawn"
 # must not start the pool again. Bounded; the oldest are forgotten.
 RELEASED_REMEMBERED = 1024
 
-_kept: dict[str, list[Any]] = {}  # token -> [pool, last used, options]
+
+class _Kept:
+    """A pool kept on this node for one client-side pool."""
+
+    __slots__ = ("active", "pool", "used")
+
+    def __init__(self, pool: Pool, now: float):
+        self.pool = pool
+        self.used = now  # when a chunk last started or ended on it
+        self.active = 0  # chunks running on it now: never idle while > 0
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.active else now - self.used
+
+
+_kept: dict[str, _Kept] = {}  # by token
 _released: collections.OrderedDict[str, None] = collections.OrderedDict()
 _kept_lock = threading.Lock()
 
 
-def _pool_for(token: str, options: dict[str, Any]) -> Pool | None:
-    """The pool kept for ``token``, started if need be; None if it was released."""
+def _pool_for(token: str, options: dict[str, Any], nthreads: int | None = None) -> _Kept | None:
+    """The pool kept for ``token``, started if need be; None if it was released.
+
+    ``nthreads``: the dask worker's threads (looked up when called from a task)."""
     now = time.monotonic()
     stale: list[Pool] = []
     with _kept_lock:
         if token in _released:
             return None
-        for key, (pool, used, _) in list(_kept.items()):
-            if key != token and now - used > KEPT_IDLE_SECONDS:
-                stale.append(pool)
+        for key, other in list(_kept.items()):
+            if key != token and other.idle_for(now) > KEPT_IDLE_SECONDS:
+                stale.append(other.pool)
                 del _kept[key]
-        entry = _kept.get(token)
-        if entry is None or entry[0]._engine.state != "run" or entry[0]._engine.broken:
-            if entry is not None:
-                stale.append(entry[0])
-            entry = [_new_pool(options), now, options]
-            _kept[token] = entry
-        entry[1] = now
-        kept: Pool = entry[0]
+        kept = _kept.get(token)
+        if kept is None or kept.pool._engine.state != "run" or kept.pool._engine.broken:
+            if kept is not None:
+                stale.append(kept.pool)
+            kept = _kept[token] = _Kept(_new_pool(options, nthreads), now)
+        kept.used = now
     for old in stale:
         old.terminate()
     return kept
 
 
-def _new_pool(options: dict[str, Any]) -> Pool:
-    from distributed import get_worker
+def _end_when_idle(token: str) -> None:
+    """Terminate the pool kept for ``token`` once no chunk used it for
+    ``KEPT_IDLE_SECONDS`` (its client went away without releasing it); return when
+    it is gone, however it went."""
+    while True:
+        with _kept_lock:
+            kept = _kept.get(token)
+            if kept is None:
+                return
+            idle = kept.idle_for(time.monotonic())
+            if idle > KEPT_IDLE_SECONDS:
+                del _kept[token]
+                break
+        time.sleep(max(IDLE_CHECK, KEPT_IDLE_SECONDS - idle))
+    kept.pool.terminate()
+
+
+def start_kept_pool(token: str, options: dict[str, Any], nthreads: int) -> None:
+    """Start the pool kept for ``token`` now, before a chunk needs it, and end it once
+    idle (a dask worker plugin's thread, ``_cluster_warm``: a pool started for a
+    client that never sends a chunk here must not stay for good)."""
+    if _pool_for(token, options, nthreads) is not None:
+        _end_when_idle(token)
+
+
+def _new_pool(options: dict[str, Any], nthreads: int | None) -> Pool:
 
     # Orphans of a pool worker's tree killed at a timeout or a cancel come back to
     # this dask worker, which corral's kill then reaps; otherwise they would go to
     # PID 1, which on many hosts (containers) reaps nothing. The trade-off: orphans
     # of other dask tasks come back here too, and stay zombies once they exit.
     _linux.set_child_subreaper(True)
-    nthreads = get_worker().state.nthreads
+    if nthreads is None:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
     return Pool(nthreads, context=NODE_START_METHOD, **options)
 
 
@@ -113,7 +158,7 @@ def release(token: str) -> int:
             _released.popitem(last=False)
     if entry is None:
         return 0
-    entry[0].terminate()
+    entry.pool.terminate()
     return 1
 
 
@@ -134,15 +179,36 @@ def run_chunk(payload: bytes) -> bytes:
     ``("rerun",)`` without running anything when dask runs the task again after its
     worker died: the client then submits only the items it has no report of.
     """
-    import distributed
-
-    variable_class: Any = distributed.Variable
     token, job_id, key, fn, mode, items, timeout, retries, options = pickle.loads(payload)
     if _rerun(key):
         return pickle.dumps(("rerun",))
-    pool = _pool_for(token, options)
-    if pool is None:
+    kept = _pool_for(token, options)
+    if kept is None:
         return pickle.dumps(("stopped",))
+    with _kept_lock:
+        kept.active += 1
+    try:
+        return _run_items(kept.pool, token, job_id, key, fn, mode, items, timeout, retries)
+    finally:
+        with _kept_lock:
+            kept.active -= 1
+            kept.used = time.monotonic()
+
+
+def _run_items(
+    pool: Pool,
+    token: str,
+    job_id: int,
+    key: str,
+    fn: Any,
+    mode: int,
+    items: list[Any],
+    timeout: float | None,
+    retries: int | None,
+) -> bytes:
+    import distributed
+
+    variable_class: Any = distributed.Variable
     variable = variable_class(f"corral-stop-{token}")
     retried_before = pool.statistics().tasks_retried
     started = time.monotonic()
