@@ -67,6 +67,40 @@ def test_map_apply_starmap(ctx: corral.CorralContext) -> None:
         assert list(pool.imap(t.double, range(7), chunksize=2)) == [x * 2 for x in range(7)]
 
 
+def test_map_reads_the_callers_list_and_leaves_it_as_it_was() -> None:
+    # The list is used as it is, not copied; handing items out must not trim it.
+    items = list(range(30_000))
+    with corral.Pool(2) as pool:
+        assert pool.map(t.double, items) == [x * 2 for x in items]
+        assert pool.starmap(t.add, [(x, 1) for x in items[:5000]]) == items[1:5001]
+    assert items == list(range(30_000))
+
+
+def test_a_function_s_chunk_size_is_remembered_for_its_next_call() -> None:
+    with corral.Pool(2) as pool:
+        engine = pool._engine
+        assert engine.learned_chunk(t.double) == 1
+        pool.map(t.double, range(30_000))
+        grown = engine.learned_chunk(t.double)
+        assert grown > 1  # trivial items: the chunks grew
+        job = corral._pool._jobs.MapJob(
+            engine,
+            t.double,
+            0,
+            [1],
+            None,
+            corral._pool._jobs.MapResult(None, None),
+            False,
+            None,
+            0,
+            None,
+        )
+        assert job.chunk == max(1, grown // corral._pool._jobs.CHUNK_GROWTH)
+        assert engine.learned_chunk(abs) == 1  # a builtin: not remembered, no error
+        assert pool.map(abs, range(-3, 0)) == [3, 2, 1]
+        assert engine.learned_chunk(t.add) == 1  # per function
+
+
 def test_async_result_semantics(ctx: corral.CorralContext) -> None:
     got: list[Any] = []
     errors: list[BaseException] = []

@@ -18,9 +18,12 @@ may need first (``_on_new_work``: the local engine starts workers on demand).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 import traceback
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._workercrash import BrokenPool
@@ -46,6 +49,11 @@ class EngineBase:
         # the thread marked finished while it still runs.
         self.done = threading.Event()
         self.pid = os.getpid()
+        # The automatic chunk size each function reached in this pool, so that the
+        # next call of it need not grow its chunks from one item again (Job.__init__).
+        self._learned: weakref.WeakKeyDictionary[Callable[..., Any], int]
+        self._learned = weakref.WeakKeyDictionary()
+        self._learned_lock = threading.Lock()
 
     # -- What a subclass provides --
 
@@ -148,6 +156,19 @@ class EngineBase:
                 on_event(kind, n)
             except Exception:
                 traceback.print_exc()
+
+    def learned_chunk(self, fn: Callable[..., Any]) -> int:
+        """The chunk size ``fn``'s last call here grew to (1 if none, or if ``fn``
+        can't be weakly referenced: a builtin, say)."""
+        with self._learned_lock:
+            try:
+                return self._learned.get(fn, 1)
+            except TypeError:
+                return 1
+
+    def learn_chunk(self, fn: Callable[..., Any], size: int) -> None:
+        with self._learned_lock, contextlib.suppress(TypeError):  # (not weakly referable)
+            self._learned[fn] = size
 
     # -- For the scheduler thread --
 

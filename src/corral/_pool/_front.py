@@ -329,7 +329,9 @@ class _Calls:
         _check_chunksize(chunksize)
         self._engine.check_running()
         timeout, retries = self._options(task_timeout)
-        items = list(iterable)
+        # A list is used as it is, not copied (as the stdlib's map does): it is only
+        # read, and a copy of 100k items costs a tenth of a trivial map's time.
+        items = iterable if type(iterable) is list else list(iterable)
         if mode == MODE_STAR:
             items = [tuple(a) for a in items]
         result: MapResult[T] = MapResult(callback, error_callback)

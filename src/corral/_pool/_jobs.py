@@ -90,11 +90,18 @@ class Job:
         self.progress = progress
         self.name = getattr(fn, "__qualname__", None) or repr(fn)
         self.items: list[Any] = []  # items[i] is item base + i
+        # May items handed out be dropped from the list? Not from a caller's list.
+        self.owns_items = True
         self.base = 0
         self.cursor = 0  # next item (absolute index) not handed out yet
         self.solo: collections.deque[tuple[int, Any]] = collections.deque()  # run alone
         self.tries: dict[int, int] = {}
-        self.chunk = 1  # the next automatic chunk size
+        # The next automatic chunk size: from one item, or, if this pool ran ``fn``
+        # before, one growth step below the size its last call reached. The trade-off:
+        # a call whose items are far slower than the last one's gets first chunks of
+        # that size before it is measured, in return for not paying the ramp from one
+        # item (a round trip per step) on every call of the same function.
+        self.chunk = max(1, engine.learned_chunk(fn) // CHUNK_GROWTH)
         self.commit_every = 1  # items between two commits, once measured
         self.balance_cap = MAX_CHUNK
         self.input_done = True
@@ -122,7 +129,11 @@ class Job:
         lo = start - self.base
         chunk = self.items[lo : lo + n]
         self.cursor += len(chunk)
-        if self.cursor - self.base > 4096 and self.cursor - self.base > len(self.items) // 2:
+        if (
+            self.owns_items
+            and self.cursor - self.base > 4096
+            and self.cursor - self.base > len(self.items) // 2
+        ):
             del self.items[: self.cursor - self.base]
             self.base = self.cursor
         return start, chunk
@@ -137,6 +148,7 @@ class Job:
             return
         ideal = TARGET_CHUNK_SECONDS / per_item if per_item > 0 else MAX_CHUNK
         self.chunk = int(max(1, min(ideal, self.chunk * CHUNK_GROWTH, MAX_CHUNK)))
+        self.engine.learn_chunk(self.fn, self.chunk)
 
     def describe(self, index: int, item: Any) -> str:
         """How errors name a task: ``task 17 of map(f), item 34`` or ``task f(1, 2)``."""
@@ -279,7 +291,8 @@ class MapJob(Job):
         progress: Progress | None,
     ):
         super().__init__(engine, fn, mode, chunksize, timeout, retries, progress)
-        self.items = items
+        self.items = items  # possibly the caller's own list: only ever read
+        self.owns_items = False
         self.result = result
         result._job = self
         self.single = single
