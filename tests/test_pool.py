@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -9,6 +10,7 @@ import pickle
 import select
 import signal
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 
 import corral
+from corral._core._native import speedups
+from corral._pool import _jobs
 from tests import pool_targets as t
 
 TIMEOUT = 30.0
@@ -533,3 +537,87 @@ def test_a_result_that_exits_when_unpickled_fails_alone(ctx: corral.CorralContex
             it.next(TIMEOUT)
         assert it.next(TIMEOUT) == 2
         assert pool.apply(t.double, (4,)) == 8  # the scheduler is alive
+
+
+# --- The imap iterator's buffer, in C and in Python ----------------------------------
+
+_BUFFERED_BASES = [pytest.param(_jobs._PyBufferedIter, id="python")]
+if speedups is not None:
+    _BUFFERED_BASES.append(pytest.param(speedups.BufferedIter, id="c"))
+
+
+class _Box:
+    """A value that can be weakly referenced."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+
+def _fed(base: Any, batches: list[list[Any]]) -> Any:
+    class Fed(base):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self._failure = _jobs._Failure
+            self.refills = 0
+
+        def _refill(self) -> None:
+            self.refills += 1
+            if not batches:
+                raise StopIteration
+            self._items.extend(batches.pop(0))
+
+    return Fed()
+
+
+@pytest.mark.parametrize("base", _BUFFERED_BASES)
+def test_buffered_iter_hands_out_in_order_raises_failures_in_place_and_ends(base: Any) -> None:
+    boom = ValueError("item 2")
+    it = _fed(base, [[0, 1], [_jobs._Failure(boom), 3], [4]])
+    assert iter(it) is it
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(ValueError, match="item 2") as info:
+        next(it)
+    assert info.value is boom
+    assert list(it) == [3, 4]  # it goes on after a failure, as the stdlib's imap
+    assert it.refills == 4  # three batches, then the end
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+@pytest.mark.parametrize("base", _BUFFERED_BASES)
+def test_buffered_iter_keeps_no_value_it_handed_out(base: Any) -> None:
+    boxes = [_Box(i) for i in range(3)]
+    refs = [weakref.ref(b) for b in boxes]
+    it = _fed(base, [boxes])
+    del boxes
+    first = next(it)
+    assert first.n == 0
+    del first
+    assert refs[0]() is None  # the buffer let go of it
+    assert refs[1]() is not None  # still waiting in the buffer
+    # A cycle through the iterator is collected (the C type takes part in the GC).
+    it.cycle = it
+    ref = weakref.ref(it)
+    del it
+    gc.collect()
+    assert ref() is None
+    assert refs[2]() is None
+
+
+@pytest.mark.parametrize("base", _BUFFERED_BASES)
+def test_buffered_iter_refuses_a_refill_that_adds_nothing(base: Any) -> None:
+    it = _fed(base, [[]])
+    with pytest.raises(RuntimeError, match="nothing buffered"):
+        next(it)
+
+
+def test_imap_next_with_timeout_and_a_for_loop_share_one_order() -> None:
+    with corral.Pool(2) as pool:
+        it = pool.imap(t.double, range(2000))
+        head = [it.next(TIMEOUT) for _ in range(5)]
+        rest = []
+        for i, x in enumerate(it):
+            rest.append(x)
+            if i % 500 == 0:
+                rest.append(it.next(TIMEOUT))
+        assert head + rest == [x * 2 for x in range(2000)]

@@ -615,6 +615,112 @@ static PyTypeObject LockBaseType = {
     .tp_members = LockBase_members,
 };
 
+/* -- BufferedIter: an iterator over a list buffer, refilled from Python ------------- */
+
+/* The consumer's side of a stream of values that arrive in batches (the pool's
+ * imap). Values wait in `_items` from `_pos` on; __next__ hands out the next one and
+ * puts None in its place (so a value consumed is not kept alive by the buffer). A
+ * value whose type is `_failure` is not returned: its `exc` is raised instead. When
+ * the buffer is used up, it is cleared and the subclass's `_refill()` is called,
+ * which must append at least one value or raise (StopIteration at the end). In C
+ * because a Python __next__ costs several times a list read, per item. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *items;   /* a list */
+    PyObject *failure; /* a type, or NULL */
+    Py_ssize_t pos;
+} BufferedIter;
+
+static PyObject *str_refill, *str_exc;
+
+static int BufferedIter_init(BufferedIter *self, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    PyObject *items = PyList_New(0);
+    if (items == NULL) return -1;
+    Py_XSETREF(self->items, items);
+    self->pos = 0;
+    return 0;
+}
+
+static PyObject *BufferedIter_next(BufferedIter *self) {
+    for (;;) {
+        PyObject *items = self->items;
+        if (items == NULL || !PyList_CheckExact(items)) {
+            PyErr_SetString(PyExc_TypeError, "BufferedIter._items must be a list");
+            return NULL;
+        }
+        if (self->pos < PyList_GET_SIZE(items)) {
+            PyObject *value = PyList_GET_ITEM(items, self->pos); /* the list's reference */
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(items, self->pos, Py_None); /* ... now ours */
+            self->pos++;
+            if (self->failure != NULL && (PyObject *)Py_TYPE(value) == self->failure) {
+                PyObject *exc = PyObject_GetAttr(value, str_exc);
+                Py_DECREF(value);
+                if (exc == NULL) return NULL;
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+                return NULL;
+            }
+            return value;
+        }
+        if (PyList_SetSlice(items, 0, PyList_GET_SIZE(items), NULL) < 0) return NULL;
+        self->pos = 0;
+        PyObject *res = PyObject_CallMethodNoArgs((PyObject *)self, str_refill);
+        if (res == NULL) return NULL; /* StopIteration at the end, or the refill's error */
+        Py_DECREF(res);
+        if (PyList_GET_SIZE(self->items) == 0) {
+            PyErr_SetString(PyExc_RuntimeError, "_refill() returned with nothing buffered");
+            return NULL;
+        }
+    }
+}
+
+/* (A Python subclass's type is visited and released by CPython's subtype_traverse
+ * and subtype_dealloc, since this base type is static.) */
+static int BufferedIter_traverse(BufferedIter *self, visitproc visit, void *arg) {
+    Py_VISIT(self->items);
+    Py_VISIT(self->failure);
+    return 0;
+}
+
+static int BufferedIter_clear(BufferedIter *self) {
+    Py_CLEAR(self->items);
+    Py_CLEAR(self->failure);
+    return 0;
+}
+
+static void BufferedIter_dealloc(BufferedIter *self) {
+    PyObject_GC_UnTrack(self);
+    BufferedIter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef BufferedIter_members[] = {
+    {"_items", T_OBJECT, offsetof(BufferedIter, items), 0, "the buffer (a list)"},
+    {"_pos", T_PYSSIZET, offsetof(BufferedIter, pos), 0, "the next value's index"},
+    {"_failure", T_OBJECT, offsetof(BufferedIter, failure), 0,
+     "the type of the values that stand for an exception (their .exc is raised)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject BufferedIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "corral._core._speedups.BufferedIter",
+    .tp_basicsize = sizeof(BufferedIter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "An iterator over a list buffer; subclass it and provide _refill().",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)BufferedIter_init,
+    .tp_dealloc = (destructor)BufferedIter_dealloc,
+    .tp_traverse = (traverseproc)BufferedIter_traverse,
+    .tp_clear = (inquiry)BufferedIter_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)BufferedIter_next,
+    .tp_members = BufferedIter_members,
+};
+
 /* -- module ------------------------------------------------------------------------ */
 
 /* prctl(option, arg) -> int: prctl(2) with its last three arguments 0; OSError on
@@ -918,7 +1024,12 @@ static struct PyModuleDef moduledef = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&OpsType) < 0 || PyType_Ready(&LockBaseType) < 0) return NULL;
+    if (PyType_Ready(&OpsType) < 0 || PyType_Ready(&LockBaseType) < 0 ||
+        PyType_Ready(&BufferedIterType) < 0)
+        return NULL;
+    str_refill = PyUnicode_InternFromString("_refill");
+    str_exc = PyUnicode_InternFromString("exc");
+    if (!str_refill || !str_exc) return NULL;
     str_not_owner = PyUnicode_InternFromString("_not_owner");
     str_release = PyUnicode_InternFromString("release");
     str_acquire_fallback = PyUnicode_InternFromString("_acquire_fallback");
@@ -927,8 +1038,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (m == NULL) return NULL;
     Py_INCREF(&OpsType);
     Py_INCREF(&LockBaseType);
+    Py_INCREF(&BufferedIterType);
     if (PyModule_AddObject(m, "Ops", (PyObject *)&OpsType) < 0 ||
-        PyModule_AddObject(m, "LockBase", (PyObject *)&LockBaseType) < 0) {
+        PyModule_AddObject(m, "LockBase", (PyObject *)&LockBaseType) < 0 ||
+        PyModule_AddObject(m, "BufferedIter", (PyObject *)&BufferedIterType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

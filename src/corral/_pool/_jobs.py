@@ -33,6 +33,7 @@ from concurrent.futures._base import RUNNING
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .._core._native import speedups
 from .._exceptions import CorralError
 from ._progress import Progress
 from ._worker import MODE_CALL, commit_policy
@@ -335,7 +336,49 @@ class _Failure:
         self.exc = exc
 
 
-class IMapIterator(Generic[T]):
+class _PyBufferedIter:
+    """The pure-Python twin of ``_speedups.BufferedIter``: the same fields and contract.
+
+    Values wait in ``_items`` from ``_pos`` on; ``__next__`` hands out the next one,
+    putting None in its place, and raises the ``exc`` of a value of type
+    ``_failure`` instead of returning it. When the buffer is used up it is cleared
+    and ``_refill()`` is called, which appends at least one value or raises.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._pos = 0
+        self._failure: type | None = None
+
+    def __iter__(self) -> _PyBufferedIter:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            items, pos = self._items, self._pos
+            if pos < len(items):
+                value = items[pos]
+                items[pos] = None
+                self._pos = pos + 1
+                if value.__class__ is self._failure:
+                    failure: Any = value
+                    raise failure.exc
+                return value
+            items.clear()
+            self._pos = 0
+            self._refill()
+            if not self._items:
+                raise RuntimeError("_refill() returned with nothing buffered")
+
+    def _refill(self) -> None:
+        raise NotImplementedError
+
+
+# The iterator's per-item step is a list read in C when the extension is there.
+_BufferedIter: Any = _PyBufferedIter if speedups is None else speedups.BufferedIter
+
+
+class IMapIterator(_BufferedIter, Generic[T]):  # type: ignore[misc]
     """The iterator from ``imap``/``imap_unordered``; pulls its input lazily.
 
     At most a window of items (a few chunks per worker) is pulled from the input and
@@ -345,28 +388,30 @@ class IMapIterator(Generic[T]):
     """
 
     __module__ = "corral"
+    _items: list[Any]  # (the base class's fields)
+    _pos: int
+    _failure: type | None
 
     def __init__(self, job: IMapJob):
+        super().__init__()
+        self._failure = _Failure
         self._job = job
-        self._buf: collections.deque[Any] = collections.deque()
 
-    def __iter__(self) -> IMapIterator[T]:
-        return self
+    if TYPE_CHECKING:  # (at run time, __iter__ and __next__ are the base class's)
 
-    def __next__(self) -> T:
-        try:
-            value = self._buf.popleft()  # the fast path: no lock, no call
-        except IndexError:
-            self._job.refill(self._buf, None)
-            value = self._buf.popleft()
-        if value.__class__ is _Failure:
-            raise value.exc
-        result: T = value
-        return result
+        def __iter__(self) -> IMapIterator[T]: ...
+
+        def __next__(self) -> T: ...
+
+    def _refill(self) -> None:
+        """The buffer is used up: wait for the next outcomes (or the end)."""
+        self._job.refill(self._items, None)
 
     def next(self, timeout: float | None = None) -> T:
-        if not self._buf:
-            self._job.refill(self._buf, timeout)
+        if self._pos >= len(self._items):
+            self._items.clear()
+            self._pos = 0
+            self._job.refill(self._items, timeout)
         return self.__next__()
 
     def cancel(self) -> None:
@@ -500,7 +545,7 @@ class IMapJob(Job):
         self.finished()
         self.engine.wake()
 
-    def refill(self, buf: collections.deque[Any], timeout: float | None) -> None:
+    def refill(self, buf: list[Any], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._pull()
@@ -528,7 +573,7 @@ class IMapJob(Job):
                         raise multiprocessing.TimeoutError
                     self.engine.wait_interruptibly(self.cond, left)
 
-    def _take_ready(self, buf: collections.deque[Any]) -> bool:
+    def _take_ready(self, buf: list[Any]) -> bool:
         if self.ordered:
             while self.consumed in self.done:
                 values, errors = self.done.pop(self.consumed)
@@ -542,9 +587,7 @@ class IMapJob(Job):
         return bool(buf)
 
     @staticmethod
-    def _append(
-        buf: collections.deque[Any], values: list[Any], errors: dict[int, BaseException]
-    ) -> None:
+    def _append(buf: list[Any], values: list[Any], errors: dict[int, BaseException]) -> None:
         if not errors:
             buf.extend(values)
             return
