@@ -455,6 +455,9 @@ class IMapJob(Job):
         self.input_done = False
         self.ordered = ordered
         self.pulled = 0
+        if type(source) is list:  # all in memory already: read it in place, as map does
+            self.items, self.owns_items = source, False
+            self.source, self.input_done, self.pulled = None, True, len(source)
         self.consumed = 0
         self.done: dict[int, tuple[list[Any], dict[int, BaseException]]] = {}
         self.arrived: collections.deque[tuple[int, list[Any], dict[int, BaseException]]]
