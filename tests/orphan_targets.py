@@ -13,6 +13,8 @@ import signal
 import time
 from multiprocessing.connection import Connection
 
+from corral._tools._demo import _targets
+
 FOREVER = 300.0
 SLEEP = "/bin/sleep"
 
@@ -66,25 +68,40 @@ def hostile(row: str, conn: Connection) -> None:
     turn()
 
 
-def _storm_node(depth: int) -> None:
-    """Fork two lasting children (down to ``depth`` levels), then fork short-lived
-    ones as fast as possible, forever."""
-    for _ in range(2 if depth > 0 else 0):
-        if os.fork() == 0:
-            try:
-                _storm_node(depth - 1)
-            finally:
-                os._exit(1)
-    while True:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-
-
 def storm(depth: int, conn: Connection) -> None:
-    """A fork storm: 2**(depth+1) - 1 lasting processes (this one included), each
-    forking short-lived children without pause."""
-    conn.send([os.getpid()])
-    conn.close()
-    _storm_node(depth)
+    """A fork storm (corral's benchmark's): 2**(depth+1) - 1 lasting processes."""
+    _targets.fork_storm(depth, conn)
+
+
+def replace_supervisor(method: str) -> tuple[int, int, bool]:
+    """In a corral child: start a child, SIGKILL this process's supervisor, start
+    another child. Returns (the old supervisor, the new one, whether the old one
+    was reaped here)."""
+    import select
+
+    import corral
+    from corral._core import _supervisor
+
+    ctx = corral.get_context(method)
+    first = ctx.Process(target=int)
+    first.start()
+    first.join(60)
+    old = _supervisor.pid()
+    fd = os.pidfd_open(old)
+    try:
+        os.kill(old, signal.SIGKILL)  # (our child, not reaped yet: not recycled)
+        if not select.select([fd], [], [], 60)[0]:
+            raise TimeoutError("the supervisor did not die within 60 s")
+        second = ctx.Process(target=int)
+        second.start()
+        new = _supervisor.pid()
+        second.join(60)
+        try:
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            reaped = True
+        else:
+            reaped = False
+    finally:
+        os.close(fd)
+    return old, new, reaped

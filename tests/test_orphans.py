@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import corral
 from corral._core import _linux, _sweep
 from corral._tools._demo import _watch
 
@@ -208,3 +209,16 @@ def test_supervisor_exits_and_is_reaped_when_its_parent_exits_normally(
         parent.stdin.close()
         parent.stdout.close()
         _watch.kill_reap_close(pidfds)
+
+
+def test_a_killed_supervisor_is_reaped_and_replaced_at_the_next_start(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    # (In a child, so that the session's own supervisor is left alone.)
+    p = ctx.Process(target=orphan_targets.replace_supervisor, args=(start_method,))
+    p.start()
+    old, new, reaped = p.result(timeout=TIMEOUT)
+    p.join(TIMEOUT)
+    assert new not in (0, old)
+    assert reaped, "the killed supervisor was left a zombie"
+    assert p.exitcode == 0

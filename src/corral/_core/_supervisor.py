@@ -99,8 +99,9 @@ def register(child_pid: int, child_pidfd: int) -> None:
             try:
                 sock.sendmsg(message, fds)
                 return
-            except BrokenPipeError:
-                # It died (someone SIGKILLed it): reap it and start another. The
+            except (BrokenPipeError, ConnectionResetError):
+                # It died (someone SIGKILLed it; EPIPE, or ECONNRESET when it left
+                # messages unread): reap it and start another. The
                 # children registered with it are left with their lifelines only.
                 _forget()
                 if attempt == 2:
