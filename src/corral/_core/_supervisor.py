@@ -112,6 +112,10 @@ def _start() -> socket.socket:
     """Spawn the supervisor (not waiting for it) and return our end of its socket."""
     global _sock, _pid, _pidfd
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if theirs.fileno() == 0:  # (fd 0 was closed here): dup2(0, 0) would keep CLOEXEC
+        moved = os.dup(theirs.fileno())
+        theirs.close()
+        theirs = socket.socket(fileno=moved)
     try:
         child = os.posix_spawn(
             sys.executable,
@@ -149,7 +153,9 @@ def close(timeout: float = EXIT_WAIT) -> None:
         _sock = None
         import select
 
-        select.select([_pidfd], [], [], timeout)
+        poller = select.poll()  # (not select(): the pidfd may be past fd 1024)
+        poller.register(_pidfd, select.POLLIN)
+        poller.poll(timeout * 1000)
         _forget()
 
 
