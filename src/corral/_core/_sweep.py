@@ -180,7 +180,10 @@ def freeze(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member]:
 
     The first round reads only main threads' children lists (one read each), to
     stop a storm as fast as it can; each later round, after every member is seen
-    stopped, reads every thread's list, and the last finds nothing new.
+    stopped, reads every thread's list, and the last finds nothing new. A member
+    already stopped when its lists were read is final (it cannot fork) and is not
+    read again; the roots and ``parents`` are, every round: they are subreapers,
+    which may yet receive orphans of a descendant dying on its own meanwhile.
     """
     members: list[Member] = []
     seen = set(parents)
@@ -191,29 +194,41 @@ def freeze(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member]:
             send(fd, _SIGSTOP)
     deadline = time.monotonic() + STOP_WAIT
     stopped: set[int] = set()
-    _read_round(members, parents, seen, _main_thread_children)
+    final: set[int] = set()
+    rounds = _Rounds(members, parents, seen, len(members))
+    rounds.read(_main_thread_children, stopped, final)
     while True:
         _wait_stopped(members, stopped, deadline)
-        if not _read_round(members, parents, seen, children_of):
+        if not rounds.read(children_of, stopped, final):
             return members
 
 
-def _read_round(
-    members: list[Member],
-    parents: tuple[int, ...],
-    seen: set[int],
-    read: Callable[[int], list[int]],
-) -> bool:
-    """One read of every member's (and parent's) children; new ones are pinned,
-    stopped and appended (and read in the same round). True if any was new."""
-    new = False
-    for parent in parents:
-        new = _adopt(read(parent), members, seen) or new
-    i = 0
-    while i < len(members):  # grows as we go: a new member's children are read too
-        new = _adopt(read(members[i][0]), members, seen) or new
-        i += 1
-    return new
+class _Rounds:
+    """The members found so far, and one read of their children lists at a time."""
+
+    def __init__(
+        self, members: list[Member], parents: tuple[int, ...], seen: set[int], n_roots: int
+    ) -> None:
+        self.members, self.parents, self.seen, self.n_roots = members, parents, seen, n_roots
+
+    def read(self, read: Callable[[int], list[int]], stopped: set[int], final: set[int]) -> bool:
+        """Read the children of every member not yet final (and of the parents); new
+        ones are pinned, stopped, appended, and read in the same round. True if any
+        was new. A member seen stopped before its read becomes final."""
+        members, seen = self.members, self.seen
+        new = False
+        for parent in self.parents:
+            new = _adopt(read(parent), members, seen) or new
+        i = 0
+        while i < len(members):  # grows as we go: a new member's children are read too
+            pid = members[i][0]
+            if pid not in final:
+                was_stopped = pid in stopped
+                new = _adopt(read(pid), members, seen) or new
+                if was_stopped and i >= self.n_roots and read is children_of:
+                    final.add(pid)
+            i += 1
+        return new
 
 
 def _adopt(children: list[int], members: list[Member], seen: set[int]) -> bool:
