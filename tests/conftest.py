@@ -21,8 +21,9 @@ from collections.abc import Iterator
 import pytest
 
 import corral
-from corral._core import _lifeline, _linux
+from corral._core import _lifeline, _linux, _supervisor
 
+from . import leaks
 from .leaks import LeakCheck
 from .leaks import wait_until as wait_until
 
@@ -36,6 +37,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # (made once, on the first start(), and kept for the life of the process).
     multiprocessing.forkserver.ensure_running()
     _lifeline.child_end()
+    # corral's supervisor of this process (started on the first start(), kept for
+    # the life of the process) is the session's too; only the current one, so a
+    # supervisor a test leaves behind (say, after making this one restart) is a leak.
+    _supervisor.ensure_started()
+    leaks.OWNED_BY_FIXTURES.append(_current_supervisor)
+
+
+def _current_supervisor() -> set[int]:
+    pid = _supervisor.pid()
+    return {pid} if pid else set()
 
 
 @pytest.fixture(params=START_METHODS)

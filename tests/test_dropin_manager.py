@@ -1,5 +1,7 @@
-"""corral.Manager() is the stdlib's SyncManager (issue 12): its proxies work with
-corral's Processes, Pools and executors, under every start method."""
+"""corral.Manager() is the stdlib's SyncManager (issue 12), its server started as a
+corral Process (issue 13: it dies with its parent; tests/test_orphans.py, row
+``manager``): its proxies work with corral's Processes, Pools and executors, under
+every start method."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ TIMEOUT = 30.0
 def test_manager_proxies_with_corral_objects(ctx: corral.CorralContext) -> None:
     with ctx.Manager() as mgr:
         assert isinstance(mgr, multiprocessing.managers.SyncManager)
+        assert isinstance(mgr._process, ctx.Process)  # type: ignore[attr-defined]
         d, items, q, lock = mgr.dict(), mgr.list(), mgr.Queue(), mgr.Lock()
 
         p = ctx.Process(target=t.manager_child, args=(d, items, q, lock))

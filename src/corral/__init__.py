@@ -15,7 +15,6 @@ import importlib as _importlib
 from multiprocessing import (
     AuthenticationError,
     BufferTooShort,
-    Manager,
     Pipe,
     ProcessError,
     TimeoutError,
@@ -38,7 +37,7 @@ from multiprocessing import (
 # --- corral's own. Process, contexts and exceptions load at once; the rest on first
 # use (PEP 562), because every spawned or forkserver child imports corral and should
 # pay only for what it uses.
-from ._context import CorralContext, get_context
+from ._context import CorralContext, Manager, get_context
 from ._exceptions import (
     ChildDiedAtStart,
     CorralError,

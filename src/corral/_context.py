@@ -15,9 +15,10 @@ from . import _process
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from multiprocessing.managers import SyncManager
     from typing import Any
 
-__all__ = ["CorralContext", "get_context"]
+__all__ = ["CorralContext", "Manager", "get_context"]
 
 
 class CorralContext:
@@ -66,6 +67,16 @@ class CorralContext:
         kwargs.setdefault("context", self)
         return corral.map(*args, **kwargs)
 
+    def Manager(self) -> SyncManager:
+        """A started :class:`multiprocessing.managers.SyncManager` whose server is a
+        corral Process of this context: it dies with this process (and is handed to
+        its supervisor), as every corral child does."""
+        from multiprocessing.managers import SyncManager
+
+        manager = SyncManager(ctx=self)  # type: ignore[arg-type]  # (duck-typed: Process, Pipe)
+        manager.start()
+        return manager
+
     def __getattr__(self, name: str) -> Any:
         import corral
 
@@ -98,3 +109,12 @@ def get_context(method: str | None = None) -> CorralContext:
 
 
 get_context.__module__ = "corral"
+
+
+def Manager() -> SyncManager:
+    """Like :func:`multiprocessing.Manager`, with the server started as a corral
+    Process (default start method): it never outlives this process."""
+    return get_context().Manager()
+
+
+Manager.__module__ = "corral"

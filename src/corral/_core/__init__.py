@@ -21,7 +21,11 @@ Nothing here knows about Process, Queue, Lock or Pool, or imports anything from
                    batches, the whole (the queues build on it).
 - ``_later``:      bookkeeping owed to shared state whose mutex a caller could not get
                    before its deadline (a paused peer held it), done in the background.
-- ``_tree``:       freezing and killing a whole process subtree, bottom to top.
+- ``_sweep``:      stdlib only: freezing a set of subtrees in rounds and killing them;
+                   run as a script, the supervisor.
+- ``_tree``:       freezing and killing a whole process subtree, bottom to top (on ``_sweep``).
+- ``_supervisor``: per parent, the process that ends its children's subtrees from
+                   outside when the parent dies (exec, closed fds, blocked signals, stopped).
 - ``_lifeline``:   the pipe whose end tells a child that the process that started it is gone.
 - ``_reaper``:     the thread that reaps corral's own children through pidfds, and only them.
 - ``_popen``:      per-start-method launchers that wire all of the above into a child.

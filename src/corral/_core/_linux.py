@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 
 from . import _native
+from ._sweep import children_of, proc_state
+from ._sweep import read_small as _read_small
 
 # typing costs a few ms at import, and every spawned child imports this module.
 TYPE_CHECKING = False
@@ -110,53 +112,6 @@ def is_child_subreaper() -> bool:
     value = ctypes.c_int(0)
     res = _libc().prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value), 0, 0, 0)
     return res == 0 and value.value != 0
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``, from every one of its threads.
-
-    A child belongs to the *thread* that forked it, so each task's list is read.
-    Returns an empty list if the process is gone.
-    """
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except (FileNotFoundError, ProcessLookupError):
-        return out
-    for tid in tids:
-        data = _read_small(f"/proc/{pid}/task/{tid}/children")
-        if data:
-            out.extend(map(int, data.split()))
-    return out
-
-
-def _read_small(path: str) -> bytes | None:
-    """Read a small /proc file with raw syscalls (no io objects: this runs in every
-    child as it exits, where each extra object touched costs copy-on-write faults).
-    None if the file is gone.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except ProcessLookupError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def proc_state(pid: int) -> str | None:
-    """The one-letter scheduler state of ``pid`` (R, S, D, T, t, Z, X...), or None if gone."""
-    data = _read_small(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    # The command name is in parentheses and may itself contain spaces or ')'.
-    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

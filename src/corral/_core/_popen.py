@@ -30,7 +30,7 @@ from multiprocessing import forkserver as _mp_forkserver
 from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
 from multiprocessing.connection import wait as _mp_wait
 
-from . import _linux, _reaper, _tree
+from . import _linux, _reaper, _supervisor, _tree
 from ._errors import ChildDiedAtStart
 
 # typing costs a few ms at import, and every spawned child imports this module.
@@ -70,6 +70,7 @@ class CorralPopen:
         self._reap_lock = threading.RLock()  # (re-entrant: exit callbacks run under it)
         self._exit_callbacks = []
         self._pidfd = self._open_pidfd()
+        _register(self.pid, self._pidfd)
         self._corral_set_sentinel()
         watch_fd = self._watch_fd = self._new_watch_fd()
         fds = tuple({fd for fd in (self._pidfd, watch_fd) if fd >= 0})
@@ -195,6 +196,25 @@ class CorralPopen:
         self._pidfd = -1
 
 
+def _register(pid: int, pidfd: int) -> None:
+    """Hand the child to this process's supervisor (guarantee 2, from outside).
+
+    The child is running by now, so a failure here must not make start() raise:
+    it is reported, and the child keeps its lifeline (code inside it) only.
+    """
+    try:
+        _supervisor.register(pid, pidfd)
+    except OSError as exc:
+        import warnings
+
+        warnings.warn(
+            f"corral could not hand child {pid} to its supervisor ({exc}); if this "
+            "process dies, only the child's own lifeline will end its subtree",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def _reap_when_all_dead(members: list[_tree.Member], root: _tree.Member) -> None:
     """Have the reaper collect ``members`` once every one of them, and the subtree's
     root, has exited.
@@ -204,6 +224,7 @@ def _reap_when_all_dead(members: list[_tree.Member], root: _tree.Member) -> None
     its pidfd, and one that is not our child (its parent outside the subtree) is left
     to its parent. The root is the launcher's to reap; its pidfd here is a duplicate.
     """
+    members = [m for m in members if m[1] >= 0]  # (one signalled by pid: not watched)
     watched = [*members, root]
     remaining = {fd for _, fd in watched}
     lock = threading.Lock()

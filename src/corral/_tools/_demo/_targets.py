@@ -105,6 +105,57 @@ if __name__ == "__main__":
 """
 
 
+def _storm_node(depth: int) -> None:
+    """Fork two lasting children (down to ``depth`` levels), then fork short-lived
+    ones as fast as possible, forever."""
+    for _ in range(2 if depth > 0 else 0):
+        if os.fork() == 0:
+            try:
+                _storm_node(depth - 1)
+            finally:
+                os._exit(1)
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def fork_storm(depth: int, conn: Connection) -> None:
+    """A fork storm: 2**(depth+1) - 1 lasting processes (this one included), each
+    forking short-lived children without pause. Sends this pid first."""
+    conn.send([os.getpid()])
+    conn.close()
+    _storm_node(depth)
+
+
+STORM_PARENT = """
+import sys, time
+sys.path[:0] = {path!r}
+import corral
+from corral._tools._demo import _targets
+if __name__ == "__main__":
+    r, w = corral.Pipe(duplex=False)
+    p = corral.Process(target=_targets.fork_storm, args=({depth}, w))
+    p.start()
+    print(*r.recv(), flush=True)
+    time.sleep(_targets.FOREVER)
+"""
+
+
+def start_storm_parent(depth: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a corral parent whose child is a ``fork_storm`` of ``depth``; returns the
+    parent and the storm's root pid (its lasting processes may not all exist yet)."""
+    code = STORM_PARENT.format(path=sys.path, depth=depth)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    ready, _, _ = select.select([parent.stdout], [], [], 60)
+    if not ready:
+        parent.kill()
+        raise TimeoutError("the storm's parent did not start it within 60 s")
+    return parent, int(parent.stdout.readline())
+
+
 def start_parent(lib: str) -> tuple[subprocess.Popen[bytes], list[int]]:
     """Start a parent (``lib``: "corral" or "multiprocessing") with one child that has
     a subprocess, a raw fork and a setsid() child below it. Returns the parent and the

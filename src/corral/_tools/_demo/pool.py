@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from ... import _executor, _pipeline
-from ..._core import _linux
+from ..._core import _linux, _supervisor
 from . import Report, _targets, scenario
 
 ITEMS = 2000
@@ -44,7 +44,8 @@ def _score(x: int) -> int:
 def _killer(stop: threading.Event, killed: list[int]) -> None:
     rng = random.Random(5)
     while len(killed) < KILLS and not stop.wait(0.15):
-        workers = list(_linux.children_of(os.getpid()))
+        # (Not the supervisor: it is no worker, and it guards them all.)
+        workers = [p for p in _linux.children_of(os.getpid()) if p != _supervisor.pid()]
         if workers:
             victim = rng.choice(workers)
             with contextlib.suppress(ProcessLookupError):

@@ -9,9 +9,11 @@ is the median of several runs.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import select
+import signal
 import statistics
 import time
 from typing import Any
@@ -69,6 +71,44 @@ def _teardown_after_sigkill(lib: str, limit: float) -> tuple[float | None, int]:
     return (None if survivors else took), survivors
 
 
+# The fork storm of the tree-kill row: 2**(depth+1) - 1 = 1,023 lasting processes,
+# each forking short-lived children without pause (about 2,000 members in all).
+STORM_DEPTH = 9
+
+
+def _storm_teardown(limit: float) -> tuple[float | None, int]:
+    """SIGKILL a corral parent whose child is a 1,023-process fork storm.
+
+    Returns (ms until every pinned member of the subtree is gone, or None; how many
+    were still alive after ``limit``). Members born after the pinning are killed
+    too (the supervisor's rounds), and reaped here with the rest.
+    """
+    me = os.getpid()
+    before = set(_linux.children_of(me))
+    parent, root = _targets.start_storm_parent(STORM_DEPTH)
+    lasting = (1 << (STORM_DEPTH + 1)) - 1
+    deadline = time.monotonic() + 120
+    while len(list(_linux.descendants_of(root))) < lasting - 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the fork storm did not grow within 120 s")
+        time.sleep(0.01)
+    pidfds = _watch.pin(list(_linux.descendants_of(parent.pid)))
+    t0 = time.perf_counter()
+    parent.kill()
+    alive, _ = _watch.wait_dead(pidfds, limit)
+    took = (time.perf_counter() - t0) * 1000
+    parent.wait()
+    assert parent.stdout is not None
+    parent.stdout.close()
+    _watch.kill_reap_close(pidfds)
+    for pid in set(_linux.children_of(me)) - before:  # what came back to us
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # (our child: its pid cannot be recycled)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return (None if alive else took), len(alive)
+
+
 def run(quick: bool) -> list[Row]:
     _linux.set_child_subreaper(True)  # orphans come back here to be counted and reaped
     repeats = 3 if quick else 7
@@ -120,6 +160,17 @@ def run(quick: bool) -> list[Row]:
             "ms",
             note=f"goal: <= 1000 ms, aim 100; survivors after {limit:g} s: "
             f"{max(s for _, s in co)} of 4",
+        )
+    )
+    storm = [_storm_teardown(30.0) for _ in range(1 if quick else 3)]
+    storm_ms = [t for t, _ in storm if t is not None]
+    rows.append(
+        Row(
+            "parent SIGKILL to 1,023-process fork storm gone",
+            "corral",
+            statistics.median(storm_ms) if len(storm_ms) == len(storm) else None,
+            "ms",
+            note=f"2 cores; survivors after 30 s: {max(s for _, s in storm)}",
         )
     )
     rows.append(

@@ -1,0 +1,190 @@
+"""The supervisor: a small process outside the children's subtrees that ends them
+when their parent dies, whatever the children did to themselves.
+
+    parent (this module)                         supervisor (_sweep.py, stdlib only)
+    ────────────────────                         ───────────────────────────────────
+    first register(): socketpair(SEQPACKET),
+      posix_spawn(python -I -S _sweep.py) ──►    fd 0: its end of the socket
+      (not waited for: messages queue)
+    each start: register(pid, pidfd)
+      one sendmsg: pid + pidfd (SCM_RIGHTS) ──►  epoll: pin it; forget it at its exit
+    the parent dies, however: EOF ─────────────► freeze every registered child's
+                                                 subtree in rounds, SIGKILL, exit
+    clean exit (util finalizer, after the
+      stdlib joined the children): close our
+      end, wait for the supervisor, reap it
+
+The parent's end is close-on-exec and closed in fork children (at-fork hook), so
+only the parent's death (or its clean exit) closes it. The supervisor is in a
+process group of its own and blocks the job-control and termination signals, so a
+Ctrl-C or a ``kill`` of the parent's group leaves it to do its work at the EOF.
+
+Why from outside: the lifeline (``_lifeline``) is code inside the child. A child
+that exec()s another program, closes its fds, blocks every signal or is stopped
+never runs it. The supervisor needs nothing from the child: a pidfd, /proc, and
+SIGSTOP and SIGKILL, which can be neither blocked nor caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+from multiprocessing import util
+
+__all__ = ["close", "ensure_started", "pid", "register"]
+
+_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sweep.py")
+
+# Signals the supervisor never acts on: its only way out is the parent's EOF (or
+# SIGKILL). Blocked rather than ignored, so that they are never delivered between
+# its exec and its first line of Python.
+_BLOCKED = frozenset(
+    {
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGALRM,
+    }
+)
+
+# How long a clean exit waits for the supervisor to go before leaving it (to PID 1
+# or the nearest subreaper). It has nothing left to kill then, so it goes in
+# milliseconds; the bound is for a supervisor stuck or stopped by someone.
+EXIT_WAIT = 1.0
+
+_lock = threading.Lock()
+_sock: socket.socket | None = None
+_pid = 0
+_pidfd = -1
+
+
+def pid() -> int:
+    """This process's supervisor, or 0 if it has none (yet)."""
+    return _pid
+
+
+def ensure_started() -> int:
+    """Start this process's supervisor now if it has none; its pid. (``register``
+    does this on its own: this is for owners that want it started early, such as a
+    test session, so that it belongs to them rather than to their first test.)"""
+    with _lock:
+        if _sock is None:
+            _start()
+        return _pid
+
+
+def register(child_pid: int, child_pidfd: int) -> None:
+    """Have the supervisor end ``child_pid``'s subtree if this process dies first.
+
+    One ``sendmsg``; the supervisor is started on the first call. The pidfd is
+    passed (SCM_RIGHTS), so a recycled pid can never be mistaken for the child.
+    """
+    if child_pidfd < 0:
+        return
+    message = [child_pid.to_bytes(4, "little")]
+    fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, child_pidfd.to_bytes(4, sys.byteorder))]
+    with _lock:
+        for attempt in (1, 2):
+            sock = _sock if _sock is not None else _start()
+            try:
+                sock.sendmsg(message, fds)
+                return
+            except (BrokenPipeError, ConnectionResetError):
+                # It died (someone SIGKILLed it; EPIPE, or ECONNRESET when it left
+                # messages unread): reap it and start another. The
+                # children registered with it are left with their lifelines only.
+                _forget()
+                if attempt == 2:
+                    raise
+
+
+def _start() -> socket.socket:
+    """Spawn the supervisor (not waiting for it) and return our end of its socket."""
+    global _sock, _pid, _pidfd
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if theirs.fileno() == 0:  # (fd 0 was closed here): dup2(0, 0) would keep CLOEXEC
+        moved = os.dup(theirs.fileno())
+        theirs.close()
+        theirs = socket.socket(fileno=moved)
+    try:
+        child = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-I", "-S", _SCRIPT],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,
+            setsigmask=_BLOCKED,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    _sock, _pid, _pidfd = ours, child, os.pidfd_open(child)
+    util.Finalize(None, close, exitpriority=_EXIT_PRIORITY)
+    return ours
+
+
+# Below the stdlib's own at-exit work (priority 0 finalizers, then joining the
+# children): the supervisor is let go only once the children are joined.
+_EXIT_PRIORITY = -100
+
+
+def close(timeout: float = EXIT_WAIT) -> None:
+    """Let the supervisor go (EOF), wait up to ``timeout`` for it to exit, reap it."""
+    global _sock
+    with _lock:
+        if _sock is None:
+            return
+        _sock.close()
+        _sock = None
+        import select
+
+        poller = select.poll()  # (not select(): the pidfd may be past fd 1024)
+        poller.register(_pidfd, select.POLLIN)
+        poller.poll(timeout * 1000)
+        _forget()
+
+
+def _forget() -> None:
+    """Reap the supervisor if it has exited, and drop it."""
+    global _sock, _pid, _pidfd
+    if _sock is not None:
+        _sock.close()
+    if _pidfd >= 0:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, _pidfd, os.WEXITED | os.WNOHANG)
+        os.close(_pidfd)
+    _sock, _pid, _pidfd = None, 0, -1
+
+
+def _after_fork_in_child() -> None:
+    # A fork child must not keep its parent's supervisor alive, nor reap it: it
+    # gets a supervisor of its own when it starts children.
+    global _lock, _sock, _pid, _pidfd
+    _lock = threading.Lock()
+    if _sock is not None:
+        _sock.close()
+    if _pidfd >= 0:
+        os.close(_pidfd)
+    _sock, _pid, _pidfd = None, 0, -1
+
+
+os.register_at_fork(
+    before=lambda: _lock.acquire(),
+    after_in_parent=lambda: _lock.release(),
+    after_in_child=_after_fork_in_child,
+)

@@ -1,0 +1,337 @@
+"""Stopping and killing whole process subtrees in rounds; run as a script, the supervisor.
+
+Stdlib only, and no package-relative imports: the same file is imported by
+``_tree`` (a process ending its own subtree, or a child's on ``kill()``) and run as
+``python -I -S _sweep.py`` by ``_supervisor`` (the process that ends a parent's
+corral children from outside when that parent dies).
+
+Freezing in rounds (``freeze``):
+
+    SIGSTOP the roots (through pidfds)
+    loop:  read /proc/PID/task/*/children of every member (and of the watched
+           parents); pin each new pid with a pidfd and SIGSTOP it at once
+           nothing new, and every member seen stopped since the last read? done
+           else wait (bounded, for all of them together) until each member is
+           stopped (T/t) or gone (Z/X), and read again
+
+A process stopped by SIGSTOP cannot fork, and a fork in flight when the signal
+arrives completes first (the new child is on the parent's children list before
+the parent stops), so a read after everyone is stopped finds everything. Each new
+generation costs one round, not one 0.25 s wait per member. A stopped parent
+cannot reap, so a pid read from its children list cannot be recycled before its
+pidfd is opened.
+
+The supervisor (``main``), for one parent process:
+
+    parent (corral) ── SOCK_SEQPACKET, fd 0 here ──► supervisor
+       one message per started child: its pid, its pidfd (SCM_RIGHTS)
+       EOF: the parent is dead, however it died
+    epoll: fd 0 (registrations, EOF) + each child's pidfd (exited: forget it)
+    on EOF: freeze every live registered child's subtree, SIGKILL all, wait, exit
+"""
+
+from __future__ import annotations
+
+# The C halves of signal and socket: their Python wrappers import enum, which costs
+# the supervisor a few ms of CPU at every parent's first start.
+import _signal  # type: ignore[import-not-found]
+import _socket
+import errno
+import os
+import select
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "Member",
+    "children_of",
+    "freeze",
+    "kill_all",
+    "proc_state",
+    "read_small",
+    "wait_dead",
+]
+
+Member = tuple[int, int]  # (pid, pidfd)
+
+# How long one freeze waits, in all, for its members to enter the stopped state
+# after SIGSTOP. A process in uninterruptible sleep (D) stops only when it leaves
+# it; past this bound it is treated as stopped, at the cost of possibly missing a
+# child it forks in that instant. Longer waits out slow disks; shorter bounds the
+# tree kill's time.
+STOP_WAIT = 0.5
+
+# How long the supervisor waits for the SIGKILLed members to be gone before it
+# exits (they go in microseconds, unless stuck in the kernel).
+KILL_WAIT = 1.0
+
+_STOPPED_OR_GONE = frozenset({"T", "t", "Z", "X", "x", None})
+_SIGSTOP: int = _signal.SIGSTOP
+_SIGKILL: int = _signal.SIGKILL
+
+
+def read_small(path: str) -> bytes | None:
+    """Read a small /proc file with raw syscalls (no io objects: this runs in every
+    child as it exits, where each extra object touched costs copy-on-write faults).
+    None if the file is gone.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from every one of its threads.
+
+    A child belongs to the *thread* that forked it, so each task's list is read.
+    Returns an empty list if the process is gone.
+    """
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return out
+    for tid in tids:
+        data = read_small(f"/proc/{pid}/task/{tid}/children")
+        if data:
+            out.extend(map(int, data.split()))
+    return out
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter scheduler state of ``pid`` (R, S, D, T, t, Z, X...), or None if gone."""
+    data = read_small(f"/proc/{pid}/stat")
+    if data is None:
+        return None
+    # The command name is in parentheses and may itself contain spaces or ')'.
+    end = data.rindex(b")")
+    return data[end + 2 : end + 3].decode()
+
+
+def _open(pid: int) -> int | None:
+    """A pidfd on ``pid``; None if it is gone; -1 if we are out of fds (then it is
+    signalled by pid: its parent is a stopped member, which cannot reap it, so the
+    pid cannot be recycled meanwhile)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return -1
+        raise
+
+
+def send(pidfd: int, sig: int, pid: int = 0) -> None:
+    """``sig`` to the process behind ``pidfd`` (or to ``pid`` if there is no pidfd);
+    nothing if it is already gone."""
+    try:
+        if pidfd >= 0:
+            _signal.pidfd_send_signal(pidfd, sig)
+        elif pid > 0:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _main_thread_children(pid: int) -> list[int]:
+    """Children forked by ``pid``'s main thread: one read, for the first round."""
+    data = read_small(f"/proc/{pid}/task/{pid}/children")
+    return list(map(int, data.split())) if data else []
+
+
+def _wait_stopped(members: list[Member], stopped: set[int], deadline: float) -> None:
+    """Until every member is stopped or gone (added to ``stopped``), or ``deadline``."""
+    pending = [pid for pid, _ in members if pid not in stopped]
+    delay = 0.0
+    while True:
+        still = []
+        for pid in pending:
+            if proc_state(pid) in _STOPPED_OR_GONE:
+                stopped.add(pid)
+            else:
+                still.append(pid)
+        pending = still
+        if not pending or time.monotonic() >= deadline:
+            return
+        time.sleep(delay)
+        delay = min(0.002, delay + 0.0002)
+
+
+def freeze(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member]:
+    """SIGSTOP ``roots`` and every descendant of them and of ``parents`` (pids that
+    are not stopped themselves: this process, say), in rounds until nothing new
+    appears. Returns every member, parents before children (roots first); the
+    caller owns the pidfds of the members that were not roots.
+
+    The first round reads only main threads' children lists (one read each), to
+    stop a storm as fast as it can; each later round, after every member is seen
+    stopped, reads every thread's list, and the last finds nothing new. A member
+    already stopped when its lists were read is final (it cannot fork) and is not
+    read again; the roots and ``parents`` are, every round: they are subreapers,
+    which may yet receive orphans of a descendant dying on its own meanwhile.
+    """
+    members: list[Member] = []
+    seen = set(parents)
+    for pid, fd in roots:
+        if pid not in seen:
+            seen.add(pid)
+            members.append((pid, fd))
+            send(fd, _SIGSTOP)
+    deadline = time.monotonic() + STOP_WAIT
+    stopped: set[int] = set()
+    final: set[int] = set()
+    rounds = _Rounds(members, parents, seen, len(members))
+    rounds.read(_main_thread_children, stopped, final)
+    while True:
+        _wait_stopped(members, stopped, deadline)
+        if not rounds.read(children_of, stopped, final):
+            return members
+
+
+class _Rounds:
+    """The members found so far, and one read of their children lists at a time."""
+
+    def __init__(
+        self, members: list[Member], parents: tuple[int, ...], seen: set[int], n_roots: int
+    ) -> None:
+        self.members, self.parents, self.seen, self.n_roots = members, parents, seen, n_roots
+
+    def read(self, read: Callable[[int], list[int]], stopped: set[int], final: set[int]) -> bool:
+        """Read the children of every member not yet final (and of the parents); new
+        ones are pinned, stopped, appended, and read in the same round. True if any
+        was new. A member seen stopped before its read becomes final."""
+        members, seen = self.members, self.seen
+        new = False
+        for parent in self.parents:
+            new = _adopt(read(parent), members, seen) or new
+        i = 0
+        while i < len(members):  # grows as we go: a new member's children are read too
+            pid = members[i][0]
+            if pid not in final:
+                was_stopped = pid in stopped
+                new = _adopt(read(pid), members, seen) or new
+                if was_stopped and i >= self.n_roots and read is children_of:
+                    final.add(pid)
+            i += 1
+        return new
+
+
+def _adopt(children: list[int], members: list[Member], seen: set[int]) -> bool:
+    new = False
+    for child in children:
+        if child in seen:
+            continue
+        fd = _open(child)
+        if fd is None:
+            continue
+        seen.add(child)
+        send(fd, _SIGSTOP, child)
+        members.append((child, fd))
+        new = True
+    return new
+
+
+def wait_dead(pidfds: list[int], timeout: float) -> bool:
+    """Wait until every pidfd reports its process has exited. True if all did."""
+    deadline = time.monotonic() + timeout
+    remaining = [fd for fd in pidfds if fd >= 0]
+    while remaining:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        poller = select.poll()
+        for fd in remaining:
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(left * 1000)}
+        remaining = [fd for fd in remaining if fd not in ready]
+    return True
+
+
+def kill_all(members: list[Member]) -> None:
+    """SIGKILL frozen members, children before parents."""
+    for pid, fd in reversed(members):
+        send(fd, _SIGKILL, pid)
+
+
+# -- the supervisor -----------------------------------------------------------------
+
+# The longest registration message: a pid (4 bytes), with one pidfd attached.
+_MESSAGE = 4
+
+
+def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll) -> bool:
+    """Take every registration waiting on ``sock``. False at EOF (the parent died)."""
+    space = _socket.CMSG_SPACE(4)
+    while True:
+        try:
+            data, ancillary, _flags, _addr = sock.recvmsg(_MESSAGE, space, _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except InterruptedError:
+            continue
+        if not data:
+            return False
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                for k in range(0, len(payload) - len(payload) % 4, 4):
+                    fd = int.from_bytes(payload[k : k + 4], sys.byteorder)
+                    pinned[fd] = int.from_bytes(data, "little")
+                    poller.register(fd, select.EPOLLIN)
+
+
+def _sweep(pinned: dict[int, int]) -> None:
+    """The parent died: end every registered child's whole subtree."""
+    members = freeze([(pid, fd) for fd, pid in pinned.items()])
+    kill_all(members)
+    wait_dead([fd for _, fd in members], KILL_WAIT)
+
+
+def _raise_fd_limit() -> None:
+    # One pidfd per member: a storm of thousands must not run out at the soft limit.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    """Run as the supervisor: fd 0 is our end of the parent's registration socket."""
+    # Keep nothing of the parent's but the socket and stderr: another process's pipe
+    # end held here would delay its EOF.
+    os.closerange(3, 1 << 20)
+    _raise_fd_limit()
+    sock = _socket.socket(fileno=0)
+    sock.setblocking(False)
+    pinned: dict[int, int] = {}  # pidfd -> pid of each registered child still running
+    poller = select.epoll()
+    poller.register(0, select.EPOLLIN)
+    while True:
+        for fd, _events in poller.poll():
+            if fd == 0:
+                if not _receive(sock, pinned, poller):
+                    _sweep(pinned)
+                    os._exit(0)
+            elif fd in pinned:  # that child exited: nothing of it is ours to watch
+                poller.unregister(fd)
+                os.close(fd)
+                del pinned[fd]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""A parent for the no-orphan fault table (tests/test_orphans.py), run as a script.
+
+    python orphan_fault_parent.py METHOD ROW [ARG]
+
+ROW is one of ``orphan_targets.HOSTILE`` (one hostile corral child with a hostile
+grandchild), ``storm`` (ARG: the storm's depth) or ``manager`` (a corral.Manager()).
+It prints ``READY pid...`` (the pids the test must see die) and waits to be killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import corral
+from tests import helpers, orphan_targets
+
+
+def main() -> None:
+    method, row = sys.argv[1], sys.argv[2]
+    ctx = corral.get_context(method)
+    if row == "manager":
+        manager = ctx.Manager()
+        shared = manager.list([1, 2, 3])  # the server serves
+        assert shared[2] == 3
+        server = manager._process  # type: ignore[attr-defined]
+        assert isinstance(server, corral.Process)
+        print("READY", server.pid, flush=True)
+        helpers.sleep_forever()
+    r, w = multiprocessing.Pipe(duplex=False)
+    if row == "storm":
+        child = ctx.Process(target=orphan_targets.storm, args=(int(sys.argv[3]), w))
+    else:
+        child = ctx.Process(target=orphan_targets.hostile, args=(row, w))
+    child.start()
+    w.close()
+    if not r.poll(60):
+        raise TimeoutError("the child did not report within 60 s")
+    print("READY", *r.recv(), flush=True)
+    helpers.sleep_forever()
+
+
+if __name__ == "__main__":
+    main()

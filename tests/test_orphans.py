@@ -1,0 +1,224 @@
+"""No orphans, without exceptions (issue 13, item 5): a fault table.
+
+A parent (``orphan_fault_parent.py``) starts a corral child that turns hostile in
+a way no code inside it can undo (exec, closed fds, blocked signals, stopped), with
+a grandchild that does the same; or a fork storm; or a ``corral.Manager()``. The
+test pins every pid of the parent's subtree with a pidfd (its supervisor and the
+stdlib's helpers included), SIGKILLs the parent, and asserts that every one is
+gone within ``ORPHAN_BOUND`` of the parent's death (the measured time is recorded
+as the ``took_s`` property). Processes of a storm born after the pinning are
+checked too: none is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import corral
+from corral._core import _linux, _sweep
+from corral._tools._demo import _watch
+
+from . import helpers, leaks, orphan_targets
+from .conftest import wait_until
+
+# Guarantee 2 says 1 s.
+ORPHAN_BOUND = 1.0
+TIMEOUT = 60.0
+PARENT = Path(__file__).with_name("orphan_fault_parent.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+# Storm depths: 2**(depth+1) - 1 lasting processes, each forking without pause.
+SMALL_STORM = 6  # 127
+BIG_STORM = 9  # 1,023
+# The big storm's bound. Its ~2,000 members (the lasting processes and the
+# short-lived children in flight) are frozen in about 0.5-1 s on the shared
+# 2-core box, and the kernel then needs about 1 s more to tear down 2,000 SIGKILLed
+# forks of one Python (their exits contend on the memory map's shared structures),
+# whoever sends the SIGKILL: guarantee 2's 1 s is out of reach there, so this row
+# checks that nothing survives and bounds the time loosely. The figure is
+# published by `corral bench --only process` ("fork storm").
+BIG_STORM_BOUND = 10.0
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return None
+
+
+def _sig_blocked(pid: int) -> int:
+    data = _sweep.read_small(f"/proc/{pid}/status") or b""
+    for line in data.splitlines():
+        if line.startswith(b"SigBlk:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+SLEEP = os.path.realpath(orphan_targets.SLEEP)
+SHELL = os.path.realpath("/bin/sh")
+
+
+def _hostile(row: str, pid: int) -> bool:
+    """Whether ``pid`` has turned hostile as ``row`` says (read from /proc)."""
+    if row == "exec":
+        return _exe(pid) == SLEEP
+    if row == "exec-shell":
+        # (The child's shell has the grandchild's shell below it too.)
+        sleeps = [k for k in _linux.children_of(pid) if _exe(k) == SLEEP]
+        return _exe(pid) == SHELL and len(sleeps) == 2
+    if row == "closed-fds":
+        try:
+            return len(os.listdir(f"/proc/{pid}/fd")) <= 3
+        except OSError:
+            return False
+    if row == "blocked-signals":
+        term = 1 << (signal.SIGTERM - 1)
+        return bool(_sig_blocked(pid) & term)
+    if row == "stopped":
+        return _linux.proc_state(pid) == "T"
+    raise AssertionError(row)
+
+
+def _ready(row: str, reported: list[int], parent_pid: int, depth: int) -> bool:
+    if row == "manager":
+        return True
+    if row == "storm":
+        lasting = (1 << (depth + 1)) - 1
+        return len(list(_linux.descendants_of(reported[0]))) >= lasting - 1
+    return all(_hostile(row, pid) for pid in reported)
+
+
+def _run_row(start_method: str, row: str, depth: int, bound: float) -> float:
+    argv = [sys.executable, str(PARENT), start_method, row, str(depth)]
+    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    me = os.getpid()
+    before = leaks.descendants()
+    pidfds: dict[int, int] = {}
+    try:
+        assert parent.stdout is not None
+        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
+        assert line.startswith("READY"), line
+        reported = [int(x) for x in line.split()[1:]]
+        assert wait_until(lambda: _ready(row, reported, parent.pid, depth), TIMEOUT), (
+            f"{row}: the children did not turn hostile within {TIMEOUT} s"
+        )
+        subtree = list(_linux.descendants_of(parent.pid))
+        assert set(reported) <= set(subtree), (reported, subtree)
+        pidfds = _watch.pin(subtree)
+        parent.kill()
+        survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
+        assert parent.wait(TIMEOUT) == -signal.SIGKILL
+        assert not survivors, f"{row}: alive {TIMEOUT} s after the parent died: {survivors}"
+        # (A storm's processes born after the pinning: none may be left running.)
+        late = [
+            p
+            for p in leaks.descendants() - before - set(pidfds)
+            if _linux.proc_state(p) not in (None, "Z")
+        ]
+        assert not late, f"{row}: unpinned descendants still running: {leaks.describe(late)}"
+        assert took < bound, f"{row}: the subtree took {took:.3f} s to die"
+        return took
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(TIMEOUT)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        _watch.kill_reap_close(pidfds)
+        # Whatever came back to us (a subreaper) from the dead subtree, reaped.
+        leaks.kill_and_reap(set(_linux.children_of(me)) - before)
+
+
+ROWS = [
+    pytest.param("exec", 0, ORPHAN_BOUND, id="exec"),
+    pytest.param("exec-shell", 0, ORPHAN_BOUND, id="exec-shell"),
+    pytest.param("closed-fds", 0, ORPHAN_BOUND, id="closed-fds"),
+    pytest.param("blocked-signals", 0, ORPHAN_BOUND, id="blocked-signals"),
+    pytest.param("stopped", 0, ORPHAN_BOUND, id="stopped"),
+    pytest.param("storm", SMALL_STORM, ORPHAN_BOUND, id="storm-127"),
+    pytest.param("storm", BIG_STORM, BIG_STORM_BOUND, id="storm-1023", marks=pytest.mark.slow),
+    pytest.param("manager", 0, ORPHAN_BOUND, id="manager"),
+]
+
+
+@pytest.mark.parametrize(("row", "depth", "bound"), ROWS)
+def test_parent_sigkill_takes_every_hostile_descendant(
+    start_method: str,
+    row: str,
+    depth: int,
+    bound: float,
+    record_property: Callable[[str, object], None],
+) -> None:
+    took = _run_row(start_method, row, depth, bound)
+    record_property("took_s", round(took, 4))
+    print(f"{row} ({start_method}): subtree gone {took * 1000:.1f} ms after the parent's SIGKILL")
+
+
+CLEAN_PARENT = """
+import sys
+sys.path.insert(0, {root!r})
+import corral
+from corral._core import _supervisor
+from tests import helpers
+if __name__ == "__main__":
+    p = corral.get_context({method!r}).Process(target=helpers.double, args=(2,))
+    p.start()
+    assert p.result(timeout=60) == 4
+    p.join(60)
+    print("READY", _supervisor.pid(), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_supervisor_exits_and_is_reaped_when_its_parent_exits_normally(
+    start_method: str,
+) -> None:
+    code = CLEAN_PARENT.format(root=str(ROOT), method=start_method)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    pidfds: dict[int, int] = {}
+    try:
+        # The whole subtree pinned (the stdlib's forkserver and resource tracker
+        # exit after their parent, and come back to us to be reaped).
+        (supervisor,), pidfds = helpers.ready_and_pinned(parent)
+        assert supervisor in _linux.children_of(parent.pid)
+        assert supervisor in pidfds, "the supervisor was not running"
+        parent.stdin.write(b"exit\n")
+        parent.stdin.flush()
+        assert parent.wait(TIMEOUT) == 0
+        survivors, _ = _watch.wait_dead({supervisor: pidfds[supervisor]}, 0)
+        assert not survivors, "the supervisor outlived its parent's clean exit"
+        # Its parent reaped it before exiting: it never came back to us as a zombie.
+        with pytest.raises(ChildProcessError):
+            os.waitid(os.P_PIDFD, pidfds[supervisor], os.WEXITED | os.WNOHANG)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(TIMEOUT)
+        parent.stdin.close()
+        parent.stdout.close()
+        _watch.kill_reap_close(pidfds)
+
+
+def test_a_killed_supervisor_is_reaped_and_replaced_at_the_next_start(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    # (In a child, so that the session's own supervisor is left alone.)
+    p = ctx.Process(target=orphan_targets.replace_supervisor, args=(start_method,))
+    p.start()
+    old, new, reaped = p.result(timeout=TIMEOUT)
+    p.join(TIMEOUT)
+    assert new not in (0, old)
+    assert reaped, "the killed supervisor was left a zombie"
+    assert p.exitcode == 0
