@@ -1,0 +1,114 @@
+"""Growing the data area: a ring maps only what it uses, and doubles on demand.
+
+A new ring's data area is ``INITIAL_BYTES`` (or its capacity, if smaller). A put
+that finds no room, while the capacity would allow its frame, grows the area under
+the mutex instead of waiting::
+
+    ftruncate the memfd  ->  map it bigger  ->  move the live frames that must move
+      -> store ``base``   (the old geometry unchanged by it: see below)
+      -> store ``geo``    (the commit: one aligned store)  ->  use the new mapping
+
+Positions never change: ``head``, ``tail``, a claim's start all stay valid. Only
+the map from position to offset does, ``(pos - base) % size``. The new size is the
+old one times a power of two, so a run of frames that lies within one old lap lies
+within one new lap too, and moves (if at all) as one piece:
+
+- the live frames ``[head, tail)`` within one old lap (no pad among them): ``base``
+  becomes the start of that lap, and nothing moves;
+- the live frames wrapping past the old lap's end (a pad ends it): ``base`` becomes
+  that lap's end, the frames after it stay at offset 0, and those before it (from
+  ``head`` to the pad's end) move to the top of the new area, ``[new - old + h,
+  new)``, which lies beyond the old area: nobody reads there before the commit.
+
+Either way a pad still runs to the end of a lap, the rule every reader relies on.
+Both new bases are congruent to the old one modulo the old size, so a death after
+the ``base`` store and before the ``geo`` store leaves the old geometry exactly as
+it was; a death before that leaves the memfd longer, which costs nothing. After the
+``geo`` store every frame is where the new geometry says (the move came first, in
+program order; see docs/design.md, "Memory ordering").
+
+A growth never runs while a claim or a reservation is live: their processes copy
+from or into the old offsets with the mutex let go. The put waits for them, as for
+room, within its deadline. Other processes notice ``geo`` the next time they hold
+the mutex and map the new area (``RingBase._sync``); the C fast path answers SLOW
+until they have.
+
+The area never shrinks: pages past ``RETAIN_BYTES`` are punched out as they are
+consumed (``_give_back``), so a burst leaves address space mapped, not memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._ringbase import RingBase, map_data
+from ._ringlayout import DATA, Q_BASE, Q_GEO, RETAIN_BYTES, place
+
+__all__ = ["GrowOps"]
+
+# Test hook (see _ring.set_hook, which sets it here). None in normal use.
+_hook: Callable[[str], None] | None = None
+
+
+class GrowOps(RingBase):
+    def _growable(self, head: int, tail: int, size: int) -> bool:
+        """Whether growing could make room for a frame of ``size`` bytes at ``tail``
+        (a hint, for waiters that must not sleep when a put would grow)."""
+        return tail - head + size <= self.capacity and self.size < self.max_size
+
+    def _grow(self, head: int, tail: int, size: int) -> bool:
+        """With the mutex held, no reservation live, and a frame of ``size`` bytes
+        not fitting at ``tail``: grow the data area until it does. False if the
+        capacity forbids it, or a live claim must end first (wait, as for room).
+        MemoryError, with nothing changed, if the memory cannot be had."""
+        if not self._growable(head, tail, size) or self._claim_alive():
+            return False
+        old = self.size
+        h = (head - self.origin) % old
+        lap_end = head - h + old
+        wraps = tail >= lap_end  # (head < lap_end always)
+        origin = lap_end if wraps else head - h
+        new = old
+        while True:
+            new *= 2
+            if new > self.max_size:
+                return False
+            if head == tail:  # empty: the put starts a new lap
+                if size <= min(new, self.capacity):
+                    break
+                continue
+            rel = origin % new
+            end, _pad = place(head - rel, tail - rel, size, new, min(RETAIN_BYTES, new))
+            if end - (head - rel) <= min(new, self.capacity):
+                break
+        self._grow_to(new, origin, h if wraps else -1)
+        return True
+
+    def _grow_to(self, new: int, origin: int, moved_from: int) -> None:
+        """Make the data area ``new`` bytes with ``origin`` at offset 0, moving the
+        frames at ``[moved_from, old)`` to the top of it (none if -1). See the
+        module's docstring for why each step leaves a consistent ring."""
+        old = self.size
+        fd = self._shm.fd
+        try:
+            if os.fstat(fd).st_size < DATA + new:
+                os.ftruncate(fd, DATA + new)
+            mm, data = map_data(fd, new)
+        except OSError as exc:
+            raise MemoryError(f"cannot grow a queue to {new} bytes: {exc}") from exc
+        try:
+            if moved_from >= 0:
+                mm.move(DATA + new - old + moved_from, DATA + moved_from, old - moved_from)
+            if _hook is not None:
+                _hook("grow:moved")
+            q = self._q
+            q[Q_BASE] = origin % new  # = the old origin, modulo the old size
+            q[Q_GEO] = new  # the commit
+        except BaseException:
+            if self._q[Q_GEO] != new:
+                mm.close()
+            else:
+                self._use(mm, data, new)
+            raise
+        self._use(mm, data, new)
