@@ -128,12 +128,7 @@ class RingBase:
         self.maxsize = maxsize
         self.acks = acks  # count messages got until ack() (see Ring.ack)
         initial = min(INITIAL_BYTES, capacity)
-        # The data area doubles from ``initial``: at most the first such size that
-        # holds ``capacity`` (positions map to offsets the same way in each, see
-        # _ringgrow).
-        self.max_size = initial
-        while self.max_size < capacity:
-            self.max_size *= 2
+        self.max_size = capacity  # the data area doubles from ``initial`` up to this
         if _shm is None:
             _shm = SharedMemory(DATA + initial, what="queue")
             init_mutex(_shm.address + OFF_MUTEX)

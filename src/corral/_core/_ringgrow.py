@@ -9,23 +9,25 @@ the mutex instead of waiting::
       -> store ``geo``    (the commit: one aligned store)  ->  use the new mapping
 
 Positions never change: ``head``, ``tail``, a claim's start all stay valid. Only
-the map from position to offset does, ``(pos - base) % size``. The new size is the
-old one times a power of two, so a run of frames that lies within one old lap lies
-within one new lap too, and moves (if at all) as one piece:
+the map from position to offset does, ``(pos - base) % size``. The size doubles
+(at most to the capacity), and the live frames ``[head, tail)``, which lie in at
+most two runs (before and after the end of ``head``'s lap), keep their order:
 
-- the live frames ``[head, tail)`` within one old lap (no pad among them): ``base``
-  becomes the start of that lap, and nothing moves;
-- the live frames wrapping past the old lap's end (a pad ends it): ``base`` becomes
-  that lap's end, the frames after it stay at offset 0, and those before it (from
-  ``head`` to the pad's end) move to the top of the new area, ``[new - old + h,
-  new)``, which lies beyond the old area: nobody reads there before the commit.
+- within one old lap (no pad among them): ``base`` becomes the start of that lap,
+  and nothing moves (the frames keep their offsets, all below the old size);
+- wrapping past the old lap's end (a pad ends it): ``base`` becomes that lap's
+  end, the frames after it stay at offset 0, and those before it (from ``head``,
+  at offset ``h``, to the pad's end) move to the top of the new area, ``[new - old
+  + h, new)``, which lies beyond the old area (the size at least doubled): nobody
+  reads there before the commit. (A last step to the capacity that is less than a
+  doubling is taken only when nothing must move.)
 
 Either way a pad still runs to the end of a lap, the rule every reader relies on.
-Both new bases are congruent to the old one modulo the old size, so a death after
-the ``base`` store and before the ``geo`` store leaves the old geometry exactly as
-it was; a death before that leaves the memfd longer, which costs nothing. After the
-``geo`` store every frame is where the new geometry says (the move came first, in
-program order; see docs/design.md, "Memory ordering").
+The new ``base`` is stored as a position congruent to the old one modulo the old
+size, so a death after the ``base`` store and before the ``geo`` store leaves the
+old geometry exactly as it was; a death before that leaves the memfd longer, which
+costs nothing. After the ``geo`` store every frame is where the new geometry says
+(the move came first, in program order; see docs/design.md, "Memory ordering").
 
 A growth never runs while a claim or a reservation is live: their processes copy
 from or into the old offsets with the mutex let go. The put waits for them, as for
@@ -39,6 +41,7 @@ consumed (``_give_back``), so a burst leaves address space mapped, not memory.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -65,23 +68,30 @@ class GrowOps(RingBase):
         if not self._growable(head, tail, size) or self._claim_alive():
             return False
         old = self.size
-        h = (head - self.origin) % old
+        h = (head - self._q[Q_BASE]) % old
         lap_end = head - h + old
         wraps = tail >= lap_end  # (head < lap_end always)
         origin = lap_end if wraps else head - h
         new = old
         while True:
-            new *= 2
-            if new > self.max_size:
+            if new >= self.max_size:
                 return False
+            new = min(2 * new, self.max_size)
+            if wraps and new < 2 * old:
+                return False  # (the move would overwrite what it moves: wait instead)
             if head == tail:  # empty: the put starts a new lap
-                if size <= min(new, self.capacity):
+                if size <= new:
                     break
                 continue
-            rel = origin % new
-            end, _pad = place(head - rel, tail - rel, size, new, min(RETAIN_BYTES, new))
-            if end - (head - rel) <= min(new, self.capacity):
+            rel_head, rel_tail = head - origin, tail - origin
+            end, _pad = place(rel_head, rel_tail, size, new, min(RETAIN_BYTES, new))
+            if end - rel_head <= min(new, self.capacity):
                 break
+        # Stored as a position congruent to ``origin`` modulo both sizes (so that
+        # it means the same in the old geometry) and not negative (a u64).
+        if origin < 0:
+            step = math.lcm(old, new)
+            origin += -(origin // step) * step
         self._grow_to(new, origin, h if wraps else -1)
         return True
 
@@ -103,7 +113,7 @@ class GrowOps(RingBase):
             if _hook is not None:
                 _hook("grow:moved")
             q = self._q
-            q[Q_BASE] = origin % new  # = the old origin, modulo the old size
+            q[Q_BASE] = origin  # (the same geometry as before, while the size is old)
             q[Q_GEO] = new  # the commit
         except BaseException:
             if self._q[Q_GEO] != new:
