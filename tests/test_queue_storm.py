@@ -6,6 +6,9 @@ messages the queue may hold, in order, each either *definite* (its put finished)
 or *maybe* (its put, or a get of it, was cut by a kill). Every message got must be
 the first definite one, or a maybe before it (which were then absent); ``qsize()``
 must lie between the number of definite messages and that plus the maybes.
+
+``test_kill_storm_while_growing`` runs the same storm on a queue whose data area
+starts at one page, so that the puts of the killed producers grow it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from hypothesis.stateful import (
 )
 
 import corral
-from corral._core import _ringsingle
+from corral._core import _ring, _ringbase, _ringsingle
 
 from . import queue_targets as targets
 
@@ -76,7 +79,12 @@ class Model:
                 return
 
 
-def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
+def machine_for(
+    ctx: corral.CorralContext, sizes: list[int] | None = None
+) -> type[RuleBasedStateMachine]:
+    """The storm, on queues made in ``ctx``; the size each one's data area reached
+    is appended to ``sizes``."""
+
     class QueueUnderFire(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
@@ -177,6 +185,8 @@ def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
             self.model.empty_seen()
             self.q.put("still works")
             assert self.q.get(timeout=TIMEOUT) == "still works"
+            if sizes is not None:
+                sizes.append(self.q._ring.size)
             self.q.close()
 
     return QueueUnderFire
@@ -197,6 +207,26 @@ def test_kill_storm(
             suppress_health_check=list(HealthCheck),
         ),
     )
+
+
+def test_kill_storm_while_growing(
+    ctx: corral.CorralContext, start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ringsingle, "CLAIM_BYTES", 0)
+    monkeypatch.setattr(_ringbase, "INITIAL_BYTES", _ring.PAGE)  # (read when a ring is made)
+    fast = start_method == "fork"
+    sizes: list[int] = []
+    _run_state_machine(
+        machine_for(ctx, sizes),
+        settings=settings(
+            max_examples=10 if fast else 3,
+            stateful_step_count=10 if fast else 6,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+    assert max(sizes) > _ring.PAGE  # it did grow
 
 
 @pytest.mark.slow
