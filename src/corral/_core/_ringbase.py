@@ -149,17 +149,10 @@ class RingBase:
         self._get_seq = addr + OFF_GET_SEQ
         self._done_seq = addr + OFF_DONE_SEQ
         self._zero_wakes = 0
-        # The data area's geometry in this process (set by _use): its mapping and a
-        # view of it, its size, its origin (positions p are at offset
-        # (p - origin) % size), the retained pages, and the room a put may fill.
         first = _shm.size - DATA
         self._first = first
-        self._mm = self._hm
-        self._view = _shm.buf
-        self.size = first
-        self.origin = 0
-        self.retain = min(RETAIN_BYTES, first)
-        self.room = min(first, capacity)
+        room = min(first, capacity)
+        retain = min(RETAIN_BYTES, first)
         # The one place that decides between the C fast path and the Python path.
         # ``try_put(bytes) -> int``, ``try_get(block) -> bytes | int``,
         # ``try_put_many(list[bytes]) -> int`` and ``try_get_many(max_items,
@@ -173,12 +166,18 @@ class RingBase:
         self.fast: Any = (
             NO_FAST_PATH
             if speedups is None
-            else speedups.Ops(addr, addr + DATA, first, self.room, 0, self.retain, maxsize, acks)
+            else speedups.Ops(addr, addr + DATA, first, room, 0, retain, maxsize, acks)
         )
         self.try_put = self.fast.put
         self.try_get = self.fast.get
         self.try_put_many = self.fast.put_many
         self.try_get_many = self.fast.get_many
+        # The data area's geometry in this process, in one attribute (set by _use,
+        # with one store, so that an interrupt never leaves half of it): its size,
+        # its origin (position p is at offset (p - origin) % size), the room a put
+        # may fill, the retained pages, then (for the hot paths) maxsize, its
+        # mapping, the header's u64 view and the mutex, and a view of the mapping.
+        self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex, _shm.buf)
         self._use(self._hm, addr + DATA, first)
         if self._q[Q_GEO] != first:  # grown before this process attached
             try:
@@ -197,27 +196,17 @@ class RingBase:
         and after ``_sync`` (claims and reservations, which copy without it, keep
         the ring from growing until they end)."""
         old, old_view = self._mm, self._view
-        self._mm = mm
-        self._view = self._shm.buf if mm is self._hm else memoryview(mm)
-        self.size = size
-        self.origin = self._q[Q_BASE] % size
-        self.retain = min(RETAIN_BYTES, size)
-        self.room = min(size, self.capacity)
-        self.fast.remap(data, size, self.room, self.origin, self.retain)
-        # What the hot paths need, in one attribute.
-        self._hot = (
-            size,
-            self.origin,
-            self.room,
-            self.retain,
-            self.maxsize,
-            mm,
-            self._q,
-            self._mutex,
-        )
+        origin = self._q[Q_BASE] % size
+        retain = min(RETAIN_BYTES, size)
+        room = min(size, self.capacity)
+        view = self._shm.buf if mm is self._hm else memoryview(mm)
+        # C first: interrupted before the next store, this process's Python side is
+        # still behind ``geo`` and the next holder of the mutex does it all again.
+        self.fast.remap(data, size, room, origin, retain)
+        self._hot = (size, origin, room, retain, self.maxsize, mm, self._q, self._mutex, view)
         if old is not mm and old is not self._hm:
-            old_view.release()
             with contextlib.suppress(BufferError):  # (cannot happen; else GC closes it)
+                old_view.release()
                 old.close()
 
     def _sync(self) -> None:
@@ -239,6 +228,31 @@ class RingBase:
         if geo & STALE:
             self._recount()
             self._q[Q_GEO] = size
+
+    @property
+    def size(self) -> int:
+        """Bytes of the data area, as this process maps it."""
+        return self._hot[0]
+
+    @property
+    def origin(self) -> int:
+        return self._hot[1]
+
+    @property
+    def room(self) -> int:
+        return self._hot[2]
+
+    @property
+    def retain(self) -> int:
+        return self._hot[3]
+
+    @property
+    def _mm(self) -> mmap.mmap:
+        return self._hot[5]
+
+    @property
+    def _view(self) -> memoryview:
+        return self._hot[8]
 
     def off(self, pos: int) -> int:
         """The offset of position ``pos`` in the data area."""
@@ -263,7 +277,6 @@ class RingBase:
         if self._mm is not self._hm:
             self._view.release()
             self._mm.close()
-            self._mm = self._hm
         self._q.release()
         self._i.release()
         self._header.release()
