@@ -9,7 +9,8 @@
   message) or a reservation (mid-put), that process SIGKILLed or SIGSTOPped, and a
   growing putter itself SIGKILLed or SIGSTOPped at its hook points. Every row
   asserts that messages are whole or absent, none twice, and that no call waits
-  past its timeout.
+  past its timeout;
+- a growth that cannot get its memory raises MemoryError and changes nothing.
 
 Run it with ``CORRAL_PURE_PYTHON=1`` too for the pure-Python path (the rlimit rows
 run both paths themselves).
@@ -329,3 +330,47 @@ def test_200_default_queues_in_a_4_gib_address_space(path: str, tmp_path: Path) 
     assert count == "200"
     built = importlib.util.find_spec("corral._core._speedups") is not None
     assert fast == str(path == "C" and built)
+
+
+NO_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+    import corral
+
+    if __name__ == "__main__":
+        q = corral.Queue()
+        q.put("before")
+        big = bytearray(300 << 20)  # the queue would double to 512 MiB for it: too much
+        try:
+            q.put(big)
+        except MemoryError:
+            print("MemoryError")
+        del big
+        assert q.qsize() == 1
+        assert q.get(timeout=5) == "before"
+        q.put("after")
+        assert q.get_nowait() == "after"
+        print(q._ring.size)
+    """
+)
+
+
+@pytest.mark.parametrize("path", ["C", "pure"])
+def test_a_growth_without_memory_raises_and_changes_nothing(path: str, tmp_path: Path) -> None:
+    script = tmp_path / "no_memory.py"
+    script.write_text(NO_MEMORY_SCRIPT)
+    env = dict(os.environ)
+    env.pop("CORRAL_PURE_PYTHON", None)
+    if path == "pure":
+        env["CORRAL_PURE_PYTHON"] = "1"
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["MemoryError", str(INITIAL)]
