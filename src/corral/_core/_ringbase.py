@@ -191,10 +191,10 @@ class RingBase:
 
     def _use(self, mm: mmap.mmap, data: int, size: int) -> None:
         """Use ``mm`` (data area at address ``data``) of ``size`` bytes from now on,
-        with the header's origin (``base``); close the mapping it replaces. In this process
-        nothing holds a view of that one: geometry is read only with the mutex held
-        and after ``_sync`` (claims and reservations, which copy without it, keep
-        the ring from growing until they end)."""
+        with the header's origin (``base``); close the mapping it replaces. In this
+        process nothing holds a view of that one: geometry is read only with the
+        mutex held and after ``_sync`` (claims and reservations, which copy without
+        it, keep the ring from growing until they end)."""
         old, old_view = self._mm, self._view
         origin = self._q[Q_BASE] % size
         retain = min(RETAIN_BYTES, size)
@@ -389,7 +389,15 @@ class RingBase:
         """
         geo = self._q[Q_GEO]
         if geo & ~STALE != self.size:
-            self._sync()  # (recounts too, if STALE)
+            try:
+                self._sync()  # (recounts too, if STALE)
+            except MemoryError:
+                # This process cannot map the grown area: leave the recount to one
+                # that can (as C does), and the mutex usable.
+                self._q[Q_GEO] = geo | STALE
+                self._wake_everyone()
+                self._mutex.make_consistent()
+                raise
         elif geo & STALE:
             self._q[Q_GEO] = self.size
         self._recount()
