@@ -240,7 +240,9 @@ def fits_plain(
 
 def place(head: int, tail: int, size: int, cap: int, retain: int) -> tuple[int, bool]:
     """Where a frame of ``size`` bytes would end if written at ``tail``, and whether a
-    pad frame must first fill the rest of the lap. It fits if ``end - head <= cap``.
+    pad frame must first fill the rest of the lap. It fits if ``end - head`` is at
+    most the room (the data area's size ``cap``, or the capacity if smaller).
+    ``head`` and ``tail`` are relative to the base (``end`` then is too).
 
     A pad starts the next lap when the frame would not fit before the end of this
     one, or, early, when it would reach past the retained pages and fits before
