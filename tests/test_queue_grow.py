@@ -163,7 +163,8 @@ def test_growth_is_seen_by_every_process(ctx: corral.CorralContext) -> None:
 
 
 def test_a_default_queue_carries_100_mib_each_way(ctx: corral.CorralContext) -> None:
-    """multiprocessing.Queue takes a 100 MiB message; so does a default Queue."""
+    """multiprocessing.Queue takes a 100 MiB message; so does a default Queue, and
+    gives the memory back after it (beyond RETAIN_BYTES)."""
     n = 100 * MIB
     q: corral.Queue[bytearray] = ctx.Queue()
     child = ctx.Process(target=gt.get_then_put_big, args=(q, n))
@@ -173,6 +174,9 @@ def test_a_default_queue_carries_100_mib_each_way(ctx: corral.CorralContext) -> 
     assert child.result(timeout=TIMEOUT) is True
     assert got == gt.pattern(n, 2)
     assert q.qsize() == 0
+    # The area stays grown, but its pages past RETAIN_BYTES went back as consumed.
+    assert q._ring.size >= n
+    assert os.fstat(q._ring.fd).st_blocks * 512 <= _ring.RETAIN_BYTES + MIB
 
 
 # -- faults --------------------------------------------------------------------------------
