@@ -325,6 +325,35 @@ def test_c_repair_after_a_growth_leaves_the_recount_to_python(ctx: corral.Corral
     assert q.get(timeout=TIMEOUT) == "after"
 
 
+@pytest.mark.parametrize("point", ["grow:moved", "grow:committed"])
+def test_an_interrupt_inside_a_growth(point: str) -> None:
+    """An exception from a signal handler (KeyboardInterrupt) lands inside a
+    growth, before or after its commit: the put raises it, leaves no lock held and
+    nothing of its message, the messages before it whole, and the ring in the old
+    geometry or wholly in the new one; the queue keeps working, growing included."""
+    q: corral.Queue[Any] = corral.Queue()
+    _fill_wrapped(q)
+
+    def hook(where: str) -> None:
+        if where == point:
+            raise KeyboardInterrupt
+
+    _ring.set_hook(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            q.put(gt.pattern(900 * KIB, 4))
+    finally:
+        _ring.set_hook(None)
+    ring = q._ring
+    assert ring._mutex.owner_tid() == 0  # not left held
+    assert ring.size == (2 * INITIAL if point == "grow:committed" else INITIAL)
+    assert ring._q[_ring.Q_GEO] == ring.size
+    assert q.qsize() == 2
+    assert q.get(timeout=TIMEOUT) == gt.pattern(200 * KIB, 2)
+    q.put(gt.pattern(3 * MIB, 5))
+    assert q.get_many(5, timeout=TIMEOUT) == [gt.pattern(250 * KIB, 3), gt.pattern(3 * MIB, 5)]
+
+
 # -- 200 queues in 4 GiB -----------------------------------------------------------------
 
 RLIMIT_SCRIPT = textwrap.dedent(

@@ -169,8 +169,9 @@ def set_hook(hook: Callable[[str], None] | None) -> None:
     """Install a test hook in this process: called with a point name inside put and
     get ("put:copy" between chunks of a large buffer, "put:publish" just before the
     publishing store, "get:copied" just before the consuming store, "grow:moved"
-    after a growth moved frames, just before its ``base`` and ``geo`` stores), so
-    that tests can SIGKILL a process at an exact point. The C fast path has no hook
+    after a growth moved frames, just before its ``base`` and ``geo`` stores,
+    "grow:committed" just after them), so that tests can SIGKILL a process at an
+    exact point. The C fast path has no hook
     points, so it is turned off while a hook is installed."""
     _ringsingle._hook = hook
     _ringbatch._hook = hook

@@ -115,6 +115,8 @@ class GrowOps(RingBase):
             q = self._q
             q[Q_BASE] = origin  # (the same geometry as before, while the size is old)
             q[Q_GEO] = new  # the commit
+            if _hook is not None:
+                _hook("grow:committed")
         except BaseException:
             if self._q[Q_GEO] != new:
                 mm.close()
