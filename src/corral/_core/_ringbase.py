@@ -172,12 +172,13 @@ class RingBase:
         self.try_get = self.fast.get
         self.try_put_many = self.fast.put_many
         self.try_get_many = self.fast.get_many
-        # The data area's geometry in this process, in one attribute (set by _use,
-        # with one store, so that an interrupt never leaves half of it): its size,
-        # its origin (position p is at offset (p - origin) % size), the room a put
-        # may fill, the retained pages, then (for the hot paths) maxsize, its
-        # mapping, the header's u64 view and the mutex, and a view of the mapping.
-        self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex, _shm.buf)
+        # The data area's geometry in this process (set by _use): its size, its
+        # origin (position p is at offset (p - origin) % size), the room a put may
+        # fill, the retained pages, its mapping and a view of it. The hot paths have
+        # it in one tuple, _hot (with maxsize, the header's u64 view and the mutex).
+        self.size, self.origin, self.room, self.retain = first, 0, room, retain
+        self._mm, self._view = self._hm, _shm.buf
+        self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex)
         self._use(self._hm, addr + DATA, first)
         if self._q[Q_GEO] != first:  # grown before this process attached
             try:
@@ -200,10 +201,14 @@ class RingBase:
         retain = min(RETAIN_BYTES, size)
         room = min(size, self.capacity)
         view = self._shm.buf if mm is self._hm else memoryview(mm)
-        # C first: interrupted before the next store, this process's Python side is
-        # still behind ``geo`` and the next holder of the mutex does it all again.
+        # In this order: an interrupt before ``size`` leaves it behind ``geo``, one
+        # before ``_hot`` leaves that behind (see _sync), and the next holder of the
+        # mutex does it all again.
         self.fast.remap(data, size, room, origin, retain)
-        self._hot = (size, origin, room, retain, self.maxsize, mm, self._q, self._mutex, view)
+        self._mm, self._view = mm, view
+        self.origin, self.room, self.retain = origin, room, retain
+        self.size = size
+        self._hot = (size, origin, room, retain, self.maxsize, mm, self._q, self._mutex)
         if old is not mm and old is not self._hm:
             with contextlib.suppress(BufferError):  # (cannot happen; else GC closes it)
                 old_view.release()
@@ -216,7 +221,7 @@ class RingBase:
         the frames). MemoryError if this process cannot map the area."""
         geo = self._q[Q_GEO]
         size = geo & ~STALE
-        if size != self.size:
+        if size != self.size or self._hot[0] != size:
             if size == self._first:
                 mm, data = self._hm, self._shm.address + DATA
             else:
@@ -228,31 +233,6 @@ class RingBase:
         if geo & STALE:
             self._recount()
             self._q[Q_GEO] = size
-
-    @property
-    def size(self) -> int:
-        """Bytes of the data area, as this process maps it."""
-        return self._hot[0]
-
-    @property
-    def origin(self) -> int:
-        return self._hot[1]
-
-    @property
-    def room(self) -> int:
-        return self._hot[2]
-
-    @property
-    def retain(self) -> int:
-        return self._hot[3]
-
-    @property
-    def _mm(self) -> mmap.mmap:
-        return self._hot[5]
-
-    @property
-    def _view(self) -> memoryview:
-        return self._hot[8]
 
     def off(self, pos: int) -> int:
         """The offset of position ``pos`` in the data area."""

@@ -105,7 +105,7 @@ class SingleOps(GrowOps):
             return
         n = len(head)
         size = frame_size(n, [b.nbytes for b in bufs]) if bufs else frame_size(n)
-        cap, origin, room, retain, maxsize, mm, q, m, _ = self._hot
+        cap, origin, room, retain, maxsize, mm, q, m = self._hot
         if size > self.capacity:
             raise TooLarge(size, self.capacity)
         if bufs and size >= CLAIM_BYTES:
@@ -121,7 +121,7 @@ class SingleOps(GrowOps):
                 self._repair()
             if q[Q_GEO] != cap:  # grown by another process (or STALE): catch up
                 self._sync()
-                cap, origin, room, retain, maxsize, mm, q, m, _ = self._hot
+                cap, origin, room, retain, maxsize, mm, q, m = self._hot
             head_pos, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
             if (
                 shut
@@ -306,7 +306,7 @@ class SingleOps(GrowOps):
         """
         if after == FAST_EMPTY and not block:
             raise queue.Empty  # seen under the mutex: exact
-        cap, origin, _room, retain, _maxsize, mm, q, m, _ = self._hot
+        cap, origin, _room, retain, _maxsize, mm, q, m = self._hot
         deadline: float | None = -1.0  # (computed off the fast path only: one clock read less)
         claimed = False
         try:  # (taking the mutex inside: see RingBase, "Interrupts")
@@ -318,7 +318,7 @@ class SingleOps(GrowOps):
                 self._repair()
             if q[Q_GEO] != cap:  # grown by another process (or STALE): catch up
                 self._sync()
-                cap, origin, _room, retain, _maxsize, mm, q, m, _ = self._hot
+                cap, origin, _room, retain, _maxsize, mm, q, m = self._hot
             head, tail, count, taken, _, putters, _, _, claim = _get_state_from(mm, OFF_HEAD)
             if not count or claim:
                 # (FAST_EMPTY: the C call has polled already; sleep without polling.)
@@ -327,7 +327,7 @@ class SingleOps(GrowOps):
                 head, tail, count, taken, putters = self._items(
                     block, deadline, after != FAST_EMPTY
                 )
-                cap, origin, _room, retain, _maxsize, mm, q, m, _ = self._hot  # (may have grown)
+                cap, origin, _room, retain, _maxsize, mm, q, m = self._hot  # (may have grown)
             start = head
             off = (head - origin) % cap
             flen, plen, nbufs = _frame_from(mm, DATA + off)
