@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -184,16 +185,32 @@ def test_a_default_queue_carries_100_mib_each_way(ctx: corral.CorralContext) -> 
 FAULTS = ["SIGKILL", "SIGSTOP"]
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-def test_growth_waits_for_a_claim(ctx: corral.CorralContext, fault: str) -> None:
-    """A getter copies a large message out under a claim (mutex let go): a put that
-    must grow the ring waits for it, within its timeout (the claimer may read the
-    frames a growth would move); small puts go on. Once the claimer is killed the
-    put grows the ring, and every message is there, whole, once."""
-    q: corral.Queue[Any] = ctx.Queue()
-    first = bytearray(gt.pattern(1536 * KIB, 1))
-    q.put(first)
+def _claimed_wrapped(q: corral.Queue[Any]) -> bytearray:
+    """Leave ``q`` (a fresh default queue) holding a large message at ``head`` (one
+    a getter copies out under a claim), "small", then a 300 KiB one past the pad
+    that ends the lap: the live frames wrap."""
+    q.put(gt.pattern(900 * KIB, 1))
+    big = bytearray(gt.pattern(MIB, 2))
+    q.put(big)
+    assert q._ring.size == 2 * INITIAL
+    assert q.get(timeout=TIMEOUT) == gt.pattern(900 * KIB, 1)
     q.put("small")
+    q.put(gt.pattern(300 * KIB, 3))
+    ring = q._ring
+    assert ring._q[_ring.Q_TAIL] - ring._q[_ring.Q_HEAD] > ring.off(ring._q[_ring.Q_TAIL])
+    return big
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_growth_waits_for_a_claim_on_frames_it_would_move(
+    ctx: corral.CorralContext, fault: str
+) -> None:
+    """A getter copies a large message out under a claim (mutex let go) while the
+    live frames wrap: a put that must grow the ring, which would move that frame,
+    waits for the claim, within its timeout; small puts go on. Once the claimer is
+    killed the put grows the ring, and every message is there, whole, once."""
+    q: corral.Queue[Any] = ctx.Queue()
+    first = _claimed_wrapped(q)
     r, w = ctx.Pipe(duplex=False)
     p = ctx.Process(target=targets.get_and_park, args=(q, "get:copied", w))
     p.start()
@@ -201,7 +218,7 @@ def test_growth_waits_for_a_claim(ctx: corral.CorralContext, fault: str) -> None
     _wait_for(r, b"get:copied")
     if fault == "SIGSTOP":
         _stop(p)
-    big = bytearray(gt.pattern(3 * MIB, 3))
+    big = bytearray(gt.pattern(3 * MIB, 4))
     size = q._ring.size
     _times_out(lambda: q.put(big, timeout=0.3), queue.Full, 0.3)
     with pytest.raises(queue.Full):
@@ -213,8 +230,66 @@ def test_growth_waits_for_a_claim(ctx: corral.CorralContext, fault: str) -> None
     q.put(big, timeout=TIMEOUT)
     assert q._ring.size > size
     assert q.get(timeout=TIMEOUT) == first
-    assert q.get_many(2, timeout=TIMEOUT) == ["small", "meanwhile"]
+    assert q.get_many(3, timeout=TIMEOUT) == ["small", gt.pattern(300 * KIB, 3), "meanwhile"]
     assert q.get(timeout=TIMEOUT) == big
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+
+
+@pytest.mark.parametrize("fault", ["none", *FAULTS])
+def test_growth_under_a_claim_on_frames_that_stay(ctx: corral.CorralContext, fault: str) -> None:
+    """The live frames do not wrap: a put grows the ring while another process
+    copies the message at ``head`` out under a claim (nothing moves), paused or
+    not. The claimer's message stays whole, for it (in this process, a thread,
+    whose old mapping stays open until its copy is done) or, once it is killed,
+    for the next getter."""
+    q: corral.Queue[Any] = ctx.Queue()
+    first = bytearray(gt.pattern(1536 * KIB, 1))
+    q.put(first)
+    q.put("small")
+    big = bytearray(gt.pattern(3 * MIB, 3))
+    size = q._ring.size
+    if fault == "none":
+        parked, resume = threading.Event(), threading.Event()
+        got: list[Any] = []
+
+        def hook(where: str) -> None:
+            if where == "get:copied" and not parked.is_set():
+                parked.set()
+                assert resume.wait(TIMEOUT)
+
+        _ring.set_hook(hook)
+        t = threading.Thread(target=lambda: got.append(q.get(timeout=TIMEOUT)))
+        try:
+            t.start()
+            assert parked.wait(TIMEOUT)
+            q.put(big, timeout=TIMEOUT)  # grows, and this process maps the new area
+            assert q._ring.size > size
+            assert q._ring._retired  # the claim's mapping is still open
+        finally:
+            resume.set()
+            t.join(TIMEOUT)
+            _ring.set_hook(None)
+        assert got == [first]
+        assert q.get(timeout=TIMEOUT) == "small"
+        q.put("after")  # (a later remap closes what was retired; none here)
+    else:
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=targets.get_and_park, args=(q, "get:copied", w))
+        p.start()
+        w.close()
+        _wait_for(r, b"get:copied")
+        if fault == "SIGSTOP":
+            _stop(p)
+        q.put(big, timeout=TIMEOUT)
+        assert q._ring.size > size
+        _kill(p)
+        r.close()
+        assert q.get(timeout=TIMEOUT) == first
+        assert q.get(timeout=TIMEOUT) == "small"
+    assert q.get(timeout=TIMEOUT) == big
+    if fault == "none":
+        assert q.get(timeout=TIMEOUT) == "after"
     with pytest.raises(queue.Empty):
         q.get_nowait()
 

@@ -178,6 +178,10 @@ class RingBase:
         # it in one tuple, _hot (with maxsize, the header's u64 view and the mutex).
         self.size, self.origin, self.room, self.retain = first, 0, room, retain
         self._mm, self._view = self._hm, _shm.buf
+        # The mappings claims of this process copy from right now (with the mutex
+        # let go), and the mappings replaced since, closed once no copy is left.
+        self._copies: list[tuple[mmap.mmap, memoryview]] = []
+        self._retired: list[tuple[mmap.mmap, memoryview]] = []
         self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex)
         self._use(self._hm, addr + DATA, first)
         if self._q[Q_GEO] != first:  # grown before this process attached
@@ -192,10 +196,10 @@ class RingBase:
 
     def _use(self, mm: mmap.mmap, data: int, size: int) -> None:
         """Use ``mm`` (data area at address ``data``) of ``size`` bytes from now on,
-        with the header's origin (``base``); close the mapping it replaces. In this
-        process nothing holds a view of that one: geometry is read only with the
-        mutex held and after ``_sync`` (claims and reservations, which copy without
-        it, keep the ring from growing until they end)."""
+        with the header's origin (``base``); close the mapping it replaces, unless a
+        claim of this process is copying out of it (then once none is). Nothing
+        else holds a view of it: geometry is read only with the mutex held and
+        after ``_sync``."""
         old, old_view = self._mm, self._view
         origin = self._q[Q_BASE] % size
         retain = min(RETAIN_BYTES, size)
@@ -210,6 +214,13 @@ class RingBase:
         self.size = size
         self._hot = (size, origin, room, retain, self.maxsize, mm, self._q, self._mutex)
         if old is not mm and old is not self._hm:
+            self._retired.append((old, old_view))
+        if not self._copies:
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            old, old_view = self._retired.pop()
             with contextlib.suppress(BufferError):  # (cannot happen; else GC closes it)
                 old_view.release()
                 old.close()
@@ -254,6 +265,7 @@ class RingBase:
         if self._shm.fd < 0:
             return
         self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
+        self._close_retired()
         if self._mm is not self._hm:
             self._view.release()
             self._mm.close()

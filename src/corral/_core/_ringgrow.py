@@ -29,9 +29,11 @@ old geometry exactly as it was; a death before that leaves the memfd longer, whi
 costs nothing. After the ``geo`` store every frame is where the new geometry says
 (the move came first, in program order; see docs/design.md, "Memory ordering").
 
-A growth never runs while a claim or a reservation is live: their processes copy
-from or into the old offsets with the mutex let go. The put waits for them, as for
-room, within its deadline. Other processes notice ``geo`` the next time they hold
+A growth never moves frames while a claim is live, nor runs at all while a
+reservation is: their processes copy from or into the old offsets with the mutex
+let go (a claimer's process keeps the mapping it copies from open until it is
+done, see ``RingBase._use``). The put waits for them, as for room, within its
+deadline. Other processes notice ``geo`` the next time they hold
 the mutex and map the new area (``RingBase._sync``); the C fast path answers SLOW
 until they have.
 
@@ -63,14 +65,17 @@ class GrowOps(RingBase):
     def _grow(self, head: int, tail: int, size: int) -> bool:
         """With the mutex held, no reservation live, and a frame of ``size`` bytes
         not fitting at ``tail``: grow the data area until it does. False if the
-        capacity forbids it, or a live claim must end first (wait, as for room).
-        MemoryError, with nothing changed, if the memory cannot be had."""
-        if not self._growable(head, tail, size) or self._claim_alive():
+        capacity forbids it, or frames must move while a live claim may be
+        copying them out (wait, as for room). MemoryError, with nothing changed, if
+        the memory cannot be had."""
+        if not self._growable(head, tail, size):
             return False
         old = self.size
         h = (head - self._q[Q_BASE]) % old
         lap_end = head - h + old
         wraps = tail >= lap_end  # (head < lap_end always)
+        if wraps and self._claim_alive():
+            return False
         origin = lap_end if wraps else head - h
         new = old
         while True:

@@ -14,6 +14,7 @@ for the whole protocol.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import struct
 import time
@@ -342,6 +343,8 @@ class SingleOps(GrowOps):
                 q[Q_CLAIM_START] = pstart
                 self._i[I_CLAIM] = pid
                 claimed = True
+                copy = (mm, self._view)
+                self._copies.append(copy)  # (keeps the mapping open: see _use)
             else:
                 if nbufs:
                     out = self._read_bufs(base, plen, nbufs)
@@ -365,7 +368,7 @@ class SingleOps(GrowOps):
         if claimed:
             if deadline == -1.0:
                 deadline = deadline_of(block, timeout)
-            return self._get_claimed(start, head + flen, base, plen, nbufs, block, deadline)
+            return self._get_claimed(copy, start, head + flen, base, plen, nbufs, block, deadline)
         if putters:
             self._wake(self._get_seq, WAKE_ALL, putters)
         return out
@@ -386,6 +389,7 @@ class SingleOps(GrowOps):
 
     def _get_claimed(
         self,
+        copy: tuple[mmap.mmap, memoryview],
         start: int,
         end: int,
         base: int,
@@ -394,17 +398,21 @@ class SingleOps(GrowOps):
         block: bool,
         deadline: float | None,
     ) -> Received:
-        """Copy out the message claimed at ``start`` without the mutex, then consume
-        it. If a peer holds the mutex past ``deadline``, the claim is let go (the
-        message stays, whole, for the next getter) and queue.Empty is raised."""
+        """Copy out the message claimed at ``start`` without the mutex, from the
+        mapping ``copy`` (the ring may grow meanwhile, without moving it), then
+        consume it. If a peer holds the mutex past ``deadline``, the claim is let
+        go (the message stays, whole, for the next getter) and queue.Empty is
+        raised."""
         pid = _self_identity()[0]
         try:
-            out = self._read_bufs(base, plen, nbufs)
+            out = read_frame_bufs(copy[0], copy[1], base, plen, nbufs)
             if _hook is not None:
                 _hook("get:copied")
         except BaseException:
+            self._copies.remove(copy)
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise
+        self._copies.remove(copy)
         if not self._lock(_finish_timeout(block, deadline)):
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise queue.Empty
