@@ -58,7 +58,7 @@ def put_publish_and_park(q: corral.Queue, item: Any, point: str, conn: Connectio
     def publish_then_park(where: str) -> None:
         if where == point:
             tail = ring._q[_ring.Q_TAIL]
-            (frame_len,) = struct.unpack_from("@Q", ring._mm, _ring.DATA + tail % ring.capacity)
+            (frame_len,) = struct.unpack_from("@Q", ring._mm, _ring.DATA + ring.off(tail))
             ring._q[_ring.Q_TAIL] = tail + frame_len
         park(where)
 

@@ -599,7 +599,7 @@ def test_get_many_before_a_lone_pad(monkeypatch: pytest.MonkeyPatch) -> None:
         t.start()
         assert parked.wait(TIMEOUT)
         ring = q._ring
-        assert ring._q[_ring.Q_TAIL] % ring.capacity == 0  # the lone pad is published
+        assert ring.off(ring._q[_ring.Q_TAIL]) == 0  # the lone pad is published
         assert q.get_many(10, timeout=TIMEOUT) == ["a", "b"]
         assert q.qsize() == 0
     finally:
@@ -682,7 +682,7 @@ def test_pages_handed_back_spare_a_reserved_frame(monkeypatch: pytest.MonkeyPatc
         assert ring.get(timeout=TIMEOUT) == bytes(a - 16)  # head: 2p-96, in page [p, 2p)
         ring.put(bytes(1008), None, timeout=TIMEOUT)  # D: no room in lap 0: lap 1 at 0
         tail = ring._q[_ring.Q_TAIL]
-        assert tail == ring.capacity + 1024
+        assert tail == ring.size + 1024
         # A putter holds a reservation at tail and has written its frame, which
         # ends at 2p-128: in the same page as head.
         reserved = 2 * page - 128 - 1024

@@ -209,8 +209,9 @@ def test_c_put_fits_where_fits_plain_says(maxsize: int, gets: int, payload: int)
             ring.get()
         head, tail, count = _ringlayout.STATE.unpack_from(ring._mm, _ringlayout.OFF_HEAD)[:3]
         size = _ringlayout.frame_size(payload)
+        origin = ring.origin
         expected = _ringlayout.fits_plain(
-            head, tail, count, size, 1, ring.capacity, ring.retain, maxsize
+            head - origin, tail - origin, count, size, 1, ring.size, ring.room, ring.retain, maxsize
         )
         assert ring.fast.put(bytes(payload)) == (_ring.FAST_DONE if expected else _ring.FAST_SLOW)
         if expected:

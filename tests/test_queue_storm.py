@@ -6,6 +6,9 @@ messages the queue may hold, in order, each either *definite* (its put finished)
 or *maybe* (its put, or a get of it, was cut by a kill). Every message got must be
 the first definite one, or a maybe before it (which were then absent); ``qsize()``
 must lie between the number of definite messages and that plus the maybes.
+
+``test_kill_storm_while_growing`` runs the same storm on a queue whose data area
+starts at one page, nearly full, so that the puts of the killed producers grow it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from hypothesis.stateful import (
 )
 
 import corral
-from corral._core import _ringsingle
+from corral._core import _ring, _ringbase, _ringsingle
 
 from . import queue_targets as targets
 
@@ -76,13 +79,19 @@ class Model:
                 return
 
 
-def machine_for(ctx: corral.CorralContext) -> type[RuleBasedStateMachine]:
+def machine_for(ctx: corral.CorralContext, prefill: int = 0) -> type[RuleBasedStateMachine]:
+    """The storm, on queues made in ``ctx`` that start with a message of
+    ``prefill`` bytes if it is not 0."""
+
     class QueueUnderFire(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
             self.q = ctx.Queue(capacity_bytes=4 * 1024 * 1024)
             self.model = Model()
             self.ids = itertools.count()
+            if prefill:
+                self.q.put((next(self.ids), bytes(prefill)), timeout=TIMEOUT)
+                self.model.add((0, prefill))
 
         def _items(self, sizes: list[int]) -> list[tuple[int, Any]]:
             # Odd sizes travel as numpy arrays: out-of-band buffers, and (with
@@ -191,6 +200,26 @@ def test_kill_storm(
         machine_for(ctx),
         settings=settings(
             max_examples=20 if fast else 4,
+            stateful_step_count=10 if fast else 6,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+
+
+def test_kill_storm_while_growing(
+    ctx: corral.CorralContext, start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ringsingle, "CLAIM_BYTES", 0)
+    monkeypatch.setattr(_ringbase, "INITIAL_BYTES", _ring.PAGE)  # (read when a ring is made)
+    fast = start_method == "fork"
+    # A page with 3.5 KiB in it: nearly any put grows it, and killed producers die
+    # growing it.
+    _run_state_machine(
+        machine_for(ctx, prefill=3584),
+        settings=settings(
+            max_examples=10 if fast else 3,
             stateful_step_count=10 if fast else 6,
             deadline=None,
             database=None,

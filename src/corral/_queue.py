@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._core._ring import (
-    DEFAULT_CAPACITY,
     FAST_SLOW,
     NothingToAck,
     Received,
@@ -79,7 +78,8 @@ class QueueStatistics:
     Attributes:
         items: messages in the queue.
         bytes: bytes of shared memory they occupy, framing included.
-        capacity_bytes: the most bytes of messages the queue holds.
+        capacity_bytes: the most bytes of messages the queue holds (None: no
+            bound but memory).
         maxsize: the most messages it holds (0: no limit but bytes).
         getters_waiting: threads (in any process) blocked in a get.
         putters_waiting: threads blocked in a put.
@@ -92,7 +92,7 @@ class QueueStatistics:
 
     items: int
     bytes: int
-    capacity_bytes: int
+    capacity_bytes: int | None
     maxsize: int
     getters_waiting: int
     putters_waiting: int
@@ -142,8 +142,10 @@ class Queue(Generic[T]):
         maxsize: the most messages the queue holds; 0 or less means no limit other
             than ``capacity_bytes``.
         capacity_bytes: the most bytes of (pickled) messages the queue holds, and so
-            the largest single message. Memory is used only for what is in the
-            queue, not for the capacity.
+            the largest single message; None (the default): no bound but memory,
+            as with :class:`multiprocessing.Queue`. The shared memory starts small
+            and grows when a message needs room: memory is used only for what is
+            in the queue, not for the capacity.
 
     Pass a queue to a child only as an argument when it starts
     (``Process(args=(q,))``); pickling it at any other time raises an error.
@@ -154,18 +156,15 @@ class Queue(Generic[T]):
     _joinable = False
 
     def __init__(self, maxsize: int = 0, *, capacity_bytes: int | None = None):
-        if capacity_bytes is None:
-            capacity_bytes = DEFAULT_CAPACITY
-        if capacity_bytes < MIN_CAPACITY_BYTES:
+        if capacity_bytes is not None and capacity_bytes < MIN_CAPACITY_BYTES:
             raise ValueError(
                 f"capacity_bytes must be at least {MIN_CAPACITY_BYTES}, got {capacity_bytes}"
             )
         maxsize = max(0, int(maxsize))
-        self._setup(
-            Ring(capacity_bytes + _FRAME_ROOM, maxsize, acks=self._joinable), capacity_bytes
-        )
+        room = None if capacity_bytes is None else capacity_bytes + _FRAME_ROOM
+        self._setup(Ring(room, maxsize, acks=self._joinable), capacity_bytes)
 
-    def _setup(self, ring: Ring, capacity_bytes: int) -> None:
+    def _setup(self, ring: Ring, capacity_bytes: int | None) -> None:
         self._ring = ring
         self._maxsize = ring.maxsize
         self._capacity_bytes = capacity_bytes
@@ -530,7 +529,7 @@ def _decode(r: Received) -> Any:
     return _loads(head, buffers=buffers)
 
 
-def _rebuild(cls: type[Queue], ring: Ring, capacity_bytes: int) -> Queue:
+def _rebuild(cls: type[Queue], ring: Ring, capacity_bytes: int | None) -> Queue:
     q = cls.__new__(cls)
     q._setup(ring, capacity_bytes)
     return q

@@ -16,9 +16,10 @@ Nothing here knows about Process, Queue, Lock or Pool, or imports anything from
                    slots that survive SIGKILL (the sync primitives build on it).
 - ``_ringlayout``: the shared ring's layout and rules (frame size, fits at tail),
                    checked against the C extension's constants.
-- ``_ringbase``, ``_ringsingle``, ``_ringbatch``, ``_ring``: the ring of byte
-                   messages in shared memory: base and repair, single put/get,
-                   batches, the whole (the queues build on it).
+- ``_ringbase``, ``_ringgrow``, ``_ringsingle``, ``_ringbatch``, ``_ring``: the
+                   ring of byte messages in shared memory: base and repair, growing
+                   on demand, single put/get, batches, the whole (the queues build
+                   on it).
 - ``_later``:      bookkeeping owed to shared state whose mutex a caller could not get
                    before its deadline (a paused peer held it), done in the background.
 - ``_sweep``:      stdlib only: freezing a set of subtrees in rounds and killing them;

@@ -15,13 +15,14 @@ The pieces:
   futex words on lines of their own (``put_seq``: "something was put",
   ``get_seq``: "room was made", ``done_seq``: "all tasks done"), the constants,
   and a table of waiter pids;
-- the **data area** (from offset ``DATA``): ``capacity`` bytes of frames. ``head``
-  and ``tail`` are byte *positions* that only grow; a position's offset in the
-  area is ``position % capacity``. A frame never wraps: when it does not fit
-  before the end of the lap (or would leave the retained pages while there is room
-  at the start), a pad frame fills the rest of the lap. When a get empties the
-  ring, both positions jump to the start of the next lap, so a ring that keeps
-  emptying reuses the same warm pages.
+- the **data area** (from offset ``DATA``): ``size`` bytes of frames, ``size``
+  starting small and doubling when a put needs room, up to what ``capacity``
+  allows (``_ringgrow``). ``head`` and ``tail`` are byte *positions* that only
+  grow; a position's offset in the area is ``(position - base) % size``. A frame
+  never wraps: when it does not fit before the end of the lap (or would leave the
+  retained pages while there is room at the start), a pad frame fills the rest of
+  the lap. When a get empties the ring, both positions jump to the start of the
+  next lap, so a ring that keeps emptying reuses the same warm pages.
 
 The frame format and the header's fields are drawn in ``_ringlayout``, the one
 place that defines them (the C fast path checks its own copy against it).
@@ -47,7 +48,8 @@ Where each part lives:
 - ``_ringlayout``: layout, frame format, ``frame_size``, ``fits_plain`` /
   ``place`` (does a frame fit at ``tail``, and must a pad start a lap), tunables,
   the check of the C extension's constants;
-- ``_ringbase.RingBase``: mapping, mutex (one spin policy), repair, waiting;
+- ``_ringbase.RingBase``: mappings, mutex (one spin policy), repair, waiting;
+- ``_ringgrow.GrowOps``: growing the data area;
 - ``_ringsingle.SingleOps``: ``put`` and ``get``, reservations and claims;
 - ``_ringbatch.BatchOps``: ``put_many``/``put_many_flat`` and ``get_many``;
 - here, ``Ring``: state, shutdown, task accounting, and the test hook.
@@ -67,7 +69,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _ringbatch, _ringlayout, _ringsingle
+from . import _ringbatch, _ringgrow, _ringlayout, _ringsingle
 from ._errors import NothingToAck, RingShutDown, TooLarge
 from ._futex import futex_wake
 from ._ringbatch import BatchOps
@@ -76,7 +78,6 @@ from ._ringlayout import (
     CLAIM_BYTES,
     COPY_CHUNK,
     DATA,
-    DEFAULT_CAPACITY,
     FAST_DONE,
     FAST_EMPTY,
     FAST_SLOW,
@@ -93,20 +94,25 @@ from ._ringlayout import (
     I_PUTTERS,
     I_RESERVE,
     I_SHUT,
+    INITIAL_BYTES,
     JOINER,
     MAGIC,
     OFF_CONST,
     OFF_HEAD,
     PAGE,
     PUTTER,
+    Q_BASE,
     Q_CLAIM_START,
     Q_COUNT,
+    Q_GEO,
     Q_HEAD,
     Q_RESERVE_START,
     Q_TAIL,
     Q_TAKEN,
     RETAIN_BYTES,
+    STALE,
     STATE,
+    UNBOUNDED,
     WAKE_ALL,
     Message,
     Received,
@@ -123,20 +129,23 @@ __all__ = [
     "CLAIM_BYTES",
     "COPY_CHUNK",
     "DATA",
-    "DEFAULT_CAPACITY",
     "FAST_DONE",
     "FAST_EMPTY",
     "FAST_SLOW",
     "FAST_SWEEP",
     "FRAME_HEADER",
+    "INITIAL_BYTES",
     "I_CLAIM",
     "I_RESERVE",
     "PAGE",
+    "Q_BASE",
     "Q_CLAIM_START",
+    "Q_GEO",
     "Q_HEAD",
     "Q_RESERVE_START",
     "Q_TAIL",
     "RETAIN_BYTES",
+    "UNBOUNDED",
     "Message",
     "NothingToAck",
     "Received",
@@ -159,11 +168,14 @@ _speedups = _ringlayout.speedups
 def set_hook(hook: Callable[[str], None] | None) -> None:
     """Install a test hook in this process: called with a point name inside put and
     get ("put:copy" between chunks of a large buffer, "put:publish" just before the
-    publishing store, "get:copied" just before the consuming store), so that tests
-    can SIGKILL a process at an exact point. The C fast path has no hook points, so
-    it is turned off while a hook is installed."""
+    publishing store, "get:copied" just before the consuming store, "grow:moved"
+    after a growth moved frames, just before its ``base`` and ``geo`` stores,
+    "grow:committed" just after them), so that tests can SIGKILL a process at an
+    exact point. The C fast path has no hook
+    points, so it is turned off while a hook is installed."""
     _ringsingle._hook = hook
     _ringbatch._hook = hook
+    _ringgrow._hook = hook
     if _speedups is not None:
         _speedups.set_enabled(hook is None)
 
@@ -172,7 +184,8 @@ def set_hook(hook: Callable[[str], None] | None) -> None:
 class RingStatistics:
     items: int
     bytes: int
-    capacity: int
+    capacity: int  # the bound on bytes held (UNBOUNDED: none but memory)
+    size: int  # bytes of the data area now
     maxsize: int
     getters_waiting: int
     putters_waiting: int
@@ -200,7 +213,7 @@ class Ring(BatchOps):
         fields are not one snapshot."""
         try:
             if self._lock(0):
-                return STATE.unpack_from(self._mm, OFF_HEAD)
+                return STATE.unpack_from(self._hm, OFF_HEAD)
         finally:
             if self._owner.value == INCONSISTENT:
                 self._settle()
@@ -232,6 +245,7 @@ class Ring(BatchOps):
             items=count,
             bytes=tail - head,
             capacity=self.capacity,
+            size=self.size,
             maxsize=self.maxsize,
             getters_waiting=getters,
             putters_waiting=putters,
@@ -247,10 +261,10 @@ class Ring(BatchOps):
             self._lock()
             if immediate and q[Q_COUNT]:
                 tail = q[Q_TAIL]
-                self._jump(tail if tail % self.capacity else tail - 1)
+                self._jump(tail if self.off(tail) else tail - 1)
                 q[Q_COUNT] = 0
-                if self.capacity > self.retain:
-                    self._shm.release(DATA + self.retain, self.capacity - self.retain)
+                if self.size > self.retain:
+                    self._shm.release(DATA + self.retain, self.size - self.retain)
             if immediate:
                 i[I_RESERVE] = 0  # its putter finds it gone, and drops its message
             i[I_SHUT] = max(i[I_SHUT], 2 if immediate else 1)
@@ -266,21 +280,22 @@ class Ring(BatchOps):
         callers (asyncio) that must never consume from a thread they may abandon.
         Returns within ``timeout`` even while a paused peer holds the mutex."""
         deadline = time.monotonic() + timeout
-        cap = self.capacity
         try:
             if not self._lock(timeout):
                 return
-            head, tail, count, _, _, _, _, shut = STATE.unpack_from(self._mm, OFF_HEAD)
+            head, tail, count, _, _, _, _, shut = STATE.unpack_from(self._hm, OFF_HEAD)
             if shut:
                 return
             if not size:
                 if not count or self._claim_alive():
                     self._sleep(GETTER, I_PUT_SEQ, deadline)
                 return
-            if head == tail:  # empty: a put starts a lap
-                head = tail = tail + cap - tail % cap if tail % cap else tail
-            end, _pad = place(head, tail, size, cap, self.retain)
-            if end - head > cap or (self.maxsize and count >= self.maxsize):
+            cap, origin = self.size, self.origin
+            if head == tail and self.off(tail):  # empty: a put starts a lap
+                head = tail = tail + cap - self.off(tail)  # (where the put would start)
+            end, _pad = place(head - origin, tail - origin, size, cap, self.retain)
+            full = end + origin - head > self.room and not self._growable(head, tail, size)
+            if full or (self.maxsize and count >= self.maxsize):
                 self._sleep(PUTTER, I_GET_SEQ, deadline)
         finally:
             if self._owner.value == INCONSISTENT:
@@ -316,8 +331,10 @@ class Ring(BatchOps):
         """Wait until every message put has been got and acknowledged. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         q = self._q
-        if not q[Q_COUNT] + q[Q_TAKEN]:
-            return True  # (two aligned loads: nothing in flight, without the mutex)
+        if not q[Q_COUNT] + q[Q_TAKEN] and not q[Q_GEO] & STALE:
+            # (Aligned loads: nothing in flight, without the mutex. Unless a C repair
+            # left count to be recounted: then under the mutex, which recounts.)
+            return True
         try:
             if not self._lock(timeout):
                 return False
@@ -333,7 +350,7 @@ class Ring(BatchOps):
             self._unlock_raw()
 
 
-def _attach(shm: SharedMemory, capacity: int, maxsize: int, acks: bool) -> Ring:
+def _attach(shm: SharedMemory, capacity: int | None, maxsize: int, acks: bool) -> Ring:
     (magic,) = struct.unpack_from("@Q", shm.buf, OFF_CONST)
     if magic != MAGIC:
         raise ValueError("not a corral ring")

@@ -1,15 +1,29 @@
 """The ring's shared parts: mapping, mutex, waiting, and repair after a death.
 
-``RingBase`` holds what every operation needs (see ``_ringsingle`` and
-``_ringbatch`` for the operations, ``_ring`` for the whole): the mapping and its
-views, the robust mutex (taken with corral's one spin policy, repaired after a
-dead holder), the futex words and waiter table (sleep, wake, sweep the dead), the
+``RingBase`` holds what every operation needs (see ``_ringgrow``, ``_ringsingle``
+and ``_ringbatch`` for the operations, ``_ring`` for the whole): the mappings and
+their views, the robust mutex (taken with corral's one spin policy, repaired after
+a dead holder), the futex words and waiter table (sleep, wake, sweep the dead), the
 liveness of claims and reservations, and the lap jump that keeps an emptying ring
 on warm pages. Layout and rules: ``_ringlayout``.
+
+Two mappings of the one memfd::
+
+    _shm (made with the ring, never remapped)   the header: mutex, futex words, and
+        [header | first data area]              every header view (_q, _i, _hm)
+    _mm  (the data area as big as ``geo`` says)  frames; remapped when the ring grew
+        [header | data area of ``size`` bytes]  (``_sync``), the old one closed
+
+The header's address never changes, so the mutex, the futex words and the C fast
+path's lock stay where they were; only frame offsets move to the new mapping.
+Every holder of the mutex compares ``geo`` with its ``size`` first (``_lock``, and
+the inlined hot paths) and catches up (``_sync``) if another process grew the ring.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -34,10 +48,12 @@ from ._ringlayout import (
     I_SLOT_KIND,
     I_SLOT_PID,
     I_SLOT_START,
+    INITIAL_BYTES,
     MAGIC,
     NO_FAST_PATH,
     OFF_CONST,
     OFF_DONE_SEQ,
+    OFF_GEO,
     OFF_GET_SEQ,
     OFF_MUTEX,
     OFF_PUT_SEQ,
@@ -46,13 +62,18 @@ from ._ringlayout import (
     PAD,
     PAGE,
     POLL_ROUNDS,
+    Q_BASE,
     Q_CLAIM_START,
     Q_COUNT,
+    Q_GEO,
     Q_HEAD,
     Q_RESERVE_START,
     Q_TAIL,
     RETAIN_BYTES,
     SLOTS,
+    STALE,
+    U64,
+    UNBOUNDED,
     WAIT_SLICE,
     WAKE_ALL,
     ZERO_WAKES_MAX,
@@ -61,7 +82,7 @@ from ._ringlayout import (
 from ._robust import INCONSISTENT, NOWAIT_GRACE, RobustMutex, init_mutex, timeout_until
 from ._shm import SharedMemory
 
-__all__ = ["RingBase", "deadline_of", "lock_timeout"]
+__all__ = ["RingBase", "deadline_of", "lock_timeout", "map_data"]
 
 _sched_yield = os.sched_yield
 _is_alive = _linux.is_alive
@@ -70,6 +91,16 @@ _self_identity = _linux.self_identity
 
 def deadline_of(block: bool, timeout: float | None) -> float | None:
     return None if not block or timeout is None else time.monotonic() + timeout
+
+
+def map_data(fd: int, size: int) -> tuple[mmap.mmap, int]:
+    """Map the header and a data area of ``size`` bytes of the ring's memfd: the
+    mapping, and the address of its data area."""
+    mm = mmap.mmap(fd, DATA + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    anchor = ctypes.c_char.from_buffer(mm)  # (an export of mm, dropped at once)
+    address = ctypes.addressof(anchor) + DATA
+    del anchor
+    return mm, address
 
 
 def lock_timeout(block: bool, deadline: float | None) -> float | None:
@@ -84,24 +115,29 @@ class RingBase:
 
     def __init__(
         self,
-        capacity: int,
+        capacity: int | None,
         maxsize: int = 0,
         *,
         acks: bool = False,
         _shm: SharedMemory | None = None,
     ):
-        # Whole pages, so that the data area can be handed back page by page.
-        capacity = max(PAGE, -(-capacity // PAGE) * PAGE)
+        # capacity: the bound on bytes held (None: memory's), in whole pages, so
+        # that the data area can be handed back page by page.
+        capacity = UNBOUNDED if capacity is None else max(PAGE, -(-capacity // PAGE) * PAGE)
         self.capacity = capacity
         self.maxsize = maxsize
         self.acks = acks  # count messages got until ack() (see Ring.ack)
+        initial = min(INITIAL_BYTES, capacity)
+        self.max_size = capacity  # the data area doubles from ``initial`` up to this
         if _shm is None:
-            _shm = SharedMemory(DATA + capacity, what="queue")
+            _shm = SharedMemory(DATA + initial, what="queue")
             init_mutex(_shm.address + OFF_MUTEX)
             CONST.pack_into(_shm.buf, OFF_CONST, MAGIC, capacity, maxsize)
+            U64.pack_into(_shm.buf, OFF_GEO, initial)  # (nobody else sees it yet)
         self._shm = _shm
-        # The mmap itself: its slices are bytes (one copy, no intermediate view).
-        self._mm = cast(mmap.mmap, _shm.buf.obj)
+        # The first mapping: the header's, for good (its slices are bytes: one
+        # copy, no intermediate view).
+        self._hm = cast(mmap.mmap, _shm.buf.obj)
         self._header = _shm.buf[:DATA]
         self._q = self._header.cast("Q")
         self._i = self._header.cast("I")
@@ -113,7 +149,10 @@ class RingBase:
         self._get_seq = addr + OFF_GET_SEQ
         self._done_seq = addr + OFF_DONE_SEQ
         self._zero_wakes = 0
-        self.retain = min(RETAIN_BYTES, capacity)
+        first = _shm.size - DATA
+        self._first = first
+        room = min(first, capacity)
+        retain = min(RETAIN_BYTES, first)
         # The one place that decides between the C fast path and the Python path.
         # ``try_put(bytes) -> int``, ``try_get(block) -> bytes | int``,
         # ``try_put_many(list[bytes]) -> int`` and ``try_get_many(max_items,
@@ -127,14 +166,88 @@ class RingBase:
         self.fast: Any = (
             NO_FAST_PATH
             if speedups is None
-            else speedups.Ops(addr, DATA, capacity, self.retain, maxsize, acks)
+            else speedups.Ops(addr, addr + DATA, first, room, 0, retain, maxsize, acks)
         )
         self.try_put = self.fast.put
         self.try_get = self.fast.get
         self.try_put_many = self.fast.put_many
         self.try_get_many = self.fast.get_many
-        # What the hot paths need, in one attribute.
-        self._hot = (capacity, self.retain, maxsize, self._mm, self._q, self._mutex)
+        # The data area's geometry in this process (set by _use): its size, its
+        # origin (position p is at offset (p - origin) % size), the room a put may
+        # fill, the retained pages, its mapping and a view of it. The hot paths have
+        # it in one tuple, _hot (with maxsize, the header's u64 view and the mutex).
+        self.size, self.origin, self.room, self.retain = first, 0, room, retain
+        self._mm, self._view = self._hm, _shm.buf
+        # The mappings claims of this process copy from right now (with the mutex
+        # let go), and the mappings replaced since, closed once no copy is left.
+        self._copies: list[tuple[mmap.mmap, memoryview]] = []
+        self._retired: list[tuple[mmap.mmap, memoryview]] = []
+        self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex)
+        self._use(self._hm, addr + DATA, first)
+        if self._q[Q_GEO] != first:  # grown before this process attached
+            try:
+                self._lock()  # (catches up)
+            finally:
+                if self._owner.value == INCONSISTENT:
+                    self._settle()
+                self._unlock_raw()
+
+    # -- geometry --------------------------------------------------------------------
+
+    def _use(self, mm: mmap.mmap, data: int, size: int) -> None:
+        """Use ``mm`` (data area at address ``data``) of ``size`` bytes from now on,
+        with the header's origin (``base``); close the mapping it replaces, unless a
+        claim of this process is copying out of it (then once none is). Nothing
+        else holds a view of it: geometry is read only with the mutex held and
+        after ``_sync``."""
+        old, old_view = self._mm, self._view
+        origin = self._q[Q_BASE] % size
+        retain = min(RETAIN_BYTES, size)
+        room = min(size, self.capacity)
+        view = self._shm.buf if mm is self._hm else memoryview(mm)
+        # In this order: an interrupt before ``size`` leaves it behind ``geo``, one
+        # before ``_hot`` leaves that behind (see _sync), and the next holder of the
+        # mutex does it all again.
+        self.fast.remap(data, size, room, origin, retain)
+        self._mm, self._view = mm, view
+        self.origin, self.room, self.retain = origin, room, retain
+        self.size = size
+        self._hot = (size, origin, room, retain, self.maxsize, mm, self._q, self._mutex)
+        if old is not mm and old is not self._hm:
+            self._retired.append((old, old_view))
+        if not self._copies:
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            old, old_view = self._retired.pop()
+            with contextlib.suppress(BufferError):  # (cannot happen; else GC closes it)
+                old_view.release()
+                old.close()
+
+    def _sync(self) -> None:
+        """With the mutex held, ``geo`` differing from ``size``: catch up with the
+        header. Map the grown data area; recount ``count`` if a C repair left it
+        STALE (it saw the geometry change under a dead holder and could not walk
+        the frames). MemoryError if this process cannot map the area."""
+        geo = self._q[Q_GEO]
+        size = geo & ~STALE
+        if size != self.size or self._hot[0] != size:
+            if size == self._first:
+                mm, data = self._hm, self._shm.address + DATA
+            else:
+                try:
+                    mm, data = map_data(self._shm.fd, size)
+                except OSError as exc:
+                    raise MemoryError(f"cannot map a queue of {size} bytes: {exc}") from exc
+            self._use(mm, data, size)
+        if geo & STALE:
+            self._recount()
+            self._q[Q_GEO] = size
+
+    def off(self, pos: int) -> int:
+        """The offset of position ``pos`` in the data area."""
+        return (pos - self.origin) % self.size
 
     def close(self) -> None:
         """Unmap and close this process's view. Nobody in this process may use it after.
@@ -152,6 +265,10 @@ class RingBase:
         if self._shm.fd < 0:
             return
         self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
+        self._close_retired()
+        if self._mm is not self._hm:
+            self._view.release()
+            self._mm.close()
         self._q.release()
         self._i.release()
         self._header.release()
@@ -189,6 +306,8 @@ class RingBase:
             return False
         if m.owner_died:
             self._repair()
+        if self._q[Q_GEO] != self.size:
+            self._sync()
         return True
 
     def _lock_slow(self, timeout: float | None) -> bool:
@@ -253,21 +372,47 @@ class RingBase:
     def _repair(self) -> None:
         """With the mutex held, after its previous holder died holding it.
 
-        ``head`` and ``tail`` are the truth (each was published by one store);
-        ``count`` is recomputed from the frames between them. Costs one step per
-        queued message, once per death under the mutex. (C: repair(), which does
-        the same walk and leaves the claim, reservation and waiter checks below to
-        the Python paths that meet them.)
+        ``head`` and ``tail`` are the truth (each was published by one store), and
+        so is ``geo`` (a growth's commit); ``count`` is recounted from the frames
+        between them. Costs one step per queued message, once per death under the
+        mutex. (C: repair(), which does the same walk, or marks ``geo`` STALE if
+        the geometry changed, and leaves the claim, reservation and waiter checks
+        below to the Python paths that meet them.)
         """
+        geo = self._q[Q_GEO]
+        if geo & ~STALE != self.size:
+            try:
+                self._sync()  # (recounts too, if STALE)
+            except MemoryError:
+                # This process cannot map the grown area: leave the recount to one
+                # that can (as C does), and the mutex usable.
+                self._q[Q_GEO] = geo | STALE
+                self._wake_everyone()
+                self._mutex.make_consistent()
+                raise
+        elif geo & STALE:
+            self._q[Q_GEO] = self.size
+        self._recount()
+        self._claim_alive()
+        self._reserved()
+        self._sweep_waiters()
+        # A wake-up meant for (or owed by) the dead holder may be lost: wake everyone.
+        self._wake_everyone()
+        self._mutex.make_consistent()  # last: until here, an interrupt repairs again
+
+    def _recount(self) -> None:
+        """With the mutex held and this process's geometry current: set ``count``
+        from the frames between ``head`` and ``tail`` (fixing ``head > tail``, a
+        death between the two stores of a lap jump)."""
         mm, q = self._mm, self._q
-        cap = self.capacity
+        cap, base = self.size, self.origin
         head, tail = q[Q_HEAD], q[Q_TAIL]
         if head > tail:  # died between the two stores of a lap jump
             q[Q_TAIL] = tail = head
         count = 0
         pos = head
         while pos < tail:
-            off = pos % cap
+            off = (pos - base) % cap
             flen, _plen, nbufs = FRAME.unpack_from(mm, DATA + off)
             if flen <= 0 or flen % ALIGN or off + flen > cap or pos + flen > tail:
                 # Cannot happen if the protocol holds; never loop or read wild.
@@ -278,12 +423,6 @@ class RingBase:
                 count += 1
             pos += flen
         q[Q_COUNT] = count
-        self._claim_alive()
-        self._reserved()
-        self._sweep_waiters()
-        # A wake-up meant for (or owed by) the dead holder may be lost: wake everyone.
-        self._wake_everyone()
-        self._mutex.make_consistent()  # last: until here, an interrupt repairs again
 
     def _claim_alive(self) -> bool:
         """With the mutex held: whether a live process holds the claim (a dead one's
@@ -417,7 +556,7 @@ class RingBase:
         store). If that emptied the ring, head and tail both go to the next lap, so
         the next put reuses warm pages; not while a putter holds a reservation,
         whose frame goes at ``tail``. (C: get_finish.)"""
-        if end == tail and end % self.capacity and not self._i[I_RESERVE]:
+        if end == tail and (end - self.origin) % self.size and not self._i[I_RESERVE]:
             self._jump(end)
         else:
             self._q[Q_HEAD] = end
@@ -425,7 +564,7 @@ class RingBase:
     def _jump(self, pos: int) -> int:
         """With the mutex held and the ring empty: move head and tail to the next lap.
         (Never while a putter holds a reservation: its frame goes at ``tail``.)"""
-        new = pos + self.capacity - pos % self.capacity
+        new = pos + self.size - (pos - self.origin) % self.size
         self._q[Q_HEAD] = new  # head > tail until the next store; _repair knows
         self._q[Q_TAIL] = new
         return new

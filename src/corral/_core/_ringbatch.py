@@ -33,6 +33,7 @@ from ._ringlayout import (
     PAD,
     PUTTER,
     Q_COUNT,
+    Q_GEO,
     Q_TAIL,
     Q_TAKEN,
     STATE,
@@ -108,23 +109,29 @@ class BatchOps(SingleOps):
         """With the mutex held: write messages from ``done`` on while they fit (waiting
         for room only before the first), publish them with one ``tail`` store, and
         return (messages done, getters to wake)."""
-        mm, q, cap, maxsize = self._mm, self._q, self.capacity, self.maxsize
+        q, hm, maxsize = self._q, self._hm, self.maxsize
         start = done
         while True:
-            head_pos, tail, count, _, getters, _, _, shut = STATE.unpack_from(mm, OFF_HEAD)
+            head_pos, tail, count, _, getters, _, _, shut = STATE.unpack_from(hm, OFF_HEAD)
             if shut:
                 raise RingShutDown
             if not self._reserved():  # (see _room; checked again after each sleep)
-                if head_pos == tail and tail % cap:  # empty (after a repair)
+                mm, cap, origin, room = self._mm, self.size, self.origin, self.room
+                if head_pos == tail and (tail - origin) % cap:  # empty (after a repair)
                     head_pos = tail = self._jump(tail)
                 while done < len(messages):
-                    end, pad = place(head_pos, tail, sizes[done], cap, self.retain)
-                    if end - head_pos > cap or (maxsize and count >= maxsize):
+                    end, pad = place(
+                        head_pos - origin, tail - origin, sizes[done], cap, self.retain
+                    )
+                    end += origin
+                    if end - head_pos > room or (maxsize and count >= maxsize):
                         break
                     if pad:
-                        FRAME.pack_into(mm, DATA + tail % cap, cap - tail % cap, 0, PAD)
+                        off = (tail - origin) % cap
+                        FRAME.pack_into(mm, DATA + off, cap - off, 0, PAD)
                     head, bufs = messages[done]
-                    self._write_frame(DATA + (end - sizes[done]) % cap, sizes[done], head, bufs)
+                    off = (end - sizes[done] - origin) % cap
+                    self._write_frame(DATA + off, sizes[done], head, bufs)
                     tail = end
                     count += 1
                     done += 1
@@ -136,6 +143,9 @@ class BatchOps(SingleOps):
                     if getters:
                         self._bump(I_PUT_SEQ)
                     return done, getters
+                allowed = not maxsize or count < maxsize
+                if allowed and self._grow(head_pos, tail, sizes[done]):
+                    continue  # grown: look again, in the new geometry
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise full_after(done)
             if not self._sleep(PUTTER, I_GET_SEQ, deadline):
@@ -182,7 +192,6 @@ class BatchOps(SingleOps):
         if not total:
             return False
         blob = b"".join(parts)
-        cap = self.capacity
         k = len(messages)
         m = self._mutex
         getters = 0
@@ -191,16 +200,28 @@ class BatchOps(SingleOps):
                 raise full_after(0)
             if m.owner_died:
                 self._repair()
-            mm = self._mm
+            if self._q[Q_GEO] != self.size:  # grown by another process: catch up
+                self._sync()
+            mm, cap, origin = self._mm, self.size, self.origin
             head_pos, tail, count, _, getters, _, _, shut = STATE.unpack_from(mm, OFF_HEAD)
             if (
                 shut
                 or self._i[I_RESERVE]
-                or not fits_plain(head_pos, tail, count, total, k, cap, self.retain, self.maxsize)
+                or not fits_plain(
+                    head_pos - origin,
+                    tail - origin,
+                    count,
+                    total,
+                    k,
+                    cap,
+                    self.room,
+                    self.retain,
+                    self.maxsize,
+                )
             ):
                 getters = 0
                 return False
-            off = tail % cap
+            off = (tail - origin) % cap
             mm[DATA + off : DATA + off + total] = blob
             if _hook is not None:
                 _hook("put:publish")
@@ -244,8 +265,10 @@ class BatchOps(SingleOps):
                 raise queue.Empty
             if m.owner_died:
                 self._repair()
+            if self._q[Q_GEO] != self.size:  # grown by another process: catch up
+                self._sync()
             head, tail, count, taken, _, putters, _, _, claim = GET_STATE.unpack_from(
-                self._mm, OFF_HEAD
+                self._hm, OFF_HEAD
             )
             if not count or claim:
                 head, tail, count, taken, putters = self._items(
@@ -278,17 +301,17 @@ class BatchOps(SingleOps):
         """With the mutex held: copy out the ``n`` messages at ``head``. Returns (a
         blob of their frames, or the messages; where they end; whether pages past
         the retained ones were read, to give back)."""
-        mm, cap, retain = self._mm, self.capacity, self.retain
+        mm, cap, retain, origin = self._mm, self.size, self.retain, self.origin
         end = self._blob_end(head, tail, count, n)
         if end:
             # Small and in one lap: one copy now; the frames are parsed after the
             # mutex is let go.
-            off = head % cap
+            off = (head - origin) % cap
             return mm[DATA + off : DATA + off + (end - head)], end, off + (end - head) > retain
         out: list[Received] = []
         give_back = False
         for _ in range(n):
-            off = head % cap
+            off = (head - origin) % cap
             flen, plen, nbufs = FRAME.unpack_from(mm, DATA + off)
             if nbufs == PAD:
                 head += flen
@@ -307,19 +330,20 @@ class BatchOps(SingleOps):
     def _blob_end(self, head: int, tail: int, count: int, n: int) -> int:
         """With the mutex held: the end of the first ``n`` frames if they can be
         taken as one small blob (in one lap, at most BLOB_MAX bytes), else 0."""
-        cap = self.capacity
-        if n == count and tail % cap:
+        cap, origin = self.size, self.origin
+        if n == count and (tail - origin) % cap:
             # All of them, and tail inside the lap of head: no pad can lie between.
             # (With tail at a lap's end there may be a pad there, published on its
             # own by a reservation that starts the next lap: walk instead.)
-            if head // cap == tail // cap and tail - head <= BLOB_MAX:
+            if (head - origin) // cap == (tail - origin) // cap and tail - head <= BLOB_MAX:
                 return tail
             return 0
         mm = self._mm
         unpack = U64.unpack_from
-        lap_start = head - head % cap
-        at = DATA + head % cap  # walking in the mapping, within this lap
-        limit = DATA + min(cap, head % cap + BLOB_MAX)
+        off = (head - origin) % cap
+        lap_start = head - off
+        at = DATA + off  # walking in the mapping, within this lap
+        limit = DATA + min(cap, off + BLOB_MAX)
         for _ in range(n):
             at += unpack(mm, at)[0]
             if at >= limit:

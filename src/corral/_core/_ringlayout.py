@@ -16,12 +16,19 @@ Header page (offset 0; u64 and u32 fields, native byte order)::
     92   shut                       u32 0 open, 1 shut down, 2 shut down immediately
     96   claim reserve              u32 pids: a getter copying out at head, a putter
                                     copying in at tail (large messages), or 0
+    104  geo                        u64 bytes the data area has now (it grows), plus
+                                    1 while ``count`` must be recounted (STALE)
     112  claim_start reserve_start  u64 start times of those processes
     128  put_seq  192 get_seq  256 done_seq   u32 futex words, a line each
-    320  magic capacity maxsize     u64 constants
+    320  magic capacity maxsize     u64 constants (capacity: the bound on bytes held)
+    344  base                       u64 a position at offset 0 of the data area
     512  waiter table               u32 pid, u32 kind, u32 start (low 32 bits) of
                                     each of MAX_WAITERS sleepers
     DATA frames
+
+A position's offset in the data area is ``(pos - base) % size`` (``size`` from
+``geo``). The area starts small (``INITIAL_BYTES``) and doubles, under the mutex,
+when a put needs room and ``capacity`` allows (``_ringgrow``).
 
 Frame (native, 16-byte aligned; ``frame_size`` gives its length)::
 
@@ -43,7 +50,6 @@ from ._robust import FUTEX_TID_MASK, MUTEX_SIZE, SPIN
 
 __all__ = [
     "DATA",
-    "DEFAULT_CAPACITY",
     "FAST_DONE",
     "FAST_EMPTY",
     "FAST_SLOW",
@@ -62,9 +68,15 @@ __all__ = [
 
 # -- tunables -------------------------------------------------------------------
 
-# Bytes of frames a ring holds when the user gives no ``capacity_bytes``. Only
-# touched pages cost memory, so this is a bound, not an allocation.
-DEFAULT_CAPACITY = 64 * 1024 * 1024
+# The bound on bytes held of a ring made without one: none but memory, as the
+# stdlib's Queue. (A number, so that every check stays one comparison.)
+UNBOUNDED = 1 << 60
+
+# Bytes of the data area a new ring maps (or its capacity, if smaller); it doubles
+# when a put needs more. Larger: fewer growths, and a backlog of small messages
+# wraps less often (a pad frame sends the C fast path to Python); smaller: less
+# address space per queue (200 queues map 200 MiB; only touched pages cost memory).
+INITIAL_BYTES = 1024 * 1024
 
 # Pages at the start of the data area that are never given back. Larger: a stream
 # of big messages keeps reusing warm pages (no page faults, no hole punching);
@@ -104,7 +116,8 @@ ZERO_WAKES_MAX = 64
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ALIGN = 16
 PAD = 0xFFFFFFFF
-MAGIC = 0x636F7272616C5131  # "corralQ1"
+MAGIC = 0x636F7272616C5132  # "corralQ2"
+STALE = 1  # in geo: a C repair found the geometry changed and left count to Python
 MAX_WAITERS = 256  # waiter slots; more waiters still work, but can't be swept if they die
 WAKE_ALL = 0x7FFFFFFF
 
@@ -122,12 +135,14 @@ OFF_JOINERS = 88  # u32 joiners asleep
 OFF_SHUT = 92  # u32 0: open, 1: shut down, 2: shut down immediately
 OFF_CLAIM = 96  # u32 pid of the getter copying out the message at head, or 0
 OFF_RESERVE = 100  # u32 pid of the putter copying a message in at tail, or 0
+OFF_GEO = 104  # u64 size of the data area now, | STALE while count must be recounted
 OFF_CLAIM_START = 112  # u64 start time of the claim's process (pids get reused)
 OFF_RESERVE_START = 120  # u64 start time of the reservation's process
 OFF_PUT_SEQ = 128  # u32 futex: bumped when messages are published and getters wait
 OFF_GET_SEQ = 192  # u32 futex: bumped when room is made and putters wait
 OFF_DONE_SEQ = 256  # u32 futex: bumped when the last task is done and joiners wait
 OFF_CONST = 320  # u64 magic, capacity, maxsize
+OFF_BASE = 344  # u64 a position whose offset in the data area is 0 (mod its size)
 OFF_SLOT_PID = 512  # u32[MAX_WAITERS] pid of each waiter
 OFF_SLOT_KIND = OFF_SLOT_PID + 4 * MAX_WAITERS  # u32[MAX_WAITERS] which counter it holds
 OFF_SLOT_START = OFF_SLOT_KIND + 4 * MAX_WAITERS  # u32[MAX_WAITERS] its start time, low bits
@@ -135,6 +150,10 @@ DATA = max(PAGE, 4096)
 FRAME_HEADER = 16
 assert OFF_COUNT + 8 <= OFF_TAKEN
 assert OFF_RESERVE_START + 8 <= OFF_PUT_SEQ
+assert OFF_RESERVE + 4 <= OFF_GEO
+assert OFF_GEO + 8 <= OFF_CLAIM_START
+assert OFF_CONST + 24 <= OFF_BASE
+assert OFF_BASE + 8 <= OFF_SLOT_PID
 assert OFF_SLOT_START + 4 * MAX_WAITERS <= DATA
 assert MUTEX_SIZE >= _MUTEX_BYTES
 
@@ -143,6 +162,7 @@ Q_HEAD, Q_TAIL, Q_COUNT, Q_TAKEN = OFF_HEAD // 8, OFF_TAIL // 8, OFF_COUNT // 8,
 I_GETTERS, I_PUTTERS, I_JOINERS = OFF_GETTERS // 4, OFF_PUTTERS // 4, OFF_JOINERS // 4
 I_SHUT, I_CLAIM, I_RESERVE = OFF_SHUT // 4, OFF_CLAIM // 4, OFF_RESERVE // 4
 Q_CLAIM_START, Q_RESERVE_START = OFF_CLAIM_START // 8, OFF_RESERVE_START // 8
+Q_GEO, Q_BASE = OFF_GEO // 8, OFF_BASE // 8
 I_PUT_SEQ, I_GET_SEQ, I_DONE_SEQ = OFF_PUT_SEQ // 4, OFF_GET_SEQ // 4, OFF_DONE_SEQ // 4
 I_SLOT_PID, I_SLOT_KIND = OFF_SLOT_PID // 4, OFF_SLOT_KIND // 4
 I_SLOT_START = OFF_SLOT_START // 4
@@ -194,23 +214,35 @@ def frame_size(head_len: int, buf_lens: Sequence[int] = ()) -> int:
 
 
 def fits_plain(
-    head: int, tail: int, count: int, total: int, k: int, cap: int, retain: int, maxsize: int
+    head: int,
+    tail: int,
+    count: int,
+    total: int,
+    k: int,
+    cap: int,
+    room: int,
+    retain: int,
+    maxsize: int,
 ) -> bool:
     """Whether ``k`` frames of ``total`` bytes go at ``tail`` just as the ring is: no
-    pad, within the retained pages, room left before ``head``'s lap, and under
-    ``maxsize``. The plain case, which the single put, the framed batch and the C
-    fast path (put_begin) take; anything else goes to ``place``. (Shut down and
-    reservations are checked by the caller.)"""
+    pad, within the retained pages, within ``room`` (the data area's size, or the
+    capacity if smaller) of ``head``, and under ``maxsize``. The plain case, which
+    the single put, the framed batch and the C fast path (put_begin) take; anything
+    else goes to ``place``. ``head`` and ``tail`` are relative to the base (see the
+    module's docstring), ``cap`` the data area's size. (Shut down and reservations
+    are checked by the caller.)"""
     return (
         tail % cap + total <= retain
-        and tail + total - head <= cap
+        and tail + total - head <= room
         and (not maxsize or count + k <= maxsize)
     )
 
 
 def place(head: int, tail: int, size: int, cap: int, retain: int) -> tuple[int, bool]:
     """Where a frame of ``size`` bytes would end if written at ``tail``, and whether a
-    pad frame must first fill the rest of the lap. It fits if ``end - head <= cap``.
+    pad frame must first fill the rest of the lap. It fits if ``end - head`` is at
+    most the room (the data area's size ``cap``, or the capacity if smaller).
+    ``head`` and ``tail`` are relative to the base (``end`` then is too).
 
     A pad starts the next lap when the frame would not fit before the end of this
     one, or, early, when it would reach past the retained pages and fits before
@@ -291,6 +323,8 @@ SHARED_WITH_C: dict[str, int] = {
     "OFF_SHUT": OFF_SHUT,
     "OFF_CLAIM": OFF_CLAIM,
     "OFF_RESERVE": OFF_RESERVE,
+    "OFF_GEO": OFF_GEO,
+    "STALE": STALE,
     "OFF_PUT_SEQ": OFF_PUT_SEQ,
     "OFF_GET_SEQ": OFF_GET_SEQ,
     "OFF_DONE_SEQ": OFF_DONE_SEQ,
@@ -347,6 +381,9 @@ class NoFastPath:
         return FAST_SLOW
 
     def detach(self) -> None:
+        pass
+
+    def remap(self, data: int, cap: int, room: int, base: int, retain: int) -> None:
         pass
 
 

@@ -14,6 +14,7 @@ for the whole protocol.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import struct
 import time
@@ -22,7 +23,8 @@ from collections.abc import Callable, Sequence
 from . import _linux
 from ._errors import RingShutDown, TooLarge
 from ._futex import futex_wake
-from ._ringbase import RingBase, deadline_of, lock_timeout
+from ._ringbase import deadline_of, lock_timeout
+from ._ringgrow import GrowOps
 from ._ringlayout import (
     CLAIM_BYTES,
     COPY_CHUNK,
@@ -46,6 +48,7 @@ from ._ringlayout import (
     PUTTER,
     Q_CLAIM_START,
     Q_COUNT,
+    Q_GEO,
     Q_RESERVE_START,
     Q_TAIL,
     Q_TAKEN,
@@ -82,7 +85,7 @@ def _finish_timeout(block: bool, deadline: float | None) -> float | None:
     return None if left is None else max(left, NOWAIT_GRACE)
 
 
-class SingleOps(RingBase):
+class SingleOps(GrowOps):
     # -- put -------------------------------------------------------------------------
 
     def put(
@@ -103,9 +106,9 @@ class SingleOps(RingBase):
             return
         n = len(head)
         size = frame_size(n, [b.nbytes for b in bufs]) if bufs else frame_size(n)
-        cap, retain, maxsize, mm, q, m = self._hot
-        if size > cap:
-            raise TooLarge(size, cap)
+        cap, origin, room, retain, maxsize, mm, q, m = self._hot
+        if size > self.capacity:
+            raise TooLarge(size, self.capacity)
         if bufs and size >= CLAIM_BYTES:
             self._put_reserved(head, bufs, size, block, timeout)
             return
@@ -117,17 +120,22 @@ class SingleOps(RingBase):
                     raise queue.Full
             if m.owner_died:
                 self._repair()
+            if q[Q_GEO] != cap:  # grown by another process (or STALE): catch up
+                self._sync()
+                cap, origin, room, retain, maxsize, mm, q, m = self._hot
             head_pos, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
             if (
                 shut
                 or self._i[I_RESERVE]
-                or not fits_plain(head_pos, tail, count, size, 1, cap, retain, maxsize)
+                or not fits_plain(
+                    head_pos - origin, tail - origin, count, size, 1, cap, room, retain, maxsize
+                )
             ):
                 if deadline == -1.0:
                     deadline = deadline_of(block, timeout)
                 tail, off, count, getters = self._room(size, block, deadline)
             else:
-                off = tail % cap
+                off = (tail - origin) % cap
             self._write_frame(DATA + off, size, head, bufs)
             if _hook is not None:
                 _hook("put:publish")
@@ -164,7 +172,7 @@ class SingleOps(RingBase):
             if tail != old_tail:
                 self._q[Q_TAIL] = tail  # a pad frame, on its own: nothing to get
             base = DATA + off
-            _frame_into(self._mm, base, size, len(head), len(bufs))
+            _frame_into(self._mm, base, size, len(head), len(bufs))  # (see _room)
             self._q[Q_RESERVE_START] = start
             self._i[I_RESERVE] = pid  # (tail stays put until it is let go)
         finally:
@@ -212,35 +220,42 @@ class SingleOps(RingBase):
             if self._i[index] == pid:
                 self._i[index] = 0
                 self._bump(seq_index)
+                self._bump(I_GET_SEQ)  # (a put may wait for no claim, to grow)
 
         if self._lock_or_later(drop):
             futex_wake(seq_address, WAKE_ALL)
+            futex_wake(self._get_seq, WAKE_ALL)
 
     def _room(self, size: int, block: bool, deadline: float | None) -> tuple[int, int, int, int]:
         """With the mutex held: wait (until ``deadline``) until a frame of ``size``
-        bytes fits (and one more message is allowed), write a pad frame if it must
-        start a new lap, and return (tail, offset to write at, count, getters
-        waiting). Raises queue.Full (the mutex may then be let go: see _sleep)."""
-        mm = self._mm
-        cap = self.capacity
+        bytes fits (and one more message is allowed), growing the data area if the
+        capacity allows, write a pad frame if it must start a new lap, and return
+        (tail, offset to write at, count, getters waiting). Raises queue.Full (the
+        mutex may then be let go: see _sleep). The geometry may have changed on
+        return: read ``_mm`` again."""
+        hm = self._hm
         maxsize = self.maxsize
         while True:
-            head, tail, count, _, getters, _, _, shut = _state_from(mm, OFF_HEAD)
+            head, tail, count, _, getters, _, _, shut = _state_from(hm, OFF_HEAD)
             if shut:
                 raise RingShutDown
             if not self._reserved():
                 # (A putter copying a large message in at tail: nothing else may be
                 # written until it publishes, or is found dead.)
-                if head == tail and tail % cap:  # empty (after a repair): start a lap
+                cap, origin = self.size, self.origin
+                if head == tail and (tail - origin) % cap:  # empty (after a repair)
                     head = tail = self._jump(tail)
-                end, pad = place(head, tail, size, cap, self.retain)
-                if end - head <= cap and (not maxsize or count < maxsize):
-                    off = tail % cap
+                end, pad = place(head - origin, tail - origin, size, cap, self.retain)
+                allowed = not maxsize or count < maxsize
+                if end + origin - head <= self.room and allowed:
+                    off = (tail - origin) % cap
                     if pad:
-                        _frame_into(mm, DATA + off, cap - off, 0, PAD)
+                        _frame_into(self._mm, DATA + off, cap - off, 0, PAD)
                         tail += cap - off
                         off = 0
                     return tail, off, count, getters
+                if allowed and self._grow(head, tail, size):
+                    continue  # grown: look again, in the new geometry
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise queue.Full
             if not self._sleep(PUTTER, I_GET_SEQ, deadline):
@@ -292,7 +307,7 @@ class SingleOps(RingBase):
         """
         if after == FAST_EMPTY and not block:
             raise queue.Empty  # seen under the mutex: exact
-        cap, retain, _maxsize, mm, q, m = self._hot
+        cap, origin, _room, retain, _maxsize, mm, q, m = self._hot
         deadline: float | None = -1.0  # (computed off the fast path only: one clock read less)
         claimed = False
         try:  # (taking the mutex inside: see RingBase, "Interrupts")
@@ -302,6 +317,9 @@ class SingleOps(RingBase):
                     raise queue.Empty
             if m.owner_died:
                 self._repair()
+            if q[Q_GEO] != cap:  # grown by another process (or STALE): catch up
+                self._sync()
+                cap, origin, _room, retain, _maxsize, mm, q, m = self._hot
             head, tail, count, taken, _, putters, _, _, claim = _get_state_from(mm, OFF_HEAD)
             if not count or claim:
                 # (FAST_EMPTY: the C call has polled already; sleep without polling.)
@@ -310,8 +328,9 @@ class SingleOps(RingBase):
                 head, tail, count, taken, putters = self._items(
                     block, deadline, after != FAST_EMPTY
                 )
+                cap, origin, _room, retain, _maxsize, mm, q, m = self._hot  # (may have grown)
             start = head
-            off = head % cap
+            off = (head - origin) % cap
             flen, plen, nbufs = _frame_from(mm, DATA + off)
             if nbufs == PAD:
                 head += flen
@@ -324,6 +343,8 @@ class SingleOps(RingBase):
                 q[Q_CLAIM_START] = pstart
                 self._i[I_CLAIM] = pid
                 claimed = True
+                copy = (mm, self._view)
+                self._copies.append(copy)  # (keeps the mapping open: see _use)
             else:
                 if nbufs:
                     out = self._read_bufs(base, plen, nbufs)
@@ -347,7 +368,7 @@ class SingleOps(RingBase):
         if claimed:
             if deadline == -1.0:
                 deadline = deadline_of(block, timeout)
-            return self._get_claimed(start, head + flen, base, plen, nbufs, block, deadline)
+            return self._get_claimed(copy, start, head + flen, base, plen, nbufs, block, deadline)
         if putters:
             self._wake(self._get_seq, WAKE_ALL, putters)
         return out
@@ -363,11 +384,12 @@ class SingleOps(RingBase):
             q[Q_TAKEN] = taken + 1
         if putters:
             self._bump(I_GET_SEQ)
-        if (end - 1) % self.capacity >= self.retain:
+        if (end - 1 - self.origin) % self.size >= self.retain:
             self._give_back(start, end, tail)
 
     def _get_claimed(
         self,
+        copy: tuple[mmap.mmap, memoryview],
         start: int,
         end: int,
         base: int,
@@ -376,17 +398,21 @@ class SingleOps(RingBase):
         block: bool,
         deadline: float | None,
     ) -> Received:
-        """Copy out the message claimed at ``start`` without the mutex, then consume
-        it. If a peer holds the mutex past ``deadline``, the claim is let go (the
-        message stays, whole, for the next getter) and queue.Empty is raised."""
+        """Copy out the message claimed at ``start`` without the mutex, from the
+        mapping ``copy`` (the ring may grow meanwhile, without moving it), then
+        consume it. If a peer holds the mutex past ``deadline``, the claim is let
+        go (the message stays, whole, for the next getter) and queue.Empty is
+        raised."""
         pid = _self_identity()[0]
         try:
-            out = self._read_bufs(base, plen, nbufs)
+            out = read_frame_bufs(copy[0], copy[1], base, plen, nbufs)
             if _hook is not None:
                 _hook("get:copied")
         except BaseException:
+            self._copies.remove(copy)
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise
+        self._copies.remove(copy)
         if not self._lock(_finish_timeout(block, deadline)):
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise queue.Empty
@@ -416,10 +442,10 @@ class SingleOps(RingBase):
         """With the mutex held: wait (until ``deadline``) until there is a message
         and no live claim on it; return (head, tail, count, taken, putters
         waiting). Raises queue.Empty (the mutex may then be let go: see _sleep)."""
-        mm = self._mm
+        hm = self._hm
         spin = block and poll and POLL_ROUNDS > 0
         while True:
-            head, tail, count, taken, _, putters, _, shut = _state_from(mm, OFF_HEAD)
+            head, tail, count, taken, _, putters, _, shut = _state_from(hm, OFF_HEAD)
             claimed = count and self._claim_alive()
             if count and not claimed:
                 return head, tail, count, taken, putters
@@ -436,13 +462,17 @@ class SingleOps(RingBase):
                 raise queue.Empty
 
     def _read_bufs(self, base: int, plen: int, nbufs: int) -> tuple[bytes, list[bytearray]]:
-        return read_frame_bufs(self._mm, self._shm.buf, base, plen, nbufs)
+        return read_frame_bufs(self._mm, self._view, base, plen, nbufs)
 
     def _give_back(self, old: int, new: int, tail: int) -> None:
         """With the mutex held, after consuming ``[old, new)`` (``tail`` as it was
         before): return its pages beyond ``retain`` to the kernel, except any that
         the next lap already uses."""
-        cap = self.capacity
+        cap = self.size
+        # (Relative to the origin from here on: offsets are then ``pos % cap``.)
+        old -= self.origin
+        new -= self.origin
+        tail -= self.origin
         reserved = self._i[I_RESERVE] != 0
         # Emptied, and no putter is writing a reserved frame at tail: the rest of
         # the lap is free too.

@@ -16,6 +16,11 @@
  * Python path starts again from the beginning. Read _ring.py's docstring and
  * docs/design.md ("Queues") first.
  *
+ * The data area grows (_ringgrow.py), and only Python grows it or maps it anew.
+ * Every call compares the header's ``geo`` with the size it was given (under the
+ * mutex) and answers SLOW when they differ: Python then maps the new area and
+ * hands it over (remap()).
+ *
  * Memory ordering. All shared words are read and written under the mutex; the
  * mutex orders them for the next holder. What the mutex does not cover is a holder
  * SIGKILLed half way: the next holder (after EOWNERDEAD) sees the stores the dead
@@ -52,6 +57,8 @@
 #define OFF_SHUT 92
 #define OFF_CLAIM 96
 #define OFF_RESERVE 100
+#define OFF_GEO 104 /* u64 the data area's size, | STALE while count must be recounted */
+#define STALE 1
 #define OFF_PUT_SEQ 128
 #define OFF_GET_SEQ 192
 #define OFF_DONE_SEQ 256
@@ -84,9 +91,11 @@ static int enabled = 1;
 
 typedef struct {
     PyObject_HEAD
-    char *base;        /* the mapping */
-    char *data;        /* base + DATA */
-    uint64_t cap;
+    char *base;        /* the header */
+    char *data;        /* the data area (in a mapping of its own once it grew) */
+    uint64_t cap;      /* its size: geo, as this process last mapped it */
+    uint64_t room;     /* min(cap, the ring's capacity) */
+    uint64_t origin;   /* the offset of position p is (p + cap - origin) % cap */
     uint64_t retain;
     uint64_t maxsize;
     int joinable;
@@ -94,6 +103,8 @@ typedef struct {
 } Ops;
 
 #define U64(o, off) ((uint64_t *)((o)->base + (off)))
+/* The offset in the data area of position ``pos`` (origin < cap: no underflow). */
+#define OFFSET(o, pos) (((pos) + (o)->cap - (o)->origin) % (o)->cap)
 #define U32(o, off) ((uint32_t *)((o)->base + (off)))
 
 static inline uint64_t load64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
@@ -184,8 +195,20 @@ static void bump(Ops *o, Py_ssize_t off) {
  * frames between them. What Ring._repair also does is left to be done when met:
  * a dead getter's claim (Ring._items), a dead putter's reservation (Ring._room)
  * and dead waiters (the zero-wake sweep). Everyone is woken, as a wake-up meant
- * for the dead holder may be lost. */
+ * for the dead holder may be lost. If the data area is not the one this process
+ * mapped (it grew), the frames cannot be walked here: ``geo`` is marked STALE,
+ * which sends every C call to Python, whose next holder recounts (Ring._sync). */
 static void repair(Ops *o) {
+    static const Py_ssize_t seqs[] = {OFF_PUT_SEQ, OFF_GET_SEQ, OFF_DONE_SEQ};
+    uint64_t geo = load64(U64(o, OFF_GEO));
+    if (geo != o->cap) {
+        store64(U64(o, OFF_GEO), geo | STALE);
+        for (int i = 0; i < 3; i++) {
+            bump(o, seqs[i]);
+            futex_wake(U32(o, seqs[i]), WAKE_ALL);
+        }
+        return;
+    }
     uint64_t head = load64(U64(o, OFF_HEAD)), tail = load64(U64(o, OFF_TAIL));
     if (head > tail) { /* died between the two stores of a lap jump */
         publish64(U64(o, OFF_TAIL), head);
@@ -193,7 +216,7 @@ static void repair(Ops *o) {
     }
     uint64_t count = 0, pos = head;
     while (pos < tail) {
-        uint64_t off = pos % o->cap;
+        uint64_t off = OFFSET(o, pos);
         char *frame = o->data + off;
         uint64_t flen = ((uint64_t *)frame)[0];
         if (flen == 0 || flen % ALIGN || off + flen > o->cap || pos + flen > tail) {
@@ -206,26 +229,37 @@ static void repair(Ops *o) {
         pos += flen;
     }
     store64(U64(o, OFF_COUNT), count);
-    static const Py_ssize_t seqs[] = {OFF_PUT_SEQ, OFF_GET_SEQ, OFF_DONE_SEQ};
     for (int i = 0; i < 3; i++) {
         bump(o, seqs[i]);
         futex_wake(U32(o, seqs[i]), WAKE_ALL);
     }
 }
 
-static int Ops_init(Ops *self, PyObject *args, PyObject *Py_UNUSED(kwds)) {
-    unsigned long long base, data, cap, retain, maxsize;
-    int joinable;
-    if (!PyArg_ParseTuple(args, "KKKKKp", &base, &data, &cap, &retain, &maxsize, &joinable))
-        return -1;
-    if (cap == 0 || retain > cap) {
+/* The data area at address ``data``: ``cap`` bytes, ``room`` of them usable,
+ * ``origin`` at offset 0, ``retain`` kept. */
+static int set_geometry(Ops *self, unsigned long long data, unsigned long long cap,
+                        unsigned long long room, unsigned long long origin,
+                        unsigned long long retain) {
+    if (cap == 0 || cap & STALE || retain > cap || room > cap || origin >= cap) {
         PyErr_SetString(PyExc_ValueError, "bad ring geometry");
         return -1;
     }
-    self->base = (char *)(uintptr_t)base;
-    self->data = (char *)(uintptr_t)(base + data);
+    self->data = (char *)(uintptr_t)data;
     self->cap = cap;
+    self->room = room;
+    self->origin = origin;
     self->retain = retain;
+    return 0;
+}
+
+static int Ops_init(Ops *self, PyObject *args, PyObject *Py_UNUSED(kwds)) {
+    unsigned long long base, data, cap, room, origin, retain, maxsize;
+    int joinable;
+    if (!PyArg_ParseTuple(args, "KKKKKKKp", &base, &data, &cap, &room, &origin, &retain,
+                          &maxsize, &joinable))
+        return -1;
+    if (set_geometry(self, data, cap, room, origin, retain) < 0) return -1;
+    self->base = (char *)(uintptr_t)base;
     self->maxsize = maxsize;
     self->joinable = joinable;
     self->zero_wakes = 0;
@@ -248,9 +282,10 @@ static int put_begin(Ops *o, uint64_t total, uint64_t k, PutState *st) {
     st->tail = load64(U64(o, OFF_TAIL));
     st->count = load64(U64(o, OFF_COUNT));
     st->gw = load32(U32(o, OFF_GETTERS));
-    uint64_t off = st->tail % o->cap;
-    if (load32(U32(o, OFF_SHUT)) || load32(U32(o, OFF_RESERVE)) || off + total > o->retain ||
-        st->tail + total - head > o->cap || (o->maxsize && st->count + k > o->maxsize)) {
+    uint64_t off = OFFSET(o, st->tail);
+    if (load64(U64(o, OFF_GEO)) != o->cap || load32(U32(o, OFF_SHUT)) ||
+        load32(U32(o, OFF_RESERVE)) || off + total > o->retain ||
+        st->tail + total - head > o->room || (o->maxsize && st->count + k > o->maxsize)) {
         unlock(o);
         return R_SLOW;
     }
@@ -285,11 +320,11 @@ static PyObject *Ops_put(Ops *o, PyObject *arg) {
     if (!enabled || o->base == NULL || !PyBytes_CheckExact(arg)) return PyLong_FromLong(R_SLOW);
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(arg);
     uint64_t size = frame_size(n);
-    if (size > o->cap || n > UINT32_MAX) return PyLong_FromLong(R_SLOW);
+    if (size > o->room || n > UINT32_MAX) return PyLong_FromLong(R_SLOW);
     PutState st;
     int rc = put_begin(o, size, 1, &st);
     if (rc) return PyLong_FromLong(rc);
-    write_frame(o->data + st.tail % o->cap, arg);
+    write_frame(o->data + OFFSET(o, st.tail), arg);
     return put_finish(o, &st, size, 1);
 }
 
@@ -306,12 +341,12 @@ static PyObject *Ops_put_many(Ops *o, PyObject *arg) {
             return PyLong_FromLong(R_SLOW);
         total += frame_size((uint64_t)PyBytes_GET_SIZE(b));
     }
-    if (k == 0 || total > o->cap) return PyLong_FromLong(R_SLOW);
+    if (k == 0 || total > o->room) return PyLong_FromLong(R_SLOW);
     PutState st;
     int rc = put_begin(o, total, (uint64_t)k, &st);
     if (rc) return PyLong_FromLong(rc);
     /* The list cannot change meanwhile: no Python code runs until we return. */
-    char *frame = o->data + st.tail % o->cap;
+    char *frame = o->data + OFFSET(o, st.tail);
     for (Py_ssize_t j = 0; j < k; j++) frame = write_frame(frame, PyList_GET_ITEM(arg, j));
     return put_finish(o, &st, total, (uint64_t)k);
 }
@@ -346,10 +381,11 @@ static int get_begin(Ops *o, int block, GetState *st) {
         st->tail = load64(U64(o, OFF_TAIL));
         st->count = load64(U64(o, OFF_COUNT));
         st->pw = load32(U32(o, OFF_PUTTERS));
-        if (st->count && !load32(U32(o, OFF_CLAIM))) return 0;
+        int grown = load64(U64(o, OFF_GEO)) != o->cap;
+        if (st->count && !load32(U32(o, OFF_CLAIM)) && !grown) return 0;
         int shut = load32(U32(o, OFF_SHUT));
         unlock(o);
-        if (st->count || shut) return R_SLOW;
+        if (st->count || shut || grown) return R_SLOW;
         if (!block || polled || !poll_count(o)) return R_EMPTY;
         polled = 1;
     }
@@ -359,9 +395,9 @@ static int get_begin(Ops *o, int block, GetState *st) {
  * ``*pos``), if it is one the fast path reads: no out-of-band buffers, within the
  * retained pages. NULL otherwise. */
 static char *plain_frame(Ops *o, uint64_t *pos, uint64_t *flen, uint32_t *plen) {
-    uint64_t off = *pos % o->cap;
+    uint64_t off = OFFSET(o, *pos);
     char *frame = o->data + off;
-    if (((uint32_t *)frame)[3] == PAD) {
+    if (((uint32_t *)frame)[3] == PAD) { /* (a pad runs to the end of a lap) */
         *pos += ((uint64_t *)frame)[0];
         off = 0;
         frame = o->data;
@@ -377,10 +413,11 @@ static char *plain_frame(Ops *o, uint64_t *pos, uint64_t *flen, uint32_t *plen) 
 /* Consume the ``k`` messages in ``[head, end)`` (one release store of ``head``),
  * let the mutex go, wake putters if any wait. */
 static void get_finish(Ops *o, GetState *st, uint64_t end, uint64_t k) {
-    if (end == st->tail && end % o->cap && !load32(U32(o, OFF_RESERVE))) {
+    uint64_t off = OFFSET(o, end);
+    if (end == st->tail && off && !load32(U32(o, OFF_RESERVE))) {
         /* Emptied: both go to the start of the next lap (warm pages). head > tail
          * between the two stores; _repair knows. */
-        uint64_t lap = end + o->cap - end % o->cap;
+        uint64_t lap = end + o->cap - off;
         publish64(U64(o, OFF_HEAD), lap);
         publish64(U64(o, OFF_TAIL), lap);
     } else {
@@ -416,6 +453,22 @@ static PyObject *Ops_get(Ops *o, PyObject *arg) {
     }
     get_finish(o, &st, pos + flen, 1);
     return out;
+}
+
+/* remap(data, cap, room, origin, retain): the data area grew; use this mapping. */
+static PyObject *Ops_remap(Ops *o, PyObject *const *args, Py_ssize_t nargs) {
+    unsigned long long v[5];
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "remap(data, cap, room, origin, retain)");
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        v[i] = PyLong_AsUnsignedLongLong(args[i]);
+        if (v[i] == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    }
+    if (o->base == NULL) Py_RETURN_NONE; /* detached: stays so */
+    if (set_geometry(o, v[0], v[1], v[2], v[3], v[4]) < 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 /* detach(): the mapping is going away; every later call returns SLOW. */
@@ -478,6 +531,8 @@ static PyMethodDef Ops_methods[] = {
     {"get_many", (PyCFunction)(void (*)(void))Ops_get_many, METH_FASTCALL,
      "get_many(max_items: int, block: bool) -> list[bytes] | int"},
     {"detach", (PyCFunction)Ops_detach, METH_NOARGS, "detach(): forget the mapping"},
+    {"remap", (PyCFunction)(void (*)(void))Ops_remap, METH_FASTCALL,
+     "remap(data, cap, room, origin, retain): use a grown data area"},
     {"put", (PyCFunction)Ops_put, METH_O, "put(data: bytes) -> int"},
     {"get", (PyCFunction)Ops_get, METH_O, "get(block: bool) -> bytes | int"},
     {NULL, NULL, 0, NULL},
@@ -488,7 +543,8 @@ static PyTypeObject OpsType = {
     .tp_name = "corral._core._speedups.Ops",
     .tp_basicsize = sizeof(Ops),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ops(base, data, capacity, retain, maxsize, joinable): fast paths of one ring",
+    .tp_doc = "Ops(header, data, cap, room, origin, retain, maxsize, joinable): fast paths "
+              "of one ring",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Ops_init,
     .tp_methods = Ops_methods,
@@ -1061,6 +1117,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         {"OFF_SHUT", OFF_SHUT},
         {"OFF_CLAIM", OFF_CLAIM},
         {"OFF_RESERVE", OFF_RESERVE},
+        {"OFF_GEO", OFF_GEO},
+        {"STALE", STALE},
         {"OFF_PUT_SEQ", OFF_PUT_SEQ},
         {"OFF_GET_SEQ", OFF_GET_SEQ},
         {"OFF_DONE_SEQ", OFF_DONE_SEQ},

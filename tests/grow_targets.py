@@ -1,0 +1,38 @@
+"""Child targets for the tests of growing queues: module-level, so spawn and
+forkserver can pickle them, and light to import."""
+
+from __future__ import annotations
+
+import corral
+
+TIMEOUT = 60.0
+
+
+def pattern(n: int, tag: int) -> bytes:
+    """``n`` bytes that differ from one offset to the next and from one tag to the
+    next, so that a misplaced or stale piece of a message is seen."""
+    start = tag % 251
+    return (bytes(range(251)) * (n // 251 + 2))[start : start + n]
+
+
+def check_then_reply(q: corral.Queue, specs: list[tuple[int, int]], reply: int) -> tuple[int, int]:
+    """Get one message per (length, tag) of ``specs`` and check each against its
+    pattern; then put ``pattern(reply, 99)`` (growing the queue from here, if it
+    must). Returns (messages that were right, this process's data area size)."""
+    right = 0
+    for n, tag in specs:
+        got = q.get(timeout=TIMEOUT)
+        right += got == pattern(n, tag)
+    if reply:
+        q.put(pattern(reply, 99), timeout=TIMEOUT)
+    return right, q._ring.size
+
+
+def get_then_put_big(q: corral.Queue, n: int) -> bool:
+    """Get a message and check it is ``bytearray(pattern(n, 1))``; then put
+    ``bytearray(pattern(n, 2))``. Each way, one message of ``n`` bytes."""
+    got = q.get(timeout=TIMEOUT)
+    ok = isinstance(got, bytearray) and got == pattern(n, 1)
+    del got
+    q.put(bytearray(pattern(n, 2)), timeout=TIMEOUT)
+    return ok
