@@ -105,3 +105,47 @@ def replace_supervisor(method: str) -> tuple[int, int, bool]:
     finally:
         os.close(fd)
     return old, new, reaped
+
+
+def starts_with_a_paused_supervisor(method: str, n: int) -> tuple[int, float, int, bool]:
+    """In a corral child: SIGSTOP this process's supervisor, then start and join ``n``
+    children (more than its socket holds). Returns (RuntimeWarnings raised, the
+    longest start in seconds, those children still present in /proc, whether a start after
+    SIGCONT registered again without a warning)."""
+    import time
+    import warnings
+
+    import corral
+    from corral._core import _linux, _supervisor
+
+    ctx = corral.get_context(method)
+    first = ctx.Process(target=int)
+    first.start()
+    first.join(60)
+    sup = _supervisor.pid()
+    longest = 0.0
+    pids: list[int] = []
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(n):
+                t0 = time.monotonic()
+                p = ctx.Process(target=int)
+                p.start()
+                longest = max(longest, time.monotonic() - t0)
+                p.join(60)
+                pids.append(p.pid or 0)
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    stalls = sum(issubclass(w.category, RuntimeWarning) for w in caught)
+    # Once it reads again, registrations get through: the next start waits for room
+    # (the supervisor drains the backlog within its batch delay) and does not warn.
+    with warnings.catch_warnings(record=True) as after:
+        warnings.simplefilter("always")
+        p = ctx.Process(target=int)
+        p.start()
+        p.join(60)
+    resumed = not [w for w in after if issubclass(w.category, RuntimeWarning)]
+    left = [c for c in pids if _linux.proc_state(c) is not None]  # (not even a zombie)
+    return stalls, longest, len(left), resumed

@@ -222,3 +222,24 @@ def test_a_killed_supervisor_is_reaped_and_replaced_at_the_next_start(
     assert new not in (0, old)
     assert reaped, "the killed supervisor was left a zombie"
     assert p.exitcode == 0
+
+
+def test_a_paused_supervisor_never_makes_start_hang(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    # SIGSTOPped, the supervisor reads no registrations; once its socket is full a
+    # start waits REGISTER_WAIT for room, once, warns, and the next ones go on at
+    # once (their children keep their lifelines). (In a child: the session's own
+    # supervisor is left alone.)
+    from corral._core import _supervisor
+
+    n = 400  # more registrations than the socket's buffer holds
+    p = ctx.Process(target=orphan_targets.starts_with_a_paused_supervisor, args=(start_method, n))
+    p.start()
+    stalls, longest, left, resumed = p.result(timeout=TIMEOUT)
+    p.join(TIMEOUT)
+    assert stalls == 1
+    assert longest < _supervisor.REGISTER_WAIT + 5  # bounded (scheduling noise aside)
+    assert left == 0
+    assert resumed
+    assert p.exitcode == 0

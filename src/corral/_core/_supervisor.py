@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import warnings
 from multiprocessing import util
 
 __all__ = ["close", "ensure_started", "pid", "register"]
@@ -57,6 +59,10 @@ _BLOCKED = frozenset(
     }
 )
 
+# How long a start waits for room in the supervisor's socket (it reads the
+# registrations every BATCH_DELAY) before it gives up registering that child.
+REGISTER_WAIT = 0.5
+
 # How long a clean exit waits for the supervisor to go before leaving it (to PID 1
 # or the nearest subreaper). It has nothing left to kill then, so it goes in
 # milliseconds; the bound is for a supervisor stuck or stopped by someone.
@@ -66,6 +72,7 @@ _lock = threading.Lock()
 _sock: socket.socket | None = None
 _pid = 0
 _pidfd = -1
+_stalled = False  # the last registration found the socket full
 
 
 def pid() -> int:
@@ -97,7 +104,7 @@ def register(child_pid: int, child_pidfd: int) -> None:
         for attempt in (1, 2):
             sock = _sock if _sock is not None else _start()
             try:
-                sock.sendmsg(message, fds)
+                _send(sock, message, fds)
                 return
             except (BrokenPipeError, ConnectionResetError):
                 # It died (someone SIGKILLed it; EPIPE, or ECONNRESET when it left
@@ -106,6 +113,35 @@ def register(child_pid: int, child_pidfd: int) -> None:
                 _forget()
                 if attempt == 2:
                     raise
+
+
+def _send(sock: socket.socket, message: list[bytes], fds: list[tuple[int, int, bytes]]) -> None:
+    """sendmsg, waiting at most ``REGISTER_WAIT`` for room: a supervisor that is
+    paused (SIGSTOP) or starved must not make ``start()`` hang. Past the wait the
+    registration is dropped, once with a warning: that child has its lifeline only.
+    """
+    global _stalled
+    try:
+        sock.sendmsg(message, fds, socket.MSG_DONTWAIT)
+        _stalled = False
+        return
+    except BlockingIOError:
+        pass
+    if not _stalled:  # (once stalled, don't wait again until a send gets through)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        if poller.poll(REGISTER_WAIT * 1000):
+            with contextlib.suppress(BlockingIOError):
+                sock.sendmsg(message, fds, socket.MSG_DONTWAIT)
+                return
+        _stalled = True
+        warnings.warn(
+            f"corral's supervisor (pid {_pid}) has not read its registrations for "
+            f"{REGISTER_WAIT} s (paused?); children started meanwhile rely on their "
+            "lifelines only",
+            RuntimeWarning,
+            stacklevel=5,
+        )
 
 
 def _start() -> socket.socket:
@@ -151,8 +187,6 @@ def close(timeout: float = EXIT_WAIT) -> None:
             return
         _sock.close()
         _sock = None
-        import select
-
         poller = select.poll()  # (not select(): the pidfd may be past fd 1024)
         poller.register(_pidfd, select.POLLIN)
         poller.poll(timeout * 1000)
@@ -161,7 +195,7 @@ def close(timeout: float = EXIT_WAIT) -> None:
 
 def _forget() -> None:
     """Reap the supervisor if it has exited, and drop it."""
-    global _sock, _pid, _pidfd
+    global _sock, _pid, _pidfd, _stalled
     if _sock is not None:
         _sock.close()
     if _pidfd >= 0:
@@ -169,18 +203,20 @@ def _forget() -> None:
             os.waitid(os.P_PIDFD, _pidfd, os.WEXITED | os.WNOHANG)
         os.close(_pidfd)
     _sock, _pid, _pidfd = None, 0, -1
+    _stalled = False
 
 
 def _after_fork_in_child() -> None:
     # A fork child must not keep its parent's supervisor alive, nor reap it: it
     # gets a supervisor of its own when it starts children.
-    global _lock, _sock, _pid, _pidfd
+    global _lock, _sock, _pid, _pidfd, _stalled
     _lock = threading.Lock()
     if _sock is not None:
         _sock.close()
     if _pidfd >= 0:
         os.close(_pidfd)
     _sock, _pid, _pidfd = None, 0, -1
+    _stalled = False
 
 
 os.register_at_fork(

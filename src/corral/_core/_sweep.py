@@ -68,6 +68,11 @@ STOP_WAIT = 0.5
 # How long the supervisor waits for the SIGKILLed members to be gone before it
 # exits (they go in microseconds, unless stuck in the kernel).
 KILL_WAIT = 1.0
+# After handling what woke it, the supervisor sleeps this long before it looks
+# again, so that a parent starting children in a burst wakes it (a context switch
+# paid inside the parent's sendmsg) once per interval rather than once per start.
+# It is also how much later the supervisor may see the parent's death.
+BATCH_DELAY = 0.05
 
 _STOPPED_OR_GONE = frozenset({"T", "t", "Z", "X", "x", None})
 _SIGSTOP: int = _signal.SIGSTOP
@@ -331,6 +336,7 @@ def main() -> None:
                 poller.unregister(fd)
                 os.close(fd)
                 del pinned[fd]
+        time.sleep(BATCH_DELAY)
 
 
 if __name__ == "__main__":
