@@ -301,7 +301,10 @@ class ClusterEngine(EngineBase):
         except Exception:  # an initializer that can't be pickled: its chunks will say
             return
         plugin = NodePoolStarter(self.token, options)
-        self.conn.client.register_plugin(plugin, name=plugin_name(self.token))
+        # Only a head start: if a worker can't take the plugin, its pool starts
+        # with its first chunk, and that chunk reports what is wrong.
+        with contextlib.suppress(Exception):
+            self.conn.client.register_plugin(plugin, name=plugin_name(self.token))
 
     def _node_options(self) -> dict[str, Any]:
         """The options of the pools kept on the nodes."""
