@@ -47,6 +47,7 @@ from threading import BrokenBarrierError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._core._arena import Block
 from ._core._errors import LockTimeout
 from ._core._futex import futex_wait
 from ._core._linux import pid_of_tid
@@ -62,7 +63,6 @@ from ._core._robust import (
 )
 from ._core._robust import trylock_unchecked as _fast_trylock
 from ._core._robust import unlock_unchecked as _fast_unlock
-from ._core._shm import SharedMemory
 from ._exceptions import OwnerDiedError, OwnerDiedWarning
 
 __all__ = [
@@ -248,13 +248,13 @@ class Lock(_LockBase):
         self,
         *,
         on_owner_death: OnOwnerDeath = "warn",
-        _shm: SharedMemory | None = None,
+        _shm: Block | None = None,
         _data_bytes: int = 0,
     ):
         if on_owner_death not in ("warn", "raise"):
             raise ValueError(f"on_owner_death must be 'warn' or 'raise', not {on_owner_death!r}")
-        # (_data_bytes: room for a Value's bytes in the lock's own memfd.)
-        self._mon = Monitor(_shm, data_bytes=_data_bytes)
+        # (_data_bytes: room for a Value's bytes in the lock's own block.)
+        self._mon = Monitor(_shm, data_bytes=_data_bytes, what=type(self).__name__)
         address = self._mon.user_address + _LOCK_MUTEX_OFFSET
         if _shm is None:
             init_mutex(address, recursive=self._recursive)
@@ -428,7 +428,7 @@ def _count_recovery(mon: Monitor) -> Callable[[], None]:
     return job
 
 
-def _rebuild_lock(cls: type[Lock], shm: SharedMemory, on_owner_death: OnOwnerDeath) -> Lock:
+def _rebuild_lock(cls: type[Lock], shm: Block, on_owner_death: OnOwnerDeath) -> Lock:
     return cls(on_owner_death=on_owner_death, _shm=shm)
 
 
@@ -444,7 +444,7 @@ class _SemFields(ctypes.Structure):
 
 
 class _SemMonitor(Monitor):
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         super().__init__(shm)
         self.f = _SemFields.from_address(self.user_address)
 
@@ -478,7 +478,7 @@ class Semaphore:
     __module__ = "corral"
     _bounded = False
 
-    def __init__(self, value: int = 1, *, _shm: SharedMemory | None = None):
+    def __init__(self, value: int = 1, *, _shm: Block | None = None):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._mon = _SemMonitor(_shm)
@@ -612,7 +612,7 @@ class BoundedSemaphore(Semaphore):
     _bounded = True
 
 
-def _rebuild_semaphore(cls: type[Semaphore], shm: SharedMemory) -> Semaphore:
+def _rebuild_semaphore(cls: type[Semaphore], shm: Block) -> Semaphore:
     return cls(_shm=shm)
 
 
@@ -624,7 +624,7 @@ class _EventFields(ctypes.Structure):
 
 
 class _EventMonitor(Monitor):
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         super().__init__(shm)
         self.f = _EventFields.from_address(self.user_address)
 
@@ -634,7 +634,7 @@ class Event:
 
     __module__ = "corral"
 
-    def __init__(self, *, _shm: SharedMemory | None = None):
+    def __init__(self, *, _shm: Block | None = None):
         self._mon = _EventMonitor(_shm)
 
     # The flag is one aligned word, read and written without the monitor's mutex,
@@ -698,7 +698,7 @@ class Event:
         return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
-def _rebuild_event(shm: SharedMemory) -> Event:
+def _rebuild_event(shm: Block) -> Event:
     return Event(_shm=shm)
 
 
@@ -714,7 +714,7 @@ class _CondFields(ctypes.Structure):
 
 
 class _CondMonitor(Monitor):
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         super().__init__(shm)
         self.f = _CondFields.from_address(self.user_address)
 
@@ -753,7 +753,7 @@ class Condition:
 
     __module__ = "corral"
 
-    def __init__(self, lock: Lock | None = None, *, _shm: SharedMemory | None = None):
+    def __init__(self, lock: Lock | None = None, *, _shm: Block | None = None):
         if lock is None:
             lock = RLock()
         elif not isinstance(lock, Lock):
@@ -931,7 +931,7 @@ class _Counter:
         return self._read()
 
 
-def _rebuild_condition(lock: Lock, shm: SharedMemory) -> Condition:
+def _rebuild_condition(lock: Lock, shm: Block) -> Condition:
     return Condition(lock, _shm=shm)
 
 
@@ -952,7 +952,7 @@ class _BarrierFields(ctypes.Structure):
 class _BarrierMonitor(Monitor):
     eager_attach = True  # every process holding the barrier is a known party
 
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         # Fields first: attaching may already reap.
         self.f: _BarrierFields | None = None
         super().__init__(shm)
@@ -1002,7 +1002,7 @@ class Barrier:
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
         *,
-        _shm: SharedMemory | None = None,
+        _shm: Block | None = None,
     ):
         if parties < 1:
             raise ValueError("parties must be >= 1")
@@ -1133,6 +1133,6 @@ class Barrier:
 
 
 def _rebuild_barrier(
-    shm: SharedMemory, action: Callable[[], object] | None, timeout: float | None
+    shm: Block, action: Callable[[], object] | None, timeout: float | None
 ) -> Barrier:
     return Barrier(1, action, timeout, _shm=shm)
