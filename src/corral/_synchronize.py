@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import math
+import operator
 import threading
 import time
 import warnings
@@ -55,10 +57,13 @@ from ._core._monitor import Monitor, Slot
 from ._core._native import speedups
 from ._core._robust import (
     EOWNERDEAD,
+    FUTEX_TID_MASK,
     INCONSISTENT,
     NOWAIT_GRACE,
     WAIT_SLICE,
     RobustMutex,
+    checked_unlock,
+    consistent_unchecked,
     init_mutex,
 )
 from ._core._robust import trylock_unchecked as _fast_trylock
@@ -142,7 +147,7 @@ class _PyLockBase:
     """The fast paths of :class:`Lock` in Python, where the C extension
     (``_speedups.LockBase``, the same methods) was not built."""
 
-    __slots__ = ("owner_died",)
+    __slots__ = ("_exit", "_release", "owner_died")
     _m: ctypes.c_void_p
 
     # The fast paths are written out in full: each Python call level costs about
@@ -150,9 +155,11 @@ class _PyLockBase:
     # An interrupt (an exception from a signal handler) can land right after the
     # trylock returns, before its answer is stored: it must not leave the lock
     # held by an acquire() that never returned. The handler gives back what the
-    # trylock may have taken (glibc refuses, EPERM, if it took nothing). (On this
-    # pure-Python path, one window stays: an interrupt at the very start of
-    # release() or __exit__, before the unlock; the C base has none.)
+    # trylock may have taken (glibc refuses, EPERM, if it took nothing).
+    # release() and __exit__ are no Python functions: CPython checks for signals
+    # at the start of every Python function, which would be before the unlock.
+    # Each is a property (C: attrgetter) giving a C callable (``checked_unlock``:
+    # partial over ctypes) that unlocks before any Python frame runs.
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock; with ``block`` False or a ``timeout``, return False
         if it could not be had. ``timeout=None`` waits forever."""
@@ -188,22 +195,30 @@ class _PyLockBase:
     def _give_back(self) -> None:
         raise NotImplementedError
 
-    def release(self) -> None:
-        """Release the lock. Raises RuntimeError unless this thread holds it."""
-        if _fast_unlock(self._m):
-            self._not_owner("release")
+    if TYPE_CHECKING:
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if _fast_unlock(self._m):
-            self._not_owner("release")
+        def release(self) -> None:
+            """Release the lock. Raises RuntimeError unless this thread holds it."""
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+    else:
+        release = property(
+            operator.attrgetter("_release"),
+            doc="release(): release the lock. Raises RuntimeError unless this thread holds it.",
+        )
+        __exit__ = property(operator.attrgetter("_exit"))
 
     def _bind(self, address: int) -> None:
-        """(The C version keeps the address; this one uses ``self._m``.)"""
+        """(The C version keeps the address; this one binds the unlocking calls.)"""
+        release, exit_ = checked_unlock(_not_owner_raiser(type(self).__name__))
+        self._release = functools.partial(release, self._m)
+        self._exit = functools.partial(exit_, self._m)
 
     def _acquire_slow(self, rc: int, block: bool, timeout: float | None) -> bool:
         raise NotImplementedError
@@ -217,6 +232,23 @@ if TYPE_CHECKING:
     _LockBase = _PyLockBase
 else:
     _LockBase = _PyLockBase if speedups is None else speedups.LockBase
+
+
+def _not_owner_text(name: str, what: str) -> str:
+    return (
+        f"cannot {what} a {name} this thread does not hold "
+        "(it is unlocked, or held by another thread or process)"
+    )
+
+
+@functools.cache
+def _not_owner_raiser(name: str) -> Callable[[int], None]:
+    """The pure path's release error (one function per class, for ``checked_unlock``)."""
+
+    def raise_not_owner(rc: int) -> None:
+        raise RuntimeError(_not_owner_text(name, "release"))
+
+    return raise_not_owner
 
 
 class Lock(_LockBase):
@@ -279,10 +311,7 @@ class Lock(_LockBase):
         return self._acquire_slow(rc, block, timeout)
 
     def _not_owner(self, what: str) -> None:
-        raise RuntimeError(
-            f"cannot {what} a {type(self).__name__} this thread does not hold "
-            "(it is unlocked, or held by another thread or process)"
-        )
+        raise RuntimeError(_not_owner_text(type(self).__name__, what))
 
     def _give_back(self) -> None:
         """An interrupt escaped a trylock whose answer was lost: if it took the lock
@@ -298,6 +327,7 @@ class Lock(_LockBase):
         lock held on purpose): an interrupt may land after the lock was taken and
         before this returns."""
         mutex = self._mutex
+        me = threading.get_native_id()
         held_before = rc != 0 and rc != EOWNERDEAD and mutex.held()
         depth_before = mutex.depth()
         try:
@@ -305,8 +335,16 @@ class Lock(_LockBase):
         except OwnerDiedError:
             raise
         except BaseException:
-            if mutex.held() and (not held_before or mutex.depth() > depth_before):
-                mutex.make_consistent()
+            # No call before the unlock but glibc's: CPython checks for signals at
+            # the start of every Python function and after every call, where a
+            # second interrupt would leave the lock held. Attribute reads only.
+            # (A dead owner's mutex is made consistent first, one C call: a second
+            # interrupt right after it is the one window left, after a death only.)
+            if mutex.word.value & FUTEX_TID_MASK == me and (
+                not held_before or mutex.count.value > depth_before
+            ):
+                if mutex.owner.value == INCONSISTENT:
+                    consistent_unchecked(self._m)
                 _fast_unlock(self._m)
             raise
 
@@ -763,16 +801,23 @@ class Condition:
         self.acquire = lock.acquire
         self.release = lock.release
 
-    def __enter__(self) -> bool:
-        return self._lock.__enter__()
+    # The lock's own __enter__ and __exit__, reached through C (attrgetter): a
+    # Python method here would be a place for an interrupt to land before the
+    # lock's unlock (CPython checks for signals at the start of every Python function).
+    if TYPE_CHECKING:
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._lock.__exit__(exc_type, exc, tb)
+        def __enter__(self) -> bool: ...
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+    else:
+        __enter__ = property(operator.attrgetter("_lock.__enter__"))
+        __exit__ = property(operator.attrgetter("_lock.__exit__"))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notify or ``timeout``, re-acquire the lock.
