@@ -143,6 +143,17 @@ def _lock_wait(deadline: float) -> float | None:
 _LOCK_MUTEX_OFFSET = 64
 
 
+class _CMethod(property):
+    """A method whose call on an instance runs no Python frame first: reading it
+    from an instance is property's C ``__get__`` (its getter an ``attrgetter``),
+    which gives a C callable. Read from the class (``contextlib.ExitStack`` takes
+    ``type(cm).__exit__``), it is callable as a plain method."""
+
+    def __call__(self, obj: Any, /, *args: Any) -> Any:
+        assert self.fget is not None
+        return self.fget(obj)(*args)
+
+
 class _PyLockBase:
     """The fast paths of :class:`Lock` in Python, where the C extension
     (``_speedups.LockBase``, the same methods) was not built."""
@@ -208,11 +219,11 @@ class _PyLockBase:
         ) -> None: ...
 
     else:
-        release = property(
+        release = _CMethod(
             operator.attrgetter("_release"),
             doc="release(): release the lock. Raises RuntimeError unless this thread holds it.",
         )
-        __exit__ = property(operator.attrgetter("_exit"))
+        __exit__ = _CMethod(operator.attrgetter("_exit"))
 
     def _bind(self, address: int) -> None:
         """(The C version keeps the address; this one binds the unlocking calls.)"""
@@ -816,8 +827,8 @@ class Condition:
         ) -> None: ...
 
     else:
-        __enter__ = property(operator.attrgetter("_lock.__enter__"))
-        __exit__ = property(operator.attrgetter("_lock.__exit__"))
+        __enter__ = _CMethod(operator.attrgetter("_lock.__enter__"))
+        __exit__ = _CMethod(operator.attrgetter("_lock.__exit__"))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notify or ``timeout``, re-acquire the lock.
