@@ -1,7 +1,8 @@
 """Synchronisation primitives that survive the death of any process using them.
 
-Every object lives in one page of anonymous shared memory (a memfd), laid out by
-the core's robust monitor (``_core._monitor``)::
+Every object lives in one page of anonymous shared memory (a block of a shared
+memfd arena, ``_core._arena``: many objects, one fd), laid out by the core's
+robust monitor (``_core._monitor``)::
 
     Lock / RLock      a second robust mutex *is* the lock; the monitor only counts
                       waiters and recoveries. Fast path: one trylock + one unlock.
