@@ -9,7 +9,14 @@ A test's own resources, and nothing else on the machine:
 - shared memory that corral made: memfd mappings named ``corral-*`` in the test
   process (a mapping outlives its fd), and /dev/shm entries whose name starts with
   corral's prefix. Other programs' entries (``sem.mp-*`` of a multiprocessing
-  program running next to the suite, ``sem.loky-*``...) are theirs, not ours.
+  program running next to the suite, ``sem.loky-*``...) are theirs, not ours;
+- blocks of corral's shared arenas (``_core._arena``) that the test process
+  allocated: a lock or value the test leaked may sit in an arena that an older,
+  legitimately long-lived object keeps open, where no fd or mapping count sees it.
+  Like is compared with like: fds and mappings catch a leaked arena, the count of
+  blocks in use catches a leaked object inside a shared one. Arenas are never kept
+  once empty, so an arena that outlives a test does so because an object in it
+  does, and that object was there before the test began.
 
 ``LeakCheck()`` takes the snapshot; ``finish()`` waits up to ``grace`` seconds for
 the test's leftovers to go away by themselves, kills and reaps the processes that
@@ -27,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from corral._core import _linux
+from corral._core._arena import blocks_in_use
 from corral._core._shm import NAME_PREFIX
 
 # How long a test's processes, threads and fds get to go away by themselves after
@@ -131,6 +139,7 @@ class LeakCheck:
         self.threads = threads()
         self.maps = corral_memfd_maps()
         self.shm = corral_shm_entries()
+        self.blocks = blocks_in_use()
 
     def finish(self, grace: float = LEAK_GRACE) -> list[str]:
         """What the test left behind (empty if nothing), after waiting up to
@@ -188,4 +197,12 @@ class LeakCheck:
             out.append(f"file descriptors left open: {sorted(new_fds())}")
         if not wait_until(lambda: not new_maps(), grace, interval=0.05):
             out.append(f"corral memfds left mapped: {sorted(new_maps())}")
+
+        def blocks_back() -> bool:
+            gc.collect()
+            return blocks_in_use() <= self.blocks
+
+        if not wait_until(blocks_back, grace, interval=0.05):
+            leaked = blocks_in_use() - self.blocks
+            out.append(f"corral arena blocks left allocated (objects still alive): {leaked}")
         return out

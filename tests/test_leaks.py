@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import corral
+from corral._core._arena import BIG
 from corral._core._shm import NAME_PREFIX
 
 from .leaks import SHM_DIR, LeakCheck
@@ -70,6 +71,53 @@ def test_a_queue_kept_open_is_a_leak() -> None:
     assert "file descriptors left open" in text
     assert f"/memfd:{NAME_PREFIX}queue" in text
     assert "corral memfds left mapped" in text
+
+
+def _older_locks_with_room() -> list[corral.Lock]:
+    """Locks made before a check, which keep their arenas open through it,
+    legitimately, with a free page in one of them: the next lock fits in an arena
+    already open (no new fd, no new mapping)."""
+    older = [corral.Lock()]
+    while True:
+        spare = corral.Lock()
+        if spare._mon.shm.arena is older[-1]._mon.shm.arena:
+            return older  # (spare's page is free again once it is gone)
+        older.append(spare)  # (older[-1] took its arena's last page)
+
+
+def test_a_lock_kept_alive_in_an_older_arena_is_a_leak() -> None:
+    older = _older_locks_with_room()
+    check = LeakCheck()
+    leaked = corral.Lock()
+    problems = check.finish(GRACE)
+    assert leaked._mon.shm.fd in {fd for fd, _ in check.fds}
+    assert problems == ["corral arena blocks left allocated (objects still alive): 1"]
+    assert older
+
+
+def test_an_arena_that_an_older_object_keeps_open_is_no_leak() -> None:
+    older = _older_locks_with_room()
+    check = LeakCheck()
+    lock, value = corral.Lock(), corral.Value("i", 1)
+    with value.get_lock(), lock:
+        value.value += 1
+    del lock, value
+    assert check.finish(GRACE) == []
+    for lock in older:  # (their arenas were left open and usable)
+        assert lock.acquire(timeout=TIMEOUT)
+        lock.release()
+
+
+def test_a_big_array_kept_alive_is_a_leak_of_its_own_arena() -> None:
+    check = LeakCheck()
+    array = corral.RawArray("b", BIG)  # (an arena of its own)
+    problems = check.finish(GRACE)
+    array[0] = 1
+    text = "\n".join(problems)
+    assert "file descriptors left open" in text
+    assert f"/memfd:{NAME_PREFIX}arena" in text
+    assert "corral memfds left mapped" in text
+    assert "corral arena blocks left allocated (objects still alive): 1" in text
 
 
 def test_a_child_left_running_is_a_leak(ctx: corral.CorralContext) -> None:

@@ -288,8 +288,11 @@ def _works_after(kind: str, obj: Any) -> None:
         assert wait_until(lambda: obj.statistics().waiters == 0, START_TIMEOUT)
         _notify_round_trip(obj)
     elif kind == "Barrier":
-        # The timed-out waiter broke it (as a timeout does), once it could.
+        # The timed-out waiter broke it (as a timeout does), once it could; every
+        # timed-out call owed that, and the last may run late: wait for them all,
+        # or one would break the barrier again after the reset below.
         assert wait_until(lambda: obj.broken, START_TIMEOUT)
+        assert wait_until(lambda: _later.pending(obj._mon.shm) == 0, START_TIMEOUT)
         obj.reset()
         _barrier_round_trip(obj)
     else:

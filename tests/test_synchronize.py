@@ -11,6 +11,7 @@ Three groups:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -317,6 +318,23 @@ def test_acquire_checks_its_arguments() -> None:
         lock.release(1)  # type: ignore[call-arg]
     lock.release()
     assert not lock.locked()
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Condition"])
+def test_exit_and_release_read_from_the_class_work(kind: str) -> None:
+    # contextlib.ExitStack calls type(cm).__exit__(cm, ...); on the pure path
+    # release and __exit__ are descriptors that give C callables (see _CMethod).
+    obj = getattr(corral, kind)()
+    lock = obj._lock if kind == "Condition" else obj
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(obj)
+        assert lock._is_owned()
+    assert not lock._is_owned()
+    assert lock.acquire(timeout=1.0)
+    type(lock).release(lock)
+    assert not lock._is_owned()
+    with pytest.raises(RuntimeError, match="does not hold"):
+        type(lock).release(lock)
 
 
 def test_refuses_pickling_outside_start() -> None:

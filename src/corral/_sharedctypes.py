@@ -1,15 +1,17 @@
 """Shared ctypes objects (``Value``, ``Array``, ``RawValue``, ``RawArray``).
 
-    RawValue / RawArray   a ctypes object laid over its own memfd page(s)
-      obj._wrapper        a _Block: keeps the memory alive, closes it when the
+    RawValue / RawArray   a ctypes object laid over a block of a shared arena
+      obj._wrapper        a _Block: keeps the memory alive, frees it when the
                           object is garbage, and carries it to a child at start
     Value / Array         the raw object wrapped by multiprocessing's own
                           Synchronized* classes, with a corral RLock (or the lock
                           given): get_lock() returns that corral lock
 
-Unlike ``multiprocessing.sharedctypes``, nothing goes through /dev/shm or a
-shared heap arena: each object is one anonymous memfd, freed by the kernel when
-the last process using it is gone, SIGKILL included.
+As with ``multiprocessing.sharedctypes``, small objects share arenas (``_core._arena``:
+a thousand Values take a handful of fds), and the process that made an object
+must keep it alive while children use it. Unlike it, nothing goes through
+/dev/shm: an arena is an anonymous memfd, freed by the kernel when the last
+process using it is gone, SIGKILL included.
 
 Pickling (only while a child starts, as with the stdlib) goes through the same
 ``ForkingPickler`` reducer protocol as the stdlib's (``obj._wrapper`` with
@@ -24,7 +26,7 @@ from multiprocessing import sharedctypes as _mp_sharedctypes
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from ._core._shm import SharedMemory
+from ._core._arena import Block, allocate
 from ._synchronize import Lock, RLock
 
 # The stdlib module's helpers are not all in its type stubs.
@@ -38,13 +40,13 @@ _typecode_to_type: dict[str, Any] = dict(_mp_sc.typecode_to_type)
 class _Block:
     """The shared memory under one ctypes object: ``size`` bytes at ``offset``.
 
-    A Value's or Array's own lock (``lock=True``) carries its bytes in its memfd,
-    past the lock's page (one fd for the pair): ``owner`` is then that lock, which
-    the block keeps alive and which unmaps the memory when it goes."""
+    A Value's or Array's own lock (``lock=True``) carries its bytes in its block,
+    past the lock's page: ``owner`` is then that lock, which this keeps alive and
+    which frees the memory when it goes."""
 
     __slots__ = ("offset", "owner", "shm", "size")
 
-    def __init__(self, shm: SharedMemory, offset: int = 0, size: int = 0, owner: Any = None):
+    def __init__(self, shm: Block, offset: int = 0, size: int = 0, owner: Any = None):
         self.shm = shm
         self.offset = offset
         self.size = size or shm.size
@@ -60,12 +62,8 @@ class _Block:
         return (_Block, (self.shm, self.offset, self.size, self.owner))
 
     def __del__(self) -> None:
-        if self.owner is not None:
-            return  # the lock's memory: its monitor unmaps it
-        try:
+        if self.owner is None:  # (else the lock's memory: its monitor frees it)
             self.shm.close()
-        except BufferError:  # the stdlib's rebuild exported the buffer; the fd still goes
-            self.shm._handle.close()
 
 
 def _as_type(typecode_or_type: Any) -> Any:
@@ -82,8 +80,8 @@ def _over(type_: Any, block: _Block, length: int | None) -> Any:
 
 def _new(type_: Any, length: int | None) -> Any:
     full = type_ if length is None else type_ * length
-    shm = SharedMemory(max(ctypes.sizeof(full), 1), what="shared ctypes", one_fd=True)
-    return _over(type_, _Block(shm), length)
+    block = allocate(ctypes.sizeof(full), "shared ctypes object")
+    return _over(type_, _Block(block, 0, max(ctypes.sizeof(full), 1)), length)
 
 
 def _reduce_ctype(obj: Any) -> tuple[Any, ...]:
@@ -126,7 +124,7 @@ def _synchronized(obj: Any, lock: Any) -> Any:
 
 
 def _new_locked(type_: Any, length: int | None) -> tuple[Any, RLock]:
-    """A ctypes object in the memfd of its own new RLock, past the lock's page."""
+    """A ctypes object in the block of its own new RLock, past the lock's page."""
     full = type_ if length is None else type_ * length
     size = max(ctypes.sizeof(full), 1)
     lock = RLock(_data_bytes=size)
@@ -139,8 +137,7 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
     """A ctypes object in shared memory, guarded by a corral RLock (``get_lock()``).
 
     ``lock=False`` returns the raw object; a corral Lock or RLock may be given.
-    With its own lock (the default), the object lives in the lock's memory: one
-    fd for both.
+    With its own lock (the default), the object lives in the lock's block.
     """
     if lock is True or lock is None:
         obj, lock = _new_locked(_as_type(typecode_or_type), None)

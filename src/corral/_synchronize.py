@@ -1,7 +1,8 @@
 """Synchronisation primitives that survive the death of any process using them.
 
-Every object lives in one page of anonymous shared memory (a memfd), laid out by
-the core's robust monitor (``_core._monitor``)::
+Every object lives in one page of anonymous shared memory (a block of a shared
+memfd arena, ``_core._arena``: many objects, one fd), laid out by the core's
+robust monitor (``_core._monitor``)::
 
     Lock / RLock      a second robust mutex *is* the lock; the monitor only counts
                       waiters and recoveries. Fast path: one trylock + one unlock.
@@ -37,7 +38,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import math
+import operator
 import threading
 import time
 import warnings
@@ -47,6 +50,7 @@ from threading import BrokenBarrierError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._core._arena import Block
 from ._core._errors import LockTimeout
 from ._core._futex import futex_wait
 from ._core._linux import pid_of_tid
@@ -54,15 +58,17 @@ from ._core._monitor import Monitor, Slot
 from ._core._native import speedups
 from ._core._robust import (
     EOWNERDEAD,
+    FUTEX_TID_MASK,
     INCONSISTENT,
     NOWAIT_GRACE,
     WAIT_SLICE,
     RobustMutex,
+    checked_unlock,
+    consistent_unchecked,
     init_mutex,
 )
 from ._core._robust import trylock_unchecked as _fast_trylock
 from ._core._robust import unlock_unchecked as _fast_unlock
-from ._core._shm import SharedMemory
 from ._exceptions import OwnerDiedError, OwnerDiedWarning
 
 __all__ = [
@@ -138,11 +144,22 @@ def _lock_wait(deadline: float) -> float | None:
 _LOCK_MUTEX_OFFSET = 64
 
 
+class _CMethod(property):
+    """A method whose call on an instance runs no Python frame first: reading it
+    from an instance is property's C ``__get__`` (its getter an ``attrgetter``),
+    which gives a C callable. Read from the class (``contextlib.ExitStack`` takes
+    ``type(cm).__exit__``), it is callable as a plain method."""
+
+    def __call__(self, obj: Any, /, *args: Any) -> Any:
+        assert self.fget is not None
+        return self.fget(obj)(*args)
+
+
 class _PyLockBase:
     """The fast paths of :class:`Lock` in Python, where the C extension
     (``_speedups.LockBase``, the same methods) was not built."""
 
-    __slots__ = ("owner_died",)
+    __slots__ = ("_exit", "_release", "owner_died")
     _m: ctypes.c_void_p
 
     # The fast paths are written out in full: each Python call level costs about
@@ -150,9 +167,11 @@ class _PyLockBase:
     # An interrupt (an exception from a signal handler) can land right after the
     # trylock returns, before its answer is stored: it must not leave the lock
     # held by an acquire() that never returned. The handler gives back what the
-    # trylock may have taken (glibc refuses, EPERM, if it took nothing). (On this
-    # pure-Python path, one window stays: an interrupt at the very start of
-    # release() or __exit__, before the unlock; the C base has none.)
+    # trylock may have taken (glibc refuses, EPERM, if it took nothing).
+    # release() and __exit__ are no Python functions: CPython checks for signals
+    # at the start of every Python function, which would be before the unlock.
+    # Each is a property (C: attrgetter) giving a C callable (``checked_unlock``:
+    # partial over ctypes) that unlocks before any Python frame runs.
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock; with ``block`` False or a ``timeout``, return False
         if it could not be had. ``timeout=None`` waits forever."""
@@ -188,22 +207,30 @@ class _PyLockBase:
     def _give_back(self) -> None:
         raise NotImplementedError
 
-    def release(self) -> None:
-        """Release the lock. Raises RuntimeError unless this thread holds it."""
-        if _fast_unlock(self._m):
-            self._not_owner("release")
+    if TYPE_CHECKING:
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if _fast_unlock(self._m):
-            self._not_owner("release")
+        def release(self) -> None:
+            """Release the lock. Raises RuntimeError unless this thread holds it."""
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+    else:
+        release = _CMethod(
+            operator.attrgetter("_release"),
+            doc="release(): release the lock. Raises RuntimeError unless this thread holds it.",
+        )
+        __exit__ = _CMethod(operator.attrgetter("_exit"))
 
     def _bind(self, address: int) -> None:
-        """(The C version keeps the address; this one uses ``self._m``.)"""
+        """(The C version keeps the address; this one binds the unlocking calls.)"""
+        release, exit_ = checked_unlock(_not_owner_raiser(type(self).__name__))
+        self._release = functools.partial(release, self._m)
+        self._exit = functools.partial(exit_, self._m)
 
     def _acquire_slow(self, rc: int, block: bool, timeout: float | None) -> bool:
         raise NotImplementedError
@@ -217,6 +244,23 @@ if TYPE_CHECKING:
     _LockBase = _PyLockBase
 else:
     _LockBase = _PyLockBase if speedups is None else speedups.LockBase
+
+
+def _not_owner_text(name: str, what: str) -> str:
+    return (
+        f"cannot {what} a {name} this thread does not hold "
+        "(it is unlocked, or held by another thread or process)"
+    )
+
+
+@functools.cache
+def _not_owner_raiser(name: str) -> Callable[[int], None]:
+    """The pure path's release error (one function per class, for ``checked_unlock``)."""
+
+    def raise_not_owner(rc: int) -> None:
+        raise RuntimeError(_not_owner_text(name, "release"))
+
+    return raise_not_owner
 
 
 class Lock(_LockBase):
@@ -248,13 +292,13 @@ class Lock(_LockBase):
         self,
         *,
         on_owner_death: OnOwnerDeath = "warn",
-        _shm: SharedMemory | None = None,
+        _shm: Block | None = None,
         _data_bytes: int = 0,
     ):
         if on_owner_death not in ("warn", "raise"):
             raise ValueError(f"on_owner_death must be 'warn' or 'raise', not {on_owner_death!r}")
-        # (_data_bytes: room for a Value's bytes in the lock's own memfd.)
-        self._mon = Monitor(_shm, data_bytes=_data_bytes)
+        # (_data_bytes: room for a Value's bytes in the lock's own block.)
+        self._mon = Monitor(_shm, data_bytes=_data_bytes, what=type(self).__name__)
         address = self._mon.user_address + _LOCK_MUTEX_OFFSET
         if _shm is None:
             init_mutex(address, recursive=self._recursive)
@@ -279,10 +323,7 @@ class Lock(_LockBase):
         return self._acquire_slow(rc, block, timeout)
 
     def _not_owner(self, what: str) -> None:
-        raise RuntimeError(
-            f"cannot {what} a {type(self).__name__} this thread does not hold "
-            "(it is unlocked, or held by another thread or process)"
-        )
+        raise RuntimeError(_not_owner_text(type(self).__name__, what))
 
     def _give_back(self) -> None:
         """An interrupt escaped a trylock whose answer was lost: if it took the lock
@@ -298,6 +339,7 @@ class Lock(_LockBase):
         lock held on purpose): an interrupt may land after the lock was taken and
         before this returns."""
         mutex = self._mutex
+        me = threading.get_native_id()
         held_before = rc != 0 and rc != EOWNERDEAD and mutex.held()
         depth_before = mutex.depth()
         try:
@@ -305,8 +347,16 @@ class Lock(_LockBase):
         except OwnerDiedError:
             raise
         except BaseException:
-            if mutex.held() and (not held_before or mutex.depth() > depth_before):
-                mutex.make_consistent()
+            # No call before the unlock but glibc's: CPython checks for signals at
+            # the start of every Python function and after every call, where a
+            # second interrupt would leave the lock held. Attribute reads only.
+            # (A dead owner's mutex is made consistent first, one C call: a second
+            # interrupt right after it is the one window left, after a death only.)
+            if mutex.word.value & FUTEX_TID_MASK == me and (
+                not held_before or mutex.count.value > depth_before
+            ):
+                if mutex.owner.value == INCONSISTENT:
+                    consistent_unchecked(self._m)
                 _fast_unlock(self._m)
             raise
 
@@ -428,7 +478,7 @@ def _count_recovery(mon: Monitor) -> Callable[[], None]:
     return job
 
 
-def _rebuild_lock(cls: type[Lock], shm: SharedMemory, on_owner_death: OnOwnerDeath) -> Lock:
+def _rebuild_lock(cls: type[Lock], shm: Block, on_owner_death: OnOwnerDeath) -> Lock:
     return cls(on_owner_death=on_owner_death, _shm=shm)
 
 
@@ -444,7 +494,7 @@ class _SemFields(ctypes.Structure):
 
 
 class _SemMonitor(Monitor):
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         super().__init__(shm)
         self.f = _SemFields.from_address(self.user_address)
 
@@ -478,7 +528,7 @@ class Semaphore:
     __module__ = "corral"
     _bounded = False
 
-    def __init__(self, value: int = 1, *, _shm: SharedMemory | None = None):
+    def __init__(self, value: int = 1, *, _shm: Block | None = None):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._mon = _SemMonitor(_shm)
@@ -612,7 +662,7 @@ class BoundedSemaphore(Semaphore):
     _bounded = True
 
 
-def _rebuild_semaphore(cls: type[Semaphore], shm: SharedMemory) -> Semaphore:
+def _rebuild_semaphore(cls: type[Semaphore], shm: Block) -> Semaphore:
     return cls(_shm=shm)
 
 
@@ -624,7 +674,7 @@ class _EventFields(ctypes.Structure):
 
 
 class _EventMonitor(Monitor):
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         super().__init__(shm)
         self.f = _EventFields.from_address(self.user_address)
 
@@ -634,7 +684,7 @@ class Event:
 
     __module__ = "corral"
 
-    def __init__(self, *, _shm: SharedMemory | None = None):
+    def __init__(self, *, _shm: Block | None = None):
         self._mon = _EventMonitor(_shm)
 
     # The flag is one aligned word, read and written without the monitor's mutex,
@@ -698,7 +748,7 @@ class Event:
         return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
-def _rebuild_event(shm: SharedMemory) -> Event:
+def _rebuild_event(shm: Block) -> Event:
     return Event(_shm=shm)
 
 
@@ -714,7 +764,7 @@ class _CondFields(ctypes.Structure):
 
 
 class _CondMonitor(Monitor):
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         super().__init__(shm)
         self.f = _CondFields.from_address(self.user_address)
 
@@ -753,7 +803,7 @@ class Condition:
 
     __module__ = "corral"
 
-    def __init__(self, lock: Lock | None = None, *, _shm: SharedMemory | None = None):
+    def __init__(self, lock: Lock | None = None, *, _shm: Block | None = None):
         if lock is None:
             lock = RLock()
         elif not isinstance(lock, Lock):
@@ -763,16 +813,23 @@ class Condition:
         self.acquire = lock.acquire
         self.release = lock.release
 
-    def __enter__(self) -> bool:
-        return self._lock.__enter__()
+    # The lock's own __enter__ and __exit__, reached through C (attrgetter): a
+    # Python method here would be a place for an interrupt to land before the
+    # lock's unlock (CPython checks for signals at the start of every Python function).
+    if TYPE_CHECKING:
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._lock.__exit__(exc_type, exc, tb)
+        def __enter__(self) -> bool: ...
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+    else:
+        __enter__ = _CMethod(operator.attrgetter("_lock.__enter__"))
+        __exit__ = _CMethod(operator.attrgetter("_lock.__exit__"))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notify or ``timeout``, re-acquire the lock.
@@ -931,7 +988,7 @@ class _Counter:
         return self._read()
 
 
-def _rebuild_condition(lock: Lock, shm: SharedMemory) -> Condition:
+def _rebuild_condition(lock: Lock, shm: Block) -> Condition:
     return Condition(lock, _shm=shm)
 
 
@@ -952,7 +1009,7 @@ class _BarrierFields(ctypes.Structure):
 class _BarrierMonitor(Monitor):
     eager_attach = True  # every process holding the barrier is a known party
 
-    def __init__(self, shm: SharedMemory | None = None):
+    def __init__(self, shm: Block | None = None):
         # Fields first: attaching may already reap.
         self.f: _BarrierFields | None = None
         super().__init__(shm)
@@ -1002,7 +1059,7 @@ class Barrier:
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
         *,
-        _shm: SharedMemory | None = None,
+        _shm: Block | None = None,
     ):
         if parties < 1:
             raise ValueError("parties must be >= 1")
@@ -1133,6 +1190,6 @@ class Barrier:
 
 
 def _rebuild_barrier(
-    shm: SharedMemory, action: Callable[[], object] | None, timeout: float | None
+    shm: Block, action: Callable[[], object] | None, timeout: float | None
 ) -> Barrier:
     return Barrier(1, action, timeout, _shm=shm)

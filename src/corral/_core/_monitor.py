@@ -1,7 +1,7 @@
 """A robust monitor: state in one page of shared memory, guarded by a robust
 mutex, with futex waiting and per-process accounting that survives SIGKILL.
 
-    page (memfd, 4096 B)
+    page (a 4096 B block of a shared arena, page aligned)
     +---------+---------------------------------+---------------+------------------+
     | mutex   | header: seq nwaiters recoveries | user area     | process slots    |
     | 0..64   | 64..128                         | 128..256      | 256..4096        |
@@ -21,9 +21,14 @@ mutex, with futex waiting and per-process accounting that survives SIGKILL.
   (semaphore units held, barrier arrival); ``waiters`` counts its waiting threads.
   Only the owning process writes its slot, except the reaper below. The page
   holds 120; when all belong to live processes, the slots double, the new ones
-  in a *growth area* past the page in the same memfd (``nslots`` in the header
-  says how many; each process maps the area again, larger, when it next takes
-  the mutex). So only memory bounds how many processes use one object.
+  in a *growth area* in the same memfd, past the mapped arena (``_arena``
+  reserves ``GROWTH_RESERVE`` bytes of sparse file for it at the first growth;
+  ``nslots`` in the header says how many slots there are; each process maps the
+  area again, larger, when it next takes the mutex). So only memory bounds how
+  many processes use one object.
+
+The page (and a Value's bytes after it) is a block of a shared arena
+(``_arena``): a thousand monitors cost a handful of fds, not a thousand.
 
 Death: a process killed while holding the mutex is detected by glibc (the next
 ``lock`` returns EOWNERDEAD); ``lock()`` then reaps dead slots and calls
@@ -66,13 +71,13 @@ import weakref
 from collections.abc import Callable
 from multiprocessing import util as _mp_util
 
+from ._arena import Block, allocate
 from ._errors import LockTimeout
 from ._futex import futex_wait, futex_wake
 from ._later import later
 from ._linux import is_alive, pid_of_tid, proc_start_time
 from ._linux import self_identity as _self_identity
 from ._robust import MUTEX_SIZE, NOWAIT_GRACE, WAIT_SLICE, RobustMutex, init_mutex
-from ._shm import SharedMemory
 
 __all__ = [
     "PAGE",
@@ -128,13 +133,18 @@ REAP_INTERVAL_NS = 50_000_000
 # memory for a crowd that stops just past a size. Only memory bounds the count.
 GROWTH_FACTOR = 2
 
+# File space reserved, once, for a monitor's growth area (sparse: only the slots
+# in use take memory). It holds 2**23 slots, more than twice the most processes
+# Linux can run (pid_max is at most 2**22), so the doubling never outgrows it.
+GROWTH_RESERVE = 1 << 28
+
 
 def _growth_bytes(total: int) -> int:
     """Bytes of the growth area (whole pages) for ``total`` slots in all."""
     return -(-(total - NSLOTS) * ctypes.sizeof(Slot) // PAGE) * PAGE
 
 
-def _close(shm: SharedMemory, growth: list[tuple[mmap.mmap, ctypes.c_char]]) -> None:
+def _close(shm: Block, growth: list[tuple[mmap.mmap, ctypes.c_char]]) -> None:
     maps = [mm for mm, _ in growth]
     growth.clear()  # (the anchors go first: they hold the mappings' buffers)
     for mm in maps:
@@ -158,13 +168,12 @@ class Monitor:
     # it answers EPERM, harmlessly, when this thread does not hold the mutex.
     unlock: Callable[[], int]
 
-    def __init__(self, shm: SharedMemory | None = None, *, data_bytes: int = 0):
+    def __init__(self, shm: Block | None = None, *, data_bytes: int = 0, what: str = ""):
         """``data_bytes``: room for the layer's own data after the page, at
-        ``data_address`` (a Value's bytes beside its lock: one memfd, one fd)."""
+        ``data_address`` (a Value's bytes beside its lock: one block)."""
         create = shm is None
         if shm is None:
-            data_bytes = -(-data_bytes // PAGE) * PAGE
-            shm = SharedMemory(PAGE + data_bytes, what=type(self).__name__, one_fd=True)
+            shm = allocate(PAGE + data_bytes, what or type(self).__name__)
         self.shm = shm
         base = shm.address
         self.mutex = RobustMutex(base)
@@ -182,8 +191,7 @@ class Monitor:
         self.data_address = base + PAGE
         if create:
             init_mutex(base)
-            self.header.nslots = NSLOTS
-            self.header.growth_at = PAGE + data_bytes
+            self.header.nslots = NSLOTS  # (growth_at: 0 until the first growth)
         # Close the memfd and unmap when this monitor is garbage; the ctypes views
         # above never outlive it (they are only reachable through it).
         # Not at interpreter exit, though: detach() still needs the page then, and
@@ -297,14 +305,17 @@ class Monitor:
         """(Lock held.) Every slot is a live process's: double the slots. The new
         ones live in the growth area, past the page, in the same memfd."""
         total = len(self.slots) * GROWTH_FACTOR
-        os.ftruncate(self.shm.fd, self.header.growth_at + _growth_bytes(total))
+        if _growth_bytes(total) > GROWTH_RESERVE:  # pragma: no cover (> pid_max)
+            raise RuntimeError(f"more than {len(self.slots)} live processes on one object")
+        if self.header.growth_at == 0:
+            self.header.growth_at = self.shm.reserve(GROWTH_RESERVE)
         self.header.nslots = total  # (after the file grew: others map what it says)
         self._sync_slots()
 
     def _sync_slots(self) -> None:
         """(Lock held.) Map the slots another process added (``header.nslots``).
 
-        The growth area (from ``growth_at``, past the page and any data) is mapped
+        The growth area (from ``growth_at``, past the arena's mapped part) is mapped
         again, larger, each time it grew; earlier mappings stay until the monitor
         goes, so a slot view taken before never dangles (every mapping shows the
         same pages)."""

@@ -35,6 +35,8 @@ import functools
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from ._linux import libc
 
@@ -45,6 +47,8 @@ __all__ = [
     "WAIT_SLICE",
     "MutexError",
     "RobustMutex",
+    "checked_unlock",
+    "consistent_unchecked",
     "init_mutex",
     "timeout_until",
 ]
@@ -111,6 +115,7 @@ _pylibc = ctypes.PyDLL(libc._name)
 _trylock = ctypes.PYFUNCTYPE(_I, _VP)(("pthread_mutex_trylock", _pylibc))
 _unlock = ctypes.PYFUNCTYPE(_I, _VP)(("pthread_mutex_unlock", _pylibc))
 _consistent = ctypes.PYFUNCTYPE(_I, _VP)(("pthread_mutex_consistent", _pylibc))
+consistent_unchecked = _consistent  # (for exception handlers that must not call Python)
 # The same two without a prototype, for the hottest paths only: ctypes then skips
 # argument conversion (about 10 ns a call). They MUST be given a ctypes.c_void_p
 # (a plain int would be passed as a 32-bit C int).
@@ -129,6 +134,52 @@ _attr_setpshared = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_setpshared"
 _attr_setrobust = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_setrobust", libc))
 _attr_settype = ctypes.CFUNCTYPE(_I, _VP, _I)(("pthread_mutexattr_settype", libc))
 _mutex_init = ctypes.CFUNCTYPE(_I, _VP, _VP)(("pthread_mutex_init", libc))
+
+
+class _UnlockAnswer(dict[int, None]):
+    """The ``restype`` of ``checked_unlock``'s functions: glibc's answer 0 maps to
+    None in C (a dict lookup: no Python frame); any other (EPERM: not the owner)
+    is missing and raises through ``on_error``."""
+
+    def __init__(self, on_error: Callable[[int], None]):
+        super().__init__({0: None})
+        self._on_error = on_error
+
+    def __missing__(self, rc: int) -> None:
+        self._on_error(rc)
+
+
+# __exit__(exc_type, exc, tb) is called with three more arguments than
+# pthread_mutex_unlock takes: they are passed too, and ignored by it (harmless in
+# the x86-64 and aarch64 C calling conventions: arguments travel in registers and
+# the caller cleans up).
+# Prototypes as PYFUNCTYPE's (GIL kept) but without its "cdecl" flag, under which
+# ctypes lets a call pass more arguments than declared (``release(1)`` would
+# unlock): the calling convention is the platform's default all the same.
+def _strict_proto(*argtypes: Any) -> Any:
+    ns = {"_argtypes_": argtypes, "_restype_": _I, "_flags_": ctypes._FUNCFLAG_PYTHONAPI}  # type: ignore[attr-defined]
+    return type("_StrictUnlock", (ctypes._CFuncPtr,), ns)  # type: ignore[attr-defined]
+
+
+_RELEASE_PROTO = _strict_proto(_VP)
+_EXIT_PROTO = _strict_proto(_VP, ctypes.py_object, ctypes.py_object, ctypes.py_object)
+_UNLOCK_ADDRESS: int = ctypes.cast(unlock_unchecked, _VP).value or 0
+
+
+@functools.cache
+def checked_unlock(on_error: Callable[[int], None]) -> tuple[Any, Any]:
+    """``(release, exit)``: glibc's unlock as ctypes functions (bind the mutex's
+    address as a ``c_void_p`` with ``functools.partial``), the second also taking
+    ``__exit__``'s three arguments. A call runs the unlock before any Python frame
+    (``functools.partial`` and ctypes are C), so an exception that a signal handler
+    raises can land only after it: ``release()`` never leaves the lock held. An
+    error answer calls ``on_error(rc)``, which must raise."""
+    answer = _UnlockAnswer(on_error).__getitem__
+    release = _RELEASE_PROTO(_UNLOCK_ADDRESS)
+    release.restype = answer
+    exit_ = _EXIT_PROTO(_UNLOCK_ADDRESS)
+    exit_.restype = answer
+    return release, exit_
 
 
 def timeout_until(deadline: float | None) -> float | None:
@@ -180,12 +231,16 @@ class RobustMutex:
     glibc's error number (EPERM when not held), never raises.
     """
 
-    __slots__ = ("_m", "_word", "address", "owner", "owner_died", "unlock_raw")
+    __slots__ = ("_m", "address", "count", "owner", "owner_died", "unlock_raw", "word")
 
     def __init__(self, address: int):
         self.address = address
         self._m = ctypes.c_void_p(address)
-        self._word = ctypes.c_uint32.from_address(address)
+        # The lock word (the owner's TID in its low bits) and a recursive mutex's
+        # re-entry count (glibc's __count, the second int of every layout): views
+        # that an exception handler can read without a call (see Lock._acquire_slow).
+        self.word = ctypes.c_uint32.from_address(address)
+        self.count = ctypes.c_uint32.from_address(address + 4)
         # glibc's __data.__owner (the third int of every pthread_mutex_t layout):
         # INCONSISTENT while a dead owner's mutex awaits pthread_mutex_consistent.
         self.owner = ctypes.c_int.from_address(address + 8)
@@ -214,12 +269,12 @@ class RobustMutex:
 
     def held(self) -> bool:
         """Whether this thread holds the mutex (its TID is in the lock word)."""
-        return self._word.value & FUTEX_TID_MASK == threading.get_native_id()
+        return self.word.value & FUTEX_TID_MASK == threading.get_native_id()
 
     def depth(self) -> int:
         """A recursive mutex's re-entry count (glibc's ``__count``, the second int
         of every pthread_mutex_t layout); racy unless this thread holds it."""
-        return int(ctypes.c_uint32.from_address(self.address + 4).value)
+        return int(self.count.value)
 
     def spin_trylock(self) -> int:
         """The SPIN policy: trylock, and while the mutex is busy, look at its word and
@@ -229,7 +284,7 @@ class RobustMutex:
         rc: int = _trylock(m)
         if rc != errno.EBUSY:
             return rc
-        word = self._word
+        word = self.word
         for _ in range(SPIN):
             if not word.value & FUTEX_TID_MASK:
                 rc = _trylock(m)
