@@ -133,3 +133,54 @@ def test_a_forked_child_allocates_from_arenas_of_its_own() -> None:
     assert not shared
     assert inode not in inodes
     assert lock._mon.shm.arena.extents == extents
+
+
+def _until_set(event: corral.Event) -> None:
+    event.wait(TIMEOUT)
+
+
+def _first_free_block_at(offset: int, arena: _arena.Arena) -> bool:
+    """Does an allocation of PAGE bytes (now) land at ``offset`` of ``arena``? The
+    blocks taken on the way are freed again."""
+    taken = []
+    try:
+        for _ in range(MAX_TRIES):
+            block = allocate(PAGE)
+            taken.append(block)
+            if block.arena is arena and block.offset == offset:
+                return True
+            if block.arena is not arena and len(taken) > 2 * _arena.ARENA_SIZE // PAGE:
+                return False
+        return False
+    finally:
+        for block in taken:
+            block.close()
+
+
+def test_a_block_freed_while_a_child_started_after_it_runs_is_held_until_it_exits(
+    ctx: corral.CorralContext,
+) -> None:
+    # The child may still use the object (given at start, or inherited by fork)
+    # after the parent let go of it: its memory is not handed to a new object until
+    # the child is gone. A block made after the child started is reused at once.
+    anchor = allocate(100)  # (keeps the arena open while the blocks come and go)
+    before_child = allocate(PAGE)
+    arena, offset = before_child.arena, before_child.offset
+    go = ctx.Event()
+    child = ctx.Process(target=_until_set, args=(go,))
+    child.start()
+    try:
+        after_child = allocate(PAGE)
+        later_arena, later_offset = after_child.arena, after_child.offset
+        in_use = blocks_in_use()
+        before_child.close()
+        after_child.close()
+        assert blocks_in_use() == in_use - 2  # both freed, as the leak check counts
+        assert not _first_free_block_at(offset, arena)  # held for the child
+        assert _first_free_block_at(later_offset, later_arena)  # free at once
+    finally:
+        go.set()
+        child.join(TIMEOUT)
+    assert child.exitcode == 0
+    assert _first_free_block_at(offset, arena)  # the child is gone: free again
+    anchor.close()

@@ -20,6 +20,7 @@ wraps ``_bootstrap``.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import pickle
@@ -151,11 +152,16 @@ class Process(_mp_process.BaseProcess):
 
         fd = os.memfd_create(f"{NAME_PREFIX}result", os.MFD_CLOEXEC)
         self._corral_result_fd = FdHandle(fd, "process result")
+        # Shared objects freed from now on stay reserved until this child is gone.
+        from ._core import _arena  # (not at import: a spawned child may need none)
+
+        number = _arena.child_starting()
         try:
             popen = self._popen = self._Popen(self)
         except BaseException:
             self._corral_result_fd.close()
             self._corral_result_fd = None
+            _arena.child_gone(number)
             raise
         finally:
             self._corral_lifeline = None  # shared by all children; not ours to close
@@ -164,6 +170,7 @@ class Process(_mp_process.BaseProcess):
         del self._target, self._args, self._kwargs
         _children().add(self)
         popen.add_exit_callback(self._corral_collect)
+        popen.add_exit_callback(functools.partial(_arena.child_gone, number))
         _install_exit_hook()
 
     def kill(self) -> None:

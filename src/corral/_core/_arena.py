@@ -64,7 +64,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["ARENA_SIZE", "BIG", "Arena", "Block", "allocate", "blocks_in_use"]
+__all__ = [
+    "ARENA_SIZE",
+    "BIG",
+    "Arena",
+    "Block",
+    "allocate",
+    "blocks_in_use",
+    "child_gone",
+    "child_starting",
+]
 
 PAGE = mmap.PAGESIZE
 ALIGN = 64  # a cache line: natural alignment for every mutex and futex word
@@ -179,7 +188,7 @@ class Block:
     Its object closes it when it goes (a Monitor's finalizer, a shared ctypes
     object's wrapper); a block that is garbage unclosed is freed all the same."""
 
-    __slots__ = ("__weakref__", "address", "arena", "closed", "offset", "size", "what")
+    __slots__ = ("__weakref__", "address", "arena", "born", "closed", "offset", "size", "what")
 
     def __init__(self, arena: Arena, offset: int, size: int, what: str):
         self.arena = arena
@@ -188,6 +197,7 @@ class Block:
         self.what = what
         self.address = arena.address + offset
         self.closed = False
+        self.born = _starts  # children started before it can't have it
 
     @property
     def fd(self) -> int:
@@ -211,7 +221,7 @@ class Block:
             return
         self.closed = True
         if self.arena.pid == os.getpid():
-            _free(self.arena, self.offset, self.size)
+            _free(self.arena, self.offset, self.size, self.born)
 
     def __del__(self) -> None:
         # Garbage (its object is gone without closing it): free it all the same.
@@ -240,7 +250,17 @@ class Block:
 # is mid-change, and the free waits in _pending until allocate() is done.
 _lock = threading.RLock()
 _busy = False
-_pending: list[tuple[Arena, int, int]] = []
+_pending: list[tuple[Arena, int, int, int]] = []  # (arena, offset, size, born)
+# Children: a block freed here may still be in use in a child started after it was
+# made (given as an argument, or inherited by fork), even after this process let go
+# of its object (Process.start drops its arguments, as the stdlib's does). Giving
+# that memory to a new object would hand a child's lock to someone else and corrupt
+# the child's robust-mutex list, so such a block is held until every child started
+# since it was made has exited (Process.start calls child_starting and, once the
+# child's exit is collected, child_gone).
+_starts = 0  # children this process started so far (a block's ``born`` is this)
+_running: set[int] = set()  # start numbers of the children not yet collected
+_held: list[tuple[Arena, int, int, int]] = []  # freed, waiting for such children
 _owned: list[Arena] = []  # this process's shared arenas, open to allocation
 _in_use = 0  # blocks this process allocated and has not freed
 _known: weakref.WeakValueDictionary[tuple[int, int], Arena] = weakref.WeakValueDictionary()
@@ -290,21 +310,49 @@ def allocate(size: int, what: str = "object") -> Block:
     return Block(arena, offset, size, what)
 
 
-def _free(arena: Arena, offset: int, size: int) -> None:
+def _free(arena: Arena, offset: int, size: int, born: int) -> None:
+    global _in_use
     with _lock:
-        _pending.append((arena, offset, size))
+        _in_use -= 1
+        _pending.append((arena, offset, size, born))
         if not _busy:
             _drain()
 
 
+def child_starting() -> int:
+    """A child is about to start: its start number, for ``child_gone``."""
+    global _starts
+    with _lock:
+        _starts += 1
+        _running.add(_starts)
+        return _starts
+
+
+def child_gone(number: int) -> None:
+    """The child started as ``number`` has exited (or failed to start): free the
+    blocks that were held for it alone."""
+    with _lock:
+        _running.discard(number)
+        newest = max(_running, default=0)
+        ready = [entry for entry in _held if entry[3] >= newest]
+        if ready:
+            _held[:] = [entry for entry in _held if entry[3] < newest]
+            _pending.extend(ready)
+            if not _busy:
+                _drain()
+
+
 def _drain() -> None:
     """(``_lock`` held, free list not mid-change.) Free the blocks waiting to be."""
-    global _busy, _in_use
+    global _busy
     _busy = True
     try:
+        newest = max(_running, default=0)
         while _pending:
-            arena, offset, size = _pending.pop()
-            _in_use -= 1
+            arena, offset, size, born = _pending.pop()
+            if newest > born:  # a child started since it was made may still use it
+                _held.append((arena, offset, size, born))
+                continue
             if arena.used == 1:
                 # The last block: the whole arena goes (no need to clear it).
                 arena.used = 0
@@ -352,18 +400,21 @@ def blocks_in_use() -> int:
     compares it before and after a test: an arena shared with longer-lived objects
     hides a leaked block from an fd count)."""
     with _lock:
-        return _in_use - len(_pending)
+        return _in_use  # (a block freed but held for a child counts as freed)
 
 
 def _after_fork_in_child() -> None:
     # The parent's arenas stay mapped for the objects inherited from it, but they
     # are the parent's to allocate from and to free: this process makes its own.
-    global _lock, _busy, _in_use
+    global _lock, _busy, _in_use, _starts
     _lock = threading.RLock()
     _busy = False
     _pending.clear()
     _owned.clear()
     _in_use = 0
+    _starts = 0
+    _running.clear()
+    _held.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
