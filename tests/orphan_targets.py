@@ -74,8 +74,8 @@ def storm(depth: int, conn: Connection) -> None:
 
 
 def replace_supervisor(method: str) -> tuple[int, int, bool]:
-    """In a corral child: start a child, SIGKILL this process's supervisor, start
-    another child. Returns (the old supervisor, the new one, whether the old one
+    """In a corral child: start this process's supervisor, SIGKILL it, start a
+    child. Returns (the old supervisor, the new one, whether the old one
     was reaped here)."""
     import select
 
@@ -83,18 +83,21 @@ def replace_supervisor(method: str) -> tuple[int, int, bool]:
     from corral._core import _supervisor
 
     ctx = corral.get_context(method)
-    first = ctx.Process(target=int)
-    first.start()
-    first.join(60)
-    old = _supervisor.pid()
+    old = _supervisor.ensure_started()
+    if old <= 0:  # (never signal pid 0: that is our whole process group)
+        raise RuntimeError(f"no supervisor: {old}")
     fd = os.pidfd_open(old)
     try:
         os.kill(old, signal.SIGKILL)  # (our child, not reaped yet: not recycled)
         if not select.select([fd], [], [], 60)[0]:
             raise TimeoutError("the supervisor did not die within 60 s")
-        second = ctx.Process(target=int)
+        # (A child that lives until told: under forkserver one that exits at once
+        # may be gone before its pidfd is opened, and is then not registered.)
+        go = ctx.Event()
+        second = ctx.Process(target=go.wait, args=(60,))
         second.start()
         new = _supervisor.pid()
+        go.set()
         second.join(60)
         try:
             os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
@@ -109,9 +112,11 @@ def replace_supervisor(method: str) -> tuple[int, int, bool]:
 
 def starts_with_a_paused_supervisor(method: str, n: int) -> tuple[int, float, int, bool]:
     """In a corral child: SIGSTOP this process's supervisor, then start and join ``n``
-    children (more than its socket holds). Returns (RuntimeWarnings raised, the
-    longest start in seconds, those children still present in /proc, whether a start after
-    SIGCONT registered again without a warning)."""
+    children, more than its socket (shrunk to the kernel's minimum) holds. Returns
+    (RuntimeWarnings raised, the longest start in seconds, those children still
+    present in /proc, whether a start after SIGCONT registered again without a
+    warning)."""
+    import socket
     import time
     import warnings
 
@@ -119,10 +124,12 @@ def starts_with_a_paused_supervisor(method: str, n: int) -> tuple[int, float, in
     from corral._core import _linux, _supervisor
 
     ctx = corral.get_context(method)
-    first = ctx.Process(target=int)
-    first.start()
-    first.join(60)
-    sup = _supervisor.pid()
+    sup = _supervisor.ensure_started()
+    if sup <= 0:  # (never signal pid 0: that is our whole process group)
+        raise RuntimeError(f"no supervisor: {sup}")
+    sock = _supervisor._sock
+    assert sock is not None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # (the minimum: a few)
     longest = 0.0
     pids: list[int] = []
     os.kill(sup, signal.SIGSTOP)

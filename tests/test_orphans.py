@@ -233,7 +233,7 @@ def test_a_paused_supervisor_never_makes_start_hang(
     # supervisor is left alone.)
     from corral._core import _supervisor
 
-    n = 400  # more registrations than the socket's buffer holds
+    n = 100  # more registrations than the (shrunk) socket's buffer holds
     p = ctx.Process(target=orphan_targets.starts_with_a_paused_supervisor, args=(start_method, n))
     p.start()
     stalls, longest, left, resumed = p.result(timeout=TIMEOUT)
