@@ -40,6 +40,8 @@ START_TIMEOUT = 60.0
 # How long the programs get to exit after SIGTERM before their trees are killed.
 STOP_GRACE = 10.0
 N_WORKERS = 2
+# How a corral supervisor shows in /proc/PID/cmdline (``_core/_supervisor.py``).
+_SUPERVISOR = "corral/_core/_sweep.py"
 
 
 def _cmdline(pid: int) -> str:
@@ -140,7 +142,9 @@ class DaskCluster:
             pids.update(_linux.children_of(program))
         for pid in list(pids):
             for child in _linux.children_of(pid):
-                if "resource_tracker" in _cmdline(child):
+                # A dask worker's corral supervisor is the worker's, as long-lived
+                # (started with the first node pool on it, ending with the worker).
+                if "resource_tracker" in _cmdline(child) or _SUPERVISOR in _cmdline(child):
                     pids.add(child)
         return pids
 
