@@ -25,9 +25,10 @@ only one of the two local workers had joined (half the tasks in flight; fixed:
 ``cluster="local"`` waits for every worker), and a tail of one-item chunks
 (chunks no longer shrink below 0.05 s of work). In d, the survivor runs nearly all
 of the remaining two thirds alone: the nanny's replacement joins about 0.6 s after
-the kill and its first chunk waits about 0.5 s more while its node pool spawns,
-both on the same 2 cores. With no help from the replacement the floor is about
-1.45x the time, so the ratio hovers around the goal on this box.
+the kill, on the same 2 cores. Its node pool (a spawn pool: tenths of a second)
+now starts as it joins (a dask worker plugin, ``_cluster_warm``), not when its
+first chunk arrives. With no help from the replacement the floor is about 1.45x
+the time, so the ratio stays close to the goal on this box (1.39x in a quiet run).
 
 The benchmark never hangs: each group of cases runs in a corral.Process with a
 deadline; past it, the child is killed with its whole tree (the cluster included)
