@@ -449,16 +449,19 @@ RLIMIT_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("path", ["C", "pure"])
-def test_200_default_queues_in_a_4_gib_address_space(path: str, tmp_path: Path) -> None:
-    script = tmp_path / "many_queues.py"
-    script.write_text(RLIMIT_SCRIPT)
+def _run_script(
+    text: str, path: str, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as a script in a child interpreter on the C or the pure path;
+    it must succeed."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
     env = dict(os.environ)
     env.pop("CORRAL_PURE_PYTHON", None)
     if path == "pure":
         env["CORRAL_PURE_PYTHON"] = "1"
     out = subprocess.run(
-        [sys.executable, str(script), "200"],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -466,6 +469,12 @@ def test_200_default_queues_in_a_4_gib_address_space(path: str, tmp_path: Path) 
         env=env,
     )
     assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.mark.parametrize("path", ["C", "pure"])
+def test_200_default_queues_in_a_4_gib_address_space(path: str, tmp_path: Path) -> None:
+    out = _run_script(RLIMIT_SCRIPT, path, tmp_path, "200")
     count, fast = out.stdout.split()
     assert count == "200"
     built = importlib.util.find_spec("corral._core._speedups") is not None
@@ -498,19 +507,5 @@ NO_MEMORY_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("path", ["C", "pure"])
 def test_a_growth_without_memory_raises_and_changes_nothing(path: str, tmp_path: Path) -> None:
-    script = tmp_path / "no_memory.py"
-    script.write_text(NO_MEMORY_SCRIPT)
-    env = dict(os.environ)
-    env.pop("CORRAL_PURE_PYTHON", None)
-    if path == "pure":
-        env["CORRAL_PURE_PYTHON"] = "1"
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _run_script(NO_MEMORY_SCRIPT, path, tmp_path)
     assert out.stdout.split() == ["MemoryError", str(INITIAL)]
