@@ -678,7 +678,7 @@ static PyTypeObject LockBaseType = {
  * puts None in its place (so a value consumed is not kept alive by the buffer). A
  * value whose type is `_failure` is not returned: its `exc` is raised instead. When
  * the buffer is used up, it is cleared and the subclass's `_refill()` is called,
- * which must append at least one value or raise (StopIteration at the end). In C
+ * which waits until it has appended values or raises (StopIteration at the end). In C
  * because a Python __next__ costs several times a list read, per item. */
 typedef struct {
     PyObject_HEAD
@@ -726,10 +726,8 @@ static PyObject *BufferedIter_next(BufferedIter *self) {
         PyObject *res = PyObject_CallMethodNoArgs((PyObject *)self, str_refill);
         if (res == NULL) return NULL; /* StopIteration at the end, or the refill's error */
         Py_DECREF(res);
-        if (PyList_GET_SIZE(self->items) == 0) {
-            PyErr_SetString(PyExc_RuntimeError, "_refill() returned with nothing buffered");
-            return NULL;
-        }
+        /* (Round again: another thread reading this iterator may have taken what the
+         * refill brought while it waited without the GIL.) */
     }
 }
 

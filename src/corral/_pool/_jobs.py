@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import RUNNING
 from concurrent.futures.process import BrokenProcessPool
@@ -337,16 +337,17 @@ class _Failure:
 
 
 class _PyBufferedIter:
-    """The pure-Python twin of ``_speedups.BufferedIter``: the same fields and contract.
-
-    Values wait in ``_items`` from ``_pos`` on; ``__next__`` hands out the next one,
-    putting None in its place, and raises the ``exc`` of a value of type
-    ``_failure`` instead of returning it. When the buffer is used up it is cleared
-    and ``_refill()`` is called, which appends at least one value or raises.
+    """The pure-Python twin of ``_speedups.BufferedIter``, with the same contract:
+    ``__next__`` hands out the values of ``_items`` in order, keeps none it handed
+    out, raises the ``exc`` of a value of type ``_failure`` instead of returning it,
+    and calls ``_refill()`` (which waits until it has appended values, or raises)
+    when there is none. Here ``_items`` is a deque (so ``_pos`` stays 0): its
+    ``popleft`` is one atomic step, so threads sharing the iterator never get one
+    value twice.
     """
 
     def __init__(self) -> None:
-        self._items: list[Any] = []
+        self._items: collections.deque[Any] = collections.deque()
         self._pos = 0
         self._failure: type | None = None
 
@@ -355,20 +356,15 @@ class _PyBufferedIter:
 
     def __next__(self) -> Any:
         while True:
-            items, pos = self._items, self._pos
-            if pos < len(items):
-                value = items[pos]
-                items[pos] = None
-                self._pos = pos + 1
-                if value.__class__ is self._failure:
-                    failure: Any = value
-                    raise failure.exc
-                return value
-            items.clear()
-            self._pos = 0
-            self._refill()
-            if not self._items:
-                raise RuntimeError("_refill() returned with nothing buffered")
+            try:
+                value = self._items.popleft()
+            except IndexError:
+                self._refill()  # (then round again: another thread may take it all)
+                continue
+            if value.__class__ is self._failure:
+                failure: Any = value
+                raise failure.exc
+            return value
 
     def _refill(self) -> None:
         raise NotImplementedError
@@ -388,7 +384,7 @@ class IMapIterator(_BufferedIter, Generic[T]):  # type: ignore[misc]
     """
 
     __module__ = "corral"
-    _items: list[Any]  # (the base class's fields)
+    _items: MutableSequence[Any]  # (the base class's fields: a list in C, a deque here)
     _pos: int
     _failure: type | None
 
@@ -548,7 +544,7 @@ class IMapJob(Job):
         self.finished()
         self.engine.wake()
 
-    def refill(self, buf: list[Any], timeout: float | None) -> None:
+    def refill(self, buf: MutableSequence[Any], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._pull()
@@ -576,7 +572,7 @@ class IMapJob(Job):
                         raise multiprocessing.TimeoutError
                     self.engine.wait_interruptibly(self.cond, left)
 
-    def _take_ready(self, buf: list[Any]) -> bool:
+    def _take_ready(self, buf: MutableSequence[Any]) -> bool:
         if self.ordered:
             while self.consumed in self.done:
                 values, errors = self.done.pop(self.consumed)
@@ -590,7 +586,9 @@ class IMapJob(Job):
         return bool(buf)
 
     @staticmethod
-    def _append(buf: list[Any], values: list[Any], errors: dict[int, BaseException]) -> None:
+    def _append(
+        buf: MutableSequence[Any], values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
         if not errors:
             buf.extend(values)
             return
