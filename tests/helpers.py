@@ -101,6 +101,17 @@ def read_line(fd: int, timeout: float) -> str:
     return data.decode()
 
 
+def start_parent(code: str) -> subprocess.Popen[bytes]:
+    """Run ``code`` as a parent interpreter that the test drives through its stdin and
+    reads through its stdout (a "READY pid..." line: see ``ready_and_pinned``)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    return parent
+
+
 def ready_and_pinned(parent: subprocess.Popen[bytes]) -> tuple[list[int], dict[int, int]]:
     """Read the parent's "READY pid..." line, then pin its whole subtree with pidfds.
 

@@ -244,11 +244,9 @@ if __name__ == "__main__":
 def test_daemonic_subtrees_end_at_parent_exit(start_method: str) -> None:
     root = str(Path(__file__).resolve().parents[1])
     code = DAEMON_PARENT.format(root=root, method=start_method)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    parent = helpers.start_parent(code)
+    assert parent.stdin is not None  # (for mypy: start_parent made both)
     assert parent.stdout is not None
-    assert parent.stdin is not None
     pidfds: dict[int, int] = {}
     try:
         _, pidfds = helpers.ready_and_pinned(parent)  # with the stdlib's helpers

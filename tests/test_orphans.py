@@ -182,10 +182,8 @@ def test_supervisor_exits_and_is_reaped_when_its_parent_exits_normally(
     start_method: str,
 ) -> None:
     code = CLEAN_PARENT.format(root=str(ROOT), method=start_method)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert parent.stdin is not None
+    parent = helpers.start_parent(code)
+    assert parent.stdin is not None  # (for mypy: start_parent made both)
     assert parent.stdout is not None
     pidfds: dict[int, int] = {}
     try:

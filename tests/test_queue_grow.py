@@ -27,6 +27,7 @@ import sys
 import textwrap
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,21 @@ def _claimed_wrapped(q: corral.Queue[Any]) -> bytearray:
     return big
 
 
+def _claiming_getter(
+    ctx: corral.CorralContext, q: corral.Queue[Any], fault: str
+) -> tuple[corral.Process, Connection]:
+    """A child that gets from ``q`` and parks mid-copy, under its claim (SIGSTOPped
+    there if ``fault`` says so). Returns it and the read end it reported on."""
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=targets.get_and_park, args=(q, "get:copied", w))
+    p.start()
+    w.close()
+    _wait_for(r, b"get:copied")
+    if fault == "SIGSTOP":
+        _stop(p)
+    return p, r
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_growth_waits_for_a_claim_on_frames_it_would_move(
     ctx: corral.CorralContext, fault: str
@@ -211,13 +227,7 @@ def test_growth_waits_for_a_claim_on_frames_it_would_move(
     killed the put grows the ring, and every message is there, whole, once."""
     q: corral.Queue[Any] = ctx.Queue()
     first = _claimed_wrapped(q)
-    r, w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=targets.get_and_park, args=(q, "get:copied", w))
-    p.start()
-    w.close()
-    _wait_for(r, b"get:copied")
-    if fault == "SIGSTOP":
-        _stop(p)
+    p, r = _claiming_getter(ctx, q, fault)
     big = bytearray(gt.pattern(3 * MIB, 4))
     size = q._ring.size
     _times_out(lambda: q.put(big, timeout=0.3), queue.Full, 0.3)
@@ -274,13 +284,7 @@ def test_growth_under_a_claim_on_frames_that_stay(ctx: corral.CorralContext, fau
         assert q.get(timeout=TIMEOUT) == "small"
         q.put("after")  # (a later remap closes what was retired; none here)
     else:
-        r, w = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=targets.get_and_park, args=(q, "get:copied", w))
-        p.start()
-        w.close()
-        _wait_for(r, b"get:copied")
-        if fault == "SIGSTOP":
-            _stop(p)
+        p, r = _claiming_getter(ctx, q, fault)
         q.put(big, timeout=TIMEOUT)
         assert q._ring.size > size
         _kill(p)

@@ -102,7 +102,9 @@ class Job:
         # a call whose items are far slower than the last one's gets first chunks of
         # that size before it is measured, in return for not paying the ramp from one
         # item (a round trip per step) on every call of the same function.
-        self.chunk = max(1, engine.learned_chunk(fn) // CHUNK_GROWTH)
+        # (A fixed chunksize, as every submit's 1, never asks: no lookup to pay.)
+        learned = 1 if chunksize is not None else engine.learned_chunk(fn)
+        self.chunk = max(1, learned // CHUNK_GROWTH)
         self.commit_every = 1  # items between two commits, once measured
         self.balance_cap = MAX_CHUNK
         self.input_done = True
