@@ -46,7 +46,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from . import _native
-from ._robust import FUTEX_TID_MASK, MUTEX_SIZE, SPIN
+from ._robust import FUTEX_TID_MASK, HINT_OFFSET, MUTEX_SIZE, SPIN
 
 __all__ = [
     "DATA",
@@ -156,6 +156,8 @@ assert OFF_CONST + 24 <= OFF_BASE
 assert OFF_BASE + 8 <= OFF_SLOT_PID
 assert OFF_SLOT_START + 4 * MAX_WAITERS <= DATA
 assert MUTEX_SIZE >= _MUTEX_BYTES
+assert _MUTEX_BYTES <= HINT_OFFSET  # (a Lock's hand-off hint: after the mutex...)
+assert HINT_OFFSET + 4 <= MUTEX_SIZE  # (...and within its reservation)
 
 # Indexes for the u64 ('Q') and u32 ('I') views of the header.
 Q_HEAD, Q_TAIL, Q_COUNT, Q_TAKEN = OFF_HEAD // 8, OFF_TAIL // 8, OFF_COUNT // 8, OFF_TAKEN // 8
@@ -334,6 +336,7 @@ SHARED_WITH_C: dict[str, int] = {
     "WAKE_ALL": WAKE_ALL,
     "FUTEX_TID_MASK": FUTEX_TID_MASK,
     "SPIN": SPIN,
+    "HINT_OFFSET": HINT_OFFSET,
     "POLL_ROUNDS": POLL_ROUNDS,
     "ZERO_WAKES_MAX": ZERO_WAKES_MAX,
     "DONE": FAST_DONE,

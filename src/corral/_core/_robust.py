@@ -41,6 +41,7 @@ from typing import Any
 from ._linux import libc
 
 __all__ = [
+    "HINT_OFFSET",
     "MUTEX_SIZE",
     "NOWAIT_GRACE",
     "SPIN",
@@ -84,6 +85,12 @@ NOWAIT_GRACE = 0.02
 # so SPIN looks span a few microseconds on either path. (Measured: docs/design.md,
 # "One spin policy".)
 SPIN = 64
+
+# Where, in a lock's MUTEX_SIZE bytes, the C fast path keeps its hand-off hint (a
+# u32 a spinning waiter sets, so that release() lets it take the lock instead of
+# re-acquiring first: see _speedups.c, "The hand-off hint"): past the largest
+# pthread_mutex_t (48 B on aarch64), in the lock word's cache line.
+HINT_OFFSET = 48
 
 CLOCK_MONOTONIC = 1
 PTHREAD_MUTEX_RECURSIVE = 1
@@ -209,6 +216,7 @@ def init_mutex(address: int, *, recursive: bool = False) -> None:
         if recursive:
             _check(_attr_settype(attr, PTHREAD_MUTEX_RECURSIVE), "pthread_mutexattr_settype")
         _check(_mutex_init(address, attr), "pthread_mutex_init")
+        ctypes.c_uint32.from_address(address + HINT_OFFSET).value = 0
     finally:
         _attr_destroy(attr)
 

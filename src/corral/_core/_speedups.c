@@ -562,8 +562,46 @@ static PyTypeObject OpsType = {
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t *m;
+    uint32_t *spinning; /* the hand-off hint, in the mutex's cache line */
     char owner_died;
 } LockBase;
+
+/* The hand-off hint. A barging mutex lets a holder that releases and re-acquires
+ * in a loop keep it for good: its next trylock comes from a core that still has
+ * the cache line, long before a waiter on another core sees the word change. So
+ * a waiter that starts spinning raises a flag next to the lock word (HINT_OFFSET
+ * bytes in, past the largest pthread_mutex_t: 48 B on aarch64), and release(),
+ * seeing the flag, watches the word for at most SPIN pauses until someone else
+ * owns it. Under contention the lock then changes hands instead of starving the
+ * waiter; uncontended, release() pays one read of a line it already holds. The
+ * flag is a hint, never a promise: a spinner that gives up or dies leaves it set
+ * for one release at most (which clears it when nobody came). */
+#define HINT_OFFSET 48
+
+static int trylock_spin_hinted(pthread_mutex_t *m, uint32_t *spinning) {
+    int rc = pthread_mutex_trylock(m);
+    if (rc != EBUSY) return rc;
+    int *word = (int *)m;
+    store32(spinning, 1);
+    for (int i = 0; rc == EBUSY && i < SPIN; i++) {
+        cpu_relax();
+        if ((__atomic_load_n(word, __ATOMIC_RELAXED) & FUTEX_TID_MASK) == 0)
+            rc = pthread_mutex_trylock(m);
+    }
+    if (rc == 0) store32(spinning, 0);
+    return rc;
+}
+
+/* After an unlock: if a waiter spins, give it the time to take the lock. */
+static void hand_off(pthread_mutex_t *m, uint32_t *spinning) {
+    if (load32(spinning) == 0) return;
+    int *word = (int *)m;
+    for (int i = 0; i < SPIN; i++) {
+        if ((__atomic_load_n(word, __ATOMIC_RELAXED) & FUTEX_TID_MASK) != 0) return;
+        cpu_relax();
+    }
+    store32(spinning, 0); /* nobody came: a stale flag */
+}
 
 static PyObject *str_acquire_fallback, *str_not_owner, *str_release;
 
@@ -595,7 +633,7 @@ static PyObject *LockBase_acquire(LockBase *self, PyObject *const *args, Py_ssiz
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     int rc = -1;
     if (nargs + nkw == 0)
-        rc = trylock_spin(self->m);
+        rc = trylock_spin_hinted(self->m, self->spinning);
     else if (nargs + nkw <= 2 && known_kwnames(kwnames))
         rc = pthread_mutex_trylock(self->m);
     if (rc == 0) {
@@ -627,6 +665,7 @@ static PyObject *LockBase_release(LockBase *self, PyObject *Py_UNUSED(arg)) {
     if (!lock_bound(self)) return NULL;
     if (pthread_mutex_unlock(self->m) != 0)
         return PyObject_CallMethodOneArg((PyObject *)self, str_not_owner, str_release);
+    hand_off(self->m, self->spinning);
     Py_RETURN_NONE;
 }
 
@@ -640,6 +679,7 @@ static PyObject *LockBase_bind(LockBase *self, PyObject *arg) {
     unsigned long long address = PyLong_AsUnsignedLongLong(arg);
     if (address == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     self->m = (pthread_mutex_t *)(uintptr_t)address;
+    self->spinning = (uint32_t *)(uintptr_t)(address + HINT_OFFSET);
     Py_RETURN_NONE;
 }
 
@@ -1126,6 +1166,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         {"WAKE_ALL", WAKE_ALL},
         {"FUTEX_TID_MASK", FUTEX_TID_MASK},
         {"SPIN", SPIN},
+        {"HINT_OFFSET", HINT_OFFSET},
         {"POLL_ROUNDS", POLL_ROUNDS},
         {"ZERO_WAKES_MAX", ZERO_WAKES_MAX},
         {"DONE", R_DONE},
