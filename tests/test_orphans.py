@@ -250,3 +250,47 @@ def test_a_paused_supervisor_never_makes_start_hang(
     assert left == 0
     assert resumed
     assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("method", ["kill", "terminate"])
+def test_kill_and_terminate_from_the_parent_end_a_storm(
+    ctx: corral.CorralContext, method: str
+) -> None:
+    # kill(): kill rounds below the stopped child (a subreaper); terminate(): freeze
+    # rounds, then SIGTERM. Either way nothing of a 127-process storm is left, the
+    # members born after the pinning included.
+    r, w = corral.Pipe(duplex=False)
+    p = ctx.Process(target=orphan_targets.storm, args=(SMALL_STORM, w))
+    before = leaks.descendants()
+    p.start()
+    w.close()
+    pidfds: dict[int, int] = {}
+    try:
+        assert r.poll(TIMEOUT), "the storm did not start"
+        (root,) = r.recv()
+        lasting = (1 << (SMALL_STORM + 1)) - 1
+        assert wait_until(lambda: len(list(_linux.descendants_of(root))) >= lasting - 1, TIMEOUT)
+        pidfds = _watch.pin([root, *_linux.descendants_of(root)])
+        getattr(p, method)()
+        survivors, _ = _watch.wait_dead(pidfds, TIMEOUT)
+        assert not survivors, f"{method}: alive {TIMEOUT} s later: {survivors}"
+        p.join(TIMEOUT)
+        expected = -signal.SIGKILL if method == "kill" else -signal.SIGTERM
+        assert p.exitcode == expected
+        assert wait_until(
+            lambda: (
+                not [
+                    q
+                    for q in leaks.descendants() - before
+                    if _linux.proc_state(q) not in (None, "Z")
+                ]
+            ),
+            TIMEOUT,
+        ), f"{method}: unpinned members of the storm still running"
+    finally:
+        r.close()
+        if p.is_alive():
+            p.kill()
+            p.join(TIMEOUT)
+        _watch.kill_reap_close(pidfds)
+        leaks.kill_and_reap(set(_linux.children_of(os.getpid())) - before)

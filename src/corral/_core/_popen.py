@@ -171,8 +171,11 @@ class CorralPopen:
     def _send_signal(self, sig: int) -> None:
         if self.poll() is not None or self._pidfd < 0:
             return
-        members = _tree.freeze_subtree(self.pid, self._pidfd)
-        _tree.signal_members([(self.pid, self._pidfd), *members], sig)
+        if sig == signal.SIGKILL:
+            members = _tree.kill_subtree(self.pid, self._pidfd)
+        else:
+            members = _tree.freeze_subtree(self.pid, self._pidfd)
+            _tree.signal_members([(self.pid, self._pidfd), *members], sig)
         if sig == signal.SIGKILL and members:
             # kill() returns once the subtree is gone, not merely signalled: a caller
             # that checks right after (a pool's terminate(), a test) sees no survivor.

@@ -51,6 +51,7 @@ __all__ = [
     "children_of",
     "freeze",
     "kill_all",
+    "kill_tree",
     "proc_state",
     "read_small",
     "wait_dead",
@@ -251,6 +252,75 @@ def _adopt(children: list[int], members: list[Member], seen: set[int]) -> bool:
     return new
 
 
+def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member]:
+    """SIGKILL every descendant of ``roots`` and ``parents``, then the roots; no
+    member is stopped first. Returns the members found (roots first); the caller
+    owns the pidfds of the others.
+
+    For subtrees whose tops are child subreapers (every corral child is; so is a
+    process ending its own subtree, ``parents``): a killed member's children, and
+    their zombies, are re-parented to the nearest subreaper above them, which is a
+    top, where the next read of its children lists finds them. Each round:
+
+        read the tops' children lists; SIGKILL each new pid through a pidfd, then
+        read its own lists (killed, it can neither fork nor reap) and go down
+        nothing new? wait until every killed member has exited (its children are
+        re-parented by then), read once more; still nothing: done
+
+    A process with SIGKILL pending cannot complete a fork (the kernel refuses it
+    with the signal pending), so each member is found and signalled once, and the
+    kernel's exit work for the first members runs while the rest are found: no
+    round waits for a storm's members to be scheduled and stop, as freezing does.
+    The roots are stopped first (so that they neither fork nor reap while their
+    lists are read: a pid read there cannot be recycled before its pidfd is open)
+    and killed last.
+    """
+    members: list[Member] = []
+    seen = set(parents)
+    for pid, fd in roots:
+        if pid not in seen:
+            seen.add(pid)
+            members.append((pid, fd))
+            send(fd, _SIGSTOP)
+    tops_fds = list(members)
+    _wait_stopped(tops_fds, set(), time.monotonic() + STOP_WAIT)
+    tops = [*parents, *(pid for pid, _ in tops_fds)]
+    killed: list[int] = []
+    settled = False
+    while True:
+        found = len(members)
+        for top in tops:
+            _kill_down(children_of(top), members, seen, killed)
+        if len(members) > found:
+            settled = False
+            continue
+        if settled:
+            break
+        wait_dead(killed, KILL_WAIT)
+        killed = []
+        settled = True
+    kill_all(tops_fds)
+    return members
+
+
+def _kill_down(pids: list[int], members: list[Member], seen: set[int], killed: list[int]) -> None:
+    """SIGKILL each pid not seen yet and, in turn, each of its descendants."""
+    todo = pids
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        fd = _open(pid)
+        if fd is None:
+            continue
+        seen.add(pid)
+        send(fd, _SIGKILL, pid)
+        members.append((pid, fd))
+        if fd >= 0:
+            killed.append(fd)
+        todo.extend(children_of(pid))
+
+
 def wait_dead(pidfds: list[int], timeout: float) -> bool:
     """Wait until every pidfd reports its process has exited. True if all did."""
     deadline = time.monotonic() + timeout
@@ -301,8 +371,7 @@ def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll)
 
 def _sweep(pinned: dict[int, int]) -> None:
     """The parent died: end every registered child's whole subtree."""
-    members = freeze([(pid, fd) for fd, pid in pinned.items()])
-    kill_all(members)
+    members = kill_tree([(pid, fd) for fd, pid in pinned.items()])
     wait_dead([fd for _, fd in members], KILL_WAIT)
 
 

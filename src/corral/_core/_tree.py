@@ -1,14 +1,22 @@
 """Ending a whole process subtree, with nothing escaping.
 
 Killing a parent before its children lets the children be re-parented away, out of
-reach. Killing children first races with new forks. So a subtree is first *frozen*
-(``_sweep.freeze``: SIGSTOP every member found, in rounds, until a read of every
-member's children list after all of them stopped finds nothing new), every member
-is pinned with a pidfd (no pid-reuse race), and only then is the signal sent, from
-the bottom up.
+reach, unless a subreaper above them is still there to receive them. Killing
+children first races with new forks. So:
 
-A frozen parent cannot reap, so a pid read from its children list cannot be
-recycled before we open a pidfd on it.
+- SIGKILL (``kill_subtree``, ``_sweep.kill_tree``): the root, a child subreaper
+  (every corral child is), is stopped and kept; each member is killed as it is
+  found and its children lists read after (killed, it can neither fork nor reap);
+  what a dying member leaves is re-parented to the root and found there by the next
+  round; the root goes last.
+- Any other signal (``freeze_subtree``, ``_sweep.freeze``): the subtree is first
+  *frozen* (SIGSTOP every member found, in rounds, until a read of every member's
+  children list after all of them stopped finds nothing new), every member is
+  pinned with a pidfd (no pid-reuse race), and only then is the signal sent, from
+  the bottom up, and the members let run.
+
+A stopped or killed parent cannot reap, so a pid read from its children list cannot
+be recycled before we open a pidfd on it.
 """
 
 from __future__ import annotations
@@ -16,9 +24,16 @@ from __future__ import annotations
 import os
 import signal
 
-from ._sweep import Member, freeze, send, wait_dead
+from ._sweep import Member, freeze, kill_tree, send, wait_dead
 
-__all__ = ["Member", "freeze_subtree", "kill_own_descendants", "signal_members", "wait_dead"]
+__all__ = [
+    "Member",
+    "freeze_subtree",
+    "kill_own_descendants",
+    "kill_subtree",
+    "signal_members",
+    "wait_dead",
+]
 
 
 def freeze_subtree(root_pid: int, root_pidfd: int | None) -> list[Member]:
@@ -29,6 +44,16 @@ def freeze_subtree(root_pid: int, root_pidfd: int | None) -> list[Member]:
     if root_pidfd is None:
         return freeze([], (root_pid,))
     return freeze([(root_pid, root_pidfd)])[1:]
+
+
+def kill_subtree(root_pid: int, root_pidfd: int | None) -> list[Member]:
+    """SIGKILL ``root_pid``'s descendants, then the root itself (unless
+    ``root_pidfd`` is None, meaning "this process"), in kill rounds
+    (``_sweep.kill_tree``: the root must be a child subreaper, as every corral
+    child is). Returns the descendants; the caller owns their pidfds."""
+    if root_pidfd is None:
+        return kill_tree([], (root_pid,))
+    return kill_tree([(root_pid, root_pidfd)])[1:]
 
 
 def signal_members(members: list[Member], sig: int) -> None:
@@ -59,11 +84,10 @@ def kill_own_descendants(timeout: float = 1.0) -> None:
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return
-    members = freeze_subtree(os.getpid(), None)
+    members = kill_subtree(os.getpid(), None)
     if not members:
         return
     try:
-        signal_members(members, signal.SIGKILL)
         wait_dead([fd for _, fd in members], timeout)
         # Every member is dead, so every re-parenting has happened: reap them all.
         while True:
