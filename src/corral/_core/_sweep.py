@@ -271,9 +271,10 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
     with the signal pending), so each member is found and signalled once, and the
     kernel's exit work for the first members runs while the rest are found: no
     round waits for a storm's members to be scheduled and stop, as freezing does.
-    The roots are stopped first (so that they neither fork nor reap while their
-    lists are read: a pid read there cannot be recycled before its pidfd is open)
-    and killed last.
+    The roots are sent SIGSTOP first and killed last; the last read waits until they
+    have stopped (a running root could fork after it). The reads before it may see
+    a root reap a child (the pid is then not recycled before its pidfd is opened,
+    microseconds later: pids go round all of ``pid_max`` first).
     """
     members: list[Member] = []
     seen = set(parents)
@@ -283,7 +284,7 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
             members.append((pid, fd))
             send(fd, _SIGSTOP)
     tops_fds = list(members)
-    _wait_stopped(tops_fds, set(), time.monotonic() + STOP_WAIT)
+    stop_deadline = time.monotonic() + STOP_WAIT
     tops = [*parents, *(pid for pid, _ in tops_fds)]
     killed: list[int] = []
     settled = False
@@ -298,6 +299,11 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
             break
         wait_dead(killed, KILL_WAIT)
         killed = []
+        # The reads so far did not need the roots stopped (a root that forked
+        # meanwhile shows its child at the next read); the last one does. In a
+        # storm a root may wait long for its turn on the CPU, so it is waited for
+        # only here, after the walk, which gave it that time.
+        _wait_stopped(tops_fds, set(), stop_deadline)
         settled = True
     kill_all(tops_fds)
     return members
@@ -324,16 +330,22 @@ def _kill_down(pids: list[int], members: list[Member], seen: set[int], killed: l
 def wait_dead(pidfds: list[int], timeout: float) -> bool:
     """Wait until every pidfd reports its process has exited. True if all did."""
     deadline = time.monotonic() + timeout
-    remaining = [fd for fd in pidfds if fd >= 0]
-    while remaining:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        poller = select.poll()
+    remaining = {fd for fd in pidfds if fd >= 0}
+    if not remaining:
+        return True
+    # epoll, registered once: thousands of members exit a few at a time, and a
+    # poll() rebuilt at each wake-up would cost time quadratic in their number.
+    with select.epoll() as ep:
         for fd in remaining:
-            poller.register(fd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(left * 1000)}
-        remaining = [fd for fd in remaining if fd not in ready]
+            ep.register(fd, select.EPOLLIN)
+        while remaining:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for fd, _ in ep.poll(left, maxevents=len(remaining)):
+                if fd in remaining:
+                    remaining.discard(fd)
+                    ep.unregister(fd)
     return True
 
 
