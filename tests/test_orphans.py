@@ -294,3 +294,79 @@ def test_kill_and_terminate_from_the_parent_end_a_storm(
             p.join(TIMEOUT)
         _watch.kill_reap_close(pidfds)
         leaks.kill_and_reap(set(_linux.children_of(os.getpid())) - before)
+
+
+KILL_PARENT = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+import corral
+from corral._core import _linux, _supervisor
+from tests import orphan_targets
+if __name__ == "__main__":
+    ctx = corral.get_context({method!r})
+    r, w = corral.Pipe(duplex=False)
+    p = ctx.Process(target=orphan_targets.storm, args=({depth}, w))
+    p.start()
+    w.close()
+    (root,) = r.recv()
+    while len(list(_linux.descendants_of(root))) < (1 << ({depth} + 1)) - 2:
+        time.sleep(0.01)
+    print("READY", _supervisor.pid(), root, flush=True)
+    sys.stdin.readline()  # the test pinned the subtree
+    if {paused!r}:
+        os.kill(_supervisor.pid(), signal.SIGSTOP)
+    t0 = time.monotonic()
+    by_supervisor = p._popen._kill_by_supervisor()
+    if not by_supervisor:
+        p.kill()
+    took = time.monotonic() - t0
+    if {paused!r}:
+        os.kill(_supervisor.pid(), signal.SIGCONT)
+    p.join(60)
+    print("KILLED", int(by_supervisor), took, p.exitcode, flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["supervisor", "supervisor-paused"])
+def test_kill_of_a_storm_child_is_handed_to_the_supervisor(start_method: str, paused: bool) -> None:
+    # A top-level parent (not a subreaper) asks its supervisor, in a session of its
+    # own, to kill the child's subtree; a paused supervisor costs the kill() its
+    # SUPERVISOR_KILL_WAIT, then the parent does it itself. Nothing is left either way.
+    from corral._core import _popen
+
+    code = KILL_PARENT.format(root=str(ROOT), method=start_method, depth=SMALL_STORM, paused=paused)
+    before = set(_linux.children_of(os.getpid()))
+    parent = helpers.start_parent(code)
+    assert parent.stdin is not None  # (for mypy: start_parent made both)
+    assert parent.stdout is not None
+    pidfds: dict[int, int] = {}
+    try:
+        (supervisor, root), pidfds = helpers.ready_and_pinned(parent)
+        assert supervisor in pidfds
+        # (Not the stdlib's forkserver and resource tracker, also below the parent.)
+        members = {root, *_linux.descendants_of(root)}
+        storm = {pid: fd for pid, fd in pidfds.items() if pid in members}
+        assert root in storm
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT).split()
+        assert line[0] == "KILLED", line
+        assert line[1] == ("0" if paused else "1"), "who did the kill"
+        if paused:
+            assert float(line[2]) >= _popen.SUPERVISOR_KILL_WAIT
+        assert line[3] == str(-signal.SIGKILL), "the child's exit code"
+        survivors, _ = _watch.wait_dead(storm, TIMEOUT)
+        assert not survivors, f"alive after kill(): {survivors}"
+        parent.stdin.write(b"exit\n")
+        parent.stdin.flush()
+        assert parent.wait(TIMEOUT) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(TIMEOUT)
+        parent.stdin.close()
+        parent.stdout.close()
+        _watch.kill_reap_close(pidfds)
+        # Whatever came back to us (a subreaper) from the parent's subtree, reaped.
+        leaks.kill_and_reap(set(_linux.children_of(os.getpid())) - before - {parent.pid})

@@ -172,6 +172,8 @@ class CorralPopen:
         if self.poll() is not None or self._pidfd < 0:
             return
         if sig == signal.SIGKILL:
+            if not _linux.is_child_subreaper() and self._kill_by_supervisor():
+                return
             members = _tree.kill_subtree(self.pid, self._pidfd)
         else:
             members = _tree.freeze_subtree(self.pid, self._pidfd)
@@ -186,6 +188,15 @@ class CorralPopen:
             _reap_when_all_dead(members, (self.pid, os.dup(self._pidfd)))
         else:
             _tree.close_members(members)
+
+    def _kill_by_supervisor(self) -> bool:
+        """Hand the kill to this process's supervisor, which runs it in a session
+        of its own (``_supervisor.kill_subtree``); True once the child is dead. Not
+        for a subreaper caller: the members would come back to it as zombies, and
+        only a caller that knows them can reap them (see below)."""
+        if not _supervisor.kill_subtree(self.pid, self._pidfd, SUPERVISOR_KILL_WAIT):
+            return False
+        return _tree.wait_dead([self._pidfd], 0)
 
     def terminate(self) -> None:
         self._send_signal(signal.SIGTERM)
@@ -250,6 +261,11 @@ def _reap_when_all_dead(members: list[_tree.Member], root: _tree.Member) -> None
 # How long kill() waits for the SIGKILLed members of a child's subtree to be gone
 # (they go in microseconds, unless stuck in the kernel): its bound on a stuck one.
 KILL_WAIT = 1.0
+# How long kill() waits for the supervisor to report a subtree gone before it does
+# the work itself. Its kill takes milliseconds, or about a second for a storm of a
+# thousand (the kernel's exit work); longer covers a busier box, shorter bounds
+# what a paused supervisor (SIGSTOP) costs a kill().
+SUPERVISOR_KILL_WAIT = 5.0
 
 
 def _call_weakly(method: weakref.WeakMethod[Callable[[], bool]]) -> bool:

@@ -338,14 +338,14 @@ def wait_dead(pidfds: list[int], timeout: float) -> bool:
     with select.epoll() as ep:
         for fd in remaining:
             ep.register(fd, select.EPOLLIN)
-        while remaining:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
+        while remaining:  # (polls at least once: a timeout of 0 asks "all gone now?")
+            left = max(0.0, deadline - time.monotonic())
             for fd, _ in ep.poll(left, maxevents=len(remaining)):
                 if fd in remaining:
                     remaining.discard(fd)
                     ep.unregister(fd)
+            if remaining and left == 0:
+                return False
     return True
 
 
@@ -357,13 +357,16 @@ def kill_all(members: list[Member]) -> None:
 
 # -- the supervisor -----------------------------------------------------------------
 
-# The longest registration message: a pid (4 bytes), with one pidfd attached.
-_MESSAGE = 4
+# The messages: a registration is a pid (4 bytes) with its pidfd attached; a kill
+# request is a pid and KILL (8 bytes) with its pidfd and the write end of a "done"
+# socket attached, which is closed once the subtree is gone.
+KILL = b"KILL"
+_MESSAGE = 8
 
 
 def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll) -> bool:
-    """Take every registration waiting on ``sock``. False at EOF (the parent died)."""
-    space = _socket.CMSG_SPACE(4)
+    """Take every message waiting on ``sock``. False at EOF (the parent died)."""
+    space = _socket.CMSG_SPACE(8)
     while True:
         try:
             data, ancillary, _flags, _addr = sock.recvmsg(_MESSAGE, space, _socket.MSG_DONTWAIT)
@@ -373,12 +376,34 @@ def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll)
             continue
         if not data:
             return False
+        fds = []
         for level, kind, payload in ancillary:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                 for k in range(0, len(payload) - len(payload) % 4, 4):
-                    fd = int.from_bytes(payload[k : k + 4], sys.byteorder)
-                    pinned[fd] = int.from_bytes(data, "little")
-                    poller.register(fd, select.EPOLLIN)
+                    fds.append(int.from_bytes(payload[k : k + 4], sys.byteorder))
+        pid = int.from_bytes(data[:4], "little")
+        if data[4:] == KILL and len(fds) == 2:
+            _kill_request(pid, fds[0], fds[1])
+            continue
+        for fd in fds:
+            pinned[fd] = pid
+            poller.register(fd, select.EPOLLIN)
+
+
+def _kill_request(pid: int, pidfd: int, done: int) -> None:
+    """The parent's ``kill()`` of a child, done here, in a session (and so a CPU
+    share) of our own: a storm in the parent's session starves the parent, not us.
+    ``done`` is closed once the subtree is gone (or after KILL_WAIT)."""
+    try:
+        members = kill_tree([(pid, pidfd)])
+        wait_dead([fd for _, fd in members], KILL_WAIT)
+        for _, fd in members:
+            if fd >= 0:
+                os.close(fd)
+    except OSError:  # (out of fds, say: the parent sees ``done`` close and checks)
+        pass
+    finally:
+        os.close(done)
 
 
 def _sweep(pinned: dict[int, int]) -> None:
