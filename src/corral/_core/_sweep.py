@@ -278,8 +278,12 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
     """
     members: list[Member] = []
     seen = set(parents)
+    # A root that has exited is skipped: what it left was re-parented above it, and
+    # its pid, once reaped, may name another process (a kill request the parent
+    # gave up on while we were paused, say).
+    exited = _exited([fd for _, fd in roots])
     for pid, fd in roots:
-        if pid not in seen:
+        if pid not in seen and fd not in exited:
             seen.add(pid)
             members.append((pid, fd))
             send(fd, _SIGSTOP)
@@ -307,6 +311,15 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
         settled = True
     kill_all(tops_fds)
     return members
+
+
+def _exited(pidfds: list[int]) -> set[int]:
+    """Those of ``pidfds`` whose process has exited (readable), in one poll."""
+    poller = select.poll()
+    for fd in pidfds:
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}
 
 
 def _kill_down(pids: list[int], members: list[Member], seen: set[int], killed: list[int]) -> None:
@@ -397,6 +410,8 @@ def _kill_request(pid: int, pidfd: int, done: int) -> None:
     try:
         members = kill_tree([(pid, pidfd)])
         wait_dead([fd for _, fd in members], KILL_WAIT)
+        if all(fd != pidfd for _, fd in members):  # (the child had exited: skipped)
+            os.close(pidfd)
         for _, fd in members:
             if fd >= 0:
                 os.close(fd)
