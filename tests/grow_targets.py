@@ -3,6 +3,9 @@ forkserver can pickle them, and light to import."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import corral
 
 TIMEOUT = 60.0
@@ -36,3 +39,22 @@ def get_then_put_big(q: corral.Queue, n: int) -> bool:
     del got
     q.put(bytearray(pattern(n, 2)), timeout=TIMEOUT)
     return ok
+
+
+def fds_on(inode: int) -> int:
+    """How many of this process's fds are open on the file with ``inode``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # (listdir's own fd, closed since)
+            count += os.stat(f"/proc/self/fd/{name}").st_ino == inode
+    return count
+
+
+def grow_then_count_fds(q: corral.Queue, n: int, inode: int) -> tuple[int, int, int]:
+    """Count the fds open on the queue's memfd (``inode``) here, grow the queue
+    with a message of ``n`` bytes, get it back, and count again. Returns (the fds
+    before, the fds after, the data area size after)."""
+    before = fds_on(inode)
+    q.put(pattern(n, 3), timeout=TIMEOUT)
+    assert q.get(timeout=TIMEOUT) == pattern(n, 3)
+    return before, fds_on(inode), q._ring.size

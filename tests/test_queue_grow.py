@@ -181,6 +181,29 @@ def test_a_default_queue_carries_100_mib_each_way(ctx: corral.CorralContext) -> 
     assert os.fstat(q._ring.fd).st_blocks * 512 <= _ring.RETAIN_BYTES + MIB
 
 
+def test_a_queue_holds_one_fd_however_much_it_grew(ctx: corral.CorralContext) -> None:
+    """A queue is one memfd, mapped with libc's mmap (Python's mmap keeps a
+    duplicate of the fd per mapping): one fd in each process that uses it, before
+    and after growth, here and in a child that grew it further."""
+    q: corral.Queue[bytes] = ctx.Queue()
+    inode = os.fstat(q._ring.fd).st_ino
+    assert gt.fds_on(inode) == 1
+    q.put(gt.pattern(3 * MIB, 1), timeout=TIMEOUT)  # grows it here, twice or more
+    assert q.get(timeout=TIMEOUT) == gt.pattern(3 * MIB, 1)
+    grown = q._ring.size
+    assert grown >= 3 * MIB
+    assert gt.fds_on(inode) == 1
+    child = ctx.Process(target=gt.grow_then_count_fds, args=(q, 12 * MIB, inode))
+    child.start()
+    before, after, child_size = child.result(timeout=TIMEOUT)
+    assert (before, after) == (1, 1)
+    assert child_size > grown  # the child grew it further
+    q.put(b"x", timeout=TIMEOUT)  # catches up with the child's growth here
+    assert q.get(timeout=TIMEOUT) == b"x"
+    assert q._ring.size == child_size
+    assert gt.fds_on(inode) == 1
+
+
 # -- faults --------------------------------------------------------------------------------
 
 FAULTS = ["SIGKILL", "SIGSTOP"]

@@ -63,7 +63,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import mmap
 import os
 import threading
 import time
@@ -78,6 +77,7 @@ from ._later import later
 from ._linux import is_alive, pid_of_tid, proc_start_time
 from ._linux import self_identity as _self_identity
 from ._robust import MUTEX_SIZE, NOWAIT_GRACE, WAIT_SLICE, RobustMutex, init_mutex
+from ._shm import map_fd
 
 __all__ = [
     "PAGE",
@@ -144,11 +144,8 @@ def _growth_bytes(total: int) -> int:
     return -(-(total - NSLOTS) * ctypes.sizeof(Slot) // PAGE) * PAGE
 
 
-def _close(shm: Block, growth: list[tuple[mmap.mmap, ctypes.c_char]]) -> None:
-    maps = [mm for mm, _ in growth]
-    growth.clear()  # (the anchors go first: they hold the mappings' buffers)
-    for mm in maps:
-        mm.close()
+def _close(shm: Block, growth: list[ctypes.Array[ctypes.c_char]]) -> None:
+    growth.clear()  # (each mapping is unmapped as its array goes: see map_fd)
     shm.close()
 
 
@@ -185,7 +182,7 @@ class Monitor:
         # Every slot, the page's and those of the growth area (see _sync_slots).
         self._page_slots = list((Slot * NSLOTS).from_address(base + SLOTS_OFFSET))
         self.slots: list[Slot] = self._page_slots
-        self._growth: list[tuple[mmap.mmap, ctypes.c_char]] = []
+        self._growth: list[ctypes.Array[ctypes.c_char]] = []
         self._slot_pid = 0
         self._slot_index = -1
         self.data_address = base + PAGE
@@ -323,16 +320,10 @@ class Monitor:
         if total == len(self.slots) or total <= NSLOTS:
             return
         extra = total - NSLOTS
-        mm = mmap.mmap(
-            self.shm.fd,
-            _growth_bytes(total),
-            mmap.MAP_SHARED,
-            mmap.PROT_READ | mmap.PROT_WRITE,
-            offset=self.header.growth_at,
-        )
-        anchor = ctypes.c_char.from_buffer(mm)
-        self._growth.append((mm, anchor))
-        grown = (Slot * extra).from_address(ctypes.addressof(anchor))
+        # libc's mmap: Python's would keep a duplicate of the arena's fd per growth.
+        mapping = map_fd(self.shm.fd, _growth_bytes(total), self.header.growth_at)
+        self._growth.append(mapping)
+        grown = (Slot * extra).from_address(ctypes.addressof(mapping))
         self.slots = [*self._page_slots, *grown]
 
     def _remember(self, pid: int, index: int) -> Slot:

@@ -22,14 +22,12 @@ the inlined hot paths) and catches up (``_sync``) if another process grew the ri
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
-import mmap
 import os
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from . import _linux
 from ._futex import futex_wait, futex_wake
@@ -80,11 +78,12 @@ from ._ringlayout import (
     speedups,
 )
 from ._robust import INCONSISTENT, NOWAIT_GRACE, RobustMutex, init_mutex, timeout_until
-from ._shm import SharedMemory
+from ._shm import SharedMemory, map_fd
 
-__all__ = ["RingBase", "deadline_of", "lock_timeout", "map_data"]
+__all__ = ["RingBase", "deadline_of", "lock_timeout", "map_data", "move"]
 
 _sched_yield = os.sched_yield
+_memmove = ctypes.memmove
 _is_alive = _linux.is_alive
 _self_identity = _linux.self_identity
 
@@ -93,14 +92,22 @@ def deadline_of(block: bool, timeout: float | None) -> float | None:
     return None if not block or timeout is None else time.monotonic() + timeout
 
 
-def map_data(fd: int, size: int) -> tuple[mmap.mmap, int]:
-    """Map the header and a data area of ``size`` bytes of the ring's memfd: the
-    mapping, and the address of its data area."""
-    mm = mmap.mmap(fd, DATA + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    anchor = ctypes.c_char.from_buffer(mm)  # (an export of mm, dropped at once)
-    address = ctypes.addressof(anchor) + DATA
-    del anchor
-    return mm, address
+def map_data(fd: int, size: int) -> tuple[memoryview, int]:
+    """Map the header and a data area of ``size`` bytes of the ring's memfd: a
+    byte view of the mapping, and the address of its data area.
+
+    libc's mmap, not Python's: ``mmap.mmap`` keeps a duplicate of the fd for the
+    mapping's life, and a queue is to hold one fd however often it grew. The
+    mapping goes when the view and every slice of it are gone."""
+    array = map_fd(fd, DATA + size)
+    return memoryview(array).cast("B"), ctypes.addressof(array) + DATA
+
+
+def move(address: int, dst: int, src: int, n: int) -> None:
+    """Move ``n`` bytes from offset ``src`` to offset ``dst`` (the ranges may
+    overlap) in the mapping at ``address``: an mmap's ``move``."""
+    if n > 0:
+        _memmove(address + dst, address + src, n)
 
 
 def lock_timeout(block: bool, deadline: float | None) -> float | None:
@@ -130,14 +137,14 @@ class RingBase:
         initial = min(INITIAL_BYTES, capacity)
         self.max_size = capacity  # the data area doubles from ``initial`` up to this
         if _shm is None:
-            _shm = SharedMemory(DATA + initial, what="queue")
+            _shm = SharedMemory(DATA + initial, what="queue", one_fd=True)
             init_mutex(_shm.address + OFF_MUTEX)
             CONST.pack_into(_shm.buf, OFF_CONST, MAGIC, capacity, maxsize)
             U64.pack_into(_shm.buf, OFF_GEO, initial)  # (nobody else sees it yet)
         self._shm = _shm
         # The first mapping: the header's, for good (its slices are bytes: one
         # copy, no intermediate view).
-        self._hm = cast(mmap.mmap, _shm.buf.obj)
+        self._hm = _shm.buf
         self._header = _shm.buf[:DATA]
         self._q = self._header.cast("Q")
         self._i = self._header.cast("I")
@@ -180,8 +187,8 @@ class RingBase:
         self._mm, self._view = self._hm, _shm.buf
         # The mappings claims of this process copy from right now (with the mutex
         # let go), and the mappings replaced since, closed once no copy is left.
-        self._copies: list[tuple[mmap.mmap, memoryview]] = []
-        self._retired: list[tuple[mmap.mmap, memoryview]] = []
+        self._copies: list[tuple[memoryview, memoryview]] = []
+        self._retired: list[tuple[memoryview, memoryview]] = []
         self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex)
         self._use(self._hm, addr + DATA, first)
         if self._q[Q_GEO] != first:  # grown before this process attached
@@ -194,7 +201,7 @@ class RingBase:
 
     # -- geometry --------------------------------------------------------------------
 
-    def _use(self, mm: mmap.mmap, data: int, size: int) -> None:
+    def _use(self, mm: memoryview, data: int, size: int) -> None:
         """Use ``mm`` (data area at address ``data``) of ``size`` bytes from now on,
         with the header's origin (``base``); close the mapping it replaces, unless a
         claim of this process is copying out of it (then once none is). Nothing
@@ -204,7 +211,7 @@ class RingBase:
         origin = self._q[Q_BASE] % size
         retain = min(RETAIN_BYTES, size)
         room = min(size, self.capacity)
-        view = self._shm.buf if mm is self._hm else memoryview(mm)
+        view = mm
         # In this order: an interrupt before ``size`` leaves it behind ``geo``, one
         # before ``_hot`` leaves that behind (see _sync), and the next holder of the
         # mutex does it all again.
@@ -221,9 +228,10 @@ class RingBase:
     def _close_retired(self) -> None:
         while self._retired:
             old, old_view = self._retired.pop()
-            with contextlib.suppress(BufferError):  # (cannot happen; else GC closes it)
-                old_view.release()
-                old.close()
+            # (A slice of it still alive, which cannot happen, would only defer the
+            # unmapping: see map_data.)
+            old_view.release()
+            old.release()
 
     def _sync(self) -> None:
         """With the mutex held, ``geo`` differing from ``size``: catch up with the
@@ -268,7 +276,7 @@ class RingBase:
         self._close_retired()
         if self._mm is not self._hm:
             self._view.release()
-            self._mm.close()
+            self._mm.release()
         self._q.release()
         self._i.release()
         self._header.release()

@@ -307,7 +307,8 @@ class BatchOps(SingleOps):
             # Small and in one lap: one copy now; the frames are parsed after the
             # mutex is let go.
             off = (head - origin) % cap
-            return mm[DATA + off : DATA + off + (end - head)], end, off + (end - head) > retain
+            blob = mm[DATA + off : DATA + off + (end - head)].tobytes()
+            return blob, end, off + (end - head) > retain
         out: list[Received] = []
         give_back = False
         for _ in range(n):
@@ -321,7 +322,7 @@ class BatchOps(SingleOps):
             if nbufs:
                 out.append(self._read_bufs(base, plen, nbufs))
             else:
-                out.append(mm[base + FRAME_HEADER : base + FRAME_HEADER + plen])
+                out.append(mm[base + FRAME_HEADER : base + FRAME_HEADER + plen].tobytes())
             head += flen
             if off + flen > retain:
                 give_back = True

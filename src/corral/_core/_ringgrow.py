@@ -47,7 +47,7 @@ import math
 import os
 from collections.abc import Callable
 
-from ._ringbase import RingBase, map_data
+from ._ringbase import RingBase, map_data, move
 from ._ringlayout import DATA, Q_BASE, Q_GEO, RETAIN_BYTES, place
 
 __all__ = ["GrowOps"]
@@ -114,7 +114,8 @@ class GrowOps(RingBase):
             raise MemoryError(f"cannot grow a queue to {new} bytes: {exc}") from exc
         try:
             if moved_from >= 0:
-                mm.move(DATA + new - old + moved_from, DATA + moved_from, old - moved_from)
+                base = data - DATA
+                move(base, DATA + new - old + moved_from, DATA + moved_from, old - moved_from)
             if _hook is not None:
                 _hook("grow:moved")
             q = self._q
@@ -124,7 +125,7 @@ class GrowOps(RingBase):
                 _hook("grow:committed")
         except BaseException:
             if self._q[Q_GEO] != new:
-                mm.close()
+                mm.release()
             else:
                 self._use(mm, data, new)
             raise

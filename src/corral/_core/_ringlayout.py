@@ -39,7 +39,6 @@ Frame (native, 16-byte aligned; ``frame_size`` gives its length)::
 
 from __future__ import annotations
 
-import mmap
 import os
 import platform
 import struct
@@ -296,7 +295,7 @@ def parse_blob(blob: bytes) -> list[Received]:
 
 
 def read_frame_bufs(
-    src: bytes | mmap.mmap, view: memoryview, base: int, plen: int, nbufs: int
+    src: bytes | memoryview, view: memoryview, base: int, plen: int, nbufs: int
 ) -> tuple[bytes, list[bytearray]]:
     """The pickle and the out-of-band buffers of the frame at ``base`` in ``src``
     (``view``: a memoryview of the same memory, for copying the buffers out)."""

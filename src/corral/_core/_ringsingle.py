@@ -14,7 +14,6 @@ for the whole protocol.
 
 from __future__ import annotations
 
-import mmap
 import queue
 import struct
 import time
@@ -349,7 +348,7 @@ class SingleOps(GrowOps):
                 if nbufs:
                     out = self._read_bufs(base, plen, nbufs)
                 else:
-                    out = mm[base + FRAME_HEADER : base + FRAME_HEADER + plen]
+                    out = mm[base + FRAME_HEADER : base + FRAME_HEADER + plen].tobytes()
                 if _hook is not None:
                     _hook("get:copied")
                 end = head + flen
@@ -389,7 +388,7 @@ class SingleOps(GrowOps):
 
     def _get_claimed(
         self,
-        copy: tuple[mmap.mmap, memoryview],
+        copy: tuple[memoryview, memoryview],
         start: int,
         end: int,
         base: int,

@@ -58,23 +58,25 @@ _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _mmap_shared(fd: int, size: int) -> int:
-    """libc's mmap of ``size`` bytes of ``fd``, shared and read-write: the address."""
-    address = _libc_mmap(None, size, _PROT_RW, mmap.MAP_SHARED, fd, 0)
+def _mmap_shared(fd: int, size: int, offset: int = 0) -> int:
+    """libc's mmap of ``size`` bytes of ``fd`` from ``offset``, shared and
+    read-write: the address."""
+    address = _libc_mmap(None, size, _PROT_RW, mmap.MAP_SHARED, fd, offset)
     if address is None or address == _MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap: {os.strerror(err)}")
     return int(address)
 
 
-def map_fd(fd: int, size: int) -> ctypes.Array[ctypes.c_char]:
-    """Map ``size`` bytes of ``fd`` (shared, read-write) without keeping an fd.
+def map_fd(fd: int, size: int, offset: int = 0) -> ctypes.Array[ctypes.c_char]:
+    """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) without
+    keeping an fd.
 
     ``mmap.mmap`` keeps a duplicate of the fd for the mapping's life; this keeps
     none. The mapping is unmapped when the returned ctypes array and every view of
-    it are gone.
+    it are gone: a view can never outlive the memory under it.
     """
-    address = _mmap_shared(fd, size)
+    address = _mmap_shared(fd, size, offset)
     array = (ctypes.c_char * size).from_address(address)
     weakref.finalize(array, _libc_munmap, address, size).atexit = False
     return array
@@ -98,9 +100,10 @@ class SharedMemory:
         _handle: FdHandle | None = None,
     ):
         """``one_fd``: map with libc's mmap instead of Python's, which keeps a
-        duplicate of the fd for as long as the mapping lives. One fd per block
-        instead of two, for the small objects a program makes by the thousand
-        (locks, values); ``buf`` is then a view of a ctypes array, not of an mmap."""
+        duplicate of the fd for as long as the mapping lives: one fd per block
+        instead of two. ``buf`` is then a view of a ctypes array, not of an mmap,
+        and the block is unmapped once ``buf`` and every view taken of it are gone
+        (``close()`` closes the fd at once)."""
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if _handle is None:
@@ -116,12 +119,9 @@ class SharedMemory:
         self.one_fd = one_fd
         self._mmap: mmap.mmap | None = None
         if one_fd:
-            address = _mmap_shared(_handle.fd, size)
-            self._anchor: ctypes.Array[ctypes.c_char] | ctypes.c_char = (
-                ctypes.c_char * size
-            ).from_address(address)
+            self._anchor: ctypes.Array[ctypes.c_char] | ctypes.c_char = map_fd(_handle.fd, size)
             self.buf = memoryview(self._anchor).cast("B")
-            self.address: int = address
+            self.address: int = ctypes.addressof(self._anchor)
         else:
             self._mmap = mmap.mmap(
                 _handle.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
@@ -152,15 +152,15 @@ class SharedMemory:
             raise OSError(err, os.strerror(err))
 
     def close(self) -> None:
-        """Unmap and close. Safe to call twice. Views exported from ``buf`` must be gone."""
+        """Unmap and close. Safe to call twice. Views exported from ``buf`` must be
+        gone (with ``one_fd``, a slice of ``buf`` still alive defers the unmapping
+        until it goes)."""
         if self._handle.closed:
             return
         self.buf.release()  # (BufferError while views of it remain: nothing unmapped)
         del self._anchor
         if self._mmap is not None:
             self._mmap.close()
-        else:
-            _libc_munmap(self.address, self.size)
         self._handle.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
