@@ -252,17 +252,18 @@ def _adopt(children: list[int], members: list[Member], seen: set[int]) -> bool:
     return new
 
 
-def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member]:
-    """SIGKILL every descendant of ``roots`` and ``parents``, then the roots; no
-    member is stopped first. Returns the members found (roots first); the caller
-    owns the pidfds of the others.
+def kill_tree(roots: list[Member]) -> list[Member]:
+    """SIGKILL every descendant of ``roots``, then the roots; no member is stopped
+    first. Returns the members found (roots first); the caller owns the pidfds of
+    the others.
 
-    For subtrees whose tops are child subreapers (every corral child is; so is a
-    process ending its own subtree, ``parents``): a killed member's children, and
-    their zombies, are re-parented to the nearest subreaper above them, which is a
-    top, where the next read of its children lists finds them. Each round:
+    For roots that are child subreapers (every corral child is, and the roots are
+    corral children: a dead parent's registered ones, or the child of a kill
+    request): a killed member's children, and their zombies, are re-parented to the
+    nearest subreaper above them, which is a root, where the next read of its
+    children lists finds them. Each round:
 
-        read the tops' children lists; SIGKILL each new pid through a pidfd, then
+        read the roots' children lists; SIGKILL each new pid through a pidfd, then
         read its own lists (killed, it can neither fork nor reap) and go down
         nothing new? wait until every killed member has exited (its children are
         re-parented by then), read once more; still nothing: done
@@ -277,7 +278,7 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
     microseconds later: pids go round all of ``pid_max`` first).
     """
     members: list[Member] = []
-    seen = set(parents)
+    seen: set[int] = set()
     # A root that has exited is skipped: what it left was re-parented above it, and
     # its pid, once reaped, may name another process (a kill request the parent
     # gave up on while we were paused, say).
@@ -287,14 +288,13 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
             seen.add(pid)
             members.append((pid, fd))
             send(fd, _SIGSTOP)
-    tops_fds = list(members)
+    live_roots = list(members)
     stop_deadline = time.monotonic() + STOP_WAIT
-    tops = [*parents, *(pid for pid, _ in tops_fds)]
     killed: list[int] = []
     settled = False
     while True:
         found = len(members)
-        for top in tops:
+        for top, _ in live_roots:
             _kill_down(children_of(top), members, seen, killed)
         if len(members) > found:
             settled = False
@@ -307,9 +307,9 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
         # meanwhile shows its child at the next read); the last one does. In a
         # storm a root may wait long for its turn on the CPU, so it is waited for
         # only here, after the walk, which gave it that time.
-        _wait_stopped(tops_fds, set(), stop_deadline)
+        _wait_stopped(live_roots, set(), stop_deadline)
         settled = True
-    kill_all(tops_fds)
+    kill_all(live_roots)
     return members
 
 
