@@ -238,18 +238,33 @@ class _Rounds:
 
 
 def _adopt(children: list[int], members: list[Member], seen: set[int]) -> bool:
+    """Pin and SIGSTOP each of ``children`` not seen yet. True if any was new."""
     new = False
     for child in children:
-        if child in seen:
-            continue
-        fd = _open(child)
-        if fd is None:
-            continue
-        seen.add(child)
-        send(fd, _SIGSTOP, child)
-        members.append((child, fd))
-        new = True
+        if _pin(child, _SIGSTOP, members, seen) is not None:
+            new = True
     return new
+
+
+def _pin(pid: int, sig: int, members: list[Member], seen: set[int]) -> int | None:
+    """Pin ``pid`` with a pidfd, send it ``sig`` (through the pidfd) and record it
+    as a member, unless it is seen already or gone (None). Returns its pidfd, or -1
+    if there is none (the fd table full: see ``_open``).
+
+    The one step of both walks, freeze rounds (SIGSTOP) and kill rounds (SIGKILL).
+    ``pid`` has just been read from a member's children list; why it cannot have
+    been recycled since is the rounds' argument (see ``freeze`` and ``kill_tree``).
+    No syscall but the open and the signal: it runs once per member of a storm.
+    """
+    if pid in seen:
+        return None
+    fd = _open(pid)
+    if fd is None:
+        return None
+    seen.add(pid)
+    send(fd, sig, pid)
+    members.append((pid, fd))
+    return fd
 
 
 def kill_tree(roots: list[Member]) -> list[Member]:
@@ -327,14 +342,9 @@ def _kill_down(pids: list[int], members: list[Member], seen: set[int], killed: l
     todo = pids
     while todo:
         pid = todo.pop()
-        if pid in seen:
-            continue
-        fd = _open(pid)
+        fd = _pin(pid, _SIGKILL, members, seen)
         if fd is None:
             continue
-        seen.add(pid)
-        send(fd, _SIGKILL, pid)
-        members.append((pid, fd))
         if fd >= 0:
             killed.append(fd)
         todo.extend(children_of(pid))
