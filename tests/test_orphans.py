@@ -413,3 +413,50 @@ def _handed_kill(subtree: _Subtree, start_method: str, paused: bool) -> None:
     parent.stdin.write(b"exit\n")
     parent.stdin.flush()
     assert parent.wait(TIMEOUT) == 0
+
+
+SKIP_PARENT = """
+import os, subprocess, sys
+sys.path.insert(0, {root!r})
+from corral._core import _supervisor
+if __name__ == "__main__":
+    supervisor = _supervisor.ensure_started()
+    for _ in range(2):
+        # A child that has exited and been reaped: its pid is free for anyone.
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        pidfd = os.pidfd_open(gone.pid)
+        gone.wait()
+        done = _supervisor.kill_subtree({decoy}, pidfd, 60)
+        os.close(pidfd)
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{{supervisor}}/fd"))
+        print("DONE", int(done), ",".join(map(str, fds)), flush=True)
+"""
+
+
+def test_a_kill_request_for_an_exited_child_is_skipped(subtree: _Subtree) -> None:
+    # A kill request is a pid and a pidfd; the parent may have given up on it (its
+    # supervisor paused) and the child exited, been reaped, and its pid been taken
+    # by another process before the supervisor reads it. Made here on purpose: a
+    # request names a live process with children (the decoy, a shell with two
+    # sleeps) with the pidfd of a process that has exited and been reaped, which is
+    # all a supervisor sees of a recycled pid. It must skip the root: not walk the
+    # decoy's children (kill rounds would SIGKILL them) nor stop the decoy; answer
+    # (close "done"); and close the request's fds (the second request's fds are
+    # counted after the first's: the supervisor holds no more than before it).
+    # (Start methods do not enter here: the parent starts no corral child.)
+    decoy = subtree.own(subprocess.Popen([SHELL, "-c", f"{SLEEP} 300 & {SLEEP} 300 & wait"]))
+    assert wait_until(lambda: len(_linux.children_of(decoy.pid)) == 2, TIMEOUT)
+    pidfds = subtree.pin([decoy.pid, *_linux.children_of(decoy.pid)])
+    assert len(pidfds) == 3
+    parent = subtree.own(helpers.start_parent(SKIP_PARENT.format(root=str(ROOT), decoy=decoy.pid)))
+    assert parent.stdout is not None  # (for mypy: start_parent made it)
+    fds = []
+    for _ in range(2):
+        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT).split()
+        assert line[:2] == ["DONE", "1"], f"the supervisor did not answer: {line}"
+        fds.append(line[2])
+    assert fds[1] == fds[0], "the supervisor kept a request's fds"
+    assert parent.wait(TIMEOUT) == 0
+    alive, _ = _watch.wait_dead(pidfds, 0)
+    assert sorted(alive) == sorted(pidfds), "a signal reached the decoy's subtree"
+    assert all(_linux.proc_state(pid) not in ("T", "t") for pid in pidfds), "the decoy was stopped"
