@@ -26,8 +26,11 @@ The supervisor (``main``), for one parent process:
     parent (corral) ── SOCK_SEQPACKET, fd 0 here ──► supervisor
        one message per started child: its pid, its pidfd (SCM_RIGHTS)
        EOF: the parent is dead, however it died
+       a kill request: a pid and KILL, its pidfd and a "done" socket's end
     epoll: fd 0 (registrations, EOF) + each child's pidfd (exited: forget it)
-    on EOF: freeze every live registered child's subtree, SIGKILL all, wait, exit
+    a kill request: that child's subtree in kill rounds (``kill_tree``; a child
+       that has exited already is skipped), then "done" closed
+    on EOF: every live registered child's subtree in kill rounds, wait, exit
 """
 
 from __future__ import annotations
