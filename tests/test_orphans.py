@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,87 @@ BIG_STORM_BOUND = 10.0
 # (no survivor, born before or after the pinning) and bounds the time as loosely as
 # the big storm's.
 SMALL_STORM_BOUND = BIG_STORM_BOUND
+
+
+class _Subtree:
+    """What a test here starts below the test process: pinned, checked, cleaned up.
+
+    ``before`` is every descendant of the test process when the test begins (the
+    session's forkserver, resource tracker and supervisor among them): never
+    signalled. ``close()``, at the end of the test whatever happened: the callbacks
+    (last first: a parent killed if still running, and reaped), then every pinned
+    process SIGKILLed through its pidfd, reaped if it is ours and its pidfd closed,
+    then whatever else came back to the test process (a subreaper) from the dead
+    subtrees, killed and reaped.
+    """
+
+    def __init__(self) -> None:
+        self.before = leaks.descendants()
+        self.pidfds: dict[int, int] = {}
+        self._callbacks: list[Callable[[], object]] = []
+        self._ended: set[int] = set()  # (pids of the parents, reaped by ``own``)
+
+    def own(self, parent: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """Kill (if running) and reap ``parent`` at the end, and close its pipes."""
+
+        def end() -> None:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait(TIMEOUT)
+            self._ended.add(parent.pid)
+            for stream in (parent.stdin, parent.stdout):
+                if stream is not None:
+                    stream.close()
+
+        self._callbacks.append(end)
+        return parent
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        self._callbacks.append(callback)
+
+    def pin(self, pids: Iterable[int]) -> dict[int, int]:
+        """Pin ``pids`` with pidfds (closed at the end); returns the new ones."""
+        pinned = _watch.pin(list(pids))
+        self.pidfds.update(pinned)
+        return pinned
+
+    def ready_and_pinned(self, parent: subprocess.Popen[bytes]) -> tuple[list[int], dict[int, int]]:
+        """``helpers.ready_and_pinned``, the pidfds closed at the end."""
+        reported, pinned = helpers.ready_and_pinned(parent)
+        self.pidfds.update(pinned)
+        return reported, pinned
+
+    def running_new(self) -> list[int]:
+        """Descendants born during the test that are still running (not gone, not
+        zombies): pinned or not, so a storm's members born after the pinning too."""
+        return [
+            p for p in leaks.descendants() - self.before if _linux.proc_state(p) not in (None, "Z")
+        ]
+
+    def close(self) -> None:
+        while self._callbacks:
+            self._callbacks.pop()()
+        pidfds, self.pidfds = self.pidfds, {}
+        _watch.kill_reap_close(pidfds)
+        # (Never 0 or below: os.kill(0) would signal the test's whole process group.)
+        back = set(_linux.children_of(os.getpid())) - self.before - self._ended
+        leaks.kill_and_reap({p for p in back if p > 0})
+
+
+@pytest.fixture
+def subtree() -> Iterator[_Subtree]:
+    # (Set up after the autouse leak check, so torn down before it looks.)
+    watched = _Subtree()
+    try:
+        yield watched
+    finally:
+        watched.close()
+
+
+def _storm_grown(root: int, depth: int) -> bool:
+    """Whether every lasting process of a storm of ``depth`` is below ``root``."""
+    lasting = (1 << (depth + 1)) - 1
+    return len(list(_linux.descendants_of(root))) >= lasting - 1
 
 
 def _exe(pid: int) -> str | None:
@@ -100,50 +181,32 @@ def _ready(row: str, reported: list[int], parent_pid: int, depth: int) -> bool:
     if row == "manager":
         return True
     if row == "storm":
-        lasting = (1 << (depth + 1)) - 1
-        return len(list(_linux.descendants_of(reported[0]))) >= lasting - 1
+        return _storm_grown(reported[0], depth)
     return all(_hostile(row, pid) for pid in reported)
 
 
-def _run_row(start_method: str, row: str, depth: int, bound: float) -> float:
+def _run_row(subtree: _Subtree, start_method: str, row: str, depth: int, bound: float) -> float:
     argv = [sys.executable, str(PARENT), start_method, row, str(depth)]
-    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    me = os.getpid()
-    before = leaks.descendants()
-    pidfds: dict[int, int] = {}
-    try:
-        assert parent.stdout is not None
-        line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
-        assert line.startswith("READY"), line
-        reported = [int(x) for x in line.split()[1:]]
-        assert wait_until(lambda: _ready(row, reported, parent.pid, depth), TIMEOUT), (
-            f"{row}: the children did not turn hostile within {TIMEOUT} s"
-        )
-        subtree = list(_linux.descendants_of(parent.pid))
-        assert set(reported) <= set(subtree), (reported, subtree)
-        pidfds = _watch.pin(subtree)
-        parent.kill()
-        survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
-        assert parent.wait(TIMEOUT) == -signal.SIGKILL
-        assert not survivors, f"{row}: alive {TIMEOUT} s after the parent died: {survivors}"
-        # (A storm's processes born after the pinning: none may be left running.)
-        late = [
-            p
-            for p in leaks.descendants() - before - set(pidfds)
-            if _linux.proc_state(p) not in (None, "Z")
-        ]
-        assert not late, f"{row}: unpinned descendants still running: {leaks.describe(late)}"
-        assert took < bound, f"{row}: the subtree took {took:.3f} s to die"
-        return took
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(TIMEOUT)
-        if parent.stdout is not None:
-            parent.stdout.close()
-        _watch.kill_reap_close(pidfds)
-        # Whatever came back to us (a subreaper) from the dead subtree, reaped.
-        leaks.kill_and_reap(set(_linux.children_of(me)) - before)
+    parent = subtree.own(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    assert parent.stdout is not None
+    line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
+    assert line.startswith("READY"), line
+    reported = [int(x) for x in line.split()[1:]]
+    assert wait_until(lambda: _ready(row, reported, parent.pid, depth), TIMEOUT), (
+        f"{row}: the children did not turn hostile within {TIMEOUT} s"
+    )
+    subtree_pids = list(_linux.descendants_of(parent.pid))
+    assert set(reported) <= set(subtree_pids), (reported, subtree_pids)
+    pidfds = subtree.pin(subtree_pids)
+    parent.kill()
+    survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
+    assert parent.wait(TIMEOUT) == -signal.SIGKILL
+    assert not survivors, f"{row}: alive {TIMEOUT} s after the parent died: {survivors}"
+    # (A storm's processes born after the pinning: none may be left running.)
+    late = subtree.running_new()
+    assert not late, f"{row}: descendants still running: {leaks.describe(late)}"
+    assert took < bound, f"{row}: the subtree took {took:.3f} s to die"
+    return took
 
 
 ROWS = [
@@ -160,13 +223,14 @@ ROWS = [
 
 @pytest.mark.parametrize(("row", "depth", "bound"), ROWS)
 def test_parent_sigkill_takes_every_hostile_descendant(
+    subtree: _Subtree,
     start_method: str,
     row: str,
     depth: int,
     bound: float,
     record_property: Callable[[str, object], None],
 ) -> None:
-    took = _run_row(start_method, row, depth, bound)
+    took = _run_row(subtree, start_method, row, depth, bound)
     record_property("took_s", round(took, 4))
     print(f"{row} ({start_method}): subtree gone {took * 1000:.1f} ms after the parent's SIGKILL")
 
@@ -188,34 +252,24 @@ if __name__ == "__main__":
 
 
 def test_supervisor_exits_and_is_reaped_when_its_parent_exits_normally(
-    start_method: str,
+    subtree: _Subtree, start_method: str
 ) -> None:
     code = CLEAN_PARENT.format(root=str(ROOT), method=start_method)
-    parent = helpers.start_parent(code)
+    parent = subtree.own(helpers.start_parent(code))
     assert parent.stdin is not None  # (for mypy: start_parent made both)
-    assert parent.stdout is not None
-    pidfds: dict[int, int] = {}
-    try:
-        # The whole subtree pinned (the stdlib's forkserver and resource tracker
-        # exit after their parent, and come back to us to be reaped).
-        (supervisor,), pidfds = helpers.ready_and_pinned(parent)
-        assert supervisor in _linux.children_of(parent.pid)
-        assert supervisor in pidfds, "the supervisor was not running"
-        parent.stdin.write(b"exit\n")
-        parent.stdin.flush()
-        assert parent.wait(TIMEOUT) == 0
-        survivors, _ = _watch.wait_dead({supervisor: pidfds[supervisor]}, 0)
-        assert not survivors, "the supervisor outlived its parent's clean exit"
-        # Its parent reaped it before exiting: it never came back to us as a zombie.
-        with pytest.raises(ChildProcessError):
-            os.waitid(os.P_PIDFD, pidfds[supervisor], os.WEXITED | os.WNOHANG)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(TIMEOUT)
-        parent.stdin.close()
-        parent.stdout.close()
-        _watch.kill_reap_close(pidfds)
+    # The whole subtree pinned (the stdlib's forkserver and resource tracker exit
+    # after their parent, and come back to us to be reaped).
+    (supervisor,), pidfds = subtree.ready_and_pinned(parent)
+    assert supervisor in _linux.children_of(parent.pid)
+    assert supervisor in pidfds, "the supervisor was not running"
+    parent.stdin.write(b"exit\n")
+    parent.stdin.flush()
+    assert parent.wait(TIMEOUT) == 0
+    survivors, _ = _watch.wait_dead({supervisor: pidfds[supervisor]}, 0)
+    assert not survivors, "the supervisor outlived its parent's clean exit"
+    # Its parent reaped it before exiting: it never came back to us as a zombie.
+    with pytest.raises(ChildProcessError):
+        os.waitid(os.P_PIDFD, pidfds[supervisor], os.WEXITED | os.WNOHANG)
 
 
 def test_a_killed_supervisor_is_reaped_and_replaced_at_the_next_start(
@@ -254,46 +308,36 @@ def test_a_paused_supervisor_never_makes_start_hang(
 
 @pytest.mark.parametrize("method", ["kill", "terminate"])
 def test_kill_and_terminate_from_the_parent_end_a_storm(
-    ctx: corral.CorralContext, method: str
+    subtree: _Subtree, ctx: corral.CorralContext, method: str
 ) -> None:
     # kill(): kill rounds below the stopped child (a subreaper); terminate(): freeze
     # rounds, then SIGTERM. Either way nothing of a 127-process storm is left, the
     # members born after the pinning included.
     r, w = corral.Pipe(duplex=False)
+    subtree.on_close(r.close)
     p = ctx.Process(target=orphan_targets.storm, args=(SMALL_STORM, w))
-    before = leaks.descendants()
     p.start()
-    w.close()
-    pidfds: dict[int, int] = {}
-    try:
-        assert r.poll(TIMEOUT), "the storm did not start"
-        (root,) = r.recv()
-        lasting = (1 << (SMALL_STORM + 1)) - 1
-        assert wait_until(lambda: len(list(_linux.descendants_of(root))) >= lasting - 1, TIMEOUT)
-        pidfds = _watch.pin([root, *_linux.descendants_of(root)])
-        getattr(p, method)()
-        survivors, _ = _watch.wait_dead(pidfds, TIMEOUT)
-        assert not survivors, f"{method}: alive {TIMEOUT} s later: {survivors}"
-        p.join(TIMEOUT)
-        expected = -signal.SIGKILL if method == "kill" else -signal.SIGTERM
-        assert p.exitcode == expected
-        assert wait_until(
-            lambda: (
-                not [
-                    q
-                    for q in leaks.descendants() - before
-                    if _linux.proc_state(q) not in (None, "Z")
-                ]
-            ),
-            TIMEOUT,
-        ), f"{method}: unpinned members of the storm still running"
-    finally:
-        r.close()
+
+    def stop() -> None:
         if p.is_alive():
             p.kill()
             p.join(TIMEOUT)
-        _watch.kill_reap_close(pidfds)
-        leaks.kill_and_reap(set(_linux.children_of(os.getpid())) - before)
+
+    subtree.on_close(stop)
+    w.close()
+    assert r.poll(TIMEOUT), "the storm did not start"
+    (root,) = r.recv()
+    assert wait_until(lambda: _storm_grown(root, SMALL_STORM), TIMEOUT)
+    pidfds = subtree.pin([root, *_linux.descendants_of(root)])
+    getattr(p, method)()
+    survivors, _ = _watch.wait_dead(pidfds, TIMEOUT)
+    assert not survivors, f"{method}: alive {TIMEOUT} s later: {survivors}"
+    p.join(TIMEOUT)
+    expected = -signal.SIGKILL if method == "kill" else -signal.SIGTERM
+    assert p.exitcode == expected
+    assert wait_until(lambda: not subtree.running_new(), TIMEOUT), (
+        f"{method}: members of the storm still running"
+    )
 
 
 KILL_PARENT = """
@@ -328,54 +372,91 @@ if __name__ == "__main__":
 """
 
 
-def test_kill_of_a_storm_child_is_handed_to_the_supervisor(start_method: str) -> None:
-    _handed_kill(start_method, paused=False)
+def test_kill_of_a_storm_child_is_handed_to_the_supervisor(
+    subtree: _Subtree, start_method: str
+) -> None:
+    _handed_kill(subtree, start_method, paused=False)
 
 
-def test_kill_with_the_supervisor_paused_falls_back_and_ends_the_storm() -> None:
+def test_kill_with_the_supervisor_paused_falls_back_and_ends_the_storm(subtree: _Subtree) -> None:
     # (Under fork only: the fallback does not depend on the start method, and each
     # run costs its SUPERVISOR_KILL_WAIT.)
-    _handed_kill("fork", paused=True)
+    _handed_kill(subtree, "fork", paused=True)
 
 
-def _handed_kill(start_method: str, paused: bool) -> None:
+def _handed_kill(subtree: _Subtree, start_method: str, paused: bool) -> None:
     # A top-level parent (not a subreaper) asks its supervisor, in a session of its
     # own, to kill the child's subtree; a paused supervisor costs the kill() its
     # SUPERVISOR_KILL_WAIT, then the parent does it itself. Nothing is left either way.
     from corral._core import _popen
 
     code = KILL_PARENT.format(root=str(ROOT), method=start_method, depth=SMALL_STORM, paused=paused)
-    before = set(_linux.children_of(os.getpid()))
-    parent = helpers.start_parent(code)
+    parent = subtree.own(helpers.start_parent(code))
     assert parent.stdin is not None  # (for mypy: start_parent made both)
     assert parent.stdout is not None
-    pidfds: dict[int, int] = {}
-    try:
-        (supervisor, root), pidfds = helpers.ready_and_pinned(parent)
-        assert supervisor in pidfds
-        # (Not the stdlib's forkserver and resource tracker, also below the parent.)
-        members = {root, *_linux.descendants_of(root)}
-        storm = {pid: fd for pid, fd in pidfds.items() if pid in members}
-        assert root in storm
-        parent.stdin.write(b"go\n")
-        parent.stdin.flush()
+    (supervisor, root), pidfds = subtree.ready_and_pinned(parent)
+    assert supervisor in pidfds
+    # (Not the stdlib's forkserver and resource tracker, also below the parent.)
+    members = {root, *_linux.descendants_of(root)}
+    storm = {pid: fd for pid, fd in pidfds.items() if pid in members}
+    assert root in storm
+    parent.stdin.write(b"go\n")
+    parent.stdin.flush()
+    line = helpers.read_line(parent.stdout.fileno(), TIMEOUT).split()
+    assert line[0] == "KILLED", line
+    assert line[1] == ("0" if paused else "1"), "who did the kill"
+    if paused:
+        assert float(line[2]) >= _popen.SUPERVISOR_KILL_WAIT
+    assert line[3] == str(-signal.SIGKILL), "the child's exit code"
+    survivors, _ = _watch.wait_dead(storm, TIMEOUT)
+    assert not survivors, f"alive after kill(): {survivors}"
+    parent.stdin.write(b"exit\n")
+    parent.stdin.flush()
+    assert parent.wait(TIMEOUT) == 0
+
+
+SKIP_PARENT = """
+import os, subprocess, sys
+sys.path.insert(0, {root!r})
+from corral._core import _supervisor
+if __name__ == "__main__":
+    supervisor = _supervisor.ensure_started()
+    for _ in range(2):
+        # A child that has exited and been reaped: its pid is free for anyone.
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        pidfd = os.pidfd_open(gone.pid)
+        gone.wait()
+        done = _supervisor.kill_subtree({decoy}, pidfd, 60)
+        os.close(pidfd)
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{{supervisor}}/fd"))
+        print("DONE", int(done), ",".join(map(str, fds)), flush=True)
+"""
+
+
+def test_a_kill_request_for_an_exited_child_is_skipped(subtree: _Subtree) -> None:
+    # A kill request is a pid and a pidfd; the parent may have given up on it (its
+    # supervisor paused) and the child exited, been reaped, and its pid been taken
+    # by another process before the supervisor reads it. Made here on purpose: a
+    # request names a live process with children (the decoy, a shell with two
+    # sleeps) with the pidfd of a process that has exited and been reaped, which is
+    # all a supervisor sees of a recycled pid. It must skip the root: not walk the
+    # decoy's children (kill rounds would SIGKILL them) nor stop the decoy; answer
+    # (close "done"); and close the request's fds (the second request's fds are
+    # counted after the first's: the supervisor holds no more than before it).
+    # (Start methods do not enter here: the parent starts no corral child.)
+    decoy = subtree.own(subprocess.Popen([SHELL, "-c", f"{SLEEP} 300 & {SLEEP} 300 & wait"]))
+    assert wait_until(lambda: len(_linux.children_of(decoy.pid)) == 2, TIMEOUT)
+    pidfds = subtree.pin([decoy.pid, *_linux.children_of(decoy.pid)])
+    assert len(pidfds) == 3
+    parent = subtree.own(helpers.start_parent(SKIP_PARENT.format(root=str(ROOT), decoy=decoy.pid)))
+    assert parent.stdout is not None  # (for mypy: start_parent made it)
+    fds = []
+    for _ in range(2):
         line = helpers.read_line(parent.stdout.fileno(), TIMEOUT).split()
-        assert line[0] == "KILLED", line
-        assert line[1] == ("0" if paused else "1"), "who did the kill"
-        if paused:
-            assert float(line[2]) >= _popen.SUPERVISOR_KILL_WAIT
-        assert line[3] == str(-signal.SIGKILL), "the child's exit code"
-        survivors, _ = _watch.wait_dead(storm, TIMEOUT)
-        assert not survivors, f"alive after kill(): {survivors}"
-        parent.stdin.write(b"exit\n")
-        parent.stdin.flush()
-        assert parent.wait(TIMEOUT) == 0
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(TIMEOUT)
-        parent.stdin.close()
-        parent.stdout.close()
-        _watch.kill_reap_close(pidfds)
-        # Whatever came back to us (a subreaper) from the parent's subtree, reaped.
-        leaks.kill_and_reap(set(_linux.children_of(os.getpid())) - before - {parent.pid})
+        assert line[:2] == ["DONE", "1"], f"the supervisor did not answer: {line}"
+        fds.append(line[2])
+    assert fds[1] == fds[0], "the supervisor kept a request's fds"
+    assert parent.wait(TIMEOUT) == 0
+    alive, _ = _watch.wait_dead(pidfds, 0)
+    assert sorted(alive) == sorted(pidfds), "a signal reached the decoy's subtree"
+    assert all(_linux.proc_state(pid) not in ("T", "t") for pid in pidfds), "the decoy was stopped"

@@ -26,8 +26,11 @@ The supervisor (``main``), for one parent process:
     parent (corral) ── SOCK_SEQPACKET, fd 0 here ──► supervisor
        one message per started child: its pid, its pidfd (SCM_RIGHTS)
        EOF: the parent is dead, however it died
+       a kill request: a pid and KILL, its pidfd and a "done" socket's end
     epoll: fd 0 (registrations, EOF) + each child's pidfd (exited: forget it)
-    on EOF: freeze every live registered child's subtree, SIGKILL all, wait, exit
+    a kill request: that child's subtree in kill rounds (``kill_tree``; a child
+       that has exited already is skipped), then "done" closed
+    on EOF: every live registered child's subtree in kill rounds, wait, exit
 """
 
 from __future__ import annotations
@@ -238,31 +241,47 @@ class _Rounds:
 
 
 def _adopt(children: list[int], members: list[Member], seen: set[int]) -> bool:
+    """Pin and SIGSTOP each of ``children`` not seen yet. True if any was new."""
     new = False
     for child in children:
-        if child in seen:
-            continue
-        fd = _open(child)
-        if fd is None:
-            continue
-        seen.add(child)
-        send(fd, _SIGSTOP, child)
-        members.append((child, fd))
-        new = True
+        if _pin(child, _SIGSTOP, members, seen) is not None:
+            new = True
     return new
 
 
-def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member]:
-    """SIGKILL every descendant of ``roots`` and ``parents``, then the roots; no
-    member is stopped first. Returns the members found (roots first); the caller
-    owns the pidfds of the others.
+def _pin(pid: int, sig: int, members: list[Member], seen: set[int]) -> int | None:
+    """Pin ``pid`` with a pidfd, send it ``sig`` (through the pidfd) and record it
+    as a member, unless it is seen already or gone (None). Returns its pidfd, or -1
+    if there is none (the fd table full: see ``_open``).
 
-    For subtrees whose tops are child subreapers (every corral child is; so is a
-    process ending its own subtree, ``parents``): a killed member's children, and
-    their zombies, are re-parented to the nearest subreaper above them, which is a
-    top, where the next read of its children lists finds them. Each round:
+    The one step of both walks, freeze rounds (SIGSTOP) and kill rounds (SIGKILL).
+    ``pid`` has just been read from a member's children list; why it cannot have
+    been recycled since is the rounds' argument (see ``freeze`` and ``kill_tree``).
+    No syscall but the open and the signal: it runs once per member of a storm.
+    """
+    if pid in seen:
+        return None
+    fd = _open(pid)
+    if fd is None:
+        return None
+    seen.add(pid)
+    send(fd, sig, pid)
+    members.append((pid, fd))
+    return fd
 
-        read the tops' children lists; SIGKILL each new pid through a pidfd, then
+
+def kill_tree(roots: list[Member]) -> list[Member]:
+    """SIGKILL every descendant of ``roots``, then the roots; no member is stopped
+    first. Returns the members found (roots first); the caller owns the pidfds of
+    the others.
+
+    For roots that are child subreapers (every corral child is, and the roots are
+    corral children: a dead parent's registered ones, or the child of a kill
+    request): a killed member's children, and their zombies, are re-parented to the
+    nearest subreaper above them, which is a root, where the next read of its
+    children lists finds them. Each round:
+
+        read the roots' children lists; SIGKILL each new pid through a pidfd, then
         read its own lists (killed, it can neither fork nor reap) and go down
         nothing new? wait until every killed member has exited (its children are
         re-parented by then), read once more; still nothing: done
@@ -277,7 +296,7 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
     microseconds later: pids go round all of ``pid_max`` first).
     """
     members: list[Member] = []
-    seen = set(parents)
+    seen: set[int] = set()
     # A root that has exited is skipped: what it left was re-parented above it, and
     # its pid, once reaped, may name another process (a kill request the parent
     # gave up on while we were paused, say).
@@ -287,14 +306,13 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
             seen.add(pid)
             members.append((pid, fd))
             send(fd, _SIGSTOP)
-    tops_fds = list(members)
+    live_roots = list(members)
     stop_deadline = time.monotonic() + STOP_WAIT
-    tops = [*parents, *(pid for pid, _ in tops_fds)]
     killed: list[int] = []
     settled = False
     while True:
         found = len(members)
-        for top in tops:
+        for top, _ in live_roots:
             _kill_down(children_of(top), members, seen, killed)
         if len(members) > found:
             settled = False
@@ -307,9 +325,9 @@ def kill_tree(roots: list[Member], parents: tuple[int, ...] = ()) -> list[Member
         # meanwhile shows its child at the next read); the last one does. In a
         # storm a root may wait long for its turn on the CPU, so it is waited for
         # only here, after the walk, which gave it that time.
-        _wait_stopped(tops_fds, set(), stop_deadline)
+        _wait_stopped(live_roots, set(), stop_deadline)
         settled = True
-    kill_all(tops_fds)
+    kill_all(live_roots)
     return members
 
 
@@ -327,14 +345,9 @@ def _kill_down(pids: list[int], members: list[Member], seen: set[int], killed: l
     todo = pids
     while todo:
         pid = todo.pop()
-        if pid in seen:
-            continue
-        fd = _open(pid)
+        fd = _pin(pid, _SIGKILL, members, seen)
         if fd is None:
             continue
-        seen.add(pid)
-        send(fd, _SIGKILL, pid)
-        members.append((pid, fd))
         if fd >= 0:
             killed.append(fd)
         todo.extend(children_of(pid))
