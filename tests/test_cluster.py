@@ -345,7 +345,7 @@ def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
     # The window of "a finished item never runs again" across a dask worker's death:
     # the worker is killed as soon as item 45 blocks, without waiting for the items
     # before it to reach us. Those whose report had not reached the client when it
-    # died (a few ms of transit, or up to REPORT_INTERVAL for a stream of fast
+    # died (a few ms of transit, or up to a report interval for a stream of fast
     # items) may run again; an item the client had received never does, and none
     # is delivered twice.
     where = str(tmp_path)

@@ -101,3 +101,20 @@ def test_a_local_cluster_dies_with_its_owner(tmp_path: Path, how: str) -> None:
         parent.stdin.close()
         parent.stdout.close()
         _watch.kill_reap_close(pidfds)
+
+
+@needs_distributed
+@pytest.mark.parametrize(
+    ("processes", "interval"), [(1, 0.005), (2, 0.005), (5, 0.005), (32, 0.032), (500, 0.05)]
+)
+def test_the_report_interval_follows_the_cluster_size(processes: int, interval: float) -> None:
+    # What finished within one interval before a dask worker's death may run
+    # again: a small cluster reports every 5 ms (near a local pool's commit); a
+    # large one less often, so that the scheduler relays at most
+    # REPORTS_PER_SECOND reports, up to 50 ms (one interval per running chunk).
+    from corral._pool import _cluster
+
+    assert _cluster.report_interval(processes) == pytest.approx(interval)
+    assert processes / _cluster.report_interval(processes) <= max(
+        _cluster.REPORTS_PER_SECOND, processes / _cluster.REPORT_MAX
+    )

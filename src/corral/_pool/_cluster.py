@@ -78,6 +78,21 @@ MAX_RESUBMITS = 5
 # running chunks' reports are dropped there after this many (one round trip each
 # time): the bound on the memory they hold on the scheduler.
 FORGET_REPORTS_EVERY = 256
+# A running chunk reports its outcomes to us at most once per report interval
+# (``_cluster_node``). What finished within the interval before its dask worker's
+# death may run again, so shorter is better; but every report is a message the
+# scheduler relays, one per interval per running chunk. The interval is the running
+# chunks (one per unit of concurrency) over REPORTS_PER_SECOND, the scheduler's
+# share of reports, within [REPORT_MIN, REPORT_MAX]: 5 ms on a small cluster (close
+# to a local pool's commit), 50 ms from 50 threads up.
+REPORTS_PER_SECOND = 1000
+REPORT_MIN = 0.005
+REPORT_MAX = 0.05
+
+
+def report_interval(processes: int) -> float:
+    """How often each of ``processes`` running chunks may report (see above)."""
+    return min(REPORT_MAX, max(REPORT_MIN, processes / REPORTS_PER_SECOND))
 
 
 class RemoteChunk:
@@ -279,6 +294,7 @@ class ClusterEngine(EngineBase):
             job.timeout,
             job.retries,
             node_options,
+            report_interval(self.processes),
         )
         try:
             payload = dumps(spec)

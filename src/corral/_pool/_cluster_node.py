@@ -6,7 +6,7 @@
                                                    the corral.Pool kept for ``token`` here
                                                    imap over the items, per-item outcomes
     stop variable (job ids, or all) <--poll--      every STOP_POLL s: stopped? cancel imap
-    <--dask event (key, first, outcomes)--       new outcomes, at most every REPORT_INTERVAL
+    <--dask event (key, first, outcomes)--       new outcomes, at most every report interval
     <--dask-- ("done", outcomes, seconds) or ("stopped",)
     client.run(release, token) ---------->       terminate the pool kept for ``token``
 
@@ -44,12 +44,9 @@ __all__ = ["forget_reports", "release", "run_chunk", "suspicious_deaths"]
 # How often a running chunk asks the scheduler whether it was stopped. The promise
 # is a stop within 1 s on every node; each poll is one round trip to the scheduler.
 STOP_POLL = 0.2
-# A running chunk reports its outcomes to the client (a dask event) at most this
-# often: an outcome after a quiet spell at once, a stream of fast ones in batches.
-# It bounds what runs again when the dask worker dies (what finished within it,
-# before the death); each report is one message through the scheduler, so shorter
-# costs the scheduler and the client more messages for fast items.
-REPORT_INTERVAL = 0.05
+# A running chunk reports its outcomes to the client (a dask event) at once after a
+# quiet spell, a stream of fast ones in batches, at most once per report interval:
+# the client sets it by the cluster's size (``_cluster.report_interval``).
 # A kept pool that no chunk used for this long is ended by the next chunk run on
 # the node (its client went away without releasing it, say).
 KEPT_IDLE_SECONDS = 300.0
@@ -179,7 +176,9 @@ def run_chunk(payload: bytes) -> bytes:
     ``("rerun",)`` without running anything when dask runs the task again after its
     worker died: the client then submits only the items it has no report of.
     """
-    token, job_id, key, fn, mode, items, timeout, retries, options = pickle.loads(payload)
+    (token, job_id, key, fn, mode, items, timeout, retries, options, interval) = pickle.loads(
+        payload
+    )
     if _rerun(key):
         return pickle.dumps(("rerun",))
     kept = _pool_for(token, options)
@@ -188,7 +187,9 @@ def run_chunk(payload: bytes) -> bytes:
     with _kept_lock:
         kept.active += 1
     try:
-        return _run_items(kept.pool, token, job_id, key, fn, mode, items, timeout, retries)
+        return _run_items(
+            kept.pool, token, job_id, key, fn, mode, items, timeout, retries, interval
+        )
     finally:
         with _kept_lock:
             kept.active -= 1
@@ -205,6 +206,7 @@ def _run_items(
     items: list[Any],
     timeout: float | None,
     retries: int | None,
+    interval: float,
 ) -> bytes:
     import distributed
 
@@ -235,7 +237,7 @@ def _run_items(
         if now >= next_report and len(outcomes) > reported:
             retried = pool.statistics().tasks_retried - retried_before
             reported = _report(token, key, reported, outcomes, retried)
-            next_report = now + REPORT_INTERVAL
+            next_report = now + interval
         if now >= next_poll:
             stopped, everything = _stopped(variable, job_id)
             if stopped:
