@@ -65,6 +65,7 @@ from ._core._robust import (
     RobustMutex,
     checked_unlock,
     consistent_unchecked,
+    exit_calling,
     init_mutex,
 )
 from ._core._robust import trylock_unchecked as _fast_trylock
@@ -171,7 +172,8 @@ class _PyLockBase:
     # release() and __exit__ are no Python functions: CPython checks for signals
     # at the start of every Python function, which would be before the unlock.
     # Each is a property (C: attrgetter) giving a C callable (``checked_unlock``:
-    # partial over ctypes) that unlocks before any Python frame runs.
+    # partial over ctypes; for __exit__, ``exit_calling`` over it, which drops the
+    # exception's details) that unlocks before any Python frame runs.
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock; with ``block`` False or a ``timeout``, return False
         if it could not be had. ``timeout=None`` waits forever."""
@@ -228,9 +230,9 @@ class _PyLockBase:
 
     def _bind(self, address: int) -> None:
         """(The C version keeps the address; this one binds the unlocking calls.)"""
-        release, exit_ = checked_unlock(_not_owner_raiser(type(self).__name__))
+        release = checked_unlock(_not_owner_raiser(type(self).__name__))
         self._release = functools.partial(release, self._m)
-        self._exit = functools.partial(exit_, self._m)
+        self._exit = exit_calling(self._release)
 
     def _acquire_slow(self, rc: int, block: bool, timeout: float | None) -> bool:
         raise NotImplementedError
