@@ -44,8 +44,10 @@ import operator
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import starmap
 from threading import BrokenBarrierError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -594,33 +596,52 @@ class Semaphore:
                 mon.wake_all()
 
     def release(self, n: int = 1) -> None:
-        """Give back ``n`` units. BoundedSemaphore raises ValueError past its bound."""
+        """Give back ``n`` units, all or none: BoundedSemaphore raises ValueError,
+        and gives back nothing, if they would take it past its bound."""
         if n < 1:
             raise ValueError("n must be one or more")
         mon = self._mon
-        f = mon.f
-        try:
+        wake = False
+        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
             mon.lock()
-            mine = mon.my_slot()
-            for _ in range(n):
-                if f.bound and f.value >= f.bound:
-                    raise ValueError("semaphore or lock released too many times")
-                if mine.held > 0:
-                    mine.held -= 1
-                elif f.bound:
-                    other = next((s for s in mon.slots if s.pid and s.held > 0), None)
-                    if other is None:  # only after a repair; never exceed the bound
-                        raise ValueError("semaphore or lock released too many times")
-                    other.held -= 1
-                else:
-                    f.total += 1
-                f.value += 1
-            mon.bump()
+            stores = self._release_stores(mon.my_slot(), n)
+            # One C call makes every store: an interrupt (CPython checks for one
+            # after each call and at each loop's end, never inside a C call) lands
+            # before all of them or after all of them, never between two units.
+            deque(starmap(setattr, stores), 0)
             wake = mon.has_waiters()
         finally:
             mon.unlock()
         if wake:
             mon.wake(n)
+
+    def _release_stores(self, mine: Slot, n: int) -> list[tuple[object, str, int]]:
+        """(Monitor mutex held.) The stores that give back ``n`` units, planned
+        without making any: first this process's units (``mine``); then, for a
+        bounded semaphore, other holders' (only after a repair, or a release on a
+        holder's behalf); else new units. Raises ValueError past the bound."""
+        mon = self._mon
+        f = mon.f
+        if f.bound and f.value + n > f.bound:
+            raise ValueError("semaphore or lock released too many times")
+        own = min(n, int(mine.held))
+        stores: list[tuple[object, str, int]] = [(mine, "held", mine.held - own)]
+        rest = n - own
+        if f.bound:
+            for s in mon.slots:
+                if rest == 0:
+                    break
+                if s.pid and s.held > 0 and s is not mine:
+                    k = min(rest, int(s.held))
+                    stores.append((s, "held", s.held - k))
+                    rest -= k
+            if rest:  # only after a repair; never exceed the bound
+                raise ValueError("semaphore or lock released too many times")
+        else:
+            stores.append((f, "total", f.total + rest))
+        stores.append((f, "value", f.value + n))
+        stores.append((mon.header, "seq", (mon.header.seq + 1) & 0xFFFFFFFF))  # mon.bump()
+        return stores
 
     def get_value(self) -> int:
         # One aligned load, without the mutex: a paused peer holding it delays no one.
