@@ -16,7 +16,8 @@ interrupt could land first. A Semaphore's units are not checked: an interrupt at
 the very start of its (Python) ``release()`` keeps the unit with the caller, as
 design.md says ("Interrupts"). The release storm below checks them: an
 interrupted ``release(n)`` gives back all ``n`` units or none, and no unit is
-lost or made up.
+lost or made up. A Condition's registrations are checked too: every wait
+registered ended, notified or cancelled.
 """
 
 from __future__ import annotations
@@ -198,6 +199,10 @@ def _works_after(kind: str, obj: Any) -> None:
         assert obj.statistics().recoveries == 0
     if kind == "Condition":
         assert obj._lock.statistics().recoveries == 0  # its lock: none left to a dead owner
+        # Every wait registered was notified or cancelled: none left behind by an
+        # interrupt (it would take a later notification, or wake a waiter spuriously).
+        f = obj._mon.f
+        assert (f.total - f.wakeup, f.wakeup - f.woken) == (0, 0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -14,6 +14,7 @@ honoured. See ``corral._synchronize`` for the family.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -45,6 +46,9 @@ class _CondMonitor(Monitor):
         self.f = _CondFields.from_address(self.user_address)
 
     def cancel_one(self) -> None:
+        """(Lock held.) One registered wait ends without a notification (written
+        out again in ``Condition._cancel``, where a call would be a place for an
+        interrupt to land)."""
         f = self.f
         if f.total > f.wakeup:
             f.wakeup += 1
@@ -116,68 +120,93 @@ class Condition:
         mon = self._mon
         f = mon.f
         deadline = _deadline(True, timeout)
-        try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
-            if not mon.try_lock(_lock_wait(deadline)):
-                return False  # a peer holds the bookkeeping past our deadline: timed out
-            f.total += 1
-            mon.my_slot().mark += 1
-            registered_at = f.wakeup
-        finally:
-            mon.unlock()
-        saved = lock._release_save()
+        # A registered wait must end notified or cancelled, whatever interrupts it,
+        # or it would keep a notification no one takes (and waiters would wake for
+        # it spuriously). wait[0]: where it was registered, until it has ended
+        # (then -1); registering and ending are each one step of attribute stores,
+        # with no call after which an interrupt could land half-way.
+        wait = [-1]
         try:
-            return self._wait_registered(registered_at, deadline)
+            try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
+                if not mon.try_lock(_lock_wait(deadline)):
+                    return False  # a peer holds the bookkeeping past our deadline: timed out
+                slot = mon.my_slot()
+                f.total += 1
+                slot.mark += 1
+                wait[0] = f.wakeup
+            finally:
+                mon.unlock()
+            saved = lock._release_save()
+        except BaseException:
+            if wait[0] >= 0:
+                self._cancel_later(slot, wait)
+            raise
+        try:
+            return self._wait_registered(slot, wait, deadline)
+        except BaseException:
+            if wait[0] >= 0:  # (landed before _wait_registered's own handler)
+                self._cancel_later(slot, wait)
+            raise
         finally:
             lock._acquire_restore(saved)
 
-    def _wait_registered(self, registered_at: int, deadline: float) -> bool:
-        """Wait for a notification meant for the wait registered at
-        ``registered_at``; then un-register it (in the background, ``_later``, if
-        a paused peer holds the mutex past ``deadline``)."""
+    def _wait_registered(self, slot: Slot, wait: list[int], deadline: float) -> bool:
+        """Wait for a notification meant for the wait registered at ``wait[0]``;
+        else cancel it (in the background, ``_later``, if a paused peer holds the
+        mutex past ``deadline``)."""
         mon = self._mon
         f = mon.f
-        notified = relocked = False
+        registered_at = wait[0]
         try:  # (the mutex is taken inside: see _core._monitor, "Interrupts")
             if not mon.try_lock(_lock_wait(deadline)):
-                mon.apply(self._unregister)
+                self._cancel_later(slot, wait)
                 return False
             while True:
                 if f.wakeup != registered_at and f.woken < f.wakeup:
+                    # (One step: stores only. The notification is ours.)
                     f.woken += 1
-                    notified = True
-                    break
+                    slot.mark = slot.mark - 1 if slot.mark > 0 else 0
+                    wait[0] = -1
+                    return True
                 remaining = _remaining(deadline)
                 if remaining <= 0:
                     break
                 try:
                     woken, _ = mon.wait(remaining)
                 except LockTimeout:
-                    mon.apply(self._unregister)
+                    self._cancel_later(slot, wait)
                     return False
                 if not woken:
                     mon.reap_due()
-            if notified:
-                mon.my_slot().mark = max(0, mon.my_slot().mark - 1)
-            else:
-                self._unregister()
-            relocked = True  # (un-registered: nothing left to do)
+            self._cancel(slot, wait)
+            return False
         except BaseException:  # (Ctrl-C in the wait: the mutex may not be ours)
-            if not relocked:
+            if wait[0] >= 0:
                 if mon.held():
-                    self._unregister()
+                    self._cancel(slot, wait)
                 else:
-                    mon.apply(self._unregister)
+                    self._cancel_later(slot, wait)
             raise
         finally:
             mon.unlock()
-        return notified
 
-    def _unregister(self) -> None:
-        """(Monitor mutex held.) A registered wait ends without a notification."""
-        mon = self._mon
-        mon.cancel_one()
-        slot = mon.my_slot()
-        slot.mark = max(0, slot.mark - 1)
+    def _cancel(self, slot: Slot, wait: list[int]) -> None:
+        """(Monitor mutex held.) The registered wait ``wait`` ends without a
+        notification: one step of stores, no calls (see ``wait``)."""
+        if wait[0] < 0:
+            return  # (ended already)
+        f = self._mon.f
+        if f.total > f.wakeup:
+            f.wakeup += 1
+            f.woken += 1
+        elif f.woken < f.wakeup:
+            f.woken += 1  # a notification came meanwhile: taken, as if cancelled
+        slot.mark = slot.mark - 1 if slot.mark > 0 else 0
+        wait[0] = -1
+
+    def _cancel_later(self, slot: Slot, wait: list[int]) -> None:
+        """``_cancel`` with the mutex taken now, or in the background."""
+        self._mon.apply(functools.partial(self._cancel, slot, wait))
 
     def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         """Wait until ``predicate()`` is true, or ``timeout`` passes; return its last value."""
