@@ -312,3 +312,66 @@ def test_release_storm_gives_back_all_units_or_none(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["Semaphore", "BoundedSemaphore"])
 def test_long_release_storm(kind: str) -> None:
     _release_storm(kind, RELEASE_ROUNDS * 10)
+
+
+# One interrupt at a known place: right after the monitor's mutex is let go, once
+# the caller has counted itself as a waiter (the n-th unlock of the call). The
+# count must be taken back (else statistics() shows waiters that are gone, and
+# every release wakes for nobody), and a Condition's registration cancelled.
+WAITER_ROWS = [
+    ("Lock", 1),  # the slow path counts the waiter, then lets the monitor go
+    ("Event", 1),
+    ("Semaphore", 1),  # Monitor.wait counts, then lets its mutex go
+    ("Condition", 1),  # after the registration
+    ("Condition", 2),  # in Monitor.wait
+]
+
+
+def _interrupt_after_unlock(mon: Any, nth: int) -> tuple[list[int], Any]:
+    real = mon.unlock
+    calls = [0]
+
+    def unlock() -> int:
+        rc: int = real()
+        calls[0] += 1
+        if calls[0] == nth:
+            raise KeyboardInterrupt
+        return rc
+
+    mon.unlock = unlock
+    return calls, real
+
+
+def _wait_on(kind: str, obj: Any) -> None:
+    if kind == "Lock":
+        obj.acquire(timeout=TIMEOUT)  # held by this thread: it waits
+    elif kind == "Event":
+        obj.wait(TIMEOUT)
+    elif kind == "Semaphore":
+        obj.acquire(timeout=TIMEOUT)
+    else:
+        with obj:
+            obj.wait(TIMEOUT)
+
+
+@pytest.mark.parametrize(("kind", "nth"), WAITER_ROWS)
+def test_interrupt_after_the_monitor_unlock_takes_the_waiter_back(kind: str, nth: int) -> None:
+    obj = getattr(corral, kind)(0) if kind == "Semaphore" else getattr(corral, kind)()
+    if kind == "Lock":
+        assert obj.acquire(timeout=TIMEOUT)
+    mon = obj._mon
+    calls, real_unlock = _interrupt_after_unlock(mon, nth)
+    with pytest.raises(KeyboardInterrupt):
+        _wait_on(kind, obj)
+    assert calls[0] >= nth  # it landed where meant
+    mon.unlock = real_unlock
+    if kind == "Lock":
+        obj.release()
+    assert not mon.held()
+    assert mon.header.nwaiters == 0
+    assert mon.my_slot().waiters == 0
+    if kind == "Condition":
+        f = mon.f
+        assert (f.total - f.wakeup, f.wakeup - f.woken) == (0, 0)
+        assert not obj._lock.locked()
+    assert obj.statistics().waiters == 0

@@ -94,7 +94,10 @@ def _count_waiter(mon: Monitor, n: int) -> Callable[[], None]:
 
     def job() -> None:
         slot = mon.my_slot()
-        slot.waiters = max(0, slot.waiters + n)
-        mon.header.nwaiters = max(0, mon.header.nwaiters + n)
+        h = mon.header
+        # (One step: no call between the two stores, where an interrupt could land.)
+        mine, total = slot.waiters + n, h.nwaiters + n
+        slot.waiters = mine if mine > 0 else 0
+        h.nwaiters = total if total > 0 else 0
 
     return job

@@ -70,13 +70,13 @@ class Event:
             return True
         deadline = _deadline(True, timeout)
         counted = False  # (statistics only: skipped if a paused peer holds the mutex)
-        try:
-            if mon.try_lock(_lock_wait(deadline)):
-                _count_waiter(mon, 1)()
-                counted = True
-        finally:
-            mon.unlock()
-        try:
+        try:  # (counted inside the try that uncounts: see Lock._acquire_slow_inner)
+            try:
+                if mon.try_lock(_lock_wait(deadline)):
+                    _count_waiter(mon, 1)()
+                    counted = True
+            finally:
+                mon.unlock()
             while True:
                 seq = h.seq
                 if f.flag:

@@ -281,15 +281,17 @@ class Lock(_LockBase):
         else:
             # Counted as a waiter (for statistics) under the monitor's mutex, which
             # a paused peer may hold: then within the deadline, or not counted.
+            # (Counted inside the try whose finally uncounts: an interrupt right
+            # after the monitor's unlock must not leave the count behind.)
             mon = self._mon
             counted = False
             try:
-                if mon.try_lock(_lock_wait(deadline)):
-                    _count_waiter(mon, 1)()
-                    counted = True
-            finally:
-                mon.unlock()
-            try:
+                try:
+                    if mon.try_lock(_lock_wait(deadline)):
+                        _count_waiter(mon, 1)()
+                        counted = True
+                finally:
+                    mon.unlock()
                 got = mutex.acquire(None if deadline == math.inf else _remaining(deadline))
             finally:
                 if counted:
