@@ -261,7 +261,8 @@ def test_import_loads_only_what_a_child_needs() -> None:
     code = (
         "import sys, corral\n"
         "heavy = ['concurrent.futures', 'logging', 'typing', 'corral._queue', 'corral._pool',\n"
-        "         'corral._synchronize', 'corral._workercrash']\n"
+        "         'corral._synchronize', 'corral._sync_base', 'corral._sync_lock',\n"
+        "         'corral._workercrash']\n"
         "print([m for m in heavy if m in sys.modules])\n"
         "e = corral.WorkerCrashed(-9, 1)\n"
         "print(isinstance(e, corral.ProcessDied), 'concurrent.futures' in sys.modules)\n"

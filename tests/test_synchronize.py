@@ -12,6 +12,7 @@ Three groups:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import pickle
@@ -29,6 +30,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import corral
+from corral._core._robust import MUTEX_SIZE, RobustMutex, checked_unlock, exit_calling, init_mutex
+from corral._sync_lock import _not_owner_raiser, _PyLockBase
 from tests.conftest import wait_until
 
 # Generous bound on "recovers within 100 ms" for loaded test machines; the
@@ -337,10 +340,91 @@ def test_exit_and_release_read_from_the_class_work(kind: str) -> None:
         type(lock).release(lock)
 
 
+def test_exit_calling_drops_the_exception_details() -> None:
+    calls: list[tuple[Any, ...]] = []
+    exit_ = exit_calling(lambda *args: calls.append(args))
+    err = ValueError("in the body")
+    assert exit_(ValueError, err, None) is None  # None: the exception is not swallowed
+    assert exit_(None, None, None) is None
+    assert calls == [(), ()]
+
+
+class _Bound:
+    """What ``_PyLockBase._bind`` binds to: the mutex's address as a c_void_p."""
+
+    _release: Any
+    _exit: Any
+
+    def __init__(self, address: int):
+        self._m = ctypes.c_void_p(address)
+
+
+def test_pure_path_exit_gives_unlock_the_mutex_alone() -> None:
+    # Built whichever base the Lock uses here: the pure path's __exit__ and release.
+    buf = ctypes.create_string_buffer(MUTEX_SIZE)
+    address = ctypes.addressof(buf)
+    init_mutex(address)
+    mutex = RobustMutex(address)
+    bound = _Bound(address)
+    _PyLockBase._bind(bound, address)  # type: ignore[arg-type]
+    unlock = checked_unlock(_not_owner_raiser("Lock"))
+    assert mutex.acquire(timeout=1.0)
+    with pytest.raises(TypeError):  # the unlock takes the mutex and nothing else
+        unlock(bound._m, None, None, None)
+    assert mutex.held()
+    err = ValueError("in the body")
+    assert bound._exit(ValueError, err, None) is None
+    assert not mutex.held()
+    with pytest.raises(RuntimeError, match="does not hold"):
+        bound._exit(None, None, None)
+    assert mutex.acquire(timeout=1.0)
+    bound._release()
+    assert not mutex.held()
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Condition"])
+def test_with_releases_when_the_body_raises(kind: str) -> None:
+    obj = getattr(corral, kind)()
+    lock = obj._lock if kind == "Condition" else obj
+
+    def body() -> None:
+        with obj:
+            assert lock._is_owned()
+            raise ValueError("body")
+
+    with pytest.raises(ValueError, match="body"):
+        body()
+    assert not lock._is_owned()
+    assert not lock.locked()
+    with obj:  # and it works again
+        assert lock._is_owned()
+    assert not lock.locked()
+
+
 def test_refuses_pickling_outside_start() -> None:
     for obj in (corral.Lock(), corral.Semaphore(), corral.Event(), corral.Barrier(2)):
         with pytest.raises(corral.SharingError):
             pickle.dumps(obj)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_rebuild_lock",
+        "_rebuild_semaphore",
+        "_rebuild_event",
+        "_rebuild_condition",
+        "_rebuild_barrier",
+    ],
+)
+def test_rebuild_functions_are_named_in_corral_synchronize(name: str) -> None:
+    # Pickles made before the primitives moved into _sync_*.py name them there.
+    import corral._synchronize
+
+    func = getattr(corral._synchronize, name)
+    old_pickle = f"ccorral._synchronize\n{name}\n.".encode()  # protocol 0: a global
+    assert pickle.loads(old_pickle) is func
+    assert b"corral._synchronize" in pickle.dumps(func)  # new pickles too
 
 
 def test_exceptions_pickle() -> None:

@@ -419,18 +419,19 @@ class Monitor:
         deadline = time.monotonic() + timeout
         s = self.my_slot()
         h = self.header
+
+        def unregister() -> None:
+            # (One step: no call between the two stores, where an interrupt could land.)
+            mine, total = s.waiters - 1, h.nwaiters - 1
+            s.waiters = mine if mine > 0 else 0
+            h.nwaiters = total if total > 0 else 0
+
+        died = relocked = False
         s.waiters += 1
         h.nwaiters += 1
         seq = h.seq
-        self.unlock()
-
-        def unregister() -> None:
-            s = self.my_slot()
-            s.waiters = max(0, s.waiters - 1)
-            h.nwaiters = max(0, h.nwaiters - 1)
-
-        died = relocked = False
-        try:
+        try:  # (the unlock inside: an interrupt right after it still unregisters)
+            self.unlock()
             woken = futex_wait(self.seq_address, seq, min(timeout, WAIT_SLICE))
         finally:
             left = None if timeout == math.inf else max(0.0, deadline - time.monotonic())

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import io
 import math
 import threading
 import time
@@ -50,6 +51,7 @@ __all__ = [
     "RobustMutex",
     "checked_unlock",
     "consistent_unchecked",
+    "exit_calling",
     "init_mutex",
     "timeout_until",
 ]
@@ -144,7 +146,7 @@ _mutex_init = ctypes.CFUNCTYPE(_I, _VP, _VP)(("pthread_mutex_init", libc))
 
 
 class _UnlockAnswer(dict[int, None]):
-    """The ``restype`` of ``checked_unlock``'s functions: glibc's answer 0 maps to
+    """The ``restype`` of ``checked_unlock``'s function: glibc's answer 0 maps to
     None in C (a dict lookup: no Python frame); any other (EPERM: not the owner)
     is missing and raises through ``on_error``."""
 
@@ -156,11 +158,7 @@ class _UnlockAnswer(dict[int, None]):
         self._on_error(rc)
 
 
-# __exit__(exc_type, exc, tb) is called with three more arguments than
-# pthread_mutex_unlock takes: they are passed too, and ignored by it (harmless in
-# the x86-64 and aarch64 C calling conventions: arguments travel in registers and
-# the caller cleans up).
-# Prototypes as PYFUNCTYPE's (GIL kept) but without its "cdecl" flag, under which
+# A prototype as PYFUNCTYPE's (GIL kept) but without its "cdecl" flag, under which
 # ctypes lets a call pass more arguments than declared (``release(1)`` would
 # unlock): the calling convention is the platform's default all the same.
 def _strict_proto(*argtypes: Any) -> Any:
@@ -169,24 +167,40 @@ def _strict_proto(*argtypes: Any) -> Any:
 
 
 _RELEASE_PROTO = _strict_proto(_VP)
-_EXIT_PROTO = _strict_proto(_VP, ctypes.py_object, ctypes.py_object, ctypes.py_object)
 _UNLOCK_ADDRESS: int = ctypes.cast(unlock_unchecked, _VP).value or 0
 
 
 @functools.cache
-def checked_unlock(on_error: Callable[[int], None]) -> tuple[Any, Any]:
-    """``(release, exit)``: glibc's unlock as ctypes functions (bind the mutex's
-    address as a ``c_void_p`` with ``functools.partial``), the second also taking
-    ``__exit__``'s three arguments. A call runs the unlock before any Python frame
+def checked_unlock(on_error: Callable[[int], None]) -> Any:
+    """glibc's unlock as a ctypes function taking the mutex's address alone (bind
+    it as a ``c_void_p`` with ``functools.partial``; more arguments are a
+    TypeError). A call runs the unlock before any Python frame
     (``functools.partial`` and ctypes are C), so an exception that a signal handler
     raises can land only after it: ``release()`` never leaves the lock held. An
-    error answer calls ``on_error(rc)``, which must raise."""
-    answer = _UnlockAnswer(on_error).__getitem__
+    error answer calls ``on_error(rc)``, which must raise. For ``__exit__``, wrap
+    the bound call in ``exit_calling``."""
     release = _RELEASE_PROTO(_UNLOCK_ADDRESS)
-    release.restype = answer
-    exit_ = _EXIT_PROTO(_UNLOCK_ADDRESS)
-    exit_.restype = answer
-    return release, exit_
+    release.restype = _UnlockAnswer(on_error).__getitem__
+    return release
+
+
+class _ExitCalling(io.IOBase):
+    """Holds ``close``, the call that ``exit_calling``'s ``__exit__`` makes.
+
+    ``io.IOBase.__exit__`` is C in CPython (``_io._IOBase``): it ignores its
+    arguments and calls ``self.close()``, found in the instance's dict before the
+    class's. ``closed`` is always True so that IOBase's finaliser never calls it."""
+
+    closed = True
+
+
+def exit_calling(unlock: Callable[[], None]) -> Callable[..., Any]:
+    """An ``__exit__(exc_type, exc, tb)`` that calls ``unlock()`` with no
+    arguments, through C only (``io.IOBase.__exit__``): no Python frame runs
+    before the unlock, and the exception's details never reach glibc."""
+    holder = _ExitCalling()
+    holder.close = unlock  # type: ignore[method-assign]
+    return holder.__exit__
 
 
 def timeout_until(deadline: float | None) -> float | None:

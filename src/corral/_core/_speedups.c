@@ -2,7 +2,7 @@
  * generic fast acquire/release of a robust mutex (LockBase), in C.
  *
  * Optional. corral works without it (the pure-Python paths in _ring.py and
- * _synchronize.py are the reference); when it is built, a single put or get of a
+ * _sync_lock.py are the reference); when it is built, a single put or get of a
  * small message costs one C call instead of about twenty Python operations, and an
  * uncontended lock one C call instead of a Python call plus a ctypes call.
  *
