@@ -288,10 +288,7 @@ class Process(_mp_process.BaseProcess):
                 _bootstrap.teardown()
 
 
-def _encode_outcome(outcome: list[tuple[str, Any]]) -> bytes:
-    kind, obj = outcome[0]
-    if kind == _OK and obj is None:
-        return _OK_NONE
+def _encode_outcome(kind: str, obj: Any) -> bytes:
     message = ""
     try:
         payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
@@ -308,22 +305,30 @@ _LEN = struct.Struct("<Q")
 # that costs less than a second syscall); larger ones in two, without the copy.
 _JOIN_MAX = 64 * 1024
 
-# The commonest outcome, encoded once: a target that returned None.
-_OK_NONE = pickle.dumps((_OK, pickle.dumps(None), ""), pickle.HIGHEST_PROTOCOL)
+
+def _record(data: bytes) -> list[bytes]:
+    """The outcome record as the parts to write: the pickle's length, then the pickle."""
+    if len(data) <= _JOIN_MAX:
+        return [_LEN.pack(len(data)) + data]
+    return [_LEN.pack(len(data)), data]
+
+
+# The commonest outcome, a target that returned None, as its whole record, made
+# once: every object the child builds on its way out costs it page faults.
+_OK_NONE_RECORD = _record(pickle.dumps((_OK, pickle.dumps(None), ""), pickle.HIGHEST_PROTOCOL))
 
 
 def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any]]) -> None:
     """The record: the pickle's length, then the pickle (see ``result``)."""
     try:
         if outcome:
-            data = _encode_outcome(outcome)
+            kind, obj = outcome[0]
+            if kind == _OK and obj is None:
+                parts = _OK_NONE_RECORD
+            else:
+                parts = _record(_encode_outcome(kind, obj))
             # One write for a small record (the start-to-exit path counts every
             # syscall); a large one is not copied to prepend its length.
-            parts = (
-                [_LEN.pack(len(data)) + data]
-                if len(data) <= _JOIN_MAX
-                else [_LEN.pack(len(data)), data]
-            )
             for part in parts:
                 view = memoryview(part)
                 while view:

@@ -77,18 +77,20 @@ os.register_at_fork(
 )
 
 
-def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
-    """In a child: call ``on_parent_death()`` (in the main thread) when the parent dies.
+def armed(fd: int) -> None:
+    """Record ``fd`` as this child's armed lifeline, armed elsewhere (the C path of
+    ``_bootstrap.setup``), so that the child's own fork children close it."""
+    global _armed_fd
+    _armed_fd = fd
 
-    Consumes ``handle``. Must be called from the main thread.
+
+def arm(handle: FdHandle, handler: Callable[[int, object], None]) -> None:
+    """In a child: call the signal handler ``handler`` (in the main thread) when the
+    parent dies. Consumes ``handle``. Must be called from the main thread.
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the lifeline must be armed from the main thread")
     global _armed_fd
-
-    def handler(signum: int, frame: object) -> None:
-        on_parent_death()
-
     # _signal.signal: signal.signal's enum wrapping of the old handler costs about
     # 0.1 ms in a fresh fork child (copy-on-write faults), on every start.
     _signal.signal(LIFELINE_SIGNAL, handler)
@@ -106,4 +108,4 @@ def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
     # dies later raises the signal. (select, not a read: the BlockingIOError of a
     # read costs a fresh child about 30 us more, on every start.)
     if select.select([fd], [], [], 0)[0]:
-        on_parent_death()
+        handler(LIFELINE_SIGNAL, None)
