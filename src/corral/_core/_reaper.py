@@ -99,8 +99,10 @@ class _Reaper:
         # (With the lock held.) Before the fd is closed: a closed fd whose open file
         # is still referenced elsewhere (a dup) would stay in the epoll set.
         if self._epoll is not None:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib.suppress costs every join objects, after the fork)
                 self._epoll.unregister(fd)
+            except OSError:
+                pass
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: already awake
