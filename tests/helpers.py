@@ -211,3 +211,15 @@ def has_children_answers() -> list[bool]:
     os.close(r)
     os.close(w)
     return answers
+
+
+def parent_view(parent_pid: int) -> tuple[bool, bool, bool]:
+    """``parent_process()`` from inside a child: alive?, the right pid?, and is its
+    sentinel the armed lifeline?"""
+    import multiprocessing
+
+    from corral._core import _lifeline
+
+    parent = multiprocessing.parent_process()
+    assert parent is not None
+    return parent.is_alive(), parent.pid == parent_pid, parent.sentinel == _lifeline.armed_fd()

@@ -140,3 +140,12 @@ def test_results_of_every_size_come_back_whole(ctx: corral.CorralContext, nbytes
     p = ctx.Process(target=helpers.bytes_of, args=(nbytes,))
     p.start()
     assert p.result(timeout=TIMEOUT) == helpers.bytes_of(nbytes)
+
+
+def test_parent_process_sees_its_parent(ctx: corral.CorralContext, start_method: str) -> None:
+    """``multiprocessing.parent_process()`` in a child, as in the stdlib's: alive, the
+    right pid. Under fork its sentinel is the child's lifeline (corral's fork launch
+    makes no sentinel pipe of the stdlib's): readable exactly at the parent's death."""
+    p = ctx.Process(target=helpers.parent_view, args=(os.getpid(),))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == (True, True, start_method == "fork")

@@ -312,6 +312,8 @@ class Process(_mp_process.BaseProcess):
 
         self.run = run_and_capture  # type: ignore[method-assign]
         try:
+            if parent_sentinel is None:  # (fork: the lifeline is the parent's sentinel)
+                parent_sentinel = _lifeline.armed_fd()
             code: int = super()._bootstrap(parent_sentinel)  # type: ignore[misc]
             return code
         finally:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from ._fdpass import FdHandle
 from ._linux import F_OWNER_TID, F_SETOWN_EX, F_SETSIG
 
-__all__ = ["LIFELINE_SIGNAL", "arm", "child_end"]
+__all__ = ["LIFELINE_SIGNAL", "arm", "armed", "armed_fd", "child_end"]
 
 # A real-time signal nothing else in the stdlib uses. Real-time signals queue and
 # are never merged with user signals such as SIGUSR1.
@@ -82,6 +82,11 @@ def armed(fd: int) -> None:
     ``_bootstrap.setup``), so that the child's own fork children close it."""
     global _armed_fd
     _armed_fd = fd
+
+
+def armed_fd() -> int | None:
+    """This child's armed lifeline: readable (EOF) once the parent is gone."""
+    return _armed_fd
 
 
 def arm(handle: FdHandle, handler: Callable[[int, object], None]) -> None:

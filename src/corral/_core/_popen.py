@@ -311,6 +311,21 @@ class ForkPopen(CorralPopen, popen_fork.Popen):
         popen_fork.Popen.__init__(self, process_obj)
         self._corral_after_launch()
 
+    def _launch(self, process_obj: Any) -> None:
+        """The stdlib's fork launch without its sentinel pipe: the pidfd is the
+        sentinel here, and the child's "is my parent alive?" fd
+        (``parent_process().sentinel``) is its armed lifeline, which reads EOF at the
+        parent's death just as the stdlib's pipe does (``Process._bootstrap``). That
+        saves two pipes, their closes and a ``util.Finalize`` per start, and their
+        page faults after the fork."""
+        code = 1
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                code = process_obj._bootstrap(parent_sentinel=None)
+            finally:
+                os._exit(code)
+
 
 class SpawnPopen(CorralPopen, popen_spawn_posix.Popen):
     def __init__(self, process_obj: Any):
