@@ -11,7 +11,9 @@ inherited one is shared with its siblings). It then arms signal-driven I/O on it
 O_ASYNC, F_SETOWN_EX to its main thread and F_SETSIG to ``LIFELINE_SIGNAL``. When the last
 write end closes, the kernel sends that signal (pipe_release -> kill_fasync). The
 child arms first and checks for POLLHUP second, so a parent that died before the
-child was armed is noticed too.
+child was armed is noticed too. (``arm`` is the pure path; where the C extension is
+built, ``_bootstrap.setup`` does the same in one call, ``_speedups.child_setup``,
+and records the result with ``armed``.)
 
 Why not PR_SET_PDEATHSIG: it fires when the *thread* that forked the child exits,
 so a child started from a short-lived thread would be killed early, and under
