@@ -43,6 +43,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -910,6 +911,50 @@ static PyObject *has_children(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg)
     }
 }
 
+/* send_pidfd(sock_fd, pid, pidfd) -> None: one registration with the supervisor
+ * (_supervisor.register): the pid, 4 bytes little-endian, and the pidfd as
+ * SCM_RIGHTS, in one non-blocking sendmsg; OSError (BlockingIOError,
+ * BrokenPipeError, ...) as socket.sendmsg raises it. It runs in every start right
+ * after the fork, where the lists, bytes and buffers of socket.sendmsg each cost
+ * the parent copy-on-write page faults. */
+static PyObject *send_pidfd(PyObject *Py_UNUSED(mod), PyObject *const *args,
+                            Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_pidfd(sock_fd, pid, pidfd)");
+        return NULL;
+    }
+    long v[3];
+    for (int i = 0; i < 3; i++) {
+        v[i] = PyLong_AsLong(args[i]);
+        if (v[i] == -1 && PyErr_Occurred()) return NULL;
+        if (v[i] < 0 || v[i] > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "send_pidfd: bad fd or pid");
+            return NULL;
+        }
+    }
+    uint32_t pid = (uint32_t)v[1];
+    unsigned char data[4] = {pid & 0xff, (pid >> 8) & 0xff, (pid >> 16) & 0xff, pid >> 24};
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof control.buf};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    int pidfd = (int)v[2];
+    memcpy(CMSG_DATA(cmsg), &pidfd, sizeof pidfd);
+    for (;;) {
+        if (sendmsg((int)v[0], &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) Py_RETURN_NONE;
+        if (errno != EINTR) return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0) return NULL;
+    }
+}
+
 static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     int v = PyObject_IsTrue(arg);
     if (v < 0) return NULL;
@@ -1186,6 +1231,8 @@ static PyMethodDef module_methods[] = {
      "prctl(option, arg) -> int: prctl(2), the other arguments 0"},
     {"child_setup", (PyCFunction)(void (*)(void))child_setup, METH_FASTCALL,
      "child_setup(lifeline_fd, signum) -> (armed_fd, parent_gone): see the C source"},
+    {"send_pidfd", (PyCFunction)(void (*)(void))send_pidfd, METH_FASTCALL,
+     "send_pidfd(sock_fd, pid, pidfd) -> None: one supervisor registration"},
     {"has_children", has_children, METH_NOARGS,
      "has_children() -> bool: any child at all (waitid, nothing reaped)"},
     {NULL, NULL, 0, NULL},
