@@ -420,7 +420,18 @@ class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
         return os.dup(self.sentinel)
 
     def _collect(self, block: bool) -> int | None:
-        code: int | None = popen_forkserver.Popen.poll(self, 0 if block else os.WNOHANG)
+        """The exit code the server wrote on the status socket, or None if none yet.
+
+        As the stdlib's ``poll``, less two things: it does not store ``returncode``
+        (``poll()`` does, after the exit callbacks ran), and it asks the socket with
+        one poll object rather than ``connection.wait``'s selector (a join's page
+        faults, after the fork)."""
+        if not _readable(self.sentinel, None if block else 0):
+            return None
+        try:
+            code: int = _mp_forkserver.read_signed(self.sentinel)
+        except (OSError, EOFError):
+            return LOST_STATUS  # (the server itself was killed, as the stdlib says)
         return code
 
 
