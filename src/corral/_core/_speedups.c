@@ -6,6 +6,12 @@
  * small message costs one C call instead of about twenty Python operations, and an
  * uncontended lock one C call instead of a Python call plus a ctypes call.
  *
+ * The start of a process (child_setup, has_children, send_pidfd, near the end): the
+ * syscalls a fork child and its parent make around the fork, made without touching
+ * interpreter objects, each of which would cost a copy-on-write page fault there
+ * (docs/design.md, "Start latency, second pass"). _bootstrap.py, _lifeline.py and
+ * _supervisor.py keep the same steps in Python.
+ *
  * The queues (Ops, below):
  *
  * It speaks exactly the protocol of _ring.py, on the same robust mutex, and does
