@@ -232,12 +232,14 @@ class CorralPopen:
 
 def _readable(fd: int, timeout: float | None) -> bool:
     """Whether ``fd`` is readable (or hung up) within ``timeout`` seconds (None: no
-    limit). One poll object: ``multiprocessing.connection.wait`` builds a selector
-    and its keys in Python, whose objects cost page faults after a fork (the
-    "start+join" process benchmark); ``select`` cannot take fds past 1024."""
+    limit; negative: none). One poll object: ``multiprocessing.connection.wait``
+    builds a selector and its keys in Python, whose objects cost page faults after a
+    fork (the "start+join" process benchmark); ``select`` cannot take fds past 1024."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
+    # A negative timeout is no wait, as for connection.wait (join(-1)); poll()
+    # would take it for no limit.
+    return bool(poller.poll(None if timeout is None else max(timeout, 0.0) * 1000))
 
 
 def _register(pid: int, pidfd: int) -> None:
