@@ -145,3 +145,81 @@ def sleeping_grandchildren(q: Any, n: int) -> None:
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
     q.put([p.pid for p in procs])
     time.sleep(60)
+
+
+def lifeline_state() -> dict[str, Any]:
+    """What a corral child's setup left behind, seen from inside the child: the
+    armed lifeline (owner, signal, flags, which pipe), the inherited read end,
+    the signal handler, the subreaper flag."""
+    import fcntl
+    import signal
+    import struct
+    import threading
+
+    from corral._core import _bootstrap, _lifeline
+
+    f_getown_ex = 16  # (fcntl has no constant for it)
+    fd = _lifeline._armed_fd
+    assert fd is not None
+    owner_type, owner = struct.unpack("ii", fcntl.fcntl(fd, f_getown_ex, bytes(8)))
+    pipe = os.readlink(f"/proc/self/fd/{fd}")
+    same_pipe = [
+        int(n) for n in os.listdir("/proc/self/fd") if _readlink(f"/proc/self/fd/{n}") == pipe
+    ]
+    return {
+        "owner": (owner_type, owner),
+        "main thread": (threading.get_native_id(), os.getpid()),
+        "signal": fcntl.fcntl(fd, fcntl.F_GETSIG),
+        "async": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ASYNC),
+        "pipe": pipe.startswith("pipe:"),
+        "fds on the pipe": same_pipe,
+        "armed fd": fd,
+        "handler": signal.getsignal(_lifeline.LIFELINE_SIGNAL) is _bootstrap._die_with_parent,
+        "subreaper": _linux.is_child_subreaper(),
+    }
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:  # (the fd listdir itself used)
+        return ""
+
+
+def bytes_of(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256) + bytes(n % 256)
+
+
+def has_children_answers() -> list[bool]:
+    """``_speedups.has_children()`` with no child, a running one, an exited one not
+    yet reaped, and after the reaping."""
+    from corral._core._native import speedups
+
+    assert speedups is not None
+    answers = [speedups.has_children()]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(r, 1)
+        os._exit(0)
+    answers.append(speedups.has_children())
+    os.write(w, b"x")
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    answers.append(speedups.has_children())
+    os.waitpid(pid, 0)
+    answers.append(speedups.has_children())
+    os.close(r)
+    os.close(w)
+    return answers
+
+
+def parent_view(parent_pid: int) -> tuple[bool, bool, bool]:
+    """``parent_process()`` from inside a child: alive?, the right pid?, and is its
+    sentinel the armed lifeline?"""
+    import multiprocessing
+
+    from corral._core import _lifeline
+
+    parent = multiprocessing.parent_process()
+    assert parent is not None
+    return parent.is_alive(), parent.pid == parent_pid, parent.sentinel == _lifeline.armed_fd()

@@ -13,7 +13,9 @@ checked too: none is left running.
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral._core import _linux, _sweep
+from corral._core import _linux, _supervisor, _sweep
+from corral._core._native import speedups
 from corral._tools._demo import _watch
 
 from . import helpers, leaks, orphan_targets
@@ -460,3 +463,45 @@ def test_a_kill_request_for_an_exited_child_is_skipped(subtree: _Subtree) -> Non
     alive, _ = _watch.wait_dead(pidfds, 0)
     assert sorted(alive) == sorted(pidfds), "a signal reached the decoy's subtree"
     assert all(_linux.proc_state(pid) not in ("T", "t") for pid in pidfds), "the decoy was stopped"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            "c", marks=pytest.mark.skipif(speedups is None, reason="the C extension is not built")
+        ),
+        "pure",
+    ],
+)
+def test_a_registration_reads_the_same_from_either_path(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start's registration (``_supervisor._send_registration``: in C where built,
+    ``_speedups.send_pidfd``) is what the supervisor's reader (``_sweep._receive``)
+    takes: the pid, and a pidfd on the same process."""
+    if path == "pure":
+        monkeypatch.setattr(_supervisor, "_send_pidfd", None)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pidfd = os.pidfd_open(os.getpid())
+    poller = select.epoll()
+    pinned: dict[int, int] = {}
+    try:
+        _supervisor._send_registration(ours, 4242, pidfd)
+        assert _sweep._receive(theirs, pinned, poller) is True
+        assert list(pinned.values()) == [4242]
+        (received,) = pinned
+        with open(f"/proc/self/fdinfo/{received}") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        assert int(fields["Pid"]) == os.getpid()
+        assert received != pidfd
+        theirs.close()
+        with pytest.raises(BrokenPipeError):  # the supervisor gone: EPIPE, as sendmsg
+            _supervisor._send_registration(ours, 4242, pidfd)
+    finally:
+        for fd in pinned:
+            os.close(fd)
+        poller.close()
+        os.close(pidfd)
+        ours.close()
+        theirs.close()

@@ -479,3 +479,29 @@ def test_kill_returns_once_the_subtree_is_gone(ctx: corral.CorralContext) -> Non
         for fd in fds:
             os.close(fd)
         p.join(TIMEOUT)
+
+
+def test_join_with_a_zero_or_negative_timeout_does_not_wait(ctx: corral.CorralContext) -> None:
+    """join(0) and join(-1) return at once on a running child, as the stdlib's
+    (CPython's test_terminate and test_kill call both)."""
+    p = ctx.Process(target=time.sleep, args=(helpers.FOREVER,))
+    p.start()
+    returned = threading.Event()
+
+    def join_without_waiting() -> None:
+        p.join(0)
+        p.join(-1)
+        returned.set()
+
+    joiner = threading.Thread(target=join_without_waiting)
+    joiner.start()
+    try:
+        # (A join that waited would wait for the child: this fails, then the kill
+        # below lets it go.)
+        assert returned.wait(TIMEOUT)
+        assert p.exitcode is None
+    finally:
+        p.kill()
+        joiner.join(TIMEOUT)
+        p.join(TIMEOUT)
+    assert p.exitcode == -signal.SIGKILL

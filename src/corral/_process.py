@@ -20,7 +20,6 @@ wraps ``_bootstrap``.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import pickle
@@ -52,6 +51,35 @@ if not getattr(_mp_process.current_process(), "_inheriting", False):
     from ._core import _popen as _popen
 
 _collect_lock = threading.Lock()
+
+
+class _StartSupport:
+    """What ``start()`` needs beyond this module, loaded at the first start: a
+    spawned child that starts nothing needs none of it (``_arena`` brings ctypes),
+    and an import statement on every start would cost a call into importlib."""
+
+    def __init__(self) -> None:
+        from ._core import _arena, _popen
+        from ._core._shm import NAME_PREFIX
+
+        self.popen_class_for = _popen.popen_class_for
+        self.result_name = f"{NAME_PREFIX}result"
+        self.child_starting = _arena.child_starting
+        self.child_gone = _arena.child_gone
+
+
+_starts: _StartSupport | None = None
+
+
+def _load_start_support() -> _StartSupport:
+    global _starts
+    _starts = _StartSupport()
+    return _starts
+
+
+# How much of the result memfd the parent reads at once, first: the record of a
+# small outcome whole, in one call.
+_FIRST_READ = 4096
 
 
 def _children() -> set[Any]:
@@ -119,10 +147,8 @@ class Process(_mp_process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj: Process) -> CorralPopen:
-        from ._core import _popen
-
         method = process_obj._start_method or multiprocessing.get_start_method()
-        return _popen.popen_class_for(method)(process_obj)
+        return (_starts or _load_start_support()).popen_class_for(method)(process_obj)
 
     def run(self) -> Any:
         """The child's work: call the target, and return what it returns.
@@ -147,31 +173,30 @@ class Process(_mp_process.BaseProcess):
             "can only start a process object created by current process"
         )
         _cleanup()
+        starts = _starts or _load_start_support()
         self._corral_lifeline = _lifeline.child_end()
-        from ._core._shm import NAME_PREFIX  # (not at import: a spawned child needs none)
-
-        fd = os.memfd_create(f"{NAME_PREFIX}result", os.MFD_CLOEXEC)
+        fd = os.memfd_create(starts.result_name, os.MFD_CLOEXEC)
         self._corral_result_fd = FdHandle(fd, "process result")
         # Shared objects freed from now on stay reserved until this child is gone.
-        from ._core import _arena  # (not at import: a spawned child may need none)
-
-        number = _arena.child_starting()
+        number = self._corral_number = starts.child_starting()
         try:
             popen = self._popen = self._Popen(self)
         except BaseException:
             self._corral_result_fd.close()
             self._corral_result_fd = None
-            _arena.child_gone(number)
+            starts.child_gone(number)
             raise
         finally:
             self._corral_lifeline = None  # shared by all children; not ours to close
+        # From here on the child runs, and every page this process writes is copied
+        # (the child still shares it): the rest is kept short.
         self._sentinel = popen.sentinel
         # Avoid a reference cycle through the target (bpo-30775), as the stdlib does.
         del self._target, self._args, self._kwargs
-        _children().add(self)
-        popen.add_exit_callback(self._corral_collect)
-        popen.add_exit_callback(functools.partial(_arena.child_gone, number))
-        _install_exit_hook()
+        _mp_process._children.add(self)  # type: ignore[attr-defined]
+        popen.add_exit_callback(self._corral_exited)
+        if not _exit_hook_installed:
+            _install_exit_hook()
 
     def kill(self) -> None:
         """Send SIGKILL to the child and every one of its descendants."""
@@ -222,6 +247,13 @@ class Process(_mp_process.BaseProcess):
         )
 
     # -- parent side
+    def _corral_exited(self) -> None:
+        """The launcher's exit callback: the outcome read, the start's number given back."""
+        try:
+            self._corral_collect()
+        finally:
+            _starts.child_gone(self._corral_number)  # type: ignore[union-attr]
+
     def _corral_collect(self) -> None:
         """Read the child's outcome out of the result memfd, once, and close it."""
         with _collect_lock:
@@ -229,16 +261,17 @@ class Process(_mp_process.BaseProcess):
             if handle is None:
                 return
             try:
-                size = os.fstat(handle.fd).st_size
-                chunks = []
-                offset = 0
-                while offset < size:
-                    chunk = os.pread(handle.fd, size - offset, offset)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    offset += len(chunk)
-                self._corral_raw = b"".join(chunks)
+                # One read for a record that fits (the common case, and all of it
+                # for a record of up to a page), then the rest, if any.
+                data = os.pread(handle.fd, _FIRST_READ, 0)
+                if len(data) == _FIRST_READ:
+                    chunks = [data]
+                    offset = len(data)
+                    while chunk := os.pread(handle.fd, 1 << 20, offset):
+                        chunks.append(chunk)
+                        offset += len(chunk)
+                    data = b"".join(chunks)
+                self._corral_raw = data
             finally:
                 handle.close()
 
@@ -279,6 +312,8 @@ class Process(_mp_process.BaseProcess):
 
         self.run = run_and_capture  # type: ignore[method-assign]
         try:
+            if parent_sentinel is None:  # (fork: the lifeline is the parent's sentinel)
+                parent_sentinel = _lifeline.armed_fd()
             code: int = super()._bootstrap(parent_sentinel)  # type: ignore[misc]
             return code
         finally:
@@ -288,10 +323,7 @@ class Process(_mp_process.BaseProcess):
                 _bootstrap.teardown()
 
 
-def _encode_outcome(outcome: list[tuple[str, Any]]) -> bytes:
-    kind, obj = outcome[0]
-    if kind == _OK and obj is None:
-        return _OK_NONE
+def _encode_outcome(kind: str, obj: Any) -> bytes:
     message = ""
     try:
         payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
@@ -308,22 +340,30 @@ _LEN = struct.Struct("<Q")
 # that costs less than a second syscall); larger ones in two, without the copy.
 _JOIN_MAX = 64 * 1024
 
-# The commonest outcome, encoded once: a target that returned None.
-_OK_NONE = pickle.dumps((_OK, pickle.dumps(None), ""), pickle.HIGHEST_PROTOCOL)
+
+def _record(data: bytes) -> list[bytes]:
+    """The outcome record as the parts to write: the pickle's length, then the pickle."""
+    if len(data) <= _JOIN_MAX:
+        return [_LEN.pack(len(data)) + data]
+    return [_LEN.pack(len(data)), data]
+
+
+# The commonest outcome, a target that returned None, as its whole record, made
+# once: every object the child builds on its way out costs it page faults.
+_OK_NONE_RECORD = _record(pickle.dumps((_OK, pickle.dumps(None), ""), pickle.HIGHEST_PROTOCOL))
 
 
 def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any]]) -> None:
     """The record: the pickle's length, then the pickle (see ``result``)."""
     try:
         if outcome:
-            data = _encode_outcome(outcome)
+            kind, obj = outcome[0]
+            if kind == _OK and obj is None:
+                parts = _OK_NONE_RECORD
+            else:
+                parts = _record(_encode_outcome(kind, obj))
             # One write for a small record (the start-to-exit path counts every
             # syscall); a large one is not copied to prepend its length.
-            parts = (
-                [_LEN.pack(len(data)) + data]
-                if len(data) <= _JOIN_MAX
-                else [_LEN.pack(len(data)), data]
-            )
             for part in parts:
                 view = memoryview(part)
                 while view:

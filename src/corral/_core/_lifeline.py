@@ -11,7 +11,9 @@ inherited one is shared with its siblings). It then arms signal-driven I/O on it
 O_ASYNC, F_SETOWN_EX to its main thread and F_SETSIG to ``LIFELINE_SIGNAL``. When the last
 write end closes, the kernel sends that signal (pipe_release -> kill_fasync). The
 child arms first and checks for POLLHUP second, so a parent that died before the
-child was armed is noticed too.
+child was armed is noticed too. (``arm`` is the pure path; where the C extension is
+built, ``_bootstrap.setup`` does the same in one call, ``_speedups.child_setup``,
+and records the result with ``armed``.)
 
 Why not PR_SET_PDEATHSIG: it fires when the *thread* that forked the child exits,
 so a child started from a short-lived thread would be killed early, and under
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from ._fdpass import FdHandle
 from ._linux import F_OWNER_TID, F_SETOWN_EX, F_SETSIG
 
-__all__ = ["LIFELINE_SIGNAL", "arm", "child_end"]
+__all__ = ["LIFELINE_SIGNAL", "arm", "armed", "armed_fd", "child_end"]
 
 # A real-time signal nothing else in the stdlib uses. Real-time signals queue and
 # are never merged with user signals such as SIGUSR1.
@@ -77,18 +79,25 @@ os.register_at_fork(
 )
 
 
-def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
-    """In a child: call ``on_parent_death()`` (in the main thread) when the parent dies.
+def armed(fd: int) -> None:
+    """Record ``fd`` as this child's armed lifeline, armed elsewhere (the C path of
+    ``_bootstrap.setup``), so that the child's own fork children close it."""
+    global _armed_fd
+    _armed_fd = fd
 
-    Consumes ``handle``. Must be called from the main thread.
+
+def armed_fd() -> int | None:
+    """This child's armed lifeline: readable (EOF) once the parent is gone."""
+    return _armed_fd
+
+
+def arm(handle: FdHandle, handler: Callable[[int, object], None]) -> None:
+    """In a child: call the signal handler ``handler`` (in the main thread) when the
+    parent dies. Consumes ``handle``. Must be called from the main thread.
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the lifeline must be armed from the main thread")
     global _armed_fd
-
-    def handler(signum: int, frame: object) -> None:
-        on_parent_death()
-
     # _signal.signal: signal.signal's enum wrapping of the old handler costs about
     # 0.1 ms in a fresh fork child (copy-on-write faults), on every start.
     _signal.signal(LIFELINE_SIGNAL, handler)
@@ -106,4 +115,4 @@ def arm(handle: FdHandle, on_parent_death: Callable[[], None]) -> None:
     # dies later raises the signal. (select, not a read: the BlockingIOError of a
     # read costs a fresh child about 30 us more, on every start.)
     if select.select([fd], [], [], 0)[0]:
-        on_parent_death()
+        handler(LIFELINE_SIGNAL, None)

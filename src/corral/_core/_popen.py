@@ -22,13 +22,13 @@ import contextlib
 import functools
 import io
 import os
+import select
 import signal
 import threading
 import weakref
 from collections.abc import Callable
 from multiprocessing import forkserver as _mp_forkserver
 from multiprocessing import popen_fork, popen_forkserver, popen_spawn_posix, util
-from multiprocessing.connection import wait as _mp_wait
 
 from . import _linux, _reaper, _supervisor, _tree
 from ._errors import ChildDiedAtStart
@@ -61,26 +61,46 @@ class CorralPopen:
     _watch_fd: int
     _reap_lock: threading.RLock
     _exit_callbacks: list[Callable[[], None]]
+    _owner: int  # the pid of the process that started the child
 
     if TYPE_CHECKING:
 
         def __init__(self, process_obj: Any) -> None: ...
 
-    def _corral_after_launch(self) -> None:
+    def _corral_before_launch(self) -> None:
+        """What needs no child yet, made before the fork: after it, every page the
+        parent writes is copied (the child still shares it), while the child runs."""
         self._reap_lock = threading.RLock()  # (re-entrant: exit callbacks run under it)
         self._exit_callbacks = []
+        self._pidfd = self._watch_fd = -1
+        self._owner = os.getpid()
+
+    def _corral_after_launch(self) -> None:
         self._pidfd = self._open_pidfd()
         _register(self.pid, self._pidfd)
         self._corral_set_sentinel()
         watch_fd = self._watch_fd = self._new_watch_fd()
-        fds = tuple({fd for fd in (self._pidfd, watch_fd) if fd >= 0})
-        self._corral_finalizer = util.Finalize(self, _close_all, (watch_fd, fds))
         # A weak reference: what keeps a launcher alive until its child is collected
         # is its Process (in _process._children), never the reaper, so that the
-        # launcher and its util.Finalize entries go with the Process after join().
-        _reaper.watch(
-            watch_fd, functools.partial(_call_weakly, weakref.WeakMethod(self._reaper_callback))
-        )
+        # launcher goes with the Process after join(). Its fds are closed by close(),
+        # or by __del__ (no util.Finalize: one costs about 30 us here, after the fork).
+        _reaper.watch(watch_fd, functools.partial(_reap_weakly, weakref.ref(self)))
+
+    def _corral_close_fds(self) -> None:
+        """Close the pidfd and the watched fd, once."""
+        watch_fd, pidfd = self._watch_fd, self._pidfd
+        self._watch_fd = self._pidfd = -1
+        if watch_fd >= 0:
+            _reaper.close_watched(watch_fd)
+        if pidfd >= 0 and pidfd != watch_fd:
+            os.close(pidfd)
+
+    def __del__(self) -> None:
+        # Only in the process that opened them: in a fork child, the numbers may
+        # name other files by now (as a util.Finalize, whose registry the stdlib
+        # clears in its children, would not run there either).
+        if getattr(self, "_owner", 0) == os.getpid():
+            self._corral_close_fds()
 
     # -- hooks for subclasses
     def _open_pidfd(self) -> int:
@@ -128,7 +148,7 @@ class CorralPopen:
             if (code := self.returncode) is not None:
                 return code
             if flag == 0:
-                _mp_wait([self.sentinel], None)
+                _readable(self.sentinel, None)
             with self._reap_lock:
                 code = self.returncode
                 if code is not None:  # collected by another thread while we waited
@@ -161,7 +181,7 @@ class CorralPopen:
         try:
             if timeout is None:
                 return self.poll(0)
-            if not _mp_wait([self.sentinel], timeout):
+            if not _readable(self.sentinel, timeout):
                 return None
             return self.poll()
         finally:
@@ -206,8 +226,20 @@ class CorralPopen:
 
     def close(self) -> None:
         super().close()  # type: ignore[misc]
-        self._corral_finalizer()
-        self._pidfd = -1
+        with self._reap_lock:
+            self._corral_close_fds()
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` is readable (or hung up) within ``timeout`` seconds (None: no
+    limit; negative: none). One poll object: ``multiprocessing.connection.wait``
+    builds a selector and its keys in Python, whose objects cost page faults after a
+    fork (the "start+join" process benchmark); ``select`` cannot take fds past 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    # A negative timeout is no wait, as for connection.wait (join(-1)); poll()
+    # would take it for no limit.
+    return bool(poller.poll(None if timeout is None else max(timeout, 0.0) * 1000))
 
 
 def _register(pid: int, pidfd: int) -> None:
@@ -268,27 +300,38 @@ KILL_WAIT = 1.0
 SUPERVISOR_KILL_WAIT = 5.0
 
 
-def _call_weakly(method: weakref.WeakMethod[Callable[[], bool]]) -> bool:
-    callback = method()
-    return True if callback is None else callback()
-
-
-def _close_all(watch_fd: int, fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        if fd == watch_fd:
-            _reaper.close_watched(fd)
-        else:
-            os.close(fd)
+def _reap_weakly(ref: weakref.ref[CorralPopen]) -> bool:
+    """The reaper's callback for a launcher: True once its child is collected (or
+    the launcher is gone)."""
+    popen = ref()
+    return True if popen is None else popen._reaper_callback()
 
 
 class ForkPopen(CorralPopen, popen_fork.Popen):
     def __init__(self, process_obj: Any):
+        self._corral_before_launch()
         popen_fork.Popen.__init__(self, process_obj)
         self._corral_after_launch()
+
+    def _launch(self, process_obj: Any) -> None:
+        """The stdlib's fork launch without its sentinel pipe: the pidfd is the
+        sentinel here, and the child's "is my parent alive?" fd
+        (``parent_process().sentinel``) is its armed lifeline, which reads EOF at the
+        parent's death just as the stdlib's pipe does (``Process._bootstrap``). That
+        saves two pipes, their closes and a ``util.Finalize`` per start, and their
+        page faults after the fork."""
+        code = 1
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                code = process_obj._bootstrap(parent_sentinel=None)
+            finally:
+                os._exit(code)
 
 
 class SpawnPopen(CorralPopen, popen_spawn_posix.Popen):
     def __init__(self, process_obj: Any):
+        self._corral_before_launch()
         popen_spawn_posix.Popen.__init__(self, process_obj)
         self._corral_after_launch()
 
@@ -349,6 +392,7 @@ class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
     """The forkserver reaps; its status socket (the sentinel) carries the exit code."""
 
     def __init__(self, process_obj: Any):
+        self._corral_before_launch()
         popen_forkserver.Popen.__init__(self, process_obj)
         self._corral_after_launch()
 
@@ -365,7 +409,7 @@ class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
             fd = os.pidfd_open(self.pid)
         except ProcessLookupError:
             return -1
-        if _mp_wait([self.sentinel], 0):
+        if _readable(self.sentinel, 0):
             os.close(fd)
             return -1
         return fd
@@ -378,7 +422,18 @@ class ForkServerPopen(CorralPopen, popen_forkserver.Popen):
         return os.dup(self.sentinel)
 
     def _collect(self, block: bool) -> int | None:
-        code: int | None = popen_forkserver.Popen.poll(self, 0 if block else os.WNOHANG)
+        """The exit code the server wrote on the status socket, or None if none yet.
+
+        As the stdlib's ``poll``, less two things: it does not store ``returncode``
+        (``poll()`` does, after the exit callbacks ran), and it asks the socket with
+        one poll object rather than ``connection.wait``'s selector (a join's page
+        faults, after the fork)."""
+        if not _readable(self.sentinel, None if block else 0):
+            return None
+        try:
+            code: int = _mp_forkserver.read_signed(self.sentinel)
+        except (OSError, EOFError):
+            return LOST_STATUS  # (the server itself was killed, as the stdlib says)
         return code
 
 

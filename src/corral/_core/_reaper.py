@@ -28,9 +28,10 @@ from collections.abc import Callable
 
 __all__ = ["close_watched", "unwatch", "watch"]
 
-# How long the thread waits with nothing to watch before it exits, and its longest
-# single wait. Longer saves a thread start on the next Process.start() (about
-# 0.1-1 ms on a busy 2-core box) and idle wake-ups; shorter gives the thread back
+# How long the thread waits with nothing to watch, and no new fd to watch, before
+# it exits; also its longest single wait. Longer saves a thread start on the next
+# Process.start() (about 0.1-1 ms on a busy 2-core box, and more when the new
+# thread is slow to be scheduled) and idle wake-ups; shorter gives the thread back
 # sooner.
 IDLE_LINGER = 0.2
 
@@ -43,6 +44,10 @@ class _Reaper:
         self._watched: dict[int, Callable[[], bool]] = {}
         self._to_close: list[int] = []
         self._running = -1  # the fd whose callback the thread is running, or -1
+        # watch() calls so far: a slice in which some fd was watched is not idle,
+        # even if nothing is watched at its end (a start+join loop unwatches each
+        # child while it joins it), so the thread is not ended and started anew.
+        self._watches = 0
         self._thread: threading.Thread | None = None
         self._epoll: select.epoll | None = None
         self._wake_r = self._wake_w = -1
@@ -53,6 +58,7 @@ class _Reaper:
         # hand-off (about 0.4 ms of a 4 ms fork start+join on a busy 2-core box).
         with self._lock:
             self._watched[fd] = callback
+            self._watches += 1
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 self._epoll = select.epoll()
@@ -93,8 +99,10 @@ class _Reaper:
         # (With the lock held.) Before the fd is closed: a closed fd whose open file
         # is still referenced elsewhere (a dup) would stay in the epoll set.
         if self._epoll is not None:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib.suppress costs every join objects, after the fork)
                 self._epoll.unregister(fd)
+            except OSError:
+                pass
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: already awake
@@ -118,6 +126,7 @@ class _Reaper:
                     return
                 epoll = self._epoll
                 wake_r = self._wake_r
+                watches = self._watches
                 # Never without a timeout: a thread whose last fd was closed from
                 # outside finds out within a slice, with no wake-up (which would cost
                 # the closing thread a GIL hand-off).
@@ -125,7 +134,7 @@ class _Reaper:
             assert epoll is not None
             events = epoll.poll(timeout)
             with self._lock:
-                idle = not events and not self._watched
+                idle = not events and not self._watched and self._watches == watches
             for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):

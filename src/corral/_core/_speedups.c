@@ -6,6 +6,12 @@
  * small message costs one C call instead of about twenty Python operations, and an
  * uncontended lock one C call instead of a Python call plus a ctypes call.
  *
+ * The start of a process (child_setup, has_children, send_pidfd, near the end): the
+ * syscalls a fork child and its parent make around the fork, made without touching
+ * interpreter objects, each of which would cost a copy-on-write page fault there
+ * (docs/design.md, "Start latency, second pass"). _bootstrap.py, _lifeline.py and
+ * _supervisor.py keep the same steps in Python.
+ *
  * The queues (Ops, below):
  *
  * It speaks exactly the protocol of _ring.py, on the same robust mutex, and does
@@ -35,13 +41,17 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Header layout and frame format: the same constants as _ringlayout.py. The module
@@ -833,6 +843,124 @@ static PyObject *prctl_(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssiz
     return PyLong_FromLong(res);
 }
 
+/* child_setup(lifeline_fd, signum) -> (armed_fd, parent_gone): everything
+ * _bootstrap.setup does in a new child after the signal handler is installed, in
+ * one call: subreaper on; the lifeline's read end reopened through /proc/self/fd
+ * (an open file description of the child's own), signal-driven I/O armed on it
+ * (F_SETOWN_EX to this thread, F_SETSIG to ``signum``, O_ASYNC), then one poll for
+ * a parent that died before the arming. The inherited ``lifeline_fd`` is closed
+ * once all of that succeeded; on an error (OSError) nothing but the subreaper flag
+ * has changed. The same steps as the pure path (_lifeline.arm): in C, the child
+ * touches none of the interpreter's objects on the way, and each object touched
+ * costs a fresh fork child a copy-on-write page fault (docs/design.md, "Start
+ * latency"). Only for the main thread, the one the signal must reach. */
+static PyObject *child_setup(PyObject *Py_UNUSED(mod), PyObject *const *args,
+                             Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "child_setup(lifeline_fd, signum)");
+        return NULL;
+    }
+    long fd_arg = PyLong_AsLong(args[0]);
+    if (fd_arg == -1 && PyErr_Occurred()) return NULL;
+    long sig_arg = PyLong_AsLong(args[1]);
+    if (sig_arg == -1 && PyErr_Occurred()) return NULL;
+    if (fd_arg < 0 || fd_arg > INT_MAX || sig_arg < 1 || sig_arg > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "child_setup: bad fd or signal number");
+        return NULL;
+    }
+    int fd = (int)fd_arg, signum = (int)sig_arg;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (tid != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "the lifeline must be armed from the main thread");
+        return NULL;
+    }
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0UL, 0UL, 0UL) == -1)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    /* "/proc/self/fd/<fd>", by hand: snprintf's deep stack would cost a fresh
+     * child a copy-on-write fault or two. */
+    char path[32] = "/proc/self/fd/";
+    char digits[12];
+    int nd = 0;
+    for (int v = fd; nd == 0 || v > 0; v /= 10) digits[nd++] = (char)('0' + v % 10);
+    size_t at = strlen(path);
+    while (nd > 0) path[at++] = digits[--nd];
+    path[at] = '\0';
+    int armed = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (armed == -1) return PyErr_SetFromErrno(PyExc_OSError);
+    struct f_owner_ex owner = {.type = F_OWNER_TID, .pid = tid};
+    if (fcntl(armed, F_SETOWN_EX, &owner) == -1 || fcntl(armed, F_SETSIG, signum) == -1 ||
+        fcntl(armed, F_SETFL, O_NONBLOCK | O_ASYNC) == -1) {
+        int err = errno;
+        close(armed);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    close(fd);
+    /* Armed first, checked second: nobody writes to the lifeline, so readable (or
+     * hung up) means the parent is gone already. */
+    struct pollfd p = {.fd = armed, .events = POLLIN, .revents = 0};
+    int gone = poll(&p, 1, 0) > 0;
+    return Py_BuildValue("(iO)", armed, gone ? Py_True : Py_False);
+}
+
+/* has_children() -> bool: whether this process has any child at all, exited or
+ * not (waitid(P_ALL, WNOHANG | WNOWAIT), nothing reaped). A child's teardown asks
+ * this as it exits; in Python the common answer, "none", is a ChildProcessError,
+ * whose objects a fresh fork child pays for in copy-on-write faults. */
+static PyObject *has_children(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg)) {
+    siginfo_t info;
+    for (;;) {
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0) Py_RETURN_TRUE;
+        if (errno == ECHILD) Py_RETURN_FALSE;
+        if (errno != EINTR) return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0) return NULL;
+    }
+}
+
+/* send_pidfd(sock_fd, pid, pidfd) -> None: one registration with the supervisor
+ * (_supervisor.register): the pid, 4 bytes little-endian, and the pidfd as
+ * SCM_RIGHTS, in one non-blocking sendmsg; OSError (BlockingIOError,
+ * BrokenPipeError, ...) as socket.sendmsg raises it. It runs in every start right
+ * after the fork, where the lists, bytes and buffers of socket.sendmsg each cost
+ * the parent copy-on-write page faults. */
+static PyObject *send_pidfd(PyObject *Py_UNUSED(mod), PyObject *const *args,
+                            Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_pidfd(sock_fd, pid, pidfd)");
+        return NULL;
+    }
+    long v[3];
+    for (int i = 0; i < 3; i++) {
+        v[i] = PyLong_AsLong(args[i]);
+        if (v[i] == -1 && PyErr_Occurred()) return NULL;
+        if (v[i] < 0 || v[i] > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "send_pidfd: bad fd or pid");
+            return NULL;
+        }
+    }
+    uint32_t pid = (uint32_t)v[1];
+    unsigned char data[4] = {pid & 0xff, (pid >> 8) & 0xff, (pid >> 16) & 0xff, pid >> 24};
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof control.buf};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    int pidfd = (int)v[2];
+    memcpy(CMSG_DATA(cmsg), &pidfd, sizeof pidfd);
+    for (;;) {
+        if (sendmsg((int)v[0], &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) Py_RETURN_NONE;
+        if (errno != EINTR) return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0) return NULL;
+    }
+}
+
 static PyObject *set_enabled(PyObject *Py_UNUSED(mod), PyObject *arg) {
     int v = PyObject_IsTrue(arg);
     if (v < 0) return NULL;
@@ -1107,6 +1235,12 @@ static PyMethodDef module_methods[] = {
     {"set_enabled", set_enabled, METH_O, "Turn every fast path on or off (tests)."},
     {"prctl", (PyCFunction)(void (*)(void))prctl_, METH_FASTCALL,
      "prctl(option, arg) -> int: prctl(2), the other arguments 0"},
+    {"child_setup", (PyCFunction)(void (*)(void))child_setup, METH_FASTCALL,
+     "child_setup(lifeline_fd, signum) -> (armed_fd, parent_gone): see the C source"},
+    {"send_pidfd", (PyCFunction)(void (*)(void))send_pidfd, METH_FASTCALL,
+     "send_pidfd(sock_fd, pid, pidfd) -> None: one supervisor registration"},
+    {"has_children", has_children, METH_NOARGS,
+     "has_children() -> bool: any child at all (waitid, nothing reaped)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,151 @@
+"""The child's first and last steps (``_core/_bootstrap.py``), on both paths.
+
+Where the C extension is built, the child's setup is one C call
+(``_speedups.child_setup``) and its teardown asks ``_speedups.has_children``;
+otherwise the same steps run in Python (``_lifeline.arm``, ``os.waitid``). Each
+row checks, from inside a child, the state the setup must leave: the lifeline
+reopened (one fd on the pipe: the inherited read end closed), owned by the main
+thread, raising ``LIFELINE_SIGNAL``, ``O_ASYNC`` set, the handler installed, the
+child a subreaper. What the lifeline does at a parent's death is
+``test_guarantees.py``'s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from typing import Any
+
+import pytest
+
+import corral
+from corral._core import _bootstrap, _lifeline
+from corral._core._fdpass import FdHandle
+from corral._core._native import speedups
+
+from . import helpers
+
+TIMEOUT = 60.0
+
+_NEED_C = pytest.mark.skipif(speedups is None, reason="the C extension is not built")
+PATHS = [pytest.param("c", marks=_NEED_C), "pure"]
+# The C path under every start method; the pure one where this process can choose
+# it for the child: fork (the child inherits the module state) and spawn (the
+# child reads CORRAL_PURE_PYTHON); a running forkserver keeps the environment it
+# started with (.ci/run runs every test with CORRAL_PURE_PYTHON=1 as well).
+SETUP_ROWS = [
+    *(pytest.param(m, "c", marks=_NEED_C, id=f"{m}-c") for m in ("fork", "forkserver", "spawn")),
+    pytest.param("fork", "pure", id="fork-pure"),
+    pytest.param("spawn", "pure", id="spawn-pure"),
+]
+
+
+def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "pure":  # (a fork child inherits the module state)
+        monkeypatch.setattr(_bootstrap, "_child_setup", None)
+        monkeypatch.setattr(_bootstrap, "_has_children", None)
+
+
+@pytest.mark.parametrize(("start_method", "path"), SETUP_ROWS)
+def test_a_child_is_set_up_alike_on_either_path(
+    start_method: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "pure":
+        monkeypatch.setenv("CORRAL_PURE_PYTHON", "1")
+    _use_path(path, monkeypatch)
+    p = corral.get_context(start_method).Process(target=helpers.lifeline_state)
+    p.start()
+    state: dict[str, Any] = p.result(timeout=TIMEOUT)
+    tid, pid = state["main thread"]
+    assert tid == pid  # (the main thread: the one CPython runs handlers in)
+    assert state["owner"] == (0, tid)  # F_OWNER_TID, the main thread
+    assert state["signal"] == _lifeline.LIFELINE_SIGNAL
+    assert state["async"] is True
+    assert state["pipe"] is True
+    assert state["fds on the pipe"] == [state["armed fd"]]  # the inherited end closed
+    assert state["handler"] is True
+    assert state["subreaper"] is True
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_child_whose_parent_is_already_gone_dies_at_setup(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check after the arming: a lifeline at EOF before the child is set up (its
+    write end closed here, as a parent's death would) ends the child there, by
+    SIGKILL, before its target runs."""
+    _use_path(path, monkeypatch)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    monkeypatch.setattr(_lifeline, "_read_handle", FdHandle(r, "lifeline"))
+    monkeypatch.setattr(_lifeline, "_write_fd", None)  # as if already lost
+    os.close(w)
+    ran = corral.get_context("fork").Event()
+    p = corral.get_context("fork").Process(target=ran.set)
+    try:
+        p.start()
+        p.join(TIMEOUT)
+    finally:
+        os.close(r)
+    assert p.exitcode == -9
+    assert not ran.is_set()
+
+
+@_NEED_C
+def test_child_setup_refuses_a_bad_fd_and_another_thread() -> None:
+    """Errors leave nothing armed: a closed fd is an OSError (nothing opened); from a
+    thread other than the main one, a RuntimeError before anything is done."""
+    assert speedups is not None
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):
+        speedups.child_setup(r, _lifeline.LIFELINE_SIGNAL)
+    assert set(os.listdir("/proc/self/fd")) == before
+    errors: list[BaseException] = []
+
+    def from_a_thread() -> None:
+        try:
+            speedups.child_setup(0, _lifeline.LIFELINE_SIGNAL)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=from_a_thread)
+    t.start()
+    t.join(TIMEOUT)
+    assert len(errors) == 1
+    assert isinstance(errors[0], RuntimeError)
+    assert fcntl.fcntl(0, fcntl.F_GETFL) & os.O_ASYNC == 0
+
+
+@_NEED_C
+def test_has_children_counts_exited_children_until_reaped() -> None:
+    # In a child of ours: this process has children of its own (the supervisor).
+    p = corral.get_context("fork").Process(target=helpers.has_children_answers)
+    p.start()
+    # none yet; one running; one exited, not reaped; reaped
+    assert p.result(timeout=TIMEOUT) == [False, True, True, False]
+
+
+@pytest.mark.parametrize(
+    "nbytes",
+    [0, 100, 4096 - 64, 4096, 70_000, 3 << 20],
+    ids=["empty", "small", "just-under-a-page", "a-page", "over-join-max", "3-mib"],
+)
+def test_results_of_every_size_come_back_whole(ctx: corral.CorralContext, nbytes: int) -> None:
+    """The record is written in one write up to ``_JOIN_MAX`` and two past it, and read
+    in one ``pread`` up to ``_FIRST_READ`` and more past it: each side of each."""
+    p = ctx.Process(target=helpers.bytes_of, args=(nbytes,))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == helpers.bytes_of(nbytes)
+
+
+def test_parent_process_sees_its_parent(ctx: corral.CorralContext, start_method: str) -> None:
+    """``multiprocessing.parent_process()`` in a child, as in the stdlib's: alive, the
+    right pid. Under fork its sentinel is the child's lifeline (corral's fork launch
+    makes no sentinel pipe of the stdlib's): readable exactly at the parent's death."""
+    p = ctx.Process(target=helpers.parent_view, args=(os.getpid(),))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == (True, True, start_method == "fork")
