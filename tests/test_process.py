@@ -505,3 +505,45 @@ def test_join_with_a_zero_or_negative_timeout_does_not_wait(ctx: corral.CorralCo
         joiner.join(TIMEOUT)
         p.join(TIMEOUT)
     assert p.exitcode == -signal.SIGKILL
+
+
+def test_a_launcher_collected_while_the_interpreter_finalizes_waits_for_nothing(
+    ctx: corral.CorralContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At exit the reaper, a daemon thread, is frozen wherever it was, maybe holding
+    # its lock; a launcher collected then must not wait on that lock to close its
+    # fds (the exit hung in about 1 of 50 runs). Here a thread holds the lock and
+    # the interpreter "finalizes": the launcher's __del__ returns at once.
+    from corral._core import _popen, _reaper
+
+    p = ctx.Process(target=int)
+    p.start()
+    p.join(TIMEOUT)
+    popen = p._popen
+    assert popen is not None
+    monkeypatch.setattr(_popen, "_is_finalizing", lambda: True)
+    held, release, deleted = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _reaper._reaper._lock:
+            held.set()
+            release.wait(TIMEOUT)
+
+    def collect() -> None:
+        popen.__del__()
+        deleted.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    collector = threading.Thread(target=collect)
+    try:
+        assert held.wait(TIMEOUT)
+        collector.start()
+        assert deleted.wait(5.0), "the launcher waited on the reaper's lock"
+    finally:
+        release.set()
+        holder.join(TIMEOUT)
+        if collector.is_alive():
+            collector.join(TIMEOUT)
+    monkeypatch.undo()
+    p.close()  # (closes the fds __del__ left)
