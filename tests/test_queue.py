@@ -762,6 +762,28 @@ def test_killed_waiter_is_forgotten(ctx: corral.CorralContext) -> None:
     assert q.get_many(500) == list(range(200))
 
 
+def test_a_waiter_killed_before_taking_its_slot_is_not_counted_for_good(
+    ctx: corral.CorralContext,
+) -> None:
+    # Killed inside registration, mutex held: counted as a getter, no slot taken
+    # yet. The next holder repairs (the pure path) or, on the C path, the wake-ups
+    # that keep finding nobody make a put sweep: either way the counts are set
+    # from the slots, and nobody stays counted who no slot accounts for.
+    q = ctx.Queue()
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=targets.get_and_park, args=(q, "sleep:counted", w))
+    p.start()
+    w.close()
+    _wait_for(r, b"sleep:counted")
+    assert q.statistics().getters_waiting == 1
+    _kill(p)
+    r.close()
+    for i in range(200):
+        q.put(i, timeout=TIMEOUT)
+    assert q.statistics().getters_waiting == 0
+    assert q.get_many(500) == list(range(200))
+
+
 def test_demo_scenario_passes(capsys: pytest.CaptureFixture[str]) -> None:
     """``corral demo queue-kill``: the producer killed mid-put, corral against the stdlib."""
     import argparse

@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _ringbatch, _ringgrow, _ringlayout, _ringsingle
+from . import _ringbase, _ringbatch, _ringgrow, _ringlayout, _ringsingle
 from ._errors import NothingToAck, RingShutDown, TooLarge
 from ._futex import futex_wake
 from ._ringbatch import BatchOps
@@ -170,9 +170,11 @@ def set_hook(hook: Callable[[str], None] | None) -> None:
     get ("put:copy" between chunks of a large buffer, "put:publish" just before the
     publishing store, "get:copied" just before the consuming store, "grow:moved"
     after a growth moved frames, just before its ``base`` and ``geo`` stores,
-    "grow:committed" just after them), so that tests can SIGKILL a process at an
-    exact point. The C fast path has no hook
-    points, so it is turned off while a hook is installed."""
+    "grow:committed" just after them, "sleep:counted" when a waiter has counted
+    itself, before it takes a slot), so that tests can SIGKILL a process at an
+    exact point. The C fast path has no hook points, so it is turned off while a
+    hook is installed."""
+    _ringbase._hook = hook
     _ringsingle._hook = hook
     _ringbatch._hook = hook
     _ringgrow._hook = hook

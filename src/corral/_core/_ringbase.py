@@ -85,6 +85,8 @@ __all__ = ["RingBase", "deadline_of", "lock_timeout", "map_data", "move"]
 _sched_yield = os.sched_yield
 _memmove = ctypes.memmove
 _is_alive = _linux.is_alive
+# A test hook (see _ring.set_hook): "sleep:counted", a waiter counted, no slot yet.
+_hook: Callable[[str], None] | None = None
 _self_identity = _linux.self_identity
 
 
@@ -458,7 +460,9 @@ class RingBase:
     # -- waiting ---------------------------------------------------------------------
 
     def _sweep_waiters(self) -> None:
-        """With the mutex held: forget waiters whose process is gone."""
+        """With the mutex held: forget waiters whose process is gone, and set the
+        waiter counts from the slots left (``_recount_waiters``). Run after a
+        holder died, and when wake-ups keep finding nobody."""
         i = self._i
         pids = SLOTS.unpack_from(self._mm, OFF_SLOT_PID)
         starts = SLOTS.unpack_from(self._mm, OFF_SLOT_START)
@@ -468,6 +472,24 @@ class RingBase:
                 if counter is not None:
                     i[counter] = max(0, i[counter] - 1)
                 i[I_SLOT_PID + n] = 0
+        self._recount_waiters()
+
+    def _recount_waiters(self) -> None:
+        """With the mutex held, the dead swept: set each waiter count from the
+        slots. A holder killed inside ``_sleep`` between counting itself and taking
+        its slot left a count that no slot accounts for, and no sweep of slots
+        would take back. (A waiter that found no slot free, past MAX_WAITERS at
+        once, goes uncounted until it leaves: a wake-up may then miss it, never its
+        next WAIT_SLICE.)"""
+        i = self._i
+        pids = SLOTS.unpack_from(self._mm, OFF_SLOT_PID)
+        counts = dict.fromkeys(COUNTER.values(), 0)
+        for n, pid in enumerate(pids):
+            counter = COUNTER.get(i[I_SLOT_KIND + n]) if pid else None
+            if counter is not None:
+                counts[counter] += 1
+        for counter, number in counts.items():
+            i[counter] = number
 
     def _sweep(self) -> None:
         # Housekeeping: skipped (and done by a later sweep) if the mutex is busy.
@@ -508,6 +530,8 @@ class RingBase:
         i = self._i
         counter = COUNTER[kind]
         i[counter] += 1
+        if _hook is not None:
+            _hook("sleep:counted")
         pid, start = _self_identity()
         pids = SLOTS.unpack_from(self._mm, OFF_SLOT_PID)
         try:
