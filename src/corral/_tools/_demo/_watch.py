@@ -24,11 +24,14 @@ def pin(pids: list[int]) -> dict[int, int]:
     return out
 
 
-def wait_dead(pidfds: dict[int, int], timeout: float) -> tuple[list[int], float]:
+def wait_dead(
+    pidfds: dict[int, int], timeout: float, exits: dict[int, float] | None = None
+) -> tuple[list[int], float]:
     """Wait up to ``timeout`` for every pinned process to exit.
 
     Returns the pids still alive, and the seconds it took (until the last exit, or
     the timeout). Polls at least once, so a timeout of 0 answers "who is alive now".
+    ``exits``, if given, receives each pid's exit time, in seconds from the call.
     """
     start = time.monotonic()
     pending = {fd: pid for pid, fd in pidfds.items()}
@@ -41,8 +44,10 @@ def wait_dead(pidfds: dict[int, int], timeout: float) -> tuple[list[int], float]
         while pending:
             left = max(0.0, start + timeout - time.monotonic())
             for fd, _ in ep.poll(left, maxevents=len(pending)):
-                if pending.pop(fd, None) is not None:
+                if (pid := pending.pop(fd, None)) is not None:
                     ep.unregister(fd)
+                    if exits is not None:
+                        exits[pid] = time.monotonic() - start
             if left == 0:
                 break
     return sorted(pending.values()), time.monotonic() - start
