@@ -1,10 +1,13 @@
 """A parent for the no-orphan fault table (tests/test_orphans.py), run as a script.
 
-    python orphan_fault_parent.py METHOD ROW [ARG]
+    python orphan_fault_parent.py METHOD ROW [ARG [--starve=CPU]]
 
 ROW is one of ``orphan_targets.HOSTILE`` (one hostile corral child with a hostile
 grandchild), ``storm`` (ARG: the storm's depth) or ``manager`` (a corral.Manager()).
 It prints ``READY pid...`` (the pids the test must see die) and waits to be killed.
+With ``--starve=CPU``, every thread of this parent first moves to that CPU alone,
+at the idle scheduling policy, where busy processes on that CPU keep it from
+running (and so from exiting, once SIGKILLed) for seconds.
 """
 
 from __future__ import annotations
@@ -39,8 +42,18 @@ def main() -> None:
     w.close()
     if not r.poll(60):
         raise TimeoutError("the child did not report within 60 s")
-    print("READY", *r.recv(), flush=True)
+    reported = r.recv()
+    for arg in sys.argv[4:]:
+        if arg.startswith("--starve="):
+            _starve(int(arg.split("=")[1]))
+    print("READY", *reported, flush=True)
     helpers.sleep_forever()
+
+
+def _starve(cpu: int) -> None:
+    for tid in map(int, os.listdir("/proc/self/task")):
+        os.sched_setaffinity(tid, {cpu})
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ The supervisor (``main``), for one parent process:
     epoll: fd 0 (registrations, EOF) + each child's pidfd (exited: forget it)
     a kill request: that child's subtree in kill rounds (``kill_tree``; a child
        that has exited already is skipped), then "done" closed
-    on EOF: every live registered child's subtree in kill rounds, wait, exit
+    on EOF, or a SIGKILL seen pending on the parent (looked for every KILL_POLL
+       while children are registered): every live registered child's subtree in
+       kill rounds, wait, exit
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "children_of",
     "freeze",
     "kill_all",
+    "kill_pending",
     "kill_tree",
     "proc_state",
     "read_small",
@@ -77,10 +80,19 @@ KILL_WAIT = 1.0
 # paid inside the parent's sendmsg) once per interval rather than once per start.
 # It is also how much later the supervisor may see the parent's death.
 BATCH_DELAY = 0.05
+# While children are registered, the supervisor also looks this often for a
+# SIGKILL pending on the parent. A SIGKILLed process exits (closing our socket's
+# other end) only once the scheduler runs it, and a fork storm in its session
+# shares its CPU share (autogroup) with it: that took from 3 ms to, once, 27 s
+# here, while the storm went on. Shorter finds such a parent sooner; each look
+# costs a wake-up and one read of a /proc file (about 20 us), and only while
+# children are registered.
+KILL_POLL = 0.2
 
 _STOPPED_OR_GONE = frozenset({"T", "t", "Z", "X", "x", None})
 _SIGSTOP: int = _signal.SIGSTOP
 _SIGKILL: int = _signal.SIGKILL
+_SIGKILL_BIT = 1 << (_SIGKILL - 1)  # (in /proc/PID/status's hex signal masks)
 
 
 def read_small(path: str) -> bytes | None:
@@ -434,6 +446,27 @@ def _kill_request(pid: int, pidfd: int, done: int) -> None:
         os.close(done)
 
 
+def kill_pending(pid: int) -> bool:
+    """Whether ``pid`` has a SIGKILL pending: it is dying, whenever it next runs.
+
+    A SIGKILL is queued process-wide and on each thread until the thread takes it,
+    which is the first thing it does when it runs again."""
+    data = read_small(f"/proc/{pid}/status")
+    if data is None:
+        return False
+    for line in data.split(b"\n"):
+        if line.startswith((b"ShdPnd:", b"SigPnd:")) and int(line.split()[1], 16) & _SIGKILL_BIT:
+            return True
+    return False
+
+
+def _parent_killed(parent: int) -> bool:
+    """Whether our parent (the pid that started us) has a SIGKILL pending. Checked
+    against our parent pid after the read: a parent that had exited since has
+    re-parented us, and its pid may since name another process."""
+    return kill_pending(parent) and os.getppid() == parent
+
+
 def _sweep(pinned: dict[int, int]) -> None:
     """The parent died: end every registered child's whole subtree."""
     members = kill_tree([(pid, fd) for fd, pid in pinned.items()])
@@ -460,8 +493,18 @@ def main() -> None:
     pinned: dict[int, int] = {}  # pidfd -> pid of each registered child still running
     poller = select.epoll()
     poller.register(0, select.EPOLLIN)
+    parent = os.getppid()  # (1 if the parent is gone already: then the EOF is here)
+    next_look = 0.0  # when to look for a SIGKILL pending on the parent next
     while True:
-        for fd, _events in poller.poll():
+        looking = bool(pinned) and parent > 1
+        events = poller.poll(max(0.0, next_look - time.monotonic()) if looking else -1)
+        if looking and time.monotonic() >= next_look:
+            if _parent_killed(parent):
+                _receive(sock, pinned, poller)  # (registrations sent before the kill)
+                _sweep(pinned)
+                os._exit(0)
+            next_look = time.monotonic() + KILL_POLL
+        for fd, _events in events:
             if fd == 0:
                 if not _receive(sock, pinned, poller):
                     _sweep(pinned)
@@ -470,7 +513,8 @@ def main() -> None:
                 poller.unregister(fd)
                 os.close(fd)
                 del pinned[fd]
-        time.sleep(BATCH_DELAY)
+        if events:
+            time.sleep(BATCH_DELAY)
 
 
 if __name__ == "__main__":
