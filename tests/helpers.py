@@ -223,3 +223,44 @@ def parent_view(parent_pid: int) -> tuple[bool, bool, bool]:
     parent = multiprocessing.parent_process()
     assert parent is not None
     return parent.is_alive(), parent.pid == parent_pid, parent.sentinel == _lifeline.armed_fd()
+
+
+def raw_fork_parent_view(parent_pid: int) -> tuple[bool, bool, int]:
+    """From inside a child: what a raw ``os.fork()`` of it sees as
+    ``parent_process()`` (alive?, the right pid?), and how many fds on this child's
+    lifeline pipe a corral fork grandchild keeps (its own lifeline is another pipe)."""
+    import multiprocessing
+
+    from corral._core import _lifeline
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            parent = multiprocessing.parent_process()
+            seen = bytes(
+                [
+                    parent is not None and parent.is_alive(),
+                    parent is not None and parent.pid == parent_pid,
+                ]
+            )
+            os.write(w, seen)
+        finally:
+            os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    seen = os.read(r, 2)
+    os.close(r)
+    assert status == 0, status
+    assert len(seen) == 2, seen
+    armed = _lifeline.armed_fd()
+    ours = os.readlink(f"/proc/self/fd/{armed}") if armed is not None else ""
+    grandchild = corral.get_context("fork").Process(target=fds_on, args=(ours,))
+    grandchild.start()
+    kept: int = grandchild.result(timeout=60)
+    return bool(seen[0]), bool(seen[1]), kept
+
+
+def fds_on(target: str) -> int:
+    """How many of this process's fds point at ``target`` (a /proc/self/fd link)."""
+    return sum(1 for n in os.listdir("/proc/self/fd") if _readlink(f"/proc/self/fd/{n}") == target)

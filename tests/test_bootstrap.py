@@ -149,3 +149,16 @@ def test_parent_process_sees_its_parent(ctx: corral.CorralContext, start_method:
     p = ctx.Process(target=helpers.parent_view, args=(os.getpid(),))
     p.start()
     assert p.result(timeout=TIMEOUT) == (True, True, start_method == "fork")
+
+
+def test_a_raw_fork_of_a_child_sees_the_same_parent_process(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    """A raw ``os.fork()`` inside a child inherits its ``parent_process()``, alive, as
+    with the stdlib's (whose sentinel pipe it inherits). Under fork the sentinel is
+    the child's armed lifeline, which the fork keeps open (it was closed there, and
+    ``is_alive()`` read False); a corral fork grandchild, armed on a lifeline of its
+    own, keeps no fd on the child's."""
+    p = ctx.Process(target=helpers.raw_fork_parent_view, args=(os.getpid(),))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == (True, True, 0)

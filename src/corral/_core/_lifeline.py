@@ -59,18 +59,22 @@ def child_end() -> FdHandle:
 def _after_fork_in_child() -> None:
     # A forked child must not keep its parent's lifeline alive. The read end stays
     # open: a corral child about to be bootstrapped still needs it.
-    global _write_fd, _read_handle, _lock, _armed_fd
+    global _write_fd, _read_handle, _lock, _armed_fd, _inherited_fd
     _lock = threading.Lock()
     if _write_fd is not None:
         os.close(_write_fd)
     _write_fd = _read_handle = None
-    # The parent's own armed lifeline signals the parent, never us.
+    # The forking process's own armed lifeline signals that process, never us (the
+    # owner is set on the open file description, which we share). It stays open
+    # here all the same: under fork it is that process's parent_process() sentinel,
+    # which a raw os.fork() child inherits, as it inherits the stdlib's sentinel
+    # pipe. A corral child bootstrapped here closes it once armed on its own.
     if _armed_fd is not None:
-        os.close(_armed_fd)
-        _armed_fd = None
+        _inherited_fd, _armed_fd = _armed_fd, None
 
 
 _armed_fd: int | None = None
+_inherited_fd: int | None = None  # (the forking process's armed lifeline, see above)
 
 os.register_at_fork(
     before=lambda: _lock.acquire(),
@@ -84,6 +88,14 @@ def armed(fd: int) -> None:
     ``_bootstrap.setup``), so that the child's own fork children close it."""
     global _armed_fd
     _armed_fd = fd
+    _drop_inherited()
+
+
+def _drop_inherited() -> None:
+    global _inherited_fd
+    if _inherited_fd is not None:
+        os.close(_inherited_fd)
+        _inherited_fd = None
 
 
 def armed_fd() -> int | None:
@@ -110,6 +122,7 @@ def arm(handle: FdHandle, handler: Callable[[int, object], None]) -> None:
     fcntl.fcntl(fd, F_SETSIG, LIFELINE_SIGNAL)
     fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK | os.O_ASYNC)
     _armed_fd = fd
+    _drop_inherited()
     # Armed first, checked second: a parent that died before we were armed is seen
     # here (EOF: nobody ever writes to the lifeline, so readable means EOF), one that
     # dies later raises the signal. (select, not a read: the BlockingIOError of a
