@@ -536,3 +536,22 @@ NO_MEMORY_SCRIPT = textwrap.dedent(
 def test_a_growth_without_memory_raises_and_changes_nothing(path: str, tmp_path: Path) -> None:
     out = _run_script(NO_MEMORY_SCRIPT, path, tmp_path)
     assert out.stdout.split() == ["MemoryError", str(INITIAL)]
+
+
+def test_a_finished_copy_forgets_its_own_mapping_not_an_equal_one() -> None:
+    """Claims copying out of mappings are tracked in a list: the one finished is
+    removed by identity (``list.remove`` would compare two mappings' bytes, and take
+    the first equal one, whose mapping could then be unmapped under its copy)."""
+    q = corral.Queue()
+    try:
+        ring = q._ring
+        first, second = memoryview(bytearray(64)), memoryview(bytearray(64))
+        ring._copies.extend([first, second])
+        ring._copy_done(second)
+        assert len(ring._copies) == 1
+        assert ring._copies[0] is first
+        ring._copy_done(first)
+        assert ring._copies == []
+    finally:
+        q.close()
+        q.join_thread()

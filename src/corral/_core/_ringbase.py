@@ -183,14 +183,14 @@ class RingBase:
         self.try_get_many = self.fast.get_many
         # The data area's geometry in this process (set by _use): its size, its
         # origin (position p is at offset (p - origin) % size), the room a put may
-        # fill, the retained pages, its mapping and a view of it. The hot paths have
+        # fill, the retained pages and its mapping (a byte view). The hot paths have
         # it in one tuple, _hot (with maxsize, the header's u64 view and the mutex).
         self.size, self.origin, self.room, self.retain = first, 0, room, retain
-        self._mm, self._view = self._hm, _shm.buf
+        self._mm = self._hm
         # The mappings claims of this process copy from right now (with the mutex
-        # let go), and the mappings replaced since, closed once no copy is left.
-        self._copies: list[tuple[memoryview, memoryview]] = []
-        self._retired: list[tuple[memoryview, memoryview]] = []
+        # let go), and the mappings replaced since, released once no copy is left.
+        self._copies: list[memoryview] = []
+        self._retired: list[memoryview] = []
         self._hot = (first, 0, room, retain, maxsize, self._hm, self._q, self._mutex)
         self._use(self._hm, addr + DATA, first)
         if self._q[Q_GEO] != first:  # grown before this process attached
@@ -209,31 +209,36 @@ class RingBase:
         claim of this process is copying out of it (then once none is). Nothing
         else holds a view of it: geometry is read only with the mutex held and
         after ``_sync``."""
-        old, old_view = self._mm, self._view
+        old = self._mm
         origin = self._q[Q_BASE] % size
         retain = min(RETAIN_BYTES, size)
         room = min(size, self.capacity)
-        view = mm
         # In this order: an interrupt before ``size`` leaves it behind ``geo``, one
         # before ``_hot`` leaves that behind (see _sync), and the next holder of the
         # mutex does it all again.
         self.fast.remap(data, size, room, origin, retain)
-        self._mm, self._view = mm, view
+        self._mm = mm
         self.origin, self.room, self.retain = origin, room, retain
         self.size = size
         self._hot = (size, origin, room, retain, self.maxsize, mm, self._q, self._mutex)
         if old is not mm and old is not self._hm:
-            self._retired.append((old, old_view))
+            self._retired.append(old)
         if not self._copies:
             self._close_retired()
 
+    def _copy_done(self, mapping: memoryview) -> None:
+        """A claim's copy out of ``mapping`` is over. (Found by identity: ``==``
+        would compare two mappings' bytes.)"""
+        for i, held in enumerate(self._copies):
+            if held is mapping:
+                del self._copies[i]
+                return
+
     def _close_retired(self) -> None:
         while self._retired:
-            old, old_view = self._retired.pop()
             # (A slice of it still alive, which cannot happen, would only defer the
             # unmapping: see map_data.)
-            old_view.release()
-            old.release()
+            self._retired.pop().release()
 
     def _sync(self) -> None:
         """With the mutex held, ``geo`` differing from ``size``: catch up with the
@@ -277,7 +282,6 @@ class RingBase:
         self.fast.detach()  # later fast calls return FAST_SLOW, never touch memory
         self._close_retired()
         if self._mm is not self._hm:
-            self._view.release()
             self._mm.release()
         self._q.release()
         self._i.release()

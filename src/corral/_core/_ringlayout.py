@@ -287,7 +287,7 @@ def parse_blob(blob: bytes) -> list[Received]:
     while pos < end:
         flen, plen, nbufs = unpack(blob, pos)
         if nbufs:
-            append(read_frame_bufs(blob, memoryview(blob), pos, plen, nbufs))
+            append(read_frame_bufs(memoryview(blob), pos, plen, nbufs))
         else:
             append(blob[pos + FRAME_HEADER : pos + FRAME_HEADER + plen])
         pos += flen
@@ -295,17 +295,17 @@ def parse_blob(blob: bytes) -> list[Received]:
 
 
 def read_frame_bufs(
-    src: bytes | memoryview, view: memoryview, base: int, plen: int, nbufs: int
+    src: memoryview, base: int, plen: int, nbufs: int
 ) -> tuple[bytes, list[bytearray]]:
-    """The pickle and the out-of-band buffers of the frame at ``base`` in ``src``
-    (``view``: a memoryview of the same memory, for copying the buffers out)."""
+    """The pickle and the out-of-band buffers of the frame at ``base`` in ``src``,
+    each copied out once."""
     lens = struct.unpack_from(f"@{nbufs}Q", src, base + FRAME_HEADER)
     pos = base + FRAME_HEADER + 8 * nbufs
     head = bytes(src[pos : pos + plen])
     pos = base + align(FRAME_HEADER + 8 * nbufs + plen)
     out = []
     for length in lens:
-        out.append(bytearray(view[pos : pos + length]))
+        out.append(bytearray(src[pos : pos + length]))
         pos += align(length)
     return head, out
 

@@ -342,7 +342,7 @@ class SingleOps(GrowOps):
                 q[Q_CLAIM_START] = pstart
                 self._i[I_CLAIM] = pid
                 claimed = True
-                copy = (mm, self._view)
+                copy = mm
                 self._copies.append(copy)  # (keeps the mapping open: see _use)
             else:
                 if nbufs:
@@ -388,7 +388,7 @@ class SingleOps(GrowOps):
 
     def _get_claimed(
         self,
-        copy: tuple[memoryview, memoryview],
+        copy: memoryview,
         start: int,
         end: int,
         base: int,
@@ -404,14 +404,14 @@ class SingleOps(GrowOps):
         raised."""
         pid = _self_identity()[0]
         try:
-            out = read_frame_bufs(copy[0], copy[1], base, plen, nbufs)
+            out = read_frame_bufs(copy, base, plen, nbufs)
             if _hook is not None:
                 _hook("get:copied")
         except BaseException:
-            self._copies.remove(copy)
+            self._copy_done(copy)
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise
-        self._copies.remove(copy)
+        self._copy_done(copy)
         if not self._lock(_finish_timeout(block, deadline)):
             self._let_go(I_CLAIM, pid, I_PUT_SEQ, self._put_seq)
             raise queue.Empty
@@ -461,7 +461,7 @@ class SingleOps(GrowOps):
                 raise queue.Empty
 
     def _read_bufs(self, base: int, plen: int, nbufs: int) -> tuple[bytes, list[bytearray]]:
-        return read_frame_bufs(self._mm, self._view, base, plen, nbufs)
+        return read_frame_bufs(self._mm, base, plen, nbufs)
 
     def _give_back(self, old: int, new: int, tail: int) -> None:
         """With the mutex held, after consuming ``[old, new)`` (``tail`` as it was
