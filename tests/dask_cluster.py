@@ -161,29 +161,28 @@ class DaskCluster:
         """SIGKILL a dask worker process; return the pids of its subtree (its corral
         pools) that did not die with it within LEAK_GRACE (empty: all died).
 
-        They die by corral's lifeline, and come back to this test process (a
-        subreaper) as zombies, which are reaped here: on a real node they go to
-        PID 1, and the nanny reaps the worker itself.
+        They die by corral's supervisor (which may sweep as soon as it sees the
+        worker's SIGKILL pending, before the worker has exited) or its lifeline, and
+        come back to this test process (a subreaper) as zombies once the worker has
+        exited; they are reaped here. On a real node they go to PID 1, and the
+        nanny reaps the worker itself.
         """
         subtree = set(_linux.descendants_of(pid))
         os.kill(pid, signal.SIGKILL)
 
-        def alive() -> set[int]:
-            return {p for p in subtree if _linux.proc_state(p) not in (None, "Z")}
+        def gone() -> bool:
+            _reap_dead(subtree)
+            return all(_linux.proc_state(p) is None for p in subtree)
 
-        leaks.wait_until(lambda: not alive(), leaks.LEAK_GRACE)
-        survivors = alive()
-        ours = subtree & set(_linux.children_of(os.getpid()))
-        for orphan in ours - survivors:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(orphan, 0)
-        return sorted(survivors)
+        leaks.wait_until(gone, leaks.LEAK_GRACE)
+        return sorted(p for p in subtree if _linux.proc_state(p) not in (None, "Z"))
 
     def reap_orphans(self, before: set[int]) -> list[int]:
         """After a dask worker died on its own (an item killed it): wait until the
-        corral processes it held, which came back to this test process (a
-        subreaper), are dead, and reap them. ``before``: this process's children
-        before the death. Returns the pids still alive after LEAK_GRACE."""
+        corral processes it held, which come back to this test process (a
+        subreaper) once the worker has exited, are dead, and reap them. ``before``:
+        this process's children before the death. Returns the pids still alive
+        after LEAK_GRACE."""
         owned = {self.scheduler.pid, self.workers.pid}
 
         def orphans() -> set[int]:
@@ -192,12 +191,15 @@ class DaskCluster:
         def alive() -> set[int]:
             return {p for p in orphans() if _linux.proc_state(p) not in (None, "Z")}
 
-        leaks.wait_until(lambda: not alive(), leaks.LEAK_GRACE)
-        survivors = alive()
-        for orphan in orphans() - survivors:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(orphan, 0)
-        return sorted(survivors)
+        def settled() -> bool:
+            _reap_dead(orphans())
+            # (A zombie still in the workers' tree is a dead worker's, not yet
+            # come back to us, or one the nanny has yet to reap.)
+            tree = _linux.descendants_of(self.workers.pid)
+            return not alive() and all(_linux.proc_state(p) != "Z" for p in tree)
+
+        leaks.wait_until(settled, leaks.LEAK_GRACE)
+        return sorted(alive())
 
     def wait_for_workers(self) -> None:
         """After a worker was killed: wait until its nanny's replacement joined."""
@@ -235,3 +237,11 @@ class DaskCluster:
             leaks.kill_and_reap(leftover)
             return [f"cluster processes left after stop: {described}"]
         return []
+
+
+def _reap_dead(pids: set[int]) -> None:
+    """Reap those of ``pids`` that are zombie children of this process."""
+    for pid in pids & set(_linux.children_of(os.getpid())):
+        if _linux.proc_state(pid) == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)

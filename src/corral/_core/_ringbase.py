@@ -139,7 +139,7 @@ class RingBase:
         initial = min(INITIAL_BYTES, capacity)
         self.max_size = capacity  # the data area doubles from ``initial`` up to this
         if _shm is None:
-            _shm = SharedMemory(DATA + initial, what="queue", one_fd=True)
+            _shm = SharedMemory(DATA + initial, what="queue")
             init_mutex(_shm.address + OFF_MUTEX)
             CONST.pack_into(_shm.buf, OFF_CONST, MAGIC, capacity, maxsize)
             U64.pack_into(_shm.buf, OFF_GEO, initial)  # (nobody else sees it yet)

@@ -96,14 +96,13 @@ class SharedMemory:
         size: int,
         *,
         what: str = "shared memory",
-        one_fd: bool = False,
         _handle: FdHandle | None = None,
     ):
-        """``one_fd``: map with libc's mmap instead of Python's, which keeps a
-        duplicate of the fd for as long as the mapping lives: one fd per block
-        instead of two. ``buf`` is then a view of a ctypes array, not of an mmap,
-        and the block is unmapped once ``buf`` and every view taken of it are gone
-        (``close()`` closes the fd at once)."""
+        """Mapped with libc's mmap (``map_fd``), not Python's, which keeps a
+        duplicate of the fd for as long as the mapping lives: one fd per block, not
+        two. ``buf`` is a view of a ctypes array, and the block is unmapped once
+        ``buf`` and every view taken of it are gone (``close()`` closes the fd at
+        once)."""
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if _handle is None:
@@ -116,19 +115,9 @@ class SharedMemory:
             _handle = FdHandle(fd, what)
         self._handle = _handle
         self.size = size
-        self.one_fd = one_fd
-        self._mmap: mmap.mmap | None = None
-        if one_fd:
-            self._anchor: ctypes.Array[ctypes.c_char] | ctypes.c_char = map_fd(_handle.fd, size)
-            self.buf = memoryview(self._anchor).cast("B")
-            self.address: int = ctypes.addressof(self._anchor)
-        else:
-            self._mmap = mmap.mmap(
-                _handle.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-            )
-            self.buf = memoryview(self._mmap)
-            self._anchor = ctypes.c_char.from_buffer(self._mmap)
-            self.address = ctypes.addressof(self._anchor)
+        self._anchor: ctypes.Array[ctypes.c_char] | None = map_fd(_handle.fd, size)
+        self.buf = memoryview(self._anchor).cast("B")
+        self.address: int = ctypes.addressof(self._anchor)
 
     @property
     def fd(self) -> int:
@@ -153,22 +142,19 @@ class SharedMemory:
 
     def close(self) -> None:
         """Unmap and close. Safe to call twice. Views exported from ``buf`` must be
-        gone (with ``one_fd``, a slice of ``buf`` still alive defers the unmapping
-        until it goes)."""
+        gone (a slice of ``buf`` still alive defers the unmapping until it goes)."""
         if self._handle.closed:
             return
         self.buf.release()  # (BufferError while views of it remain: nothing unmapped)
-        del self._anchor
-        if self._mmap is not None:
-            self._mmap.close()
+        self._anchor = None
         self._handle.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._handle, self.size, self.one_fd))
+        return (_rebuild, (self._handle, self.size))
 
     def __repr__(self) -> str:
         return f"<corral SharedMemory size={self.size} fd={self._handle.fd}>"
 
 
-def _rebuild(handle: FdHandle, size: int, one_fd: bool = False) -> SharedMemory:
-    return SharedMemory(size, what=handle.what, one_fd=one_fd, _handle=handle)
+def _rebuild(handle: FdHandle, size: int) -> SharedMemory:
+    return SharedMemory(size, what=handle.what, _handle=handle)
