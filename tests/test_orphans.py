@@ -248,13 +248,15 @@ while True:
     pass
 """
 # Busy processes beside the starved parent on its CPU: each has 1024 / 3 times its
-# weight (the idle policy's); it waited 0.4-1.9 s for its turn here.
-SPINNERS = 4
-# A parent that ran within this of its SIGKILL (its SIGKILL no longer pending) was
-# hardly kept waiting (the scheduler ran it at once, once in about a dozen runs):
-# the attempt shows nothing, and is made again, up to STARVE_ATTEMPTS times.
-NOT_STARVED = 0.05
-STARVE_ATTEMPTS = 3
+# weight (the idle policy's); with 4 it waited 0.4-1.9 s for its turn here, alone,
+# and once only 0.1 s beside the rest of the suite.
+SPINNERS = 6
+# A parent that ran (its SIGKILL no longer pending) before the supervisor's look
+# was due, with some slack for a busy machine, was not kept waiting long enough
+# for the test to show anything: the attempt is made again, up to STARVE_ATTEMPTS
+# times.
+NOT_STARVED = 1.5 * _sweep.KILL_POLL
+STARVE_ATTEMPTS = 5
 # How often the test looks whether the parent's SIGKILL is still pending.
 PENDING_LOOK = 0.005
 
