@@ -41,14 +41,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Process", "process_class_for"]
 
-# The launchers (_core._popen) cost a spawned child about a fifth of its import of
-# corral (multiprocessing.forkserver, connection, tempfile...), and a child needs
-# them only to start children of its own: they are loaded then. A process that is
-# not being unpickled into (the main program, a forkserver preloading corral) loads
-# them now, so that importing corral adds it to the forkserver's preload list
-# before the server starts.
+# The launchers (_core._launch, _popen) cost a spawned child part of its import of
+# corral, and a child needs them only to start children of its own: they are
+# loaded then. A process that is not being unpickled into (the main program, a
+# forkserver preloading corral) loads them now. (Spawn's and forkserver's, whose
+# stdlib modules pull in connection, tempfile, shutil..., load at their first use,
+# before any corral forkserver starts, so corral is in its preload list; and at
+# once if the stdlib's forkserver module is already loaded: see _core._launch.)
 if not getattr(_mp_process.current_process(), "_inheriting", False):
-    from ._core import _popen as _popen
+    from ._core import _launch as _launch
 
 _collect_lock = threading.Lock()
 
@@ -59,10 +60,10 @@ class _StartSupport:
     and an import statement on every start would cost a call into importlib."""
 
     def __init__(self) -> None:
-        from ._core import _arena, _popen
+        from ._core import _arena, _launch
         from ._core._shm import NAME_PREFIX
 
-        self.popen_class_for = _popen.popen_class_for
+        self.popen_class_for = _launch.popen_class_for
         self.result_name = f"{NAME_PREFIX}result"
         self.child_starting = _arena.child_starting
         self.child_gone = _arena.child_gone

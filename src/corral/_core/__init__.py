@@ -30,7 +30,10 @@ Nothing here knows about Process, Queue, Lock or Pool, or imports anything from
                    outside when the parent dies (exec, closed fds, blocked signals, stopped).
 - ``_lifeline``:   the pipe whose end tells a child that the process that started it is gone.
 - ``_reaper``:     the thread that reaps corral's own children through pidfds, and only them.
-- ``_popen``:      per-start-method launchers that wire all of the above into a child.
+- ``_popen``:      the launchers that wire all of the above into a child: the base,
+                   and fork's.
+- ``_popen_exec``: spawn's and forkserver's launchers (loaded on first use).
+- ``_launch``:     which launcher, by start method.
 - ``_bootstrap``:  what runs first and last inside every corral child.
 
 The C extension's ``LockBase`` is generic too: a fast acquire/release of a robust
