@@ -94,9 +94,21 @@ def corral_memfd_maps() -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
+# The prefix of the /dev/shm entries that tests of this check make on purpose,
+# followed by the pid of the test process that made it: another xdist worker's
+# check must not take one for its own test's leak (it did, once, in CI).
+SELF_TEST_PREFIX = f"{NAME_PREFIX}leak-self-test-"
+
+
 def corral_shm_entries() -> frozenset[str]:
-    """/dev/shm entries that corral made (by their name); never anybody else's."""
-    return frozenset(n for n in os.listdir(SHM_DIR) if n.startswith(NAME_PREFIX))
+    """/dev/shm entries that corral made (by their name); never anybody else's, nor
+    another test process's deliberate ones (``SELF_TEST_PREFIX``)."""
+    ours = f"{SELF_TEST_PREFIX}{os.getpid()}-"
+    return frozenset(
+        n
+        for n in os.listdir(SHM_DIR)
+        if n.startswith(NAME_PREFIX) and (not n.startswith(SELF_TEST_PREFIX) or n.startswith(ours))
+    )
 
 
 def describe(pids: list[int]) -> list[str]:

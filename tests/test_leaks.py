@@ -19,7 +19,7 @@ import corral
 from corral._core._arena import BIG
 from corral._core._shm import NAME_PREFIX
 
-from .leaks import SHM_DIR, LeakCheck
+from .leaks import SELF_TEST_PREFIX, SHM_DIR, LeakCheck
 
 TIMEOUT = 30.0
 # Enough for a leak check that has nothing to wait for; a leak is reported after it.
@@ -52,7 +52,7 @@ def test_another_programs_semaphore_is_not_a_leak(prefix: str) -> None:
 
 def test_a_corral_entry_in_dev_shm_is_a_leak() -> None:
     check = LeakCheck()
-    path = f"{SHM_DIR}/{NAME_PREFIX}test-{uuid.uuid4().hex[:8]}"
+    path = f"{SHM_DIR}/{SELF_TEST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     with _removed_at_end(path):
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         problems = check.finish(GRACE)
@@ -131,3 +131,14 @@ def test_a_child_left_running_is_a_leak(ctx: corral.CorralContext) -> None:
     assert str(p.pid) in problems[0]
     # (and the handles of the process object, alive until the end of the test)
     assert all(line.startswith("file descriptors left open") for line in problems[1:])
+
+
+def test_another_test_process_s_deliberate_entry_is_not_this_test_s_leak() -> None:
+    """An entry a leak-check self-test in another process (an xdist worker) made on
+    purpose, while this test ran, is not this test's."""
+    check = LeakCheck()
+    other = os.getppid()  # (any pid but ours)
+    path = f"{SHM_DIR}/{SELF_TEST_PREFIX}{other}-{uuid.uuid4().hex[:8]}"
+    with _removed_at_end(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        assert check.finish(GRACE) == []
