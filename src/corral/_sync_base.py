@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,35 @@ class SyncStatistics:
     recoveries: int
     value: int | None = None
     holders: tuple[tuple[int, int], ...] = ()
+
+
+# The signals that may arrive at any moment, and so raise from a Python handler
+# anywhere: blocked while an exception handler undoes bookkeeping (``_hold_signals``).
+# Faults stay deliverable, and SIGKILL and SIGSTOP can't be blocked.
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+}
+
+
+def _hold_signals() -> set[int | signal.Signals]:
+    """Block the asynchronous signals in this thread; returns the mask to restore
+    (``_release_signals``). For an exception handler's cleanup, so that a second
+    interrupt can't land half-way through it: one arriving meanwhile is delivered,
+    and its handler runs, once the mask is restored. (One already taken by the
+    interpreter before the block still runs at once: the window left is the few
+    instructions before this call.)"""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+
+
+def _release_signals(mask: set[int | signal.Signals]) -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _deadline(block: bool, timeout: float | None) -> float:

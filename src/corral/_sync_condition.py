@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._core._arena import Block
 from ._core._errors import LockTimeout
 from ._core._monitor import Monitor, Slot
-from ._sync_base import SyncStatistics, _CMethod, _deadline, _lock_wait, _remaining
+from ._sync_base import (
+    SyncStatistics,
+    _CMethod,
+    _deadline,
+    _hold_signals,
+    _lock_wait,
+    _release_signals,
+    _remaining,
+)
 from ._sync_lock import Lock, RLock
 
 __all__ = ["Condition"]
@@ -138,14 +146,22 @@ class Condition:
                 mon.unlock()
             saved = lock._release_save()
         except BaseException:
-            if wait[0] >= 0:
-                self._cancel_later(slot, wait)
+            mask = _hold_signals()  # (a second interrupt waits until the cancel is done)
+            try:
+                if wait[0] >= 0:
+                    self._cancel_later(slot, wait)
+            finally:
+                _release_signals(mask)
             raise
         try:
             return self._wait_registered(slot, wait, deadline)
         except BaseException:
-            if wait[0] >= 0:  # (landed before _wait_registered's own handler)
-                self._cancel_later(slot, wait)
+            mask = _hold_signals()
+            try:
+                if wait[0] >= 0:  # (landed before _wait_registered's own handler)
+                    self._cancel_later(slot, wait)
+            finally:
+                _release_signals(mask)
             raise
         finally:
             lock._acquire_restore(saved)
@@ -181,11 +197,15 @@ class Condition:
             self._cancel(slot, wait)
             return False
         except BaseException:  # (Ctrl-C in the wait: the mutex may not be ours)
-            if wait[0] >= 0:
-                if mon.held():
-                    self._cancel(slot, wait)
-                else:
-                    self._cancel_later(slot, wait)
+            mask = _hold_signals()  # (a second interrupt waits until the cancel is done)
+            try:
+                if wait[0] >= 0:
+                    if mon.held():
+                        self._cancel(slot, wait)
+                    else:
+                        self._cancel_later(slot, wait)
+            finally:
+                _release_signals(mask)
             raise
         finally:
             mon.unlock()
