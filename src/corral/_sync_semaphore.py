@@ -25,7 +25,14 @@ from typing import Any
 from ._core._arena import Block
 from ._core._errors import LockTimeout
 from ._core._monitor import Monitor, Slot
-from ._sync_base import SyncStatistics, _deadline, _lock_wait, _remaining
+from ._sync_base import (
+    SyncStatistics,
+    _deadline,
+    _hold_signals,
+    _lock_wait,
+    _release_signals,
+    _remaining,
+)
 
 __all__ = ["BoundedSemaphore", "Semaphore"]
 
@@ -91,10 +98,16 @@ class Semaphore:
             return self._acquire(block, timeout, took)
         except BaseException:
             # An interrupt after the unit was taken (at the unlock, say): acquire()
-            # did not return, so the unit goes back.
-            if took[0]:
-                self._mon.apply(self._give_back_unit)
-                self._mon.wake_all()
+            # did not return, so the unit goes back, with the asynchronous signals
+            # held (a second interrupt waits until it is back: at most the
+            # monitor's NOWAIT_GRACE, then the give-back is left to _later).
+            mask = _hold_signals()
+            try:
+                if took[0]:
+                    self._mon.apply(self._give_back_unit)
+                    self._mon.wake_all()
+            finally:
+                _release_signals(mask)
             raise
 
     def _give_back_unit(self) -> None:
