@@ -447,10 +447,11 @@ def _kill_request(pid: int, pidfd: int, done: int) -> None:
 
 
 def kill_pending(pid: int) -> bool:
-    """Whether ``pid`` has a SIGKILL pending: it is dying, whenever it next runs.
+    """Whether ``pid`` has been sent a SIGKILL: it is dying, whenever it next runs.
 
-    A SIGKILL is queued process-wide and on each thread until the thread takes it,
-    which is the first thing it does when it runs again."""
+    A SIGKILL is queued on each thread until the thread takes it (the first thing
+    it does when it runs again), and in the process-wide set (ShdPnd) until the
+    process is reaped: so this also answers True for a process already exiting."""
     data = read_small(f"/proc/{pid}/status")
     if data is None:
         return False
