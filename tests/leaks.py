@@ -112,6 +112,7 @@ def corral_shm_entries() -> frozenset[str]:
 
 
 def describe(pids: list[int]) -> list[str]:
+    """``pid (comm)`` for each pid, so a failure names what it found."""
     out = []
     for pid in pids:
         try:
@@ -120,6 +121,31 @@ def describe(pids: list[int]) -> list[str]:
         except (OSError, IndexError):
             comm = "?"
         out.append(f"{pid} ({comm})")
+    return out
+
+
+def describe_fully(pids: list[int]) -> list[str]:
+    """For each pid: comm, state, parent, pending and blocked signals, where it
+    sleeps in the kernel and its command line, so that a process found where it
+    should not be can be understood from the failure's message alone."""
+    out = []
+    for pid in pids:
+        fields: dict[str, str] = {}
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    fields[key] = value.strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read().strip()
+        except OSError as exc:
+            out.append(f"{pid}: {exc.__class__.__name__}")
+            continue
+        parts = [f"{k}={fields.get(k, '?')}" for k in ("Name", "State", "PPid")]
+        parts += [f"{k}={fields.get(k, '?')}" for k in ("ShdPnd", "SigPnd", "SigBlk")]
+        out.append(f"{pid}: {' '.join(parts)} wchan={wchan} cmd={cmdline[:160]!r}")
     return out
 
 
