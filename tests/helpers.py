@@ -225,14 +225,18 @@ def parent_view(parent_pid: int) -> tuple[bool, bool, bool]:
     return parent.is_alive(), parent.pid == parent_pid, parent.sentinel == _lifeline.armed_fd()
 
 
-def raw_fork_parent_view(parent_pid: int) -> tuple[bool, bool, int]:
+def raw_fork_parent_view(parent_pid: int) -> tuple[bool, bool, int, int]:
     """From inside a child: what a raw ``os.fork()`` of it sees as
-    ``parent_process()`` (alive?, the right pid?), and how many fds on this child's
-    lifeline pipe a corral fork grandchild keeps (its own lifeline is another pipe)."""
+    ``parent_process()`` (alive?, the right pid?) and how many of its fds on this
+    child's lifeline pipe are signal-driven (O_ASYNC: the parent's death would then
+    signal this child, whatever it has become); and how many fds on that pipe a
+    corral fork grandchild keeps (its own lifeline is another pipe)."""
     import multiprocessing
 
     from corral._core import _lifeline
 
+    armed = _lifeline.armed_fd()
+    ours = os.readlink(f"/proc/self/fd/{armed}") if armed is not None else ""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -242,6 +246,7 @@ def raw_fork_parent_view(parent_pid: int) -> tuple[bool, bool, int]:
                 [
                     parent is not None and parent.is_alive(),
                     parent is not None and parent.pid == parent_pid,
+                    async_fds_on(ours),
                 ]
             )
             os.write(w, seen)
@@ -249,16 +254,26 @@ def raw_fork_parent_view(parent_pid: int) -> tuple[bool, bool, int]:
             os._exit(0)
     os.close(w)
     _, status = os.waitpid(pid, 0)
-    seen = os.read(r, 2)
+    seen = os.read(r, 3)
     os.close(r)
     assert status == 0, status
-    assert len(seen) == 2, seen
-    armed = _lifeline.armed_fd()
-    ours = os.readlink(f"/proc/self/fd/{armed}") if armed is not None else ""
+    assert len(seen) == 3, seen
     grandchild = corral.get_context("fork").Process(target=fds_on, args=(ours,))
     grandchild.start()
     kept: int = grandchild.result(timeout=60)
-    return bool(seen[0]), bool(seen[1]), kept
+    return bool(seen[0]), bool(seen[1]), seen[2], kept
+
+
+def async_fds_on(target: str) -> int:
+    """How many of this process's fds point at ``target`` with O_ASYNC set."""
+    count = 0
+    for n in os.listdir("/proc/self/fd"):
+        if _readlink(f"/proc/self/fd/{n}") != target:
+            continue
+        with open(f"/proc/self/fdinfo/{n}") as f:
+            flags = next(int(x.split()[1], 8) for x in f if x.startswith("flags:"))
+        count += bool(flags & 0o20000)  # (O_ASYNC, FASYNC)
+    return count
 
 
 def fds_on(target: str) -> int:

@@ -45,13 +45,24 @@ def _stop() -> None:
     time.sleep(FOREVER)
 
 
+def _stay_python() -> None:
+    time.sleep(FOREVER)
+
+
 HOSTILE = {
     "exec": _exec_sleep,
+    "exec-above-python": _exec_sleep,
     "exec-shell": _exec_shell,
     "closed-fds": _close_fds,
     "blocked-signals": _block_signals,
     "stopped": _stop,
 }
+
+
+# Rows whose grandchild does something else than the child: in "exec-above-python"
+# the grandchild, a raw fork, stays in Python (and so keeps whatever it inherited
+# from the corral child at the fork) while the child exec()s.
+GRANDCHILD = {"exec-above-python": _stay_python}
 
 
 def hostile(row: str, conn: Connection) -> None:
@@ -60,7 +71,7 @@ def hostile(row: str, conn: Connection) -> None:
     grandchild = os.fork()
     if grandchild == 0:
         try:
-            turn()
+            GRANDCHILD.get(row, turn)()
         finally:
             os._exit(1)
     conn.send([os.getpid(), grandchild])

@@ -157,8 +157,11 @@ def test_a_raw_fork_of_a_child_sees_the_same_parent_process(
     """A raw ``os.fork()`` inside a child inherits its ``parent_process()``, alive, as
     with the stdlib's (whose sentinel pipe it inherits). Under fork the sentinel is
     the child's armed lifeline, which the fork keeps open (it was closed there, and
-    ``is_alive()`` read False); a corral fork grandchild, armed on a lifeline of its
-    own, keeps no fd on the child's."""
+    ``is_alive()`` read False), but not signal-driven: the raw fork holds a
+    description of its own (held, the child's one would signal the child at its
+    parent's death even after it exec()ed: see test_orphans.py,
+    "exec-above-python"). A corral fork grandchild, armed on a lifeline of its own,
+    keeps no fd on the child's."""
     p = ctx.Process(target=helpers.raw_fork_parent_view, args=(os.getpid(),))
     p.start()
-    assert p.result(timeout=TIMEOUT) == (True, True, 0)
+    assert p.result(timeout=TIMEOUT) == (True, True, 0, 0)

@@ -64,13 +64,35 @@ def _after_fork_in_child() -> None:
     if _write_fd is not None:
         os.close(_write_fd)
     _write_fd = _read_handle = None
-    # The forking process's own armed lifeline signals that process, never us (the
-    # owner is set on the open file description, which we share). It stays open
-    # here all the same: under fork it is that process's parent_process() sentinel,
-    # which a raw os.fork() child inherits, as it inherits the stdlib's sentinel
-    # pipe. A corral child bootstrapped here closes it once armed on its own.
+    # The forking process's armed lifeline stays open here, under the same number:
+    # under fork it is that process's parent_process() sentinel, which a raw
+    # os.fork() child inherits, as it inherits the stdlib's sentinel pipe. But not
+    # the same open file description: that one carries O_ASYNC with the forking
+    # process as its owner, and the kernel signals the owner when the write end
+    # closes for as long as *anyone* holds the description. Were we to keep it, the
+    # parent's death would send LIFELINE_SIGNAL to the forking process even after
+    # it exec()ed another program (where the signal's default action kills it at
+    # once), and its children, this one included, would be re-parented out of the
+    # supervisor's reach before it swept them (tests/test_orphans.py,
+    # "exec-above-python"). So the description is replaced by one of our own,
+    # without O_ASYNC; a corral child bootstrapped here closes it once armed.
     if _armed_fd is not None:
-        _inherited_fd, _armed_fd = _armed_fd, None
+        _inherited_fd, _armed_fd = _own_description(_armed_fd), None
+
+
+def _own_description(fd: int) -> int | None:
+    """Put a fresh open file description of the same pipe under ``fd`` (no O_ASYNC,
+    owner or signal). Returns ``fd``; None (and ``fd`` closed) if that failed: a
+    raw fork then has no parent sentinel rather than one that signals another
+    process."""
+    try:
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        os.close(fd)
+        return None
+    os.dup2(own, fd, inheritable=False)
+    os.close(own)
+    return fd
 
 
 _armed_fd: int | None = None
