@@ -279,3 +279,20 @@ def async_fds_on(target: str) -> int:
 def fds_on(target: str) -> int:
     """How many of this process's fds point at ``target`` (a /proc/self/fd link)."""
     return sum(1 for n in os.listdir("/proc/self/fd") if _readlink(f"/proc/self/fd/{n}") == target)
+
+
+def corral_fds_kept_across_exec(*shared: Any) -> list[str]:
+    """From inside a child given ``shared`` corral objects at start: its fds on
+    corral's memfds or on its lifeline that an exec() would keep (inheritable)."""
+    from corral._core import _lifeline
+
+    del shared  # (passed only so that their fds reach this child)
+    armed = _lifeline.armed_fd()
+    lifeline = os.readlink(f"/proc/self/fd/{armed}") if armed is not None else None
+    kept = []
+    for n in map(int, os.listdir("/proc/self/fd")):
+        target = _readlink(f"/proc/self/fd/{n}")
+        ours = target.startswith("/memfd:corral") or (lifeline is not None and target == lifeline)
+        if ours and os.get_inheritable(n):
+            kept.append(f"{n} -> {target}")
+    return kept

@@ -165,3 +165,18 @@ def test_a_raw_fork_of_a_child_sees_the_same_parent_process(
     p = ctx.Process(target=helpers.raw_fork_parent_view, args=(os.getpid(),))
     p.start()
     assert p.result(timeout=TIMEOUT) == (True, True, 0, 0)
+
+
+def test_no_corral_fd_is_kept_across_a_childs_exec(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    """A child that exec()s another program leaves corral's fds behind: its result
+    memfd, its lifeline, the shared objects it was given. Under spawn and forkserver
+    they arrive inheritable (kept across exec for spawn, received over a socket for
+    forkserver) and are made close-on-exec as they are rebuilt; under fork they are
+    inherited close-on-exec."""
+    queue, lock, value = ctx.Queue(), ctx.Lock(), ctx.Value("i", 0)
+    p = ctx.Process(target=helpers.corral_fds_kept_across_exec, args=(queue, lock, value))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == []
+    queue.close()

@@ -5,7 +5,7 @@
   "spawning". ``FdHandle.__reduce__`` then asks the launcher to pass the descriptor
   along (``DupFd``): spawn lists it in the fds kept across exec, forkserver sends it
   over its unix socket with SCM_RIGHTS. The child rebuilds an ``FdHandle`` around the
-  descriptor it received.
+  descriptor it received, made close-on-exec (it arrives inheritable).
 
 Pickling an ``FdHandle`` at any other time (say, putting it in a queue) is refused
 with a clear error, as the stdlib does for its own locks and pipes.
@@ -72,8 +72,13 @@ class FdHandle:
 
 
 def _rebuild(dupfd: _DupFd, what: str) -> FdHandle:
-    return FdHandle(dupfd.detach(), what)
+    return _rebuild_number(dupfd.detach(), what)
 
 
 def _rebuild_number(fd: int, what: str) -> FdHandle:
+    # The fd arrives inheritable (spawn keeps it across exec with pass_fds; one
+    # received with SCM_RIGHTS has no close-on-exec): made close-on-exec here, as
+    # fork children inherit it, so that a child that exec()s another program does
+    # not hand it corral's shared memory, or keep a result memfd alive.
+    os.set_inheritable(fd, False)
     return FdHandle(fd, what)
