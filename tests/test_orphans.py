@@ -360,6 +360,44 @@ def _kill_a_starved_parent(
     return children, ran, pending
 
 
+# How long a paused parent's children are watched for a wrong sweep: five of the
+# supervisor's looks for a pending SIGKILL (the horizon of a "nothing happens"
+# assertion, not a wait for something to happen).
+PAUSE_HORIZON = 5 * _sweep.KILL_POLL
+
+
+@pytest.mark.parametrize("then", ["continued-then-killed", "killed-while-stopped"])
+def test_a_paused_parent_is_not_taken_for_a_dead_one(
+    subtree: _Subtree, start_method: str, then: str
+) -> None:
+    """The supervisor looks for a SIGKILL pending on the parent every KILL_POLL: a
+    parent SIGSTOPped (paused, not dying) must not have its children swept, even
+    ones that only the supervisor could end (exec()ed), however long the pause.
+    Then a SIGKILL, after a SIGCONT or while still stopped, ends them as usual."""
+    argv = [sys.executable, str(PARENT), start_method, "exec", "0"]
+    parent = subtree.own(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    assert parent.stdout is not None
+    line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
+    assert line.startswith("READY"), line
+    reported = [int(x) for x in line.split()[1:]]
+    assert wait_until(lambda: all(_hostile("exec", pid) for pid in reported), TIMEOUT)
+    pidfds = subtree.pin(reported)
+    os.kill(parent.pid, signal.SIGSTOP)
+    assert wait_until(lambda: _linux.proc_state(parent.pid) == "T", TIMEOUT)
+    survivors, _ = _watch.wait_dead(pidfds, PAUSE_HORIZON)
+    assert survivors == sorted(reported), "a paused parent's children were swept"
+    if then == "continued-then-killed":
+        os.kill(parent.pid, signal.SIGCONT)
+        assert wait_until(lambda: _linux.proc_state(parent.pid) != "T", TIMEOUT)
+        survivors, _ = _watch.wait_dead(pidfds, 0)
+        assert survivors == sorted(reported)
+    parent.kill()
+    survivors, took = _watch.wait_dead(pidfds, TIMEOUT)
+    assert parent.wait(TIMEOUT) == -signal.SIGKILL
+    assert not survivors, f"alive {TIMEOUT} s after the parent's SIGKILL: {survivors}"
+    assert took < ORPHAN_BOUND, f"the children took {took:.3f} s to die"
+
+
 CLEAN_PARENT = """
 import sys
 sys.path.insert(0, {root!r})
