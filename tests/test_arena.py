@@ -9,7 +9,7 @@ import itertools
 import os
 
 import corral
-from corral._core import _arena
+from corral._core import _arena, _started
 from corral._core._arena import ALIGN, BIG, PAGE, Block, allocate, blocks_in_use
 from corral._core._fdpass import FdHandle
 
@@ -105,7 +105,7 @@ def test_an_arena_received_twice_is_held_once() -> None:
 def test_a_block_freed_by_the_collector_mid_allocation_waits_its_turn() -> None:
     block = allocate(64)
     arena, used = block.arena, block.arena.used
-    with _arena._lock:
+    with _started.lock:
         _arena._busy = True  # (as if the collector ran inside allocate())
         try:
             block.close()

@@ -292,6 +292,28 @@ def test_a_spawned_child_imports_no_launcher_and_no_ctypes() -> None:
     assert out.stdout.splitlines() == ["False False", "True"]
 
 
+def test_a_program_that_only_starts_processes_loads_no_shared_memory_machinery() -> None:
+    """Starting and joining children (fork: the start method that inherits the
+    parent's whole address space) loads neither the arena nor ctypes and mmap: they
+    would add some 20 memory areas that every later fork copies. The result memfd
+    is named as every corral memfd is (``_shm.NAME_PREFIX``)."""
+    code = (
+        "import sys, corral\n"
+        "p = corral.get_context('fork').Process(target=int)\n"
+        "p.start(); p.join(60)\n"
+        "assert p.exitcode == 0, p.exitcode\n"
+        "mods = ('corral._core._arena', 'corral._core._shm', 'ctypes', 'mmap')\n"
+        "print([m for m in mods if m in sys.modules])\n"
+        "from corral import _process\n"
+        "from corral._core import _shm\n"
+        "print(_process._starts.result_name == _shm.NAME_PREFIX + 'result')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.splitlines() == ["[]", "True"]
+
+
 def test_every_multiprocessing_name_is_there() -> None:
     missing = [name for name in multiprocessing.__all__ if not hasattr(corral, name)]
     assert not missing

@@ -56,17 +56,17 @@ _collect_lock = threading.Lock()
 
 class _StartSupport:
     """What ``start()`` needs beyond this module, loaded at the first start: a
-    spawned child that starts nothing needs none of it (``_arena`` brings ctypes),
-    and an import statement on every start would cost a call into importlib."""
+    spawned child that starts nothing needs none of it, and an import statement on
+    every start would cost a call into importlib. (Not the arena, nor ``_shm``: they
+    bring ctypes and mmap, which a program that only starts processes never needs.)"""
 
     def __init__(self) -> None:
-        from ._core import _arena, _launch
-        from ._core._shm import NAME_PREFIX
+        from ._core import _launch, _started
 
         self.popen_class_for = _launch.popen_class_for
-        self.result_name = f"{NAME_PREFIX}result"
-        self.child_starting = _arena.child_starting
-        self.child_gone = _arena.child_gone
+        self.result_name = "corral-result"  # (``_shm.NAME_PREFIX``, checked in tests)
+        self.child_starting = _started.child_starting
+        self.child_gone = _started.child_gone
 
 
 _starts: _StartSupport | None = None

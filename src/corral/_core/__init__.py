@@ -10,6 +10,8 @@ Nothing here knows about Process, Queue, Lock or Pool, or imports anything from
                    or None.
 - ``_shm``:        anonymous shared memory (memfd + mmap).
 - ``_arena``:      many small objects (locks, values) in one memfd: one fd per arena.
+- ``_started``:    the children started and not yet collected, by start number (what
+                   the arena's freeing waits for), without loading the arena.
 - ``_fdpass``:     handing a file descriptor to a child at start, under every start method.
 - ``_futex``:      futex wait/wake on words in shared memory.
 - ``_robust``:     robust process-shared glibc mutexes, and the one spin policy.

@@ -49,10 +49,10 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import threading
 import weakref
 from multiprocessing import context as _mp_context
 
+from . import _started
 from ._errors import SharingError
 from ._fdpass import FdHandle
 from ._linux import libc
@@ -71,8 +71,6 @@ __all__ = [
     "Block",
     "allocate",
     "blocks_in_use",
-    "child_gone",
-    "child_starting",
 ]
 
 PAGE = mmap.PAGESIZE
@@ -197,7 +195,7 @@ class Block:
         self.what = what
         self.address = arena.address + offset
         self.closed = False
-        self.born = _starts  # children started before it can't have it
+        self.born = _started.count  # children started before it can't have it
 
     @property
     def fd(self) -> int:
@@ -227,7 +225,7 @@ class Block:
         # Garbage (its object is gone without closing it): free it all the same.
         # Not at interpreter exit, when this module may be half torn down: the
         # kernel frees everything then anyway.
-        if not self.closed and _lock is not None:
+        if not self.closed and _started is not None:
             self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -245,10 +243,10 @@ class Block:
 
 # -- this process's allocator
 
-# Guards everything below. Reentrant, because a block may be freed by the garbage
-# collector while this thread is inside allocate(): _busy then says the free list
-# is mid-change, and the free waits in _pending until allocate() is done.
-_lock = threading.RLock()
+# Everything below is guarded by ``_started.lock``. Reentrant, because a block may
+# be freed by the garbage collector while this thread is inside allocate(): _busy
+# then says the free list is mid-change, and the free waits in _pending until
+# allocate() is done.
 _busy = False
 _pending: list[tuple[Arena, int, int, int]] = []  # (arena, offset, size, born)
 # Children: a block freed here may still be in use in a child started after it was
@@ -256,10 +254,8 @@ _pending: list[tuple[Arena, int, int, int]] = []  # (arena, offset, size, born)
 # of its object (Process.start drops its arguments, as the stdlib's does). Giving
 # that memory to a new object would hand a child's lock to someone else and corrupt
 # the child's robust-mutex list, so such a block is held until every child started
-# since it was made has exited (Process.start calls child_starting and, once the
-# child's exit is collected, child_gone).
-_starts = 0  # children this process started so far (a block's ``born`` is this)
-_running: set[int] = set()  # start numbers of the children not yet collected
+# since it was made has exited (``_started``: Process.start counts its children
+# there, and a block's ``born`` is that count when it was made).
 _held: list[tuple[Arena, int, int, int]] = []  # freed, waiting for such children
 _owned: list[Arena] = []  # this process's shared arenas, open to allocation
 _in_use = 0  # blocks this process allocated and has not freed
@@ -288,7 +284,7 @@ def allocate(size: int, what: str = "object") -> Block:
     a page up), from this process's arenas (a new one if none has room)."""
     global _busy, _in_use
     size = _round(max(size, 1))
-    with _lock:
+    with _started.lock:
         _busy = True
         try:
             if size >= BIG:
@@ -312,42 +308,34 @@ def allocate(size: int, what: str = "object") -> Block:
 
 def _free(arena: Arena, offset: int, size: int, born: int) -> None:
     global _in_use
-    with _lock:
+    with _started.lock:
         _in_use -= 1
         _pending.append((arena, offset, size, born))
         if not _busy:
             _drain()
 
 
-def child_starting() -> int:
-    """A child is about to start: its start number, for ``child_gone``."""
-    global _starts
-    with _lock:
-        _starts += 1
-        _running.add(_starts)
-        return _starts
+def _on_child_gone() -> None:
+    """(``_started.lock`` held.) A child has gone: the blocks held for it alone go to
+    the free list."""
+    newest = _started.newest()
+    ready = [entry for entry in _held if entry[3] >= newest]
+    if ready:
+        _held[:] = [entry for entry in _held if entry[3] < newest]
+        _pending.extend(ready)
+        if not _busy:
+            _drain()
 
 
-def child_gone(number: int) -> None:
-    """The child started as ``number`` has exited (or failed to start): free the
-    blocks that were held for it alone."""
-    with _lock:
-        _running.discard(number)
-        newest = max(_running, default=0)
-        ready = [entry for entry in _held if entry[3] >= newest]
-        if ready:
-            _held[:] = [entry for entry in _held if entry[3] < newest]
-            _pending.extend(ready)
-            if not _busy:
-                _drain()
+_started.on_gone = _on_child_gone
 
 
 def _drain() -> None:
-    """(``_lock`` held, free list not mid-change.) Free the blocks waiting to be."""
+    """(``_started.lock`` held, free list not mid-change.) Free the blocks waiting to be."""
     global _busy
     _busy = True
     try:
-        newest = max(_running, default=0)
+        newest = _started.newest()
         while _pending:
             arena, offset, size, born = _pending.pop()
             if newest > born:  # a child started since it was made may still use it
@@ -384,7 +372,7 @@ def _adopt(handle: FdHandle, size: int) -> Arena:
     """An arena received from another process: the one already known by this
     memfd's identity (the duplicate fd is closed), or a new mapping of it."""
     key = _identity(handle.fd)
-    with _lock:
+    with _started.lock:
         arena = _known.get(key)
         if arena is not None and not arena.closed:
             if arena.handle is not handle:
@@ -399,21 +387,19 @@ def blocks_in_use() -> int:
     """How many blocks this process allocated and has not freed yet (the leak check
     compares it before and after a test: an arena shared with longer-lived objects
     hides a leaked block from an fd count)."""
-    with _lock:
+    with _started.lock:
         return _in_use  # (a block freed but held for a child counts as freed)
 
 
 def _after_fork_in_child() -> None:
     # The parent's arenas stay mapped for the objects inherited from it, but they
     # are the parent's to allocate from and to free: this process makes its own.
-    global _lock, _busy, _in_use, _starts
-    _lock = threading.RLock()
+    # (``_started`` resets the lock and the start numbers.)
+    global _busy, _in_use
     _busy = False
     _pending.clear()
     _owned.clear()
     _in_use = 0
-    _starts = 0
-    _running.clear()
     _held.clear()
 
 
