@@ -302,6 +302,21 @@ def test_a_killed_parent_the_scheduler_leaves_waiting_is_seen_dying(
     )
 
 
+def _start_exec_parent(
+    subtree: _Subtree, start_method: str, *options: str
+) -> tuple[subprocess.Popen[bytes], list[int], dict[int, int]]:
+    """A parent whose child and grandchild have exec()ed ``sleep`` (the "exec" row):
+    the parent, the two pids, and their pidfds."""
+    argv = [sys.executable, str(PARENT), start_method, "exec", "0", *options]
+    parent = subtree.own(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    assert parent.stdout is not None
+    line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
+    assert line.startswith("READY"), line
+    reported = [int(x) for x in line.split()[1:]]
+    assert wait_until(lambda: all(_hostile("exec", pid) for pid in reported), TIMEOUT)
+    return parent, reported, subtree.pin(reported)
+
+
 def _not_run_since_killed(pid: int) -> bool:
     """Whether ``pid``'s main thread still has the SIGKILL pending that was queued
     on it, so has not run since (it takes the signal first thing). The process-wide
@@ -320,14 +335,7 @@ def _kill_a_starved_parent(
     its SIGKILL was still pending once the children had exited. Times in seconds
     from the SIGKILL."""
     cpu = min(os.sched_getaffinity(0))
-    argv = [sys.executable, str(PARENT), start_method, "exec", "0", f"--starve={cpu}"]
-    parent = subtree.own(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
-    assert parent.stdout is not None
-    line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
-    assert line.startswith("READY"), line
-    reported = [int(x) for x in line.split()[1:]]
-    assert wait_until(lambda: all(_hostile("exec", pid) for pid in reported), TIMEOUT)
-    pidfds = subtree.pin(reported)
+    parent, _, pidfds = _start_exec_parent(subtree, start_method, f"--starve={cpu}")
     spinners = []
     for _ in range(SPINNERS):
         spinner = subprocess.Popen(
@@ -374,14 +382,7 @@ def test_a_paused_parent_is_not_taken_for_a_dead_one(
     parent SIGSTOPped (paused, not dying) must not have its children swept, even
     ones that only the supervisor could end (exec()ed), however long the pause.
     Then a SIGKILL, after a SIGCONT or while still stopped, ends them as usual."""
-    argv = [sys.executable, str(PARENT), start_method, "exec", "0"]
-    parent = subtree.own(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
-    assert parent.stdout is not None
-    line = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
-    assert line.startswith("READY"), line
-    reported = [int(x) for x in line.split()[1:]]
-    assert wait_until(lambda: all(_hostile("exec", pid) for pid in reported), TIMEOUT)
-    pidfds = subtree.pin(reported)
+    parent, reported, pidfds = _start_exec_parent(subtree, start_method)
     os.kill(parent.pid, signal.SIGSTOP)
     assert wait_until(lambda: _linux.proc_state(parent.pid) == "T", TIMEOUT)
     survivors, _ = _watch.wait_dead(pidfds, PAUSE_HORIZON)

@@ -255,6 +255,14 @@ def test_all_matches_exports() -> None:
     assert list(corral.__all__) == sorted(corral.__all__)
 
 
+def _printed_by(code: str) -> list[str]:
+    """The lines ``code`` prints, run in a fresh interpreter (which must exit 0)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout.splitlines()
+
+
 def test_import_loads_only_what_a_child_needs() -> None:
     """Every spawned or forkserver child imports corral: queues, locks, the pool and
     concurrent.futures (WorkerCrashed's stdlib base) load on first use only."""
@@ -267,10 +275,7 @@ def test_import_loads_only_what_a_child_needs() -> None:
         "e = corral.WorkerCrashed(-9, 1)\n"
         "print(isinstance(e, corral.ProcessDied), 'concurrent.futures' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.splitlines() == ["[]", "True True"]
+    assert _printed_by(code) == ["[]", "True True"]
 
 
 def test_a_spawned_child_imports_no_launcher_and_no_ctypes() -> None:
@@ -286,10 +291,7 @@ def test_a_spawned_child_imports_no_launcher_and_no_ctypes() -> None:
         "print('corral._core._popen' in sys.modules, 'multiprocessing.forkserver' in sys.modules)\n"
         "print(_native.speedups is None or 'ctypes' not in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.splitlines() == ["False False", "True"]
+    assert _printed_by(code) == ["False False", "True"]
 
 
 def test_a_program_that_only_starts_processes_loads_no_shared_memory_machinery() -> None:
@@ -308,10 +310,7 @@ def test_a_program_that_only_starts_processes_loads_no_shared_memory_machinery()
         "from corral._core import _shm\n"
         "print(_process._starts.result_name == _shm.NAME_PREFIX + 'result')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.splitlines() == ["[]", "True"]
+    assert _printed_by(code) == ["[]", "True"]
 
 
 def test_every_multiprocessing_name_is_there() -> None:
