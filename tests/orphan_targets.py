@@ -8,6 +8,7 @@ can ever react to its parent's death again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -167,3 +168,78 @@ def starts_with_a_paused_supervisor(method: str, n: int) -> tuple[int, float, in
     resumed = not [w for w in after if issubclass(w.category, RuntimeWarning)]
     left = [c for c in pids if _linux.proc_state(c) is not None]  # (not even a zombie)
     return stalls, longest, len(left), resumed
+
+
+def kill_a_storm(method: str, depth: int) -> list[int]:
+    """In a corral child (a subreaper, so its kill() freezes the subtree in-process,
+    in the storm's own session: the slow case): start a storm of ``depth`` as a
+    corral child, kill() it, join it. Returns the pids of the storm's processes
+    still running ``STRAGGLER_HORIZON`` later (escaped members come back here, the
+    nearest subreaper; a short-lived one forked in the last instant exits by itself
+    within it, a lasting one never), after killing and reaping everything left."""
+    import select
+
+    import corral
+    from corral._core import _linux, _supervisor
+
+    ctx = corral.get_context(method)
+    # (A first start brings up this process's helpers, none of them the storm's:
+    # its supervisor, and a forkserver and resource tracker under forkserver.)
+    warm_up = ctx.Process(target=int)
+    warm_up.start()
+    warm_up.join(60)
+    me = os.getpid()
+    helpers = set(_linux.descendants_of(me))
+
+    def running() -> list[int]:
+        return [
+            p
+            for p in _linux.descendants_of(me)
+            if p not in helpers
+            and p != _supervisor.pid()
+            and _linux.proc_state(p) not in (None, "Z")
+        ]
+
+    r, w = ctx.Pipe(duplex=False)
+    storm_child = ctx.Process(target=storm, args=(depth, w))
+    storm_child.start()
+    w.close()
+    if not r.poll(60):
+        raise TimeoutError("the storm did not start within 60 s")
+    root = r.recv()[0]
+    lasting = (1 << (depth + 1)) - 1
+    deadline = time.monotonic() + 60
+    while len(list(_linux.descendants_of(root))) < lasting - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # (polled until the storm has grown, bounded)
+    storm_child.kill()
+    storm_child.join(60)
+    pidfds = {}
+    for pid in running():
+        with contextlib.suppress(ProcessLookupError):
+            pidfds[pid] = os.pidfd_open(pid)
+    end = time.monotonic() + STRAGGLER_HORIZON
+    waiting = dict(pidfds)
+    while waiting and time.monotonic() < end:
+        poller = select.poll()
+        for fd in waiting.values():
+            poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(max(0.0, end - time.monotonic()) * 1000):
+            waiting = {p: f for p, f in waiting.items() if f != fd}
+    left = sorted(waiting)
+    for fd in pidfds.values():
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+    for pid in running():
+        os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG) is None and not running():
+                break
+        except ChildProcessError:
+            break
+    return left
+
+
+# How long a storm's process found running right after its kill() is given to exit
+# by itself (a short-lived one, forked as the kill began, exits at once).
+STRAGGLER_HORIZON = 5.0

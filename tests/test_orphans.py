@@ -399,6 +399,20 @@ def test_a_paused_parent_is_not_taken_for_a_dead_one(
     assert took < ORPHAN_BOUND, f"the children took {took:.3f} s to die"
 
 
+def test_kill_of_a_storm_from_a_subreaper_leaves_no_member(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    """kill() from a subreaper freezes the subtree in rounds, in the storm's own
+    session, where a member may wait seconds to run and stop. The walk ends only
+    once every member has stopped (or ``_sweep.STOP_WAIT`` has passed): one still
+    running may fork after its children were read. With the bound at 0.5 s, a
+    storm's lasting members outlived the kill() beside a load in the hundreds."""
+    p = ctx.Process(target=orphan_targets.kill_a_storm, args=(start_method, SMALL_STORM))
+    p.start()
+    left = p.result(timeout=TIMEOUT)
+    assert left == [], f"{len(left)} storm members outlived its kill()"
+
+
 CLEAN_PARENT = """
 import sys
 sys.path.insert(0, {root!r})

@@ -65,12 +65,17 @@ __all__ = [
 
 Member = tuple[int, int]  # (pid, pidfd)
 
-# How long one freeze waits, in all, for its members to enter the stopped state
-# after SIGSTOP. A process in uninterruptible sleep (D) stops only when it leaves
-# it; past this bound it is treated as stopped, at the cost of possibly missing a
-# child it forks in that instant. Longer waits out slow disks; shorter bounds the
-# tree kill's time.
-STOP_WAIT = 0.5
+# How long one freeze waits, in all, for its members to stop after SIGSTOP, and
+# one kill round for its SIGKILLed members to exit (their children are re-parented
+# to a root only then). A SIGSTOP takes effect when its target next runs, which
+# beside a fork storm under load is seconds; a member still running may fork after
+# its children were read, and one still exiting hands its children to the root only
+# once gone: were the walk to end before, they would be missed, and re-parented
+# above the root once it is killed (at 0.5 s, a storm's lasting members outlived
+# a kill() that way, beside a load in the hundreds). A member that neither stops
+# nor exits within it (stuck in uninterruptible sleep) is given up on, at the cost
+# of missing a child it forks in that instant: so a kill() waits at most this long.
+STOP_WAIT = 10.0
 
 # How long the supervisor waits for the SIGKILLed members to be gone before it
 # exits (they go in microseconds, unless stuck in the kernel).
@@ -331,7 +336,12 @@ def kill_tree(roots: list[Member]) -> list[Member]:
             continue
         if settled:
             break
-        wait_dead(killed, KILL_WAIT)
+        # (Re-read between waits: a member's exit re-parents its children to a
+        # root, where the next read finds them.)
+        if not wait_dead(killed, KILL_WAIT) and time.monotonic() < stop_deadline:
+            gone = _exited(killed)
+            killed = [fd for fd in killed if fd not in gone]
+            continue
         killed = []
         # The reads so far did not need the roots stopped (a root that forked
         # meanwhile shows its child at the next read); the last one does. In a
