@@ -8,13 +8,12 @@ can ever react to its parent's death again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
 from multiprocessing.connection import Connection
 
-from corral._tools._demo import _targets
+from corral._tools._demo import _targets, _watch
 
 FOREVER = 300.0
 SLEEP = "/bin/sleep"
@@ -177,10 +176,10 @@ def kill_a_storm(method: str, depth: int) -> list[int]:
     still running ``STRAGGLER_HORIZON`` later (escaped members come back here, the
     nearest subreaper; a short-lived one forked in the last instant exits by itself
     within it, a lasting one never), after killing and reaping everything left."""
-    import select
-
     import corral
     from corral._core import _linux, _supervisor
+
+    from . import leaks
 
     ctx = corral.get_context(method)
     # (A first start brings up this process's helpers, none of them the storm's:
@@ -213,30 +212,10 @@ def kill_a_storm(method: str, depth: int) -> list[int]:
         time.sleep(0.01)  # (polled until the storm has grown, bounded)
     storm_child.kill()
     storm_child.join(60)
-    pidfds = {}
-    for pid in running():
-        with contextlib.suppress(ProcessLookupError):
-            pidfds[pid] = os.pidfd_open(pid)
-    end = time.monotonic() + STRAGGLER_HORIZON
-    waiting = dict(pidfds)
-    while waiting and time.monotonic() < end:
-        poller = select.poll()
-        for fd in waiting.values():
-            poller.register(fd, select.POLLIN)
-        for fd, _ in poller.poll(max(0.0, end - time.monotonic()) * 1000):
-            waiting = {p: f for p, f in waiting.items() if f != fd}
-    left = sorted(waiting)
-    for fd in pidfds.values():
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-        os.close(fd)
-    for pid in running():
-        os.kill(pid, signal.SIGKILL)
-    while True:
-        try:
-            if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG) is None and not running():
-                break
-        except ChildProcessError:
-            break
+    pidfds = _watch.pin(running())
+    left, _ = _watch.wait_dead(pidfds, STRAGGLER_HORIZON)
+    _watch.kill_reap_close(pidfds)
+    leaks.kill_and_reap(set(running()))  # (any born after the pinning)
     return left
 
 
