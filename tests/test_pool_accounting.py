@@ -244,3 +244,49 @@ def test_the_pure_python_worker_loop_keeps_finished_items_too(
     leaks.kill_and_reap(leaks.descendants() - before)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("commit_seconds", [None, 10.0], ids=["default", "far-apart"])
+def test_a_job_that_commits_far_apart_keeps_what_finished_when_its_worker_dies(
+    ctx: corral.CorralContext, tmp_path: Path, commit_seconds: float | None
+) -> None:
+    """A cluster node's chunk commits about once per report interval
+    (``_imap(commit_seconds=)``), not every 2 ms: then what finished since the last
+    commit is all in the outcome log when the worker dies, and is still delivered
+    once, never re-run."""
+    n, bad = 60, 45
+    path = tmp_path / "runs"
+    q = corral.Queue()
+    with corral.Pool(1, t.set_channel, (q,), context=ctx) as pool:
+        engine: Any = pool._engine
+        commits: list[int] = []
+        commit = engine._commit
+
+        def counted(w: Any, values: list[Any], *args: Any) -> None:
+            commits.append(len(values))
+            commit(w, values, *args)
+
+        engine._commit = counted
+        it = pool._imap(
+            t.counted_block, [(x, bad, str(path)) for x in range(n)], n, 0, True,
+            None, False, None, commit_seconds=commit_seconds,
+        )  # fmt: skip
+        out: list[Any] = []
+        consumer = threading.Thread(target=lambda: out.extend(collect(it)))
+        consumer.start()
+        pid, item = q.get(timeout=TIMEOUT)
+        assert item == bad
+        before_death = sum(commits)
+        os.kill(pid, signal.SIGKILL)
+        consumer.join(TIMEOUT)
+        assert not consumer.is_alive()
+    # The first item of a chunk is committed alone (it measures the items); then
+    # items of 0.2 ms go about 10 to a commit by default, and none far apart.
+    if commit_seconds is None:
+        assert 1 < before_death <= bad, commits
+    else:
+        assert before_death <= 1, commits  # the rest came from the log
+    ran = runs(path)
+    assert isinstance(out[bad], corral.WorkerCrashed)
+    assert all(ran[x] == 1 and out[x] == x * 2 for x in range(n) if x != bad), (ran, out)
+    assert ran[bad] == 1

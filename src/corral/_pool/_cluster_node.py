@@ -215,7 +215,10 @@ def _run_items(
     retried_before = pool.statistics().tasks_retried
     started = time.monotonic()
     view = pool.with_options(task_timeout=timeout, retries=retries)
-    it = view._imap(fn, items, None, mode, True, None, False, None)
+    # The node pool commits outcomes to us about once per report interval: they leave
+    # this node no more often than that, and a commit costs this process a wake-up
+    # (every 2 ms by default: some 10 % of a stream of 1 ms items' throughput).
+    it = view._imap(fn, items, None, mode, True, None, False, None, commit_seconds=interval)
     outcomes: list[tuple[bool, Any]] = []
     reported = 0
     next_poll = started + STOP_POLL

@@ -482,7 +482,8 @@ class Engine(EngineBase):
         chunk.seq = next(self.seq)
         try:
             chunk.frame = encode(
-                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every), self.segments
+                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every, job.commit_seconds),
+                self.segments,
             )
             return True
         except BaseException as exc:  # SystemExit from a __reduce__ too: that task's error

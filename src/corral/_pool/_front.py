@@ -306,12 +306,17 @@ class _Calls:
         task_timeout: float | None,
         progress: ProgressArg | None,
         total: int | None,
+        commit_seconds: float | None = None,
     ) -> IMapIterator[T]:
+        """``commit_seconds``: the work between two commits of outcomes, if not the
+        workers' ``COMMIT_SECONDS`` (a cluster node's chunk: see ``_cluster_node``)."""
         _check_chunksize(chunksize)
         self._engine.check_running()
         timeout, retries = self._options(task_timeout)
         bar = self._progress(progress, iterable, total, func)
         job = IMapJob(self._engine, func, mode, iterable, chunksize, ordered, timeout, retries, bar)
+        if commit_seconds is not None:
+            job.commit_seconds = commit_seconds
         self._engine.add_job(job)
         return IMapIterator(job)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .._core._native import speedups
 from .._exceptions import CorralError
 from ._progress import Progress
-from ._worker import MODE_CALL, commit_policy
+from ._worker import COMMIT_SECONDS, MODE_CALL, commit_policy
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -106,6 +106,7 @@ class Job:
         learned = 1 if chunksize is not None else engine.learned_chunk(fn)
         self.chunk = max(1, learned // CHUNK_GROWTH)
         self.commit_every = 1  # items between two commits, once measured
+        self.commit_seconds = COMMIT_SECONDS  # the work between two commits
         self.balance_cap = MAX_CHUNK
         self.input_done = True
         # May a chunk of this job wait in a busy worker's socket? Not for single
@@ -146,7 +147,7 @@ class Job:
         if n <= 0:
             return
         per_item = seconds / n
-        self.commit_every = commit_policy(per_item)
+        self.commit_every = commit_policy(per_item, self.commit_seconds)
         if self.fixed_chunksize is not None or n < self.chunk // 2:
             return
         ideal = TARGET_CHUNK_SECONDS / per_item if per_item > 0 else MAX_CHUNK

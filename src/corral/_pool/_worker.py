@@ -1,6 +1,6 @@
 """The worker: run chunks in order, and make each item's outcome durable as it goes.
 
-    parent --chunk (seq, mode, fn, items, commit_every)--> worker
+    parent --chunk (seq, mode, fn, items, commit_every, commit_seconds)--> worker
     worker: for each item: running word := (seq, items started)   # shared memory
                            run it; keep its outcome (and log it, see below)
                            every ``commit_every`` items: send the outcomes kept
@@ -13,13 +13,15 @@ attempt; later items never started and are re-queued, uncharged. Items between
 the two had finished: their outcomes are in the outcome log (``_log``), which the
 parent reads after the death.
 
-Commits come about every ``COMMIT_SECONDS`` of work; items slower than that are
-committed one by one and need no log. Every other item's outcome is logged before
-the next item starts, however fast the item: in C when the optional extension is
-built (``_speedups.map_logged``: ints, floats, str, bytes, bools and None are
-pickled there in a few ns; other results through ``_log_record``), else in Python,
-at about 1.4 µs an item. So a finished item's outcome survives its worker's death
-and is delivered; nothing finished is lost or run again.
+Commits come about every ``COMMIT_SECONDS`` of work, or a job's own interval (a
+cluster node's chunk commits once per report interval: its outcomes leave the node
+no more often than that); items slower than that are committed one by one and need
+no log. Every other item's outcome is logged before the next item starts, however
+fast the item: in C when the optional extension is built (``_speedups.map_logged``:
+ints, floats, str, bytes, bools and None are pickled there in a few ns; other
+results through ``_log_record``), else in Python, at about 1.4 µs an item. So a
+finished item's outcome survives its worker's death and is delivered; nothing
+finished is lost or run again.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
             return
         words[setup.slot] = DECODING
         try:
-            seq, mode, fn, items, commit_every = decode(*frame, end)
+            seq, mode, fn, items, commit_every, commit_seconds = decode(*frame, end)
         except BaseException as exc:
             if _terminating:
                 raise
@@ -184,7 +186,9 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
             continue
         del frame
         done += len(items)
-        retiring = _run_chunk(end, words, log, setup, seq, mode, fn, items, commit_every, done)
+        retiring = _run_chunk(
+            end, words, log, setup, seq, mode, fn, items, commit_every, commit_seconds, done
+        )
         del fn, items
         end.send_freed()  # the arguments' segments, if they are gone now
         if retiring:
@@ -207,11 +211,12 @@ def _caller(mode: int, fn: Callable[..., Any]) -> Callable[[Any], Any]:
     return lambda call: fn(*call[0], **call[1])
 
 
-def commit_policy(per_item: float) -> int:
-    """Items between two commits, for items that take ``per_item`` seconds each."""
+def commit_policy(per_item: float, seconds: float = COMMIT_SECONDS) -> int:
+    """Items between two commits, for items that take ``per_item`` seconds each and
+    commits about ``seconds`` apart."""
     if per_item <= 0:
         return MAX_COMMIT_ITEMS
-    return max(1, min(MAX_COMMIT_ITEMS, int(COMMIT_SECONDS / per_item)))
+    return max(1, min(MAX_COMMIT_ITEMS, int(seconds / per_item)))
 
 
 def _run_chunk(
@@ -224,6 +229,7 @@ def _run_chunk(
     fn: Callable[..., Any],
     items: list[Any],
     commit_every: int,
+    commit_seconds: float,
     done: int,
 ) -> bool:
     """Run one chunk, committing outcomes as it goes; True if the worker retires after.
@@ -289,7 +295,7 @@ def _run_chunk(
         if end == n:
             break
         _commit(end_point, values, errors, seconds, False, False)
-        commit_every = commit_policy(seconds / (end - pos))
+        commit_every = commit_policy(seconds / (end - pos), commit_seconds)
         pos = end
     retiring = (setup.maxtasks is not None and done >= setup.maxtasks) or (
         setup.max_memory is not None and _rss_bytes() > setup.max_memory
