@@ -77,6 +77,33 @@ def test_pool_map_imap_apply_on_the_cluster(dask: DaskCluster) -> None:
     assert events["failed"] == events["retried"] == events["worker_died"] == 0
 
 
+def test_a_repeated_call_skips_the_chunk_ramp(dask: DaskCluster) -> None:
+    """A call starts with chunks of 16 items, growing at most 8-fold per measurement (a
+    dask round trip each); the next call of the same function on the pool starts one
+    growth step below the size the last one reached, as a local pool's calls do."""
+    from corral._pool import _cluster
+
+    with corral.Pool(cluster=dask.address) as pool:
+        engine: Any = pool._engine
+        sizes: list[int] = []
+        submit = engine._submit
+
+        def recorded(chunk: Any) -> None:
+            sizes.append(len(chunk.items))
+            submit(chunk)
+
+        engine._submit = recorded
+        assert pool.map(targets.square, range(3000)) == [x * x for x in range(3000)]
+        first_call, sizes[:] = list(sizes), []
+        assert pool.map(targets.square, range(3000)) == [x * x for x in range(3000)]
+        second_call, sizes[:] = list(sizes), []
+        assert pool.map(targets.identity, range(100)) == list(range(100))
+    assert first_call[0] == _cluster.FIRST_CHUNK, first_call
+    learned = max(first_call)  # trivial items: the sizes only grow, up to MAX_CHUNK
+    assert second_call[0] == learned // _cluster.CHUNK_GROWTH > _cluster.FIRST_CHUNK
+    assert sizes[0] == _cluster.FIRST_CHUNK, sizes  # another function: from the start
+
+
 def test_a_lambda_runs_on_the_cluster(dask: DaskCluster) -> None:
     # cloudpickle is a dependency of dask.distributed: lambdas always travel.
     with corral.Pool(cluster=dask.client) as pool:

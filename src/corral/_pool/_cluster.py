@@ -242,7 +242,7 @@ class ClusterEngine(EngineBase):
     def _size(self, job: Job) -> int:
         if job.fixed_chunksize is not None:
             return job.fixed_chunksize
-        size = self.chunk_size.get(job, FIRST_CHUNK)
+        size = self._current_size(job)
         if job.input_done:  # all items known: chunks shrink as the end nears, so no
             # slot idles while another runs a long last chunk (guided self-scheduling)
             left = job.base + len(job.items) - job.cursor
@@ -266,13 +266,26 @@ class ClusterEngine(EngineBase):
     def _measured(self, job: Job, n: int, seconds: float) -> None:
         if job.fixed_chunksize is not None or n <= 0:
             return
-        current = self.chunk_size.get(job, FIRST_CHUNK)
+        current = self._current_size(job)
         if n < current // 2:
             return
         per_item = seconds / n
         self.per_item[job] = per_item
         ideal = TARGET_CHUNK_SECONDS / per_item if per_item > 0 else MAX_CHUNK
-        self.chunk_size[job] = int(max(1, min(ideal, current * CHUNK_GROWTH, MAX_CHUNK)))
+        size = self.chunk_size[job] = int(max(1, min(ideal, current * CHUNK_GROWTH, MAX_CHUNK)))
+        self.learn_chunk(job.fn, size)
+
+    def _current_size(self, job: Job) -> int:
+        """The job's automatic chunk size: measured, or else one growth step below the
+        size the last call of the same function reached on this pool (as the local
+        engine's ``Job``: a repeated call skips most of the ramp, a round trip per
+        step), and FIRST_CHUNK at least."""
+        size = self.chunk_size.get(job)
+        if size is None:
+            size = self.chunk_size[job] = max(
+                FIRST_CHUNK, self.learned_chunk(job.fn) // CHUNK_GROWTH
+            )
+        return size
 
     def _job_id(self, job: Job) -> int:
         job_id = self.job_ids.get(job)
