@@ -222,3 +222,57 @@ def kill_a_storm(method: str, depth: int) -> list[int]:
 # How long a storm's process found running right after its kill() is given to exit
 # by itself (a short-lived one, forked as the kill began, exits at once).
 STRAGGLER_HORIZON = 5.0
+
+
+def sleepers(n: int, conn: Connection) -> None:
+    """Start ``n`` ``sleep`` grandchildren, send their pids, then sleep."""
+    import subprocess
+
+    kids = [subprocess.Popen(["sleep", "300"]).pid for _ in range(n)]
+    conn.send(kids)
+    conn.close()
+    time.sleep(FOREVER)
+
+
+def kill_from_a_subreaper(method: str) -> tuple[list[int], list[int], list[int], list[int]]:
+    """In a corral child (so a subreaper): kill() a child that has 3 ``sleep``
+    grandchildren. Returns (the pids the supervisor gave back, the grandchildren,
+    those still running, those left as zombies), the last two looked at once the
+    child is joined and, for zombies, for up to 10 s."""
+    import corral
+    from corral._core import _linux, _supervisor
+
+    from . import leaks
+
+    ctx = corral.get_context(method)
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=sleepers, args=(3, w))
+    p.start()
+    w.close()
+    if not r.poll(60):
+        raise TimeoutError("the grandchildren did not start within 60 s")
+    grandchildren: list[int] = r.recv()
+    given: list[int] = []
+    real = _supervisor.kill_subtree
+
+    def spy(*args: object) -> bool:
+        done = real(*args)  # type: ignore[arg-type]
+        members = args[3] if len(args) > 3 else None
+        given.extend(pid for pid, _ in members or [])  # type: ignore[attr-defined]
+        return done
+
+    _supervisor.kill_subtree = spy  # type: ignore[assignment]
+    try:
+        p.kill()
+    finally:
+        _supervisor.kill_subtree = real
+    p.join(60)
+    me = os.getpid()
+
+    def zombies() -> list[int]:
+        mine = _linux.children_of(me)
+        return [x for x in grandchildren if x in mine and _linux.proc_state(x) == "Z"]
+
+    running = [x for x in grandchildren if _linux.proc_state(x) not in (None, "Z")]
+    leaks.wait_until(lambda: not zombies(), 10.0)
+    return given, grandchildren, running, zombies()

@@ -413,6 +413,21 @@ def test_kill_of_a_storm_from_a_subreaper_leaves_no_member(
     assert left == [], f"{len(left)} storm members outlived its kill()"
 
 
+def test_kill_from_a_subreaper_is_handed_to_the_supervisor_which_gives_the_members_back(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    """A subreaper caller (every corral child is one) hands kill() to its supervisor,
+    as other callers do, so a storm in its session no longer slows the kill (9-20 s
+    for a 1,023-storm, against 0.6-5 s handed over); the supervisor sends back the
+    members' pids and pidfds, since they come back to the caller, which reaps them."""
+    p = ctx.Process(target=orphan_targets.kill_from_a_subreaper, args=(start_method,))
+    p.start()
+    given, grandchildren, running, zombies = p.result(timeout=TIMEOUT)
+    assert set(grandchildren) <= set(given), (given, grandchildren)
+    assert running == [], "grandchildren outlived kill()"
+    assert zombies == [], "grandchildren left unreaped"
+
+
 CLEAN_PARENT = """
 import sys
 sys.path.insert(0, {root!r})
@@ -538,7 +553,7 @@ if __name__ == "__main__":
     if {paused!r}:
         os.kill(_supervisor.pid(), signal.SIGSTOP)
     t0 = time.monotonic()
-    by_supervisor = p._popen._kill_by_supervisor()
+    by_supervisor = p._popen._kill_by_supervisor() is not None
     if not by_supervisor:
         p.kill()
     took = time.monotonic() - t0

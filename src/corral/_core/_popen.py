@@ -195,9 +195,8 @@ class CorralPopen:
         if self.poll() is not None or self._pidfd < 0:
             return
         if sig == signal.SIGKILL:
-            if not _linux.is_child_subreaper() and self._kill_by_supervisor():
-                return
-            members = _tree.kill_subtree(self.pid, self._pidfd)
+            handed = self._kill_by_supervisor()
+            members = handed if handed is not None else _tree.kill_subtree(self.pid, self._pidfd)
         else:
             members = _tree.freeze_subtree(self.pid, self._pidfd)
             _tree.signal_members([(self.pid, self._pidfd), *members], sig)
@@ -212,14 +211,17 @@ class CorralPopen:
         else:
             _tree.close_members(members)
 
-    def _kill_by_supervisor(self) -> bool:
+    def _kill_by_supervisor(self) -> list[_tree.Member] | None:
         """Hand the kill to this process's supervisor, which runs it in a session
-        of its own (``_supervisor.kill_subtree``); True once the child is dead. Not
-        for a subreaper caller: the members would come back to it as zombies, and
-        only a caller that knows them can reap them (see below)."""
-        if not _supervisor.kill_subtree(self.pid, self._pidfd, SUPERVISOR_KILL_WAIT):
-            return False
-        return _tree.wait_dead([self._pidfd], 0)
+        of its own (``_supervisor.kill_subtree``); None if it did not end the child.
+        Else the members, for a subreaper caller (the members come back to it as
+        zombies, and only a caller that knows them can reap them: see below), or []."""
+        members: list[_tree.Member] | None = [] if _linux.is_child_subreaper() else None
+        done = _supervisor.kill_subtree(self.pid, self._pidfd, SUPERVISOR_KILL_WAIT, members)
+        if done and _tree.wait_dead([self._pidfd], 0):
+            return members or []
+        _tree.close_members(members or [])  # (the walk here opens its own)
+        return None
 
     def terminate(self) -> None:
         self._send_signal(signal.SIGTERM)

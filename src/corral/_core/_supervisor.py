@@ -34,6 +34,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import warnings
 from multiprocessing import util
 
@@ -117,11 +118,20 @@ def register(child_pid: int, child_pidfd: int) -> None:
                     raise
 
 
-def kill_subtree(child_pid: int, child_pidfd: int, timeout: float) -> bool:
+def kill_subtree(
+    child_pid: int,
+    child_pidfd: int,
+    timeout: float,
+    members: list[tuple[int, int]] | None = None,
+) -> bool:
     """Have the supervisor SIGKILL ``child_pid``'s whole subtree (kill rounds, in
     its own session) and wait up to ``timeout`` for it to say it is done. False if
     there is no supervisor, it could not be asked, or it did not answer in time:
     the caller then does the work itself.
+
+    ``members``: a list to append the subtree's members to, as (pid, pidfd) of our
+    own (the child excepted), for a subreaper caller to reap as they come back to
+    it; the caller closes those fds, whatever the return.
 
     Why: a subtree in the caller's session (a fork storm) shares the caller's CPU
     share (its autogroup), so a kill run here waits its turn among a thousand
@@ -131,7 +141,8 @@ def kill_subtree(child_pid: int, child_pidfd: int, timeout: float) -> bool:
         return False
     done, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        message = [child_pid.to_bytes(4, "little") + _sweep.KILL]
+        tag = _sweep.KILL if members is None else _sweep.KILL_RETURN
+        message = [child_pid.to_bytes(4, "little") + tag]
         fds = [
             (
                 socket.SOL_SOCKET,
@@ -150,10 +161,33 @@ def kill_subtree(child_pid: int, child_pidfd: int, timeout: float) -> bool:
         theirs.close()
         poller = select.poll()
         poller.register(done.fileno(), select.POLLIN)
-        return bool(poller.poll(timeout * 1000))
+        deadline = time.monotonic() + timeout
+        while poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            if members is None or not _take_members(done, members):
+                return True  # "done" closed: the subtree is gone
+        return False
     finally:
         theirs.close()
         done.close()
+
+
+def _take_members(done: socket.socket, members: list[tuple[int, int]]) -> bool:
+    """Read one message of members from ``done`` into ``members``; False at EOF."""
+    size = _sweep.GIVE_BACK_BATCH * 4
+    data, ancillary, _flags, _addr = done.recvmsg(
+        size, socket.CMSG_SPACE(size), socket.MSG_CMSG_CLOEXEC
+    )
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [
+                int.from_bytes(payload[k : k + 4], sys.byteorder)
+                for k in range(0, len(payload) - len(payload) % 4, 4)
+            ]
+    pids = [int.from_bytes(data[k : k + 4], "little") for k in range(0, len(data), 4)]
+    # (The first fds only, if ours ran out, RLIMIT_NOFILE: the rest are not reaped here.)
+    members += zip(pids, fds, strict=False)
+    return bool(data)
 
 
 def _send_registration(sock: socket.socket, child_pid: int, child_pidfd: int) -> None:

@@ -26,10 +26,11 @@ The supervisor (``main``), for one parent process:
     parent (corral) ── SOCK_SEQPACKET, fd 0 here ──► supervisor
        one message per started child: its pid, its pidfd (SCM_RIGHTS)
        EOF: the parent is dead, however it died
-       a kill request: a pid and KILL, its pidfd and a "done" socket's end
+       a kill request: a pid and KILL (or KILR), its pidfd and a "done" socket's end
     epoll: fd 0 (registrations, EOF) + each child's pidfd (exited: forget it)
     a kill request: that child's subtree in kill rounds (``kill_tree``; a child
-       that has exited already is skipped), then "done" closed
+       that has exited already is skipped); for KILR, the members' pids and
+       pidfds back on "done" (a subreaper parent reaps them); then "done" closed
     on EOF, or a SIGKILL seen pending on the parent (looked for every KILL_POLL
        while children are registered): every live registered child's subtree in
        kill rounds, wait, exit
@@ -407,8 +408,12 @@ def kill_all(members: list[Member]) -> None:
 
 # The messages: a registration is a pid (4 bytes) with its pidfd attached; a kill
 # request is a pid and KILL (8 bytes) with its pidfd and the write end of a "done"
-# socket attached, which is closed once the subtree is gone.
+# socket attached, which is closed once the subtree is gone. KILR asks for the
+# subtree's members first: messages of pids (4 bytes each, little-endian) with their
+# pidfds attached, at most GIVE_BACK_BATCH a message (the kernel takes 253 fds at most).
 KILL = b"KILL"
+KILL_RETURN = b"KILR"
+GIVE_BACK_BATCH = 250
 _MESSAGE = 8
 
 
@@ -430,30 +435,51 @@ def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll)
                 for k in range(0, len(payload) - len(payload) % 4, 4):
                     fds.append(int.from_bytes(payload[k : k + 4], sys.byteorder))
         pid = int.from_bytes(data[:4], "little")
-        if data[4:] == KILL and len(fds) == 2:
-            _kill_request(pid, fds[0], fds[1])
+        if data[4:] in (KILL, KILL_RETURN) and len(fds) == 2:
+            _kill_request(pid, fds[0], fds[1], give_back=data[4:] == KILL_RETURN)
             continue
         for fd in fds:
             pinned[fd] = pid
             poller.register(fd, select.EPOLLIN)
 
 
-def _kill_request(pid: int, pidfd: int, done: int) -> None:
+def _kill_request(pid: int, pidfd: int, done: int, give_back: bool = False) -> None:
     """The parent's ``kill()`` of a child, done here, in a session (and so a CPU
     share) of our own: a storm in the parent's session starves the parent, not us.
-    ``done`` is closed once the subtree is gone (or after KILL_WAIT)."""
+    ``done`` is closed once the subtree is gone (or after KILL_WAIT); if
+    ``give_back``, the members (but the child) are sent back on it first."""
+    members: list[Member] = []
     try:
         members = kill_tree([(pid, pidfd)])
         wait_dead([fd for _, fd in members], KILL_WAIT)
+        if give_back:
+            _give_back([m for m in members if m[1] >= 0 and m[1] != pidfd], done)
+    except OSError:  # (out of fds, say: the parent sees ``done`` close and checks)
+        pass
+    finally:
         if all(fd != pidfd for _, fd in members):  # (the child had exited: skipped)
             os.close(pidfd)
         for _, fd in members:
             if fd >= 0:
                 os.close(fd)
-    except OSError:  # (out of fds, say: the parent sees ``done`` close and checks)
-        pass
-    finally:
         os.close(done)
+
+
+def _give_back(members: list[Member], done: int) -> None:
+    """Send ``members`` on ``done``, a batch a message, never waiting: a parent that
+    stopped reading (paused, or past its wait) gets what fitted, and its kill() falls
+    back on its own walk for the rest of its reaping (see ``_popen``)."""
+    sock = _socket.socket(fileno=os.dup(done))
+    try:
+        for k in range(0, len(members), GIVE_BACK_BATCH):
+            batch = members[k : k + GIVE_BACK_BATCH]
+            pids = b"".join(p.to_bytes(4, "little") for p, _ in batch)
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for _, fd in batch)
+            sock.sendmsg(
+                [pids], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)], _socket.MSG_DONTWAIT
+            )
+    finally:
+        sock.close()
 
 
 def kill_pending(pid: int) -> bool:
