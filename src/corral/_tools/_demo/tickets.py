@@ -102,6 +102,25 @@ def _buy(path: str, holder: Any, buyer: int, rng: random.Random) -> int | None:
     return ticket
 
 
+# How long a frozen holder may take to stop (SIGSTOP lands when it next runs).
+STOP_WAIT = 5.0
+
+
+def _frozen_holding(pid: int, holder: Any) -> bool:
+    """Freeze buyer ``pid`` (SIGSTOP) and say whether it still holds the lock: it
+    clears ``holder`` before releasing, so only then is a kill a death *inside* the
+    lock. A buyer that no longer holds it is let go on (SIGCONT). (``pid`` is an
+    unjoined child of ours: it can't name another process.)"""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + STOP_WAIT
+    while _linux.proc_state(pid) not in ("T", "t", "Z", None) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    if holder.value == pid:
+        return True
+    os.kill(pid, signal.SIGCONT)
+    return False
+
+
 def _corral_buyer(
     lock: corral.Lock, path: str, holder: Any, repairs: Any, buyer: int, seed: int
 ) -> int | None:
@@ -151,16 +170,9 @@ def _stdlib_office(path: str, buyers: int, seed: int, deadline: float) -> tuple[
         if pid == 0:
             time.sleep(0.001)
             continue
-        # Freeze it, then make sure it still holds the lock (it clears `holder`
-        # before releasing): only then is the kill a death *inside* the lock.
-        os.kill(pid, signal.SIGSTOP)
-        while _linux.proc_state(pid) not in ("T", "t", "Z", None):
-            time.sleep(0.0005)
-        if holder.value == pid:
+        if _frozen_holding(pid, holder):
             os.kill(pid, signal.SIGKILL)
             victim = next(p for p in procs if p.pid == pid)
-        else:
-            os.kill(pid, signal.SIGCONT)
     if victim is not None:
         victim.join(deadline)
     sold_after_kill = len(_read(path)["sold"])
@@ -213,18 +225,22 @@ def _run_corral(ns: argparse.Namespace, report: Report, path: str, rng: random.R
             h = holder.value
             if h and h != seen_holder and h in by_pid:
                 seen_holder = h
-                if holders_killed == 0 or rng.random() < KILL_HOLDER_P:
-                    # The first strike comes within the holder's first think (at
-                    # least THINK[0]), so that at least one death inside the lock
-                    # happens in every run; later ones land anywhere in its turn.
-                    first = holders_killed == 0
-                    time.sleep(rng.uniform(0, THINK[0] / 2 if first else 2 * THINK[1]))
+                if holders_killed == 0:
+                    # At least one death inside the lock in every run, however busy
+                    # the machine: the holder is frozen and killed only if it still
+                    # holds the lock; else it goes on, and the next holder is tried.
+                    if _frozen_holding(h, holder):
+                        by_pid[h].kill()
+                        killed.add(h)
+                        by_pid[h].join(10)
+                        holders_killed += 1
+                elif rng.random() < KILL_HOLDER_P:
+                    # Later strikes land anywhere in the holder's turn.
+                    time.sleep(rng.uniform(0, 2 * THINK[1]))
                     by_pid[h].kill()
                     killed.add(h)
                     # Did it die inside the lock? Only its death can say: between a
-                    # look and the kill, a busy machine may let it leave. (A holder
-                    # that took over meanwhile makes this a miss; then the next
-                    # holder is struck too.)
+                    # look and the kill, a busy machine may let it leave.
                     by_pid[h].join(10)
                     if holder.value == h:
                         holders_killed += 1
