@@ -554,13 +554,14 @@ if __name__ == "__main__":
         os.kill(_supervisor.pid(), signal.SIGSTOP)
     t0 = time.monotonic()
     by_supervisor = p._popen._kill_by_supervisor() is not None
+    asked = time.monotonic() - t0
     if not by_supervisor:
         p.kill()
     took = time.monotonic() - t0
     if {paused!r}:
         os.kill(_supervisor.pid(), signal.SIGCONT)
     p.join(60)
-    print("KILLED", int(by_supervisor), took, p.exitcode, flush=True)
+    print("KILLED", int(by_supervisor), took, p.exitcode, asked, flush=True)
     sys.stdin.readline()
 """
 
@@ -579,9 +580,11 @@ def test_kill_with_the_supervisor_paused_falls_back_and_ends_the_storm(subtree: 
 
 def _handed_kill(subtree: _Subtree, start_method: str, paused: bool) -> None:
     # A top-level parent (not a subreaper) asks its supervisor, in a session of its
-    # own, to kill the child's subtree; a paused supervisor costs the kill() its
-    # SUPERVISOR_KILL_WAIT, then the parent does it itself. Nothing is left either way.
-    from corral._core import _popen
+    # own, to kill the child's subtree; a paused supervisor, which does not
+    # acknowledge the request, costs the kill() ACK_WAIT (not the SUPERVISOR_KILL_WAIT
+    # meant for a storm's kill rounds), then the parent does it itself. Nothing is
+    # left either way.
+    from corral._core import _popen, _supervisor
 
     code = KILL_PARENT.format(root=str(ROOT), method=start_method, depth=SMALL_STORM, paused=paused)
     parent = subtree.own(helpers.start_parent(code))
@@ -599,7 +602,7 @@ def _handed_kill(subtree: _Subtree, start_method: str, paused: bool) -> None:
     assert line[0] == "KILLED", line
     assert line[1] == ("0" if paused else "1"), "who did the kill"
     if paused:
-        assert float(line[2]) >= _popen.SUPERVISOR_KILL_WAIT
+        assert _supervisor.ACK_WAIT <= float(line[4]) < _popen.SUPERVISOR_KILL_WAIT, line
     assert line[3] == str(-signal.SIGKILL), "the child's exit code"
     survivors, _ = _watch.wait_dead(storm, TIMEOUT)
     assert not survivors, f"alive after kill(): {survivors}"

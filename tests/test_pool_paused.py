@@ -163,3 +163,29 @@ def test_close_join_with_a_paused_idle_worker(ctx: corral.CorralContext) -> None
             assert gone(fd, SHUTDOWN_BOUND), "the paused worker survived close()+join()"
     finally:
         pool.terminate()
+
+
+def test_terminate_with_the_supervisor_paused_too(ctx: corral.CorralContext) -> None:
+    """A paused worker is SIGKILLed with its subtree, a kill that goes to this
+    process's supervisor (``Process.kill``). With the supervisor paused as well, the
+    request goes unacknowledged: the kill costs ACK_WAIT, not SUPERVISOR_KILL_WAIT
+    (5 s), before this process does it itself."""
+    from corral._core import _supervisor
+
+    pool = corral.Pool(2, context=ctx)
+    supervisor = _supervisor.ensure_started()
+    try:
+        pid = idle_worker(pool)
+        with pinned(pid) as fd, pinned(supervisor) as supervisor_fd:
+            pause(fd, pid)
+            pause(supervisor_fd, supervisor)
+            t0 = time.monotonic()
+            pool.terminate()
+            took = time.monotonic() - t0
+            assert took < SHUTDOWN_BOUND + _supervisor.ACK_WAIT, f"terminate() took {took:.2f} s"
+            assert gone(fd, SHUTDOWN_BOUND), "the paused worker survived terminate()"
+            signal.pidfd_send_signal(supervisor_fd, signal.SIGCONT)
+    finally:
+        _supervisor._unresponsive_until = 0.0  # (it is not paused any more)
+        pool.terminate()
+    pool.join(TIMEOUT)

@@ -71,6 +71,15 @@ REGISTER_WAIT = 0.5
 # milliseconds; the bound is for a supervisor stuck or stopped by someone.
 EXIT_WAIT = 1.0
 
+# How long kill_subtree waits for the supervisor to acknowledge a kill request (it
+# reads requests at once, or after its BATCH_DELAY of 50 ms); longer covers a more
+# starved supervisor, shorter bounds what a paused one costs each kill(): unanswered,
+# the caller kills the subtree itself (and so may the supervisor, later: harmless).
+ACK_WAIT = 0.5
+# After a request went unacknowledged, kills skip the supervisor for this long, so a
+# pool's terminate() of many workers pays ACK_WAIT once, not once a worker.
+UNRESPONSIVE_BACKOFF = 5.0
+
 _send_pidfd = getattr(_native.speedups, "send_pidfd", None)
 
 _lock = threading.Lock()
@@ -78,6 +87,7 @@ _sock: socket.socket | None = None
 _pid = 0
 _pidfd = -1
 _stalled = False  # the last registration found the socket full
+_unresponsive_until = 0.0  # kill requests skip the supervisor until then
 
 
 def pid() -> int:
@@ -137,7 +147,8 @@ def kill_subtree(
     share (its autogroup), so a kill run here waits its turn among a thousand
     runnable processes: seconds, where the supervisor takes a fraction of one.
     """
-    if child_pidfd < 0:
+    global _unresponsive_until
+    if child_pidfd < 0 or time.monotonic() < _unresponsive_until:
         return False
     done, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -161,18 +172,27 @@ def kill_subtree(
         theirs.close()
         poller = select.poll()
         poller.register(done.fileno(), select.POLLIN)
-        deadline = time.monotonic() + timeout
-        while poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-            if members is None or not _take_members(done, members):
-                return True  # "done" closed: the subtree is gone
+        now = time.monotonic()
+        deadline, acked = now + timeout, False
+        while poller.poll(
+            max(0.0, (deadline if acked else min(deadline, now + ACK_WAIT)) - time.monotonic())
+            * 1000
+        ):
+            data = _take_members(done, members)
+            if not data:
+                return True  # "done" closed: the subtree is gone (the caller checks)
+            acked = True
+        if not acked:  # paused or starved: don't ask again for a while
+            _unresponsive_until = time.monotonic() + UNRESPONSIVE_BACKOFF
         return False
     finally:
         theirs.close()
         done.close()
 
 
-def _take_members(done: socket.socket, members: list[tuple[int, int]]) -> bool:
-    """Read one message of members from ``done`` into ``members``; False at EOF."""
+def _take_members(done: socket.socket, members: list[tuple[int, int]] | None) -> bytes:
+    """Read one message from ``done``: the acknowledgement, or members (kept in
+    ``members``); b"" at EOF."""
     size = _sweep.GIVE_BACK_BATCH * 4
     data, ancillary, _flags, _addr = done.recvmsg(
         size, socket.CMSG_SPACE(size), socket.MSG_CMSG_CLOEXEC
@@ -184,10 +204,12 @@ def _take_members(done: socket.socket, members: list[tuple[int, int]]) -> bool:
                 int.from_bytes(payload[k : k + 4], sys.byteorder)
                 for k in range(0, len(payload) - len(payload) % 4, 4)
             ]
+    if data == _sweep.ACK or members is None:
+        return data
     pids = [int.from_bytes(data[k : k + 4], "little") for k in range(0, len(data), 4)]
     # (The first fds only, if ours ran out, RLIMIT_NOFILE: the rest are not reaped here.)
     members += zip(pids, fds, strict=False)
-    return bool(data)
+    return data
 
 
 def _send_registration(sock: socket.socket, child_pid: int, child_pidfd: int) -> None:
@@ -283,7 +305,7 @@ def close(timeout: float = EXIT_WAIT) -> None:
 
 def _forget() -> None:
     """Reap the supervisor if it has exited, and drop it."""
-    global _sock, _pid, _pidfd, _stalled
+    global _sock, _pid, _pidfd, _stalled, _unresponsive_until
     if _sock is not None:
         _sock.close()
     if _pidfd >= 0:
@@ -292,12 +314,13 @@ def _forget() -> None:
         os.close(_pidfd)
     _sock, _pid, _pidfd = None, 0, -1
     _stalled = False
+    _unresponsive_until = 0.0
 
 
 def _after_fork_in_child() -> None:
     # A fork child must not keep its parent's supervisor alive, nor reap it: it
     # gets a supervisor of its own when it starts children.
-    global _lock, _sock, _pid, _pidfd, _stalled
+    global _lock, _sock, _pid, _pidfd, _stalled, _unresponsive_until
     _lock = threading.Lock()
     if _sock is not None:
         _sock.close()
@@ -305,6 +328,7 @@ def _after_fork_in_child() -> None:
         os.close(_pidfd)
     _sock, _pid, _pidfd = None, 0, -1
     _stalled = False
+    _unresponsive_until = 0.0
 
 
 os.register_at_fork(

@@ -27,6 +27,7 @@ The supervisor (``main``), for one parent process:
        one message per started child: its pid, its pidfd (SCM_RIGHTS)
        EOF: the parent is dead, however it died
        a kill request: a pid and KILL (or KILR), its pidfd and a "done" socket's end
+         (acknowledged at once on "done")
     epoll: fd 0 (registrations, EOF) + each child's pidfd (exited: forget it)
     a kill request: that child's subtree in kill rounds (``kill_tree``; a child
        that has exited already is skipped); for KILR, the members' pids and
@@ -414,6 +415,11 @@ def kill_all(members: list[Member]) -> None:
 KILL = b"KILL"
 KILL_RETURN = b"KILR"
 GIVE_BACK_BATCH = 250
+# The first message on "done", sent as soon as a request is read: a supervisor
+# that does not send it within the parent's ACK_WAIT (``_supervisor``) is taken
+# for paused, and the parent kills the subtree itself.
+ACK = b"!"
+
 _MESSAGE = 8
 
 
@@ -450,6 +456,10 @@ def _kill_request(pid: int, pidfd: int, done: int, give_back: bool = False) -> N
     ``give_back``, the members (but the child) are sent back on it first."""
     members: list[Member] = []
     try:
+        try:  # noqa: SIM105 (contextlib costs the supervisor's start an import)
+            os.write(done, ACK)  # the parent waits for this only ACK_WAIT
+        except OSError:  # (EPIPE: a parent past that wait; it kills the subtree too)
+            pass
         members = kill_tree([(pid, pidfd)])
         wait_dead([fd for _, fd in members], KILL_WAIT)
         if give_back:
