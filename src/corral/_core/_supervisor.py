@@ -205,6 +205,8 @@ def _take_members(done: socket.socket, members: list[tuple[int, int]] | None) ->
                 for k in range(0, len(payload) - len(payload) % 4, 4)
             ]
     if data == _sweep.ACK or members is None:
+        for fd in fds:  # (none is ever sent with these)
+            os.close(fd)
         return data
     pids = [int.from_bytes(data[k : k + 4], "little") for k in range(0, len(data), 4)]
     # (The first fds only, if ours ran out, RLIMIT_NOFILE: the rest are not reaped here.)

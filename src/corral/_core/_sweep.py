@@ -419,6 +419,8 @@ GIVE_BACK_BATCH = 250
 # that does not send it within the parent's ACK_WAIT (``_supervisor``) is taken
 # for paused, and the parent kills the subtree itself.
 ACK = b"!"
+# How long the supervisor waits for room on "done" before each message of members.
+GIVE_BACK_WAIT = 0.2
 
 _MESSAGE = 8
 
@@ -476,18 +478,27 @@ def _kill_request(pid: int, pidfd: int, done: int, give_back: bool = False) -> N
 
 
 def _give_back(members: list[Member], done: int) -> None:
-    """Send ``members`` on ``done``, a batch a message, never waiting: a parent that
-    stopped reading (paused, or past its wait) gets what fitted, and its kill() falls
-    back on its own walk for the rest of its reaping (see ``_popen``)."""
+    """Send ``members`` on ``done``, a batch a message, waiting at most
+    GIVE_BACK_WAIT for room each time (the queue holds ``net.unix.max_dgram_qlen``
+    messages, 10 by default: a storm of thousands, read as it comes). A parent that
+    stopped reading (paused, or past its wait) gets what fitted: past its wait, it
+    kills and reaps by its own walk; otherwise it reaps the members it got, and the
+    rest stay zombies under it until it exits."""
     sock = _socket.socket(fileno=os.dup(done))
+    room = select.poll()
+    room.register(sock.fileno(), select.POLLOUT)
     try:
         for k in range(0, len(members), GIVE_BACK_BATCH):
             batch = members[k : k + GIVE_BACK_BATCH]
             pids = b"".join(p.to_bytes(4, "little") for p, _ in batch)
             fds = b"".join(fd.to_bytes(4, sys.byteorder) for _, fd in batch)
-            sock.sendmsg(
-                [pids], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)], _socket.MSG_DONTWAIT
-            )
+            message = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
+            try:
+                sock.sendmsg([pids], message, _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if not room.poll(GIVE_BACK_WAIT * 1000):
+                    return
+                sock.sendmsg([pids], message, _socket.MSG_DONTWAIT)
     finally:
         sock.close()
 
