@@ -86,21 +86,25 @@ def test_a_repeated_call_skips_the_chunk_ramp(dask: DaskCluster) -> None:
     with corral.Pool(cluster=dask.address) as pool:
         engine: Any = pool._engine
         sizes: list[int] = []
+        learned: list[int] = []  # what the pool had learned of the function, at each
         submit = engine._submit
 
         def recorded(chunk: Any) -> None:
             sizes.append(len(chunk.items))
+            learned.append(engine.learned_chunk(chunk.job.fn))
             submit(chunk)
 
         engine._submit = recorded
         assert pool.map(targets.square, range(3000)) == [x * x for x in range(3000)]
-        first_call, sizes[:] = list(sizes), []
+        first_call, sizes[:], learned[:] = list(sizes), [], []
         assert pool.map(targets.square, range(3000)) == [x * x for x in range(3000)]
-        second_call, sizes[:] = list(sizes), []
+        second_call, second_learned, sizes[:] = list(sizes), learned[0], []
         assert pool.map(targets.identity, range(100)) == list(range(100))
     assert first_call[0] == _cluster.FIRST_CHUNK, first_call
-    learned = max(first_call)  # trivial items: the sizes only grow, up to MAX_CHUNK
-    assert second_call[0] == learned // _cluster.CHUNK_GROWTH > _cluster.FIRST_CHUNK
+    # (The learned size is what the measurements reached: near the end of a call,
+    # chunks are cut below it.)
+    assert second_learned > _cluster.FIRST_CHUNK * _cluster.CHUNK_GROWTH, second_learned
+    assert second_call[0] == second_learned // _cluster.CHUNK_GROWTH, (second_learned, second_call)
     assert sizes[0] == _cluster.FIRST_CHUNK, sizes  # another function: from the start
 
 
