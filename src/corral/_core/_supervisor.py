@@ -197,13 +197,7 @@ def _take_members(done: socket.socket, members: list[tuple[int, int]] | None) ->
     data, ancillary, _flags, _addr = done.recvmsg(
         size, socket.CMSG_SPACE(size), socket.MSG_CMSG_CLOEXEC
     )
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [
-                int.from_bytes(payload[k : k + 4], sys.byteorder)
-                for k in range(0, len(payload) - len(payload) % 4, 4)
-            ]
+    fds = _sweep.received_fds(ancillary)
     if data == _sweep.ACK or members is None:
         for fd in fds:  # (none is ever sent with these)
             os.close(fd)

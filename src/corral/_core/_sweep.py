@@ -425,6 +425,18 @@ GIVE_BACK_WAIT = 0.2
 _MESSAGE = 8
 
 
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds passed (SCM_RIGHTS) in ``ancillary``, as ``recvmsg`` returned it."""
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [
+                int.from_bytes(payload[k : k + 4], sys.byteorder)
+                for k in range(0, len(payload) - len(payload) % 4, 4)
+            ]
+    return fds
+
+
 def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll) -> bool:
     """Take every message waiting on ``sock``. False at EOF (the parent died)."""
     space = _socket.CMSG_SPACE(8)
@@ -437,11 +449,7 @@ def _receive(sock: _socket.socket, pinned: dict[int, int], poller: select.epoll)
             continue
         if not data:
             return False
-        fds = []
-        for level, kind, payload in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                for k in range(0, len(payload) - len(payload) % 4, 4):
-                    fds.append(int.from_bytes(payload[k : k + 4], sys.byteorder))
+        fds = received_fds(ancillary)
         pid = int.from_bytes(data[:4], "little")
         if data[4:] in (KILL, KILL_RETURN) and len(fds) == 2:
             _kill_request(pid, fds[0], fds[1], give_back=data[4:] == KILL_RETURN)
