@@ -25,6 +25,8 @@ from corral._core._native import speedups
 from corral._pool import _jobs
 from tests import pool_targets as t
 
+from .leaks import wait_until
+
 TIMEOUT = 30.0
 
 
@@ -453,6 +455,39 @@ def test_progress_bar_only_when_forced_off_a_terminal(
     with make_pool(ctx, 1, progress="force") as pool:
         pool.map(t.double, range(10))
     assert "10/10" in capsys.readouterr().err
+
+
+class _Sized:
+    """A sized input that is neither a list nor a tuple (as a range is)."""
+
+    def __init__(self, items: list[Any]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("kind", [list, tuple, _Sized])
+def test_imap_of_a_sized_input_runs_before_it_is_iterated(
+    ctx: corral.CorralContext, tmp_path: Path, kind: Any
+) -> None:
+    """As the stdlib's imap: the items run while the caller does something else."""
+    path = str(tmp_path / "ran")
+    calls = kind([(x, -1, "", path, None) for x in range(20)])
+    with make_pool(ctx) as pool:
+        it = pool.imap(t.counted, calls)
+        assert wait_until(lambda: _lines(path) == 20, TIMEOUT)  # none asked for yet
+        assert list(it) == [x * 2 for x in range(20)]
+
+
+def _lines(path: str) -> int:
+    try:
+        return len(Path(path).read_text().splitlines())
+    except FileNotFoundError:
+        return 0
 
 
 def test_close_join_completes_an_unconsumed_imap_of_a_sized_input(

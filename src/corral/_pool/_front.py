@@ -318,6 +318,11 @@ class _Calls:
         if commit_seconds is not None:
             job.commit_seconds = commit_seconds
         self._engine.add_job(job)
+        if job.sized and job.feed is None:
+            # Finite and in memory: taken now, so the items run while the caller
+            # does something else before iterating, as the stdlib's imap does (a
+            # generator is still pulled as the caller iterates, a window at a time).
+            job.pull()
         return IMapIterator(job)
 
     def _map_async(

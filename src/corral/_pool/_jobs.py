@@ -508,7 +508,7 @@ class IMapJob(Job):
             self.poked = True
             self.cond.notify_all()
 
-    def _pull(self) -> None:
+    def pull(self) -> None:
         """Top the input up to the window (in the consumer's thread: its generator)."""
         window = self.window()
         if self.source is None or self.pulled - self.consumed > window // 2:
@@ -550,7 +550,7 @@ class IMapJob(Job):
     def refill(self, buf: MutableSequence[Any], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._pull()
+            self.pull()
             with self.cond:
                 while True:
                     if self._take_ready(buf):
