@@ -162,3 +162,25 @@ def kept_pool_workers(token: str) -> int:
 def worker_plugin_names(dask_scheduler: object) -> list[str]:
     """On the scheduler (``run_on_scheduler``): the worker plugins new workers get."""
     return sorted(dask_scheduler.worker_plugins)  # type: ignore[attr-defined]
+
+
+def time_out_then_block_once(x: int, slow: int, at: int, where: str) -> int:
+    """Item ``slow`` blocks every time it runs (until its task_timeout kills it);
+    item ``at`` blocks the first time (until its dask worker is SIGKILLed), as
+    ``block_once``. Every item's runs are counted."""
+    if x == slow:
+        counted(x, where)
+        time.sleep(FOREVER)  # killed at its task_timeout, never waited out
+    return block_once(x, at, where)
+
+
+def journal_files(token: str) -> list[str]:
+    """On a dask worker (``client.run``): the files of pool ``token``'s journal on
+    this host."""
+    from corral._pool import _cluster_journal
+
+    base = _cluster_journal.base_dir()
+    try:
+        return sorted(os.listdir(os.path.join(str(base), token)))
+    except FileNotFoundError:
+        return []

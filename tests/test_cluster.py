@@ -368,17 +368,30 @@ def test_node_pools_start_ahead_of_their_chunks_even_on_a_replacement(
 
 
 # Chunks of 30 as asked (the rest resubmitted whole), or sized by corral (the
-# rest resubmitted in parts cut as the tail is).
-@pytest.mark.parametrize(("chunksize", "n", "at"), [(30, 90, 45), (None, 400, 300)])
-def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
-    dask: DaskCluster, tmp_path: Path, chunksize: int | None, n: int, at: int
+# rest resubmitted in parts cut as the tail is); reports at the usual interval, or
+# none but the first while the chunk runs (all it finished is in its journal only).
+@pytest.mark.parametrize(
+    ("chunksize", "n", "at", "report"),
+    [(30, 90, 45, None), (None, 400, 300, None), (30, 90, 45, 60.0), (None, 400, 300, 60.0)],
+)
+def test_a_dask_worker_killed_at_once_runs_no_finished_item_again(
+    dask: DaskCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunksize: int | None,
+    n: int,
+    at: int,
+    report: float | None,
 ) -> None:
-    # The window of "a finished item never runs again" across a dask worker's death:
-    # the worker is killed as soon as item 45 blocks, without waiting for the items
-    # before it to reach us. Those whose report had not reached the client when it
-    # died (a few ms of transit, or up to a report interval for a stream of fast
-    # items) may run again; an item the client had received never does, and none
-    # is delivered twice.
+    # "A finished item never runs again", across a dask worker's death: the worker
+    # is killed as soon as item ``at`` blocks, without waiting for the items before
+    # it to reach us. Those that finished on the node are in its journal (on this
+    # host); the chunk's rest runs here again, and takes their outcomes from it.
+    from corral._pool import _cluster, _cluster_journal
+
+    if report is not None:
+        monkeypatch.setattr(_cluster, "REPORT_MIN", report)
+        monkeypatch.setattr(_cluster, "REPORT_MAX", report)
     where = str(tmp_path)
     fn = functools.partial(targets.block_once, at=at, where=where)
     events: collections.Counter[str] = collections.Counter()
@@ -387,25 +400,88 @@ def test_a_dask_worker_killed_at_once_reruns_only_what_we_had_not_received(
         events[kind] += count
 
     with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
+        token = pool._engine.token  # type: ignore[attr-defined]
         result = pool.map_async(fn, range(n), chunksize=chunksize)
         marker = tmp_path / "blocked"
         assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
         victim = int(marker.read_text())
         flying = list(pool._engine.flying.values())  # type: ignore[attr-defined]
-        received = {c.start + i for c in flying for i in range(c.done)}
-        (killed,) = [c.start for c in flying if c.start <= at < c.start + len(c.items)]
+        (killed,) = [c for c in flying if c.start <= at < c.start + len(c.items)]
+        unreported = at - (killed.start + killed.done)
         assert dask.kill_worker(victim) == []
         out = result.get(CALL_TIMEOUT)
+        stats = pool.statistics()
     assert out == [x * x for x in range(n)]
     assert events["completed"] == n  # each delivered once
-    ran = targets.runs(where, n)
-    twice = [x for x in range(n) if ran[x] == 2]
-    assert set(ran) <= {1, 2}
-    # The running item, and maybe the last few before it, unreported: of its chunk.
-    assert twice == list(range(twice[0], at + 1)), ran
-    assert twice[0] >= killed, ran
-    assert not set(twice) & received
+    # Only the item running when its dask worker died ran again, uncharged.
+    assert targets.runs(where, n) == [2 if x == at else 1 for x in range(n)]
+    assert stats.workers_restarted >= 1
+    assert stats.tasks_retried == 0
+    if report is not None:  # the journal, not the reports, kept these
+        assert unreported > 0
+    # The pool's journal went with it, on every node's host.
+    base = _cluster_journal.base_dir()
+    assert base is not None
+    assert not os.path.exists(os.path.join(base, token))
     dask.wait_for_workers()
+
+
+def test_a_timed_out_item_is_journaled_and_not_run_again_after_its_node_dies(
+    dask: DaskCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Item 5 times out on the node (the node's pool kills it: a failure the item did
+    # not raise itself, journaled by the dask worker), then item 10 blocks and its
+    # dask worker is SIGKILLed before reporting either: the rest runs again, and
+    # item 5 fails with its TaskTimeout without a second run.
+    from corral._pool import _cluster
+
+    monkeypatch.setattr(_cluster, "REPORT_MIN", 60.0)
+    monkeypatch.setattr(_cluster, "REPORT_MAX", 60.0)
+    where = str(tmp_path)
+    n, slow, at = 30, 5, 10
+    fn = functools.partial(targets.time_out_then_block_once, slow=slow, at=at, where=where)
+    # (item 10 must not time out before the test kills its node: a wide margin)
+    with corral.Pool(cluster=dask.address, task_timeout=3, retries=0) as pool:
+        it = pool.imap(fn, range(n), chunksize=n)
+        marker = tmp_path / "blocked"
+        assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
+        assert dask.kill_worker(int(marker.read_text())) == []
+        outcomes: list[object] = []
+        for _ in range(n):
+            try:
+                outcomes.append(it.next(CALL_TIMEOUT))
+            except corral.TaskTimeout as exc:
+                outcomes.append(exc)
+        with pytest.raises(StopIteration):
+            it.next(CALL_TIMEOUT)
+    assert isinstance(outcomes[slow], corral.TaskTimeout)
+    assert [o for x, o in enumerate(outcomes) if x != slow] == [
+        x * x for x in range(n) if x != slow
+    ]
+    assert targets.runs(where, n) == [2 if x == at else 1 for x in range(n)]
+    dask.wait_for_workers()
+
+
+def test_a_node_removes_the_journal_of_chunks_whose_outcomes_we_have(
+    dask: DaskCluster,
+) -> None:
+    # A dask worker removes its journal files of the chunks it no longer holds, at
+    # each chunk's start: a long-lived pool's journal stays the size of the chunks
+    # in flight, not of every chunk it ever ran.
+    chunks = 8
+    with corral.Pool(cluster=dask.address) as pool:
+        token = pool._engine.token  # type: ignore[attr-defined]
+        most = 0
+        for _ in range(6):
+            assert pool.map(targets.square, range(chunks * 10), chunksize=10) == [
+                x * x for x in range(chunks * 10)
+            ]
+            files = [f for fs in dask.client.run(targets.journal_files, token).values() for f in fs]
+            most = max(most, len(set(files)))
+        assert 0 < most <= 2 * chunks
+    left = dask.client.run(targets.journal_files, token)
+    assert len(left) == 2
+    assert all(files == [] for files in left.values())
 
 
 def test_a_task_that_kills_every_node_it_runs_on_is_given_up(

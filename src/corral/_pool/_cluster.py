@@ -22,11 +22,14 @@ so ``map``/``imap``/ordering/progress/cancel and the fronts are shared, and the
 local hot path is untouched. What differs is what a "slot" is: here, a dask task
 holding one chunk; its items are accounted for by the node's own corral.Pool.
 
-A running chunk reports its outcomes as they come, at most every 0.05 s (a dask
-event), and they are delivered at once; its final result repeats them, and only
-the ones past what was reported are delivered. After its dask worker's death only the items not
-reported yet run again (resubmitted under a new key, so dask's ``KilledWorker``
-charges nothing): no item is delivered twice.
+A running chunk reports its outcomes as they come, at most once per report
+interval (a dask event), and they are delivered at once; its final result repeats
+them, and only the ones past what was reported are delivered. After its dask
+worker's death the items not reported yet are resubmitted under a new key (so
+dask's ``KilledWorker`` charges nothing), naming the dead chunk among their
+``ancestors`` and preferring its host: the node there takes the outcomes the dead
+chunk journaled (``_cluster_journal``) and runs only the others. No item is
+delivered twice, and none that finished runs again.
 """
 
 from __future__ import annotations
@@ -98,7 +101,18 @@ def report_interval(processes: int) -> float:
 class RemoteChunk:
     """Items ``start``.. of one job, sent to the cluster as one dask task."""
 
-    __slots__ = ("done", "future", "items", "job", "key", "resubmits", "retried", "start")
+    __slots__ = (
+        "ancestors",
+        "done",
+        "future",
+        "host",
+        "items",
+        "job",
+        "key",
+        "resubmits",
+        "retried",
+        "start",
+    )
 
     def __init__(self, job: Job, start: int, items: list[Any]):
         self.job = job
@@ -109,14 +123,27 @@ class RemoteChunk:
         self.retried = 0  # retries on the node counted so far (reports carry them)
         self.future: Any = None
         self.key = ""
+        # The keys of the dead chunks whose rest this is (their journals hold outcomes
+        # of items here), and the host the last of them ran on, if it reported.
+        self.ancestors: tuple[str, ...] = ()
+        self.host: str | None = None
+
+    def rest(self, at: int, size: int) -> RemoteChunk:
+        """Items ``at``..``at + size - 1`` of this chunk, to run again after its death."""
+        part = RemoteChunk(self.job, self.start + at, self.items[at : at + size])
+        part.resubmits = self.resubmits
+        part.ancestors = (*self.ancestors, self.key)
+        part.host = self.host
+        return part
 
 
 class Progress:
     """A running chunk's report of the outcomes it has so far (``first`` on)."""
 
-    __slots__ = ("first", "key", "payload")
+    __slots__ = ("first", "host", "key", "payload")
 
-    def __init__(self, key: str, first: int, payload: bytes):
+    def __init__(self, key: str, first: int, payload: bytes, host: str):
+        self.host = host
         self.key = key
         self.first = first
         self.payload = payload
@@ -304,6 +331,8 @@ class ClusterEngine(EngineBase):
             job.fn,
             job.mode,
             chunk.items,
+            chunk.start,
+            chunk.ancestors,
             job.timeout,
             job.retries,
             node_options,
@@ -315,7 +344,13 @@ class ClusterEngine(EngineBase):
             self._pickling_failed(chunk, exc)
             return
         client = self.conn.client
-        future = client.submit(run_chunk, payload, key=chunk.key, pure=False, retries=0)
+        # The rest of a dead chunk prefers its host, where the chunk's journal holds
+        # what finished there; elsewhere only if that host has no worker left. (On
+        # many hosts, the survivors there carry the rest, up to a chunk's work.)
+        where: dict[str, Any] = {}
+        if chunk.ancestors and chunk.host is not None:
+            where = {"workers": [chunk.host], "allow_other_workers": True}
+        future = client.submit(run_chunk, payload, key=chunk.key, pure=False, retries=0, **where)
         chunk.future = future
         self.flying[chunk.key] = chunk
         future.add_done_callback(lambda _f, c=chunk: self.inbox.put(c))
@@ -360,15 +395,17 @@ class ClusterEngine(EngineBase):
             )
             self._finish(chunk, 0, [None], {0: exc})
             return
-        for i, item in enumerate(chunk.items):
-            self._submit(RemoteChunk(job, chunk.start + i, [item]))
+        for i in range(len(chunk.items)):
+            part = chunk.rest(i, 1)
+            part.ancestors = chunk.ancestors
+            self._submit(part)
 
     # Outcomes coming back.
 
     def _on_progress_event(self, event: tuple[float, Any]) -> None:
         """(The client's event loop) a running chunk reported outcomes: queue them."""
-        key, first, payload = event[1]
-        self.inbox.put(Progress(key, first, payload))
+        key, first, payload, host = event[1]
+        self.inbox.put(Progress(key, first, payload, host))
 
     def _on_progress(self, progress: Progress) -> None:
         self.reports += 1
@@ -378,6 +415,7 @@ class ClusterEngine(EngineBase):
         chunk = self.flying.get(progress.key)
         if chunk is None or (chunk.job.stopped and chunk.job.kill_running):
             return  # finished (its result covers these) or stopped meanwhile
+        chunk.host = progress.host
         skip = chunk.done - progress.first
         if skip < 0:
             return  # a report went missing: the chunk's result covers the gap
@@ -421,10 +459,7 @@ class ClusterEngine(EngineBase):
         job = chunk.job
         if self.state == "terminate" or job.stopped:
             return
-        if chunk.done:
-            rest = RemoteChunk(job, chunk.start + chunk.done, chunk.items[chunk.done :])
-            rest.resubmits = chunk.resubmits
-            chunk = rest
+        chunk = chunk.rest(chunk.done, len(chunk.items) - chunk.done)
         chunk.resubmits += 1
         self.resubmitted += 1
         self.event("worker_died", 1)
@@ -550,10 +585,12 @@ def _split(chunk: RemoteChunk, size: int) -> list[RemoteChunk]:
     """A resubmitted rest, in parts of ``size``: dask's queue hands them to
     whichever node is free, rather than one long chunk to whichever node it
     landed on. Each part keeps the chunk's count of deaths."""
+    if size >= len(chunk.items):
+        return [chunk]
     parts = []
     for at in range(0, len(chunk.items), size):
-        part = RemoteChunk(chunk.job, chunk.start + at, chunk.items[at : at + size])
-        part.resubmits = chunk.resubmits
+        part = chunk.rest(at, size)
+        part.ancestors = chunk.ancestors  # (this chunk never ran: only its ancestors)
         parts.append(part)
     return parts
 

@@ -3,8 +3,10 @@
     client (ClusterEngine)                      dask worker process (this module)
     ----------------------                      ---------------------------------
     submit(run_chunk, payload) --dask-->         run_chunk: unpickle (token, job, fn, items..)
+                                                   outcomes the ancestors journaled here
                                                    the corral.Pool kept for ``token`` here
-                                                   imap over the items, per-item outcomes
+                                                   imap over the other items, each outcome
+                                                   journaled on the host as it ends
     stop variable (job ids, or all) <--poll--      every STOP_POLL s: stopped? cancel imap
     <--dask event (key, first, outcomes)--       new outcomes, at most every report interval
     <--dask-- ("done", outcomes, seconds) or ("stopped",)
@@ -38,6 +40,8 @@ from .._remote import dumps, encode_error
 # The node side is a user of corral's public Pool, as the Executor and the Pipeline
 # are: it takes it from the package (the front, in turn, picks the cluster engine).
 from . import Pool
+from . import _cluster_journal as _journal
+from ._worker import MODE_MAP
 
 __all__ = ["forget_reports", "release", "run_chunk", "suspicious_deaths"]
 
@@ -101,6 +105,7 @@ def _pool_for(token: str, options: dict[str, Any], nthreads: int | None = None) 
             if kept is not None:
                 stale.append(kept.pool)
             kept = _kept[token] = _Kept(_new_pool(options, nthreads), now)
+            _journal.sweep_stale(keep=token)
         kept.used = now
     for old in stale:
         old.terminate()
@@ -153,6 +158,7 @@ def release(token: str) -> int:
         _released[token] = None
         while len(_released) > RELEASED_REMEMBERED:
             _released.popitem(last=False)
+    _journal.release(token)
     if entry is None:
         return 0
     entry.pool.terminate()
@@ -174,10 +180,12 @@ def run_chunk(payload: bytes) -> bytes:
     Returns ``("done", [(ok, value or error record)...], seconds, retried)``,
     ``("stopped",)`` when the client stopped the job (or the pool) meanwhile, or
     ``("rerun",)`` without running anything when dask runs the task again after its
-    worker died: the client then submits only the items it has no report of.
+    worker died: the client then submits only the items it has no report of, naming
+    the dead chunk among their ``ancestors``, whose journaled outcomes
+    (``_cluster_journal``) are taken as they are rather than run again.
     """
-    (token, job_id, key, fn, mode, items, timeout, retries, options, interval) = pickle.loads(
-        payload
+    (token, job_id, key, fn, mode, items, start, ancestors, timeout, retries, options, interval) = (
+        pickle.loads(payload)
     )
     if _rerun(key):
         return pickle.dumps(("rerun",))
@@ -187,43 +195,78 @@ def run_chunk(payload: bytes) -> bytes:
     with _kept_lock:
         kept.active += 1
     try:
-        return _run_items(
-            kept.pool, token, job_id, key, fn, mode, items, timeout, retries, interval
-        )
+        chunk = _Chunk(token, job_id, key, fn, mode, items, start, ancestors)
+        return _run_items(kept.pool, chunk, timeout, retries, interval)
     finally:
         with _kept_lock:
             kept.active -= 1
             kept.used = time.monotonic()
 
 
+class _Chunk:
+    """What a chunk runs: items ``start``.. of job ``job_id`` of the pool ``token``."""
+
+    __slots__ = ("ancestors", "fn", "items", "job_id", "key", "mode", "start", "token")
+
+    def __init__(
+        self,
+        token: str,
+        job_id: int,
+        key: str,
+        fn: Any,
+        mode: int,
+        items: list[Any],
+        start: int,
+        ancestors: tuple[str, ...],
+    ):
+        self.token = token
+        self.job_id = job_id
+        self.key = key
+        self.fn = fn
+        self.mode = mode
+        self.items = items
+        self.start = start
+        self.ancestors = ancestors
+
+
 def _run_items(
-    pool: Pool,
-    token: str,
-    job_id: int,
-    key: str,
-    fn: Any,
-    mode: int,
-    items: list[Any],
-    timeout: float | None,
-    retries: int | None,
-    interval: float,
+    pool: Pool, chunk: _Chunk, timeout: float | None, retries: int | None, interval: float
 ) -> bytes:
     import distributed
 
+    token, key, start = chunk.token, chunk.key, chunk.start
     variable_class: Any = distributed.Variable
     variable = variable_class(f"corral-stop-{token}")
     retried_before = pool.statistics().tasks_retried
     started = time.monotonic()
+    who = _journal.owner()
+    with contextlib.suppress(Exception):
+        _journal.sweep(token, who, distributed.get_worker().state.tasks)
+    prefix = _journal.prefix(token, key, who)
+    # Outcomes journaled by the dead chunks this one replaces: delivered as they are.
+    known = _journal.recall(token, chunk.ancestors, start, start + len(chunk.items))
+    if prefix is not None and known:  # kept with this chunk's own, should it die too
+        recalled = [_journal.encode(i, ok, dumps(v)) for i, (ok, v) in known.items()]
+        _journal.append(f"{prefix}.node", recalled)
+    todo = [(start + i, x) for i, x in enumerate(chunk.items) if start + i not in known]
+    if prefix is None:  # no journal on this node: the items as they are
+        fn: Any = chunk.fn
+        mode = chunk.mode
+        todo = [x for _, x in todo]
+    else:
+        fn, mode = _journal.Journaled(chunk.fn, chunk.mode, prefix), MODE_MAP
     view = pool.with_options(task_timeout=timeout, retries=retries)
     # The node pool commits outcomes to us about once per report interval: they leave
     # this node no more often than that, and a commit costs this process a wake-up
     # (every 2 ms by default: some 10 % of a stream of 1 ms items' throughput).
-    it = view._imap(fn, items, None, mode, True, None, False, None, commit_seconds=interval)
+    it = view._imap(fn, todo, None, mode, True, None, False, None, commit_seconds=interval)
     outcomes: list[tuple[bool, Any]] = []
     reported = 0
     next_poll = started + STOP_POLL
     next_report = started  # the first outcome is reported at once
     while True:
+        while start + len(outcomes) in known:
+            outcomes.append(known.pop(start + len(outcomes)))
         now = time.monotonic()
         due = min(next_poll, next_report) if len(outcomes) > reported else next_poll
         try:
@@ -235,20 +278,26 @@ def _run_items(
         except Exception as exc:
             if pool._engine.state != "run":  # released or terminated meanwhile
                 return pickle.dumps(("stopped",))
-            outcomes.append((False, encode_error(exc)))
+            record = encode_error(exc)
+            outcomes.append((False, record))
+            if prefix is not None:  # a timeout or a crash: the pool's, not the item's
+                index = start + len(outcomes) - 1
+                _journal.append(f"{prefix}.node", [_journal.encode(index, False, dumps(record))])
         now = time.monotonic()
         if now >= next_report and len(outcomes) > reported:
             retried = pool.statistics().tasks_retried - retried_before
             reported = _report(token, key, reported, outcomes, retried)
             next_report = now + interval
         if now >= next_poll:
-            stopped, everything = _stopped(variable, job_id)
+            stopped, everything = _stopped(variable, chunk.job_id)
             if stopped:
                 it.cancel()
                 if everything:
                     release(token)
                 return pickle.dumps(("stopped",))
             next_poll = time.monotonic() + STOP_POLL
+    while start + len(outcomes) in known:  # the last items were journaled ones
+        outcomes.append(known.pop(start + len(outcomes)))
     seconds = time.monotonic() - started
     retried = pool.statistics().tasks_retried - retried_before
     return _encode_outcomes(outcomes, seconds, retried)
@@ -288,7 +337,13 @@ def _report(
     from distributed import get_worker
 
     payload = _encode_outcomes(outcomes[reported:], 0.0, retried)  # ("done", records, ...)
-    get_worker().log_event(f"corral-{token}", (key, reported, payload))
+    from distributed.comm.addressing import get_address_host
+
+    worker = get_worker()
+    # The host: should this worker die, the client prefers it for the chunk's rest,
+    # since the chunk's journal is there.
+    host = get_address_host(worker.address)
+    worker.log_event(f"corral-{token}", (key, reported, payload, host))
     return len(outcomes)
 
 

@@ -38,7 +38,12 @@ FOREVER = 300.0
 
 def work(x: int, where: str) -> int:
     """Item SLOW_ITEM overruns the timeout (with a grandchild); item KILL_AT blocks,
-    the first time, until the demo kills its dask worker."""
+    the first time, until the demo kills its dask worker. Each run is counted."""
+    fd = os.open(os.path.join(where, "runs"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
     if x == SLOW_ITEM:
         child = subprocess.Popen(["sleep", str(FOREVER)])
         Path(where, "slow").write_text(str(child.pid))
@@ -101,6 +106,13 @@ def _corral_side(report: Report, pool: Any, where: str) -> None:
     report.note(f"dask worker {killer_done} SIGKILLed mid-chunk; the map took {took:.1f} s")
     report.check(
         "every other item correct, in order, each delivered once", ok and len(got) == ITEMS
+    )
+    runs = Path(where, "runs").read_text().split()
+    twice = sorted({int(x) for x in runs if runs.count(x) > 1})
+    report.check(
+        "no item that had finished ran again (only the one running when its worker died)",
+        twice == [KILL_AT] and len(runs) == ITEMS + 1,
+        f"ran more than once: {twice}",
     )
     report.check(
         f"the item that overran task_timeout={TIMEOUT:g} raised TaskTimeout",
