@@ -223,3 +223,21 @@ def test_stale_journals_of_dead_clients_are_swept(monkeypatch: pytest.MonkeyPatc
     assert not _linux.is_alive(dead.pid, dead_start)
     journal.sweep_stale(keep="keep")
     assert sorted(os.listdir(base)) == ["keep", "new_dead", "old_alive"]
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_the_nodes_pool_learns_chunk_sizes_for_the_users_function() -> None:
+    # A Journaled wrapper is made for every chunk: the node's pool must learn the
+    # chunk size of the function it wraps, or each chunk would ramp up from 1 again.
+    import corral
+
+    with corral.Pool(1, context="fork") as pool:
+        engine = pool._engine
+        engine.learn_chunk(journal.Journaled(_double, _worker.MODE_MAP, _prefix()), 512)
+        again = journal.Journaled(_double, _worker.MODE_MAP, _prefix())
+        assert engine.learned_chunk(again) == 512
+        assert engine.learned_chunk(_double) == 512
+        assert pool.map(again, [(0, 1), (1, 2)]) == [2, 4]

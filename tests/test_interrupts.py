@@ -124,8 +124,10 @@ def victim(kind: str, obj: Any, stop: Any, ready: Any) -> tuple[int, int, list[s
             caught += 1
         except RuntimeError:
             # Condition.wait interrupted while re-taking the user's lock leaves it
-            # not held, so the with's release() complains: not a leak.
+            # not held, so the with's release() complains: not a leak, and the
+            # interrupt did reach the object.
             armed[0] = False
+            caught += 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = threading.get_native_id()
     mutexes = _internal_mutexes(obj)

@@ -294,6 +294,12 @@ class Journaled:
         self.mode = mode
         self.prefix = prefix_
 
+    @property
+    def _corral_chunk_key(self) -> Callable[..., Any]:
+        """(The node's pool learns chunk sizes per function: the user's, not this
+        wrapper, which is made anew for every chunk.)"""
+        return self.fn
+
     def __call__(self, pair: tuple[int, Any]) -> Any:
         index, item = pair
         try:

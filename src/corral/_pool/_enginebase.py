@@ -159,7 +159,11 @@ class EngineBase:
 
     def learned_chunk(self, fn: Callable[..., Any]) -> int:
         """The chunk size ``fn``'s last call here grew to (1 if none, or if ``fn``
-        can't be weakly referenced: a builtin, say)."""
+        can't be weakly referenced: a builtin, say).
+
+        A wrapper made per call (a cluster node's ``Journaled``) names the function
+        it runs in ``_corral_chunk_key``: what is learned is that function's."""
+        fn = getattr(fn, "_corral_chunk_key", fn)
         with self._learned_lock:
             try:
                 return self._learned.get(fn, 1)
@@ -167,6 +171,7 @@ class EngineBase:
                 return 1
 
     def learn_chunk(self, fn: Callable[..., Any], size: int) -> None:
+        fn = getattr(fn, "_corral_chunk_key", fn)
         with self._learned_lock, contextlib.suppress(TypeError):  # (not weakly referable)
             self._learned[fn] = size
 
