@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 FOREVER = 300.0
 
@@ -184,3 +185,23 @@ def journal_files(token: str) -> list[str]:
         return sorted(os.listdir(os.path.join(str(base), token)))
     except FileNotFoundError:
         return []
+
+
+def block_once_then_wait(x: int, at: int, where: str, go: str) -> int:
+    """As ``block_once``; run again, item ``at`` says so in a file ("rerun") and
+    waits until the test writes to the FIFO ``go``."""
+    if x == at and Path(where, "blocked").exists():
+        Path(where, "rerun").write_text(str(os.getpid()))
+        with open(go) as fifo:  # blocks until the test opens it to write
+            fifo.read()
+    return block_once(x, at, where)
+
+
+def corral_restrictions(dask_scheduler: Any) -> dict[str, tuple[list[str], bool]]:
+    """On the scheduler: the host restrictions of corral's tasks, and whether they
+    are loose (the task may run elsewhere if those hosts have no worker)."""
+    return {
+        str(key): (sorted(ts.host_restrictions or ()), bool(ts.loose_restrictions))
+        for key, ts in dask_scheduler.tasks.items()
+        if str(key).startswith("corral-")
+    }

@@ -426,6 +426,32 @@ def test_a_dask_worker_killed_at_once_runs_no_finished_item_again(
     dask.wait_for_workers()
 
 
+def test_a_dead_chunks_rest_prefers_its_host_where_its_journal_is(
+    dask: DaskCluster, tmp_path: Path
+) -> None:
+    # The rest of a dead chunk is submitted restricted to the host it ran on, loosely
+    # (it goes elsewhere only if that host has no worker left): only there can the
+    # node read what the dead chunk journaled.
+    where = str(tmp_path)
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    n, at = 60, 45
+    fn = functools.partial(targets.block_once_then_wait, at=at, where=where, go=str(go))
+    with corral.Pool(cluster=dask.address) as pool:
+        result = pool.map_async(fn, range(n), chunksize=30)
+        marker = tmp_path / "blocked"
+        assert wait_until(lambda: marker.exists() and marker.read_text() != "", CALL_TIMEOUT)
+        assert dask.kill_worker(int(marker.read_text())) == []
+        assert wait_until((tmp_path / "rerun").exists, CALL_TIMEOUT)
+        restrictions = dask.client.run_on_scheduler(targets.corral_restrictions)
+        with open(go, "w") as fifo:
+            fifo.write("go")
+        assert result.get(CALL_TIMEOUT) == [x * x for x in range(n)]
+    assert (["127.0.0.1"], True) in restrictions.values(), restrictions
+    assert targets.runs(where, n) == [2 if x == at else 1 for x in range(n)]
+    dask.wait_for_workers()
+
+
 def test_a_timed_out_item_is_journaled_and_not_run_again_after_its_node_dies(
     dask: DaskCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
