@@ -294,6 +294,9 @@ class Journaled:
         self.mode = mode
         self.prefix = prefix_
 
+    def __repr__(self) -> str:  # (what the node's pool names the items' function)
+        return repr(self.fn)
+
     @property
     def _corral_chunk_key(self) -> Callable[..., Any]:
         """(The node's pool learns chunk sizes per function: the user's, not this

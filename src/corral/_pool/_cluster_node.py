@@ -246,8 +246,9 @@ def _run_items(
     # Outcomes journaled by the dead chunks this one replaces: delivered as they are.
     known = _journal.recall(token, chunk.ancestors, start, start + len(chunk.items))
     if prefix is not None and known:  # kept with this chunk's own, should it die too
-        recalled = [_journal.encode(i, ok, dumps(v)) for i, (ok, v) in known.items()]
-        _journal.append(f"{prefix}.node", recalled)
+        with contextlib.suppress(Exception):  # (else only the ancestors' files hold them)
+            recalled = [_journal.encode(i, ok, dumps(v)) for i, (ok, v) in known.items()]
+            _journal.append(f"{prefix}.node", recalled)
     todo = [(start + i, x) for i, x in enumerate(chunk.items) if start + i not in known]
     if prefix is None:  # no journal on this node: the items as they are
         fn: Any = chunk.fn
