@@ -417,8 +417,11 @@ def test_a_dask_worker_killed_at_once_runs_no_finished_item_again(
     assert targets.runs(where, n) == [2 if x == at else 1 for x in range(n)]
     assert stats.workers_restarted >= 1
     assert stats.tasks_retried == 0
-    if report is not None:  # the journal, not the reports, kept these
-        assert unreported > 0
+    if report is not None and chunksize is not None:
+        # The journal, not the reports, kept these: items 31..44 of the chunk from 30
+        # (its first outcome is reported at once). Sized chunks may start anywhere,
+        # even at the blocked item, so they make no such promise.
+        assert unreported >= at - 31
     # The pool's journal went with it, on every node's host.
     base = _cluster_journal.base_dir()
     assert base is not None
