@@ -158,11 +158,11 @@ def release(token: str) -> int:
         _released[token] = None
         while len(_released) > RELEASED_REMEMBERED:
             _released.popitem(last=False)
+    if entry is not None:
+        entry.pool.terminate()
+    # After the pool's workers are gone: none of them can make the directory again.
     _journal.release(token)
-    if entry is None:
-        return 0
-    entry.pool.terminate()
-    return 1
+    return 0 if entry is None else 1
 
 
 def _stopped(variable: Any, job_id: int) -> tuple[bool, bool]:
