@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import os
@@ -447,8 +448,16 @@ def test_a_dead_chunks_rest_prefers_its_host_where_its_journal_is(
         assert dask.kill_worker(int(marker.read_text())) == []
         assert wait_until((tmp_path / "rerun").exists, CALL_TIMEOUT)
         restrictions = dask.client.run_on_scheduler(targets.corral_restrictions)
-        with open(go, "w") as fifo:
-            fifo.write("go")
+        writer: list[int] = []
+
+        def opened() -> bool:  # (ENXIO until the item has the FIFO open to read)
+            with contextlib.suppress(OSError):
+                writer.append(os.open(go, os.O_WRONLY | os.O_NONBLOCK))
+            return bool(writer)
+
+        assert wait_until(opened, CALL_TIMEOUT)
+        os.write(writer[0], b"go")
+        os.close(writer[0])
         assert result.get(CALL_TIMEOUT) == [x * x for x in range(n)]
     assert (["127.0.0.1"], True) in restrictions.values(), restrictions
     assert targets.runs(where, n) == [2 if x == at else 1 for x in range(n)]

@@ -128,11 +128,12 @@ class RemoteChunk:
         self.ancestors: tuple[str, ...] = ()
         self.host: str | None = None
 
-    def rest(self, at: int, size: int) -> RemoteChunk:
-        """Items ``at``..``at + size - 1`` of this chunk, to run again after its death."""
+    def part(self, at: int, size: int) -> RemoteChunk:
+        """Items ``at``..``at + size - 1`` of this chunk, with its deaths, ancestors
+        and host."""
         part = RemoteChunk(self.job, self.start + at, self.items[at : at + size])
         part.resubmits = self.resubmits
-        part.ancestors = (*self.ancestors, self.key)
+        part.ancestors = self.ancestors
         part.host = self.host
         return part
 
@@ -396,9 +397,7 @@ class ClusterEngine(EngineBase):
             self._finish(chunk, 0, [None], {0: exc})
             return
         for i in range(len(chunk.items)):
-            part = chunk.rest(i, 1)
-            part.ancestors = chunk.ancestors
-            self._submit(part)
+            self._submit(chunk.part(i, 1))
 
     # Outcomes coming back.
 
@@ -459,7 +458,9 @@ class ClusterEngine(EngineBase):
         job = chunk.job
         if self.state == "terminate" or job.stopped:
             return
-        chunk = chunk.rest(chunk.done, len(chunk.items) - chunk.done)
+        rest = chunk.part(chunk.done, len(chunk.items) - chunk.done)
+        rest.ancestors = (*chunk.ancestors, chunk.key)  # its journal holds what finished
+        chunk = rest
         chunk.resubmits += 1
         self.resubmitted += 1
         self.event("worker_died", 1)
@@ -585,14 +586,7 @@ def _split(chunk: RemoteChunk, size: int) -> list[RemoteChunk]:
     """A resubmitted rest, in parts of ``size``: dask's queue hands them to
     whichever node is free, rather than one long chunk to whichever node it
     landed on. Each part keeps the chunk's count of deaths."""
-    if size >= len(chunk.items):
-        return [chunk]
-    parts = []
-    for at in range(0, len(chunk.items), size):
-        part = chunk.rest(at, size)
-        part.ancestors = chunk.ancestors  # (this chunk never ran: only its ancestors)
-        parts.append(part)
-    return parts
+    return [chunk.part(at, size) for at in range(0, len(chunk.items), size)]
 
 
 def _as_ours(err: BaseException, what: str, item: Any) -> BaseException:

@@ -273,13 +273,6 @@ def _fd_for(prefix_: str) -> int:
     return fd
 
 
-def _pickled(value: Any) -> bytes | None:
-    try:
-        return dumps(value, 5)
-    except Exception:
-        return None  # its item fails on the commit, and the node journals that
-
-
 class Journaled:
     """The function a node's pool runs for a cluster chunk: the user's ``fn`` on one
     ``(index, item)``, its outcome journaled before it is returned or raised.
@@ -317,17 +310,15 @@ class Journaled:
                 self._journal(index, False, pickle.dumps(encode_error(exc)))
             raise
         try:
-            payload: bytes | None = pickle.dumps(value, 5)
+            payload = dumps(value, 5)  # (cloudpickle's if pickle refuses, as the commit)
         except Exception:
-            payload = _pickled(value)  # (cloudpickle's, as the commit would)
-        if payload is not None:
-            self._journal(index, True, payload)
+            return value  # its item fails on the commit, and the node journals that
+        self._journal(index, True, payload)
         return value
 
     def _journal(self, index: int, ok: bool, payload: bytes) -> None:
         # A journal that can't be written costs only the guarantee, not the item.
-        head = _HEAD.pack(index, len(payload), ok)
-        data = head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+        data = encode(index, ok, payload)
         try:
             fd = _fd_for(self.prefix)
             n = os.write(fd, data)

@@ -93,6 +93,7 @@ def _pool_for(token: str, options: dict[str, Any], nthreads: int | None = None) 
     ``nthreads``: the dask worker's threads (looked up when called from a task)."""
     now = time.monotonic()
     stale: list[Pool] = []
+    started = False
     with _kept_lock:
         if token in _released:
             return None
@@ -105,10 +106,12 @@ def _pool_for(token: str, options: dict[str, Any], nthreads: int | None = None) 
             if kept is not None:
                 stale.append(kept.pool)
             kept = _kept[token] = _Kept(_new_pool(options, nthreads), now)
-            _journal.sweep_stale(keep=token)
+            started = True
         kept.used = now
     for old in stale:
         old.terminate()
+    if started:  # (files, outside the lock)
+        _journal.sweep_stale(keep=token)
     return kept
 
 
@@ -239,9 +242,10 @@ def _run_items(
     variable = variable_class(f"corral-stop-{token}")
     retried_before = pool.statistics().tasks_retried
     started = time.monotonic()
+    worker: Any = distributed.get_worker()
     who = _journal.owner()
     with contextlib.suppress(Exception):
-        _journal.sweep(token, who, distributed.get_worker().state.tasks)
+        _journal.sweep(token, who, worker.state.tasks)
     prefix = _journal.prefix(token, key, who)
     # Outcomes journaled by the dead chunks this one replaces: delivered as they are.
     known = _journal.recall(token, chunk.ancestors, start, start + len(chunk.items))
@@ -287,7 +291,7 @@ def _run_items(
         now = time.monotonic()
         if now >= next_report and len(outcomes) > reported:
             retried = pool.statistics().tasks_retried - retried_before
-            reported = _report(token, key, reported, outcomes, retried)
+            reported = _report(worker, token, key, reported, outcomes, retried)
             next_report = now + interval
         if now >= next_poll:
             stopped, everything = _stopped(variable, chunk.job_id)
@@ -327,22 +331,24 @@ def suspicious_deaths(dask_scheduler: Any, key: str) -> int:
 
 
 def _report(
-    token: str, key: str, reported: int, outcomes: list[tuple[bool, Any]], retried: int
+    worker: Any,
+    token: str,
+    key: str,
+    reported: int,
+    outcomes: list[tuple[bool, Any]],
+    retried: int,
 ) -> int:
     """Send the outcomes after ``reported`` (and the retries so far) to the client
     now, through the scheduler (a dask event): if this dask worker dies before the
     chunk ends, the client has them, and runs again only the items after them.
+    Each report names this worker's host: should it die, the client prefers that
+    host for the chunk's rest, since the chunk's journal is there.
     Returns the new count reported."""
     if len(outcomes) <= reported:
         return reported
-    from distributed import get_worker
-
-    payload = _encode_outcomes(outcomes[reported:], 0.0, retried)  # ("done", records, ...)
     from distributed.comm.addressing import get_address_host
 
-    worker = get_worker()
-    # The host: should this worker die, the client prefers it for the chunk's rest,
-    # since the chunk's journal is there.
+    payload = _encode_outcomes(outcomes[reported:], 0.0, retried)  # ("done", records, ...)
     host = get_address_host(worker.address)
     worker.log_event(f"corral-{token}", (key, reported, payload, host))
     return len(outcomes)
