@@ -51,6 +51,13 @@ def counted(x: int, where: str) -> int:
     return x * x
 
 
+def counted_on_node(x: int, where: str) -> int:
+    """``counted``, after writing the dask worker that runs the item (the pool
+    worker's parent) to ``where/node``."""
+    Path(where, "node").write_text(str(os.getppid()))
+    return counted(x, where)
+
+
 def runs(where: str, n: int) -> list[int]:
     """How many times each of items 0..n-1 ran, as ``counted`` recorded it."""
     out = []
@@ -195,6 +202,19 @@ def block_once_then_wait(x: int, at: int, where: str, go: str) -> int:
         with open(go) as fifo:  # blocks until the test opens it to write
             fifo.read()
     return block_once(x, at, where)
+
+
+def notes_around_unknown_starts(dask_scheduler: Any, held: str, n: int) -> list[object]:
+    """On the scheduler: note a start of ``held`` (a key it holds), then of ``n``
+    keys it does not hold, then of ``held`` again; return whether the first and
+    the last call saw a re-run, and how many keys are noted at the end."""
+    from corral._pool._cluster_node import ran_before
+
+    first = ran_before(dask_scheduler, held)
+    for i in range(n):
+        ran_before(dask_scheduler, f"corral-notes-test-{i}")
+    again = ran_before(dask_scheduler, held)
+    return [first, again, len(dask_scheduler._corral_started.keys)]
 
 
 def corral_restrictions(dask_scheduler: Any) -> dict[str, tuple[list[str], bool]]:

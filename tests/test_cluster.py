@@ -430,6 +430,57 @@ def test_a_dask_worker_killed_at_once_runs_no_finished_item_again(
     dask.wait_for_workers()
 
 
+def test_a_finished_chunk_whose_result_died_with_its_worker_runs_nothing_again(
+    dask: DaskCluster, tmp_path: Path
+) -> None:
+    # A chunk ends on its dask worker, which is SIGKILLed before we fetch the
+    # chunk's result. dask then computes the task again elsewhere, whole, and does
+    # not count it as a death while running (``suspicious``): the node must still
+    # know it for a second run, and refuse it. The chunk's rest is then taken from
+    # the journal on this host, and nothing runs again.
+    where = str(tmp_path)
+    n = 30
+    fn = functools.partial(targets.counted_on_node, where=where)
+    held, go = threading.Event(), threading.Event()
+
+    def on_event(kind: str, count: int) -> None:  # (the engine's thread)
+        if kind == "completed" and not held.is_set():
+            held.set()
+            go.wait(CALL_TIMEOUT)  # hold the engine: the chunk's result is not fetched
+
+    with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
+        result = pool.map_async(fn, range(n), chunksize=n)
+        try:
+            assert held.wait(CALL_TIMEOUT)
+            assert wait_until(lambda: targets.runs(where, n) == [1] * n, CALL_TIMEOUT)
+            (chunk,) = pool._engine.flying.values()  # type: ignore[attr-defined]
+            assert wait_until(lambda: chunk.future.status == "finished", CALL_TIMEOUT)
+            assert dask.kill_worker(int((tmp_path / "node").read_text())) == []
+        finally:
+            go.set()
+        assert result.get(CALL_TIMEOUT) == [x * x for x in range(n)]
+    assert targets.runs(where, n) == [1] * n
+    dask.wait_for_workers()
+
+
+def test_the_schedulers_notes_of_started_chunks_stay_bounded(dask: DaskCluster) -> None:
+    # Every chunk start is noted on the scheduler, to refuse a second run. Keys it
+    # no longer holds are pruned, so a long-lived scheduler's notes don't grow;
+    # a key it still holds stays noted through any number of prunings.
+    from corral._pool._cluster_node import STARTED_PRUNE_MIN
+
+    held = dask.client.submit(targets.square, 3, key="corral-notes-held", pure=False)
+    try:
+        assert held.result(CALL_TIMEOUT) == 9
+        first, again, noted = dask.client.run_on_scheduler(
+            targets.notes_around_unknown_starts, held=held.key, n=3 * STARTED_PRUNE_MIN
+        )
+    finally:
+        held.release()
+    assert (first, again) == (False, True)
+    assert noted < STARTED_PRUNE_MIN
+
+
 def test_a_dead_chunks_rest_prefers_its_host_where_its_journal_is(
     dask: DaskCluster, tmp_path: Path
 ) -> None:

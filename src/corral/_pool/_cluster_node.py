@@ -43,7 +43,7 @@ from . import Pool
 from . import _cluster_journal as _journal
 from ._worker import MODE_MAP
 
-__all__ = ["forget_reports", "release", "run_chunk", "suspicious_deaths"]
+__all__ = ["forget_reports", "ran_before", "release", "run_chunk"]
 
 # How often a running chunk asks the scheduler whether it was stopped. The promise
 # is a stop within 1 s on every node; each poll is one round trip to the scheduler.
@@ -66,6 +66,10 @@ NODE_START_METHOD = "spawn"
 # pool's release (client.cancel does not reach a task already queued on a worker)
 # must not start the pool again. Bounded; the oldest are forgotten.
 RELEASED_REMEMBERED = 1024
+# The scheduler notes every chunk key that started (``ran_before``) and prunes the
+# keys it has forgotten once the notes reach this size, then twice what is left:
+# smaller prunes more often (a pass over the notes), larger holds more memory.
+STARTED_PRUNE_MIN = 4096
 
 
 class _Kept:
@@ -309,25 +313,55 @@ def _run_items(
 
 
 def _rerun(key: str) -> bool:
-    """Is dask running this task again because a worker died while holding it?
+    """Is dask running this task again after a dask worker died?
 
-    dask re-runs such a task whole (up to ``allowed-failures`` times), items that
-    finished and were reported included; the client knows better what is left.
-    One round trip to the scheduler per chunk.
+    dask computes a task again, whole, when its worker dies while running it
+    (up to ``allowed-failures`` times), and also when the worker dies after it
+    finished, holding the only copy of its result. Either way items that finished
+    (and were reported, or journaled) would run again; the client knows better
+    what is left. One round trip to the scheduler per chunk.
     """
     from distributed import get_client
 
     try:
         client: Any = get_client()
-        return bool(client.run_on_scheduler(suspicious_deaths, key=key))
+        return bool(client.run_on_scheduler(ran_before, key=key))
     except Exception:  # can't tell: run it (outcomes are still delivered once)
         return False
 
 
-def suspicious_deaths(dask_scheduler: Any, key: str) -> int:
-    """On the scheduler: how many workers died while ``key`` was on them."""
+def ran_before(dask_scheduler: Any, key: str) -> bool:
+    """On the scheduler: has ``key`` started before? Notes that it has now.
+
+    A task whose worker died while running it counts as ``suspicious``; one whose
+    result was lost with its worker after it ended does not, so every start is
+    noted here. Keys the scheduler has forgotten (their futures were released)
+    are dropped whenever the notes have doubled since the last such pruning:
+    they stay the size of the tasks the scheduler holds, amortised O(1) a call.
+    """
     task = dask_scheduler.tasks.get(key)
-    return 0 if task is None else int(task.suspicious)
+    if task is not None and task.suspicious:
+        return True
+    notes: _StartNotes | None = getattr(dask_scheduler, "_corral_started", None)
+    if notes is None:
+        notes = dask_scheduler._corral_started = _StartNotes()
+    if key in notes.keys:
+        return True
+    notes.keys.add(key)
+    if len(notes.keys) >= notes.prune_at:
+        notes.keys.intersection_update(dask_scheduler.tasks)
+        notes.prune_at = max(STARTED_PRUNE_MIN, 2 * len(notes.keys))
+    return False
+
+
+class _StartNotes:
+    """The chunk keys started on this scheduler (its ``_corral_started``)."""
+
+    __slots__ = ("keys", "prune_at")
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.prune_at = STARTED_PRUNE_MIN
 
 
 def _report(
