@@ -51,6 +51,13 @@ def counted(x: int, where: str) -> int:
     return x * x
 
 
+def slow_counted_on_node(x: int, where: str) -> int:
+    """``counted_on_node`` after 20 ms of work: slower than a report interval, so
+    the node reports each outcome as soon as it has it."""
+    time.sleep(0.02)  # the item's work, not a wait for anything
+    return counted_on_node(x, where)
+
+
 def counted_on_node(x: int, where: str) -> int:
     """``counted``, after writing the dask worker that runs the item (the pool
     worker's parent) to ``where/node``."""

@@ -430,8 +430,11 @@ def test_a_dask_worker_killed_at_once_runs_no_finished_item_again(
     dask.wait_for_workers()
 
 
+# Held after the first outcome (the rest only in the node's journal), or after the
+# last (every outcome reported, nothing left to run).
+@pytest.mark.parametrize("held_after", ["first", "all"])
 def test_a_finished_chunk_whose_result_died_with_its_worker_runs_nothing_again(
-    dask: DaskCluster, tmp_path: Path
+    dask: DaskCluster, tmp_path: Path, held_after: str
 ) -> None:
     # A chunk ends on its dask worker, which is SIGKILLed before we fetch the
     # chunk's result. dask then computes the task again elsewhere, whole, and does
@@ -439,14 +442,21 @@ def test_a_finished_chunk_whose_result_died_with_its_worker_runs_nothing_again(
     # know it for a second run, and refuse it. The chunk's rest is then taken from
     # the journal on this host, and nothing runs again.
     where = str(tmp_path)
-    n = 30
-    fn = functools.partial(targets.counted_on_node, where=where)
+    n = 30 if held_after == "first" else 6
+    slow = held_after == "all"  # each outcome reported as soon as it ends
+    fn = functools.partial(
+        targets.slow_counted_on_node if slow else targets.counted_on_node, where=where
+    )
+    seen = 0
     held, go = threading.Event(), threading.Event()
 
     def on_event(kind: str, count: int) -> None:  # (the engine's thread)
+        nonlocal seen
         if kind == "completed" and not held.is_set():
-            held.set()
-            go.wait(CALL_TIMEOUT)  # hold the engine: the chunk's result is not fetched
+            seen += count
+            if held_after == "first" or seen == n:
+                held.set()
+                go.wait(CALL_TIMEOUT)  # hold the engine: the result is not fetched
 
     with corral.Pool(cluster=dask.address, on_event=on_event) as pool:
         result = pool.map_async(fn, range(n), chunksize=n)
@@ -459,7 +469,11 @@ def test_a_finished_chunk_whose_result_died_with_its_worker_runs_nothing_again(
         finally:
             go.set()
         assert result.get(CALL_TIMEOUT) == [x * x for x in range(n)]
+        # The pool still works after it.
+        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]
+        stats = pool.statistics()
     assert targets.runs(where, n) == [1] * n
+    assert stats.tasks_retried == 0
     dask.wait_for_workers()
 
 

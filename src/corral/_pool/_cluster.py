@@ -458,6 +458,8 @@ class ClusterEngine(EngineBase):
         job = chunk.job
         if self.state == "terminate" or job.stopped:
             return
+        if chunk.done >= len(chunk.items):
+            return  # every outcome was reported before the result was lost: none left
         rest = chunk.part(chunk.done, len(chunk.items) - chunk.done)
         rest.ancestors = (*chunk.ancestors, chunk.key)  # its journal holds what finished
         chunk = rest
