@@ -109,6 +109,29 @@ def test_a_repeated_call_skips_the_chunk_ramp(dask: DaskCluster) -> None:
     assert sizes[0] == _cluster.FIRST_CHUNK, sizes  # another function: from the start
 
 
+def test_two_pools_whose_tokens_share_a_prefix_keep_their_own_results(
+    dask: DaskCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dask takes two submits of one key for one task: two pools' chunk keys must
+    # differ however their tokens begin, or one pool gets the other's results.
+    import uuid
+
+    from corral._pool import _cluster
+
+    def uuid4() -> uuid.UUID:
+        return uuid.UUID("c0ffee00" + os.urandom(12).hex())
+
+    monkeypatch.setattr(_cluster.uuid, "uuid4", uuid4)
+    with corral.Pool(cluster=dask.address) as a, corral.Pool(cluster=dask.address) as b:
+        token_a, token_b = a._engine.token, b._engine.token  # type: ignore[attr-defined]
+        assert token_a[:8] == token_b[:8]
+        assert token_a != token_b
+        first = a.map_async(targets.square, range(10), chunksize=5)
+        second = b.map_async(targets.square, range(100, 110), chunksize=5)
+        assert first.get(CALL_TIMEOUT) == [x * x for x in range(10)]
+        assert second.get(CALL_TIMEOUT) == [x * x for x in range(100, 110)]
+
+
 def test_a_lambda_runs_on_the_cluster(dask: DaskCluster) -> None:
     # cloudpickle is a dependency of dask.distributed: lambdas always travel.
     with corral.Pool(cluster=dask.client) as pool:

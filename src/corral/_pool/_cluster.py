@@ -324,7 +324,9 @@ class ClusterEngine(EngineBase):
     def _submit(self, chunk: RemoteChunk) -> None:
         job = chunk.job
         node_options = self._node_options()
-        chunk.key = f"corral-{job.name[:40]}-{self.token[:8]}-{next(self.seq)}"
+        # The whole token: dask takes two submits of one key for one task, so two
+        # pools whose keys met (a 32-bit prefix could) would share results.
+        chunk.key = f"corral-{job.name[:40]}-{self.token}-{next(self.seq)}"
         spec = (
             self.token,
             self._job_id(job),
