@@ -121,7 +121,7 @@ def test_two_pools_whose_tokens_share_a_prefix_keep_their_own_results(
     def uuid4() -> uuid.UUID:
         return uuid.UUID("c0ffee00" + os.urandom(12).hex())
 
-    monkeypatch.setattr(_cluster.uuid, "uuid4", uuid4)
+    monkeypatch.setattr(_cluster, "uuid", types.SimpleNamespace(uuid4=uuid4))
     with corral.Pool(cluster=dask.address) as a, corral.Pool(cluster=dask.address) as b:
         token_a, token_b = a._engine.token, b._engine.token  # type: ignore[attr-defined]
         assert token_a[:8] == token_b[:8]
