@@ -8,6 +8,8 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,45 @@ def slow_counted_on_node(x: int, where: str) -> int:
     the node reports each outcome as soon as it has it."""
     time.sleep(0.02)  # the item's work, not a wait for anything
     return counted_on_node(x, where)
+
+
+def counted_carrying(x: int, where: str, cargo: object) -> int:
+    """``counted``; ``cargo`` only travels with the function."""
+    return counted(x, where)
+
+
+def counted_then_lock_on_1(x: int, where: str) -> Any:
+    """``counted``, then a result that can't be pickled for item 1."""
+    value = counted(x, where)
+    return threading.Lock() if x == 1 else value
+
+
+class _ExitOnUnpickle:
+    """Pickles fine; unpickling it raises SystemExit, in whatever process does it."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, (3,))
+
+
+def slow_counted_then_exit_on_unpickle_on_1(x: int, where: str) -> Any:
+    """``counted`` after 20 ms of work (so that the node's pool commits each outcome
+    alone), then, for item 1, a result whose unpickling raises SystemExit."""
+    time.sleep(0.02)  # the item's work, not a wait for anything
+    value = counted(x, where)
+    return _ExitOnUnpickle() if x == 1 else value
+
+
+class _UnpicklableError(Exception):
+    def __init__(self, a: int, b: int):  # its args don't round-trip through pickle
+        super().__init__(f"{a}/{b}")
+
+
+def counted_then_raise_unpicklable_on_1(x: int, where: str) -> int:
+    """``counted``, then, for item 1, an exception that can't be unpickled."""
+    value = counted(x, where)
+    if x == 1:
+        raise _UnpicklableError(1, 2)
+    return value
 
 
 def counted_on_node(x: int, where: str) -> int:

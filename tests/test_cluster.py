@@ -32,6 +32,7 @@ import corral
 from corral._core import _linux
 
 from . import cluster_targets as targets
+from . import pool_targets
 from .dask_cluster import DaskCluster
 from .leaks import wait_until
 
@@ -130,6 +131,106 @@ def test_two_pools_whose_tokens_share_a_prefix_keep_their_own_results(
         second = b.map_async(targets.square, range(100, 110), chunksize=5)
         assert first.get(CALL_TIMEOUT) == [x * x for x in range(10)]
         assert second.get(CALL_TIMEOUT) == [x * x for x in range(100, 110)]
+
+
+def _each(it: Any) -> list[Any]:
+    """Every item of a pool iterator: a value, or the exception raised in its place."""
+    out: list[Any] = []
+    while True:
+        try:
+            out.append(it.next(CALL_TIMEOUT))
+        except StopIteration:
+            return out
+        except BaseException as exc:  # (SystemExit from a result's unpickling too)
+            out.append(exc)
+
+
+# An error while pickling or unpickling, each way, fails its own item only (as on one
+# machine), whatever its chunk; every other item runs once, and the pool goes on.
+# Rows: (where it fails, the items' function, the items, the item that fails, what
+# it raises, a fragment of a note it carries).
+_PICKLING_ROWS: dict[str, tuple[Any, list[Any], int, type[BaseException], str]] = {
+    "argument-pickle": (
+        targets.counted,
+        [0, 1, threading.Lock(), 3],
+        2,
+        TypeError,
+        "while pickling task 2",
+    ),
+    "argument-unpickle-on-the-node": (
+        targets.counted,
+        [0, 1, pool_targets.BadUnpickle(), 3, 4],
+        2,
+        RuntimeError,
+        "on a cluster node while unpickling task 2",
+    ),
+    "argument-exits-unpickling-on-the-node": (
+        targets.counted,
+        [0, 1, 2, pool_targets.ExitOnUnpickle()],
+        3,
+        SystemExit,
+        "on a cluster node while unpickling task 3",
+    ),
+    "result-pickle-on-the-node": (
+        targets.counted_then_lock_on_1,
+        [0, 1, 2, 3],
+        1,
+        TypeError,
+        "while pickling the task's result",
+    ),
+    "result-unpickle-on-the-node": (  # by the node's pool, in the dask worker
+        targets.slow_counted_then_exit_on_unpickle_on_1,
+        [0, 1, 2, 3],
+        1,
+        SystemExit,
+        "while unpickling the task's result",
+    ),
+    "exception-unpickle-here": (
+        targets.counted_then_raise_unpicklable_on_1,
+        [0, 1, 2, 3],
+        1,
+        corral.CorralError,
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("row", list(_PICKLING_ROWS))
+def test_a_pickling_error_each_way_fails_its_item_alone(
+    dask: DaskCluster, tmp_path: Path, row: str
+) -> None:
+    fn, items, bad, raised, note = _PICKLING_ROWS[row]
+    where = str(tmp_path)
+    n = len(items)
+    with corral.Pool(cluster=dask.address) as pool:
+        out = _each(pool.imap(functools.partial(fn, where=where), items, chunksize=n))
+        assert pool.apply(targets.square, (5,)) == 25  # the pool goes on
+    assert [o for x, o in enumerate(out) if x != bad] == [x * x for x in range(n) if x != bad]
+    err = out[bad]
+    assert isinstance(err, raised), err
+    assert any(note in line for line in getattr(err, "__notes__", [""])), err
+    ran = 0 if row.startswith("argument") else 1
+    assert targets.runs(where, n) == [ran if x == bad else 1 for x in range(n)]
+
+
+def test_a_function_that_exits_unpickling_on_the_node_fails_its_items_clearly(
+    dask: DaskCluster, tmp_path: Path
+) -> None:
+    # The function travels with each chunk: if the node can't rebuild it (here its
+    # unpickling raises SystemExit), every item fails with that error, once; the
+    # dask worker lives on, and so does the pool.
+    where = str(tmp_path)
+    fn = functools.partial(
+        targets.counted_carrying, where=where, cargo=pool_targets.ExitOnUnpickle()
+    )
+    with corral.Pool(cluster=dask.address) as pool:
+        out = _each(pool.imap(fn, range(4), chunksize=4))
+        assert pool.apply(targets.square, (5,)) == 25
+        stats = pool.statistics()
+    assert all(isinstance(o, RuntimeError) for o in out), out
+    assert all("could not be unpickled on the node" in str(o) for o in out), out
+    assert stats.workers_restarted == 0
+    assert targets.runs(where, 4) == [0, 0, 0, 0]
 
 
 def test_a_lambda_runs_on_the_cluster(dask: DaskCluster) -> None:

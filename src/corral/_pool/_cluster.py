@@ -51,7 +51,7 @@ from .._workercrash import WorkerCrashed
 from ._cluster_connect import ClusterConnection, connect
 from ._cluster_node import forget_reports, release, run_chunk
 from ._cluster_pickle import dumps
-from ._engine import PoolStatistics
+from ._engine import PoolStatistics, _mark_unpickling
 from ._enginebase import EngineBase
 from ._jobs import Job
 from ._options import PoolOptions
@@ -327,22 +327,26 @@ class ClusterEngine(EngineBase):
         # The whole token: dask takes two submits of one key for one task, so two
         # pools whose keys met (a 32-bit prefix could) would share results.
         chunk.key = f"corral-{job.name[:40]}-{self.token}-{next(self.seq)}"
-        spec = (
-            self.token,
-            self._job_id(job),
-            chunk.key,
-            job.fn,
-            job.mode,
-            chunk.items,
-            chunk.start,
-            chunk.ancestors,
-            job.timeout,
-            job.retries,
-            node_options,
-            report_interval(self.processes),
-        )
         try:
-            payload = dumps(spec)
+            # The items pickled apart: a node that can't unpickle one of them says
+            # so (``_undecodable``), rather than failing the whole chunk.
+            items = dumps(chunk.items)
+            payload = dumps(
+                (
+                    self.token,
+                    self._job_id(job),
+                    chunk.key,
+                    job.fn,
+                    job.mode,
+                    items,
+                    chunk.start,
+                    chunk.ancestors,
+                    job.timeout,
+                    job.retries,
+                    node_options,
+                    report_interval(self.processes),
+                )
+            )
         except Exception as exc:
             self._pickling_failed(chunk, exc)
             return
@@ -444,6 +448,8 @@ class ClusterEngine(EngineBase):
                 return
             if outcome[0] == "rerun":  # dask re-ran it after a death: refused
                 self._resubmit(chunk, None)
+            elif outcome[0] == "undecodable":
+                self._undecodable(chunk, outcome[1])
             else:
                 self._deliver(chunk, outcome)
             return
@@ -452,6 +458,24 @@ class ClusterEngine(EngineBase):
             self._fail_all(chunk, error)
             return
         self._resubmit(chunk, error)
+
+    def _undecodable(self, chunk: RemoteChunk, record: Any) -> None:
+        """The node could not unpickle an item of the chunk, and ran none of them:
+        submit each half again, until the item is alone, and fail it alone (as one
+        machine's pool does); the others run. ``record`` is the node's error."""
+        n = len(chunk.items)
+        if n > 1:
+            half = -(-n // 2)
+            self._submit(chunk.part(0, half))
+            self._submit(chunk.part(half, n - half))
+            return
+        err = decode_error(record, "unpickling the task")
+        err.add_note(
+            "corral: raised on a cluster node while unpickling "
+            + chunk.job.describe(chunk.start, chunk.items[0])
+        )
+        _mark_unpickling(err)
+        self._finish(chunk, 0, [None], {0: err})
 
     def _resubmit(self, chunk: RemoteChunk, error: BaseException | None) -> None:
         """The chunk's dask worker died (``KilledWorker``, a lost task, or a re-run

@@ -173,7 +173,7 @@ def recall(token: str, ancestors: Iterable[str], lo: int, hi: int) -> dict[int, 
             if lo <= index < hi and index not in found:
                 try:
                     found[index] = (ok, pickle.loads(payload))
-                except Exception:
+                except BaseException:  # (a SystemExit would close the dask worker)
                     continue
     return found
 

@@ -185,17 +185,39 @@ def run_chunk(payload: bytes) -> bytes:
     """Run one chunk of items; return its per-item outcomes, pickled.
 
     Returns ``("done", [(ok, value or error record)...], seconds, retried)``,
-    ``("stopped",)`` when the client stopped the job (or the pool) meanwhile, or
+    ``("stopped",)`` when the client stopped the job (or the pool) meanwhile,
+    ``("undecodable", error record)`` without running anything when an item can't
+    be unpickled here, or
     ``("rerun",)`` without running anything when dask runs the task again after its
     worker died: the client then submits only the items it has no report of, naming
     the dead chunk among their ``ancestors``, whose journaled outcomes
     (``_cluster_journal``) are taken as they are rather than run again.
     """
-    (token, job_id, key, fn, mode, items, start, ancestors, timeout, retries, options, interval) = (
-        pickle.loads(payload)
-    )
+    try:
+        (
+            token,
+            job_id,
+            key,
+            fn,
+            mode,
+            blob,
+            start,
+            ancestors,
+            timeout,
+            retries,
+            options,
+            interval,
+        ) = pickle.loads(payload)
+    except BaseException as exc:  # the function's: every item's (a SystemExit too)
+        raise RuntimeError(
+            f"corral: the chunk could not be unpickled on the node: {exc!r}"
+        ) from exc
     if _rerun(key):
         return pickle.dumps(("rerun",))
+    try:
+        items = pickle.loads(blob)
+    except BaseException as exc:  # the client halves the chunk until the item is alone
+        return pickle.dumps(("undecodable", encode_error(exc)))
     kept = _pool_for(token, options)
     if kept is None:
         return pickle.dumps(("stopped",))
@@ -284,7 +306,7 @@ def _run_items(
             break
         except multiprocessing.TimeoutError:
             pass
-        except Exception as exc:
+        except BaseException as exc:  # (a SystemExit that a result raised unpickling too)
             if pool._engine.state != "run":  # released or terminated meanwhile
                 return pickle.dumps(("stopped",))
             record = encode_error(exc)
@@ -400,17 +422,18 @@ def forget_reports(dask_scheduler: Any, topic: str) -> None:
 
 
 def _encode_outcomes(outcomes: list[tuple[bool, Any]], seconds: float, retried: int) -> bytes:
-    """Pickle the outcomes; a value that can't be pickled fails its own item only."""
+    """Pickle the outcomes; a value that can't be pickled fails its own item only.
+    (BaseException: a SystemExit escaping a dask task closes its dask worker.)"""
     try:
         return dumps(("done", outcomes, seconds, retried))
-    except Exception:
+    except BaseException:
         pass
     safe: list[tuple[bool, Any]] = []
     for ok, value in outcomes:
         if ok:
             try:
                 dumps(value)
-            except Exception as exc:
+            except BaseException as exc:
                 exc.add_note("corral: raised while pickling the task's result on the node")
                 ok, value = False, encode_error(exc)
         safe.append((ok, value))
