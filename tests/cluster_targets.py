@@ -99,6 +99,14 @@ def counted_then_raise_unpicklable_on_1(x: int, where: str) -> int:
     return value
 
 
+def slow_counted_big_from_3(x: int, where: str) -> bytes:
+    """``counted`` after 20 ms of work; items from 3 on return 1 MiB, the others 8
+    bytes."""
+    time.sleep(0.02)  # the item's work, not a wait for anything
+    counted(x, where)
+    return bytes([x % 256]) * (1 << 20 if x >= 3 else 8)
+
+
 def counted_on_node(x: int, where: str) -> int:
     """``counted``, after writing the dask worker that runs the item (the pool
     worker's parent) to ``where/node``."""
@@ -263,6 +271,12 @@ def notes_around_unknown_starts(dask_scheduler: Any, held: str, n: int) -> list[
         ran_before(dask_scheduler, f"corral-notes-test-{i}")
     again = ran_before(dask_scheduler, held)
     return [first, again, len(dask_scheduler._corral_started.keys)]
+
+
+def report_sizes(dask_scheduler: Any, topic: str) -> list[int]:
+    """On the scheduler: the size of each report payload it keeps for ``topic``."""
+    topic_ = dask_scheduler._broker._topics.get(topic)
+    return [] if topic_ is None else [len(msg[2]) for _, msg in topic_.events]
 
 
 def corral_restrictions(dask_scheduler: Any) -> dict[str, tuple[list[str], bool]]:

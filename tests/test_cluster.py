@@ -601,6 +601,28 @@ def test_a_finished_chunk_whose_result_died_with_its_worker_runs_nothing_again(
     dask.wait_for_workers()
 
 
+def test_large_outcomes_go_with_the_result_not_through_the_scheduler(
+    dask: DaskCluster, tmp_path: Path
+) -> None:
+    # Reports go through the scheduler, which keeps the latest ones: they carry
+    # small outcomes only. From the first outcome too large for a report on, the
+    # chunk's outcomes come with its result, from the dask worker; all arrive once.
+    from corral._pool._cluster_node import REPORT_MAX_BYTES
+
+    where = str(tmp_path)
+    n = 8
+    fn = functools.partial(targets.slow_counted_big_from_3, where=where)
+    with corral.Pool(cluster=dask.address) as pool:
+        token = pool._engine.token  # type: ignore[attr-defined]
+        out = pool.map(fn, range(n), chunksize=n)
+        sizes = dask.client.run_on_scheduler(targets.report_sizes, topic=f"corral-{token}")
+    assert [len(v) for v in out] == [8 if x < 3 else 1 << 20 for x in range(n)]
+    assert all(v == bytes([x]) * len(v) for x, v in enumerate(out))
+    assert sizes  # the small outcomes were reported
+    assert max(sizes) <= REPORT_MAX_BYTES
+    assert targets.runs(where, n) == [1] * n
+
+
 def test_the_schedulers_notes_of_started_chunks_stay_bounded(dask: DaskCluster) -> None:
     # Every chunk start is noted on the scheduler, to refuse a second run. Keys it
     # no longer holds are pruned, so a long-lived scheduler's notes don't grow;

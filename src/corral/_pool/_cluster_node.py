@@ -51,6 +51,13 @@ STOP_POLL = 0.2
 # A running chunk reports its outcomes to the client (a dask event) at once after a
 # quiet spell, a stream of fast ones in batches, at most once per report interval:
 # the client sets it by the cluster's size (``_cluster.report_interval``).
+# A report goes through the scheduler, which keeps the latest ones (up to
+# ``_cluster.FORGET_REPORTS_EVERY``) in memory: it carries at most this much of
+# pickled outcomes. What does not fit (a large result) goes with the chunk's result,
+# straight from the dask worker to the client. Larger lets more of a dask worker's
+# outcomes survive the death of its whole host (the journal keeps them otherwise);
+# smaller holds less memory on the scheduler and less of its bandwidth.
+REPORT_MAX_BYTES = 64 * 1024
 # A kept pool that no chunk used for this long is ended by the next chunk run on
 # the node (its client went away without releasing it, say).
 KEPT_IDLE_SECONDS = 300.0
@@ -317,8 +324,11 @@ def _run_items(
         now = time.monotonic()
         if now >= next_report and len(outcomes) > reported:
             retried = pool.statistics().tasks_retried - retried_before
-            reported = _report(worker, token, key, reported, outcomes, retried)
-            next_report = now + interval
+            now_reported = _report(worker, token, key, reported, outcomes, retried)
+            # Nothing fitted (the next outcome is too large to go through the
+            # scheduler): the rest of the chunk goes with its result.
+            next_report = now + interval if now_reported > reported else float("inf")
+            reported = now_reported
         if now >= next_poll:
             stopped, everything = _stopped(variable, chunk.job_id)
             if stopped:
@@ -399,15 +409,25 @@ def _report(
     chunk ends, the client has them, and runs again only the items after them.
     Each report names this worker's host: should it die, the client prefers that
     host for the chunk's rest, since the chunk's journal is there.
-    Returns the new count reported."""
-    if len(outcomes) <= reported:
+
+    A report holds the new outcomes from the first on, as many as fit in
+    ``REPORT_MAX_BYTES`` pickled (halved until they do). Returns the new count
+    reported: unchanged if not even the first fits."""
+    end = len(outcomes)
+    if end <= reported:
         return reported
     from distributed.comm.addressing import get_address_host
 
-    payload = _encode_outcomes(outcomes[reported:], 0.0, retried)  # ("done", records, ...)
+    while True:
+        payload = _encode_outcomes(outcomes[reported:end], 0.0, retried)  # ("done", records..)
+        if len(payload) <= REPORT_MAX_BYTES:
+            break
+        end = reported + (end - reported) // 2
+        if end == reported:
+            return reported
     host = get_address_host(worker.address)
     worker.log_event(f"corral-{token}", (key, reported, payload, host))
-    return len(outcomes)
+    return end
 
 
 def forget_reports(dask_scheduler: Any, topic: str) -> None:
