@@ -606,7 +606,7 @@ def test_large_outcomes_go_with_the_result_not_through_the_scheduler(
 ) -> None:
     # Reports go through the scheduler, which keeps the latest ones: they carry
     # small outcomes only. From the first outcome too large for a report on, the
-    # chunk's outcomes come with its result, from the dask worker; all arrive once.
+    # chunk's outcomes come with its result (dask's gather); all arrive once.
     from corral._pool._cluster_node import REPORT_MAX_BYTES
 
     where = str(tmp_path)

@@ -53,10 +53,10 @@ STOP_POLL = 0.2
 # the client sets it by the cluster's size (``_cluster.report_interval``).
 # A report goes through the scheduler, which keeps the latest ones (up to
 # ``_cluster.FORGET_REPORTS_EVERY``) in memory: it carries at most this much of
-# pickled outcomes. What does not fit (a large result) goes with the chunk's result,
-# straight from the dask worker to the client. Larger lets more of a dask worker's
-# outcomes survive the death of its whole host (the journal keeps them otherwise);
-# smaller holds less memory on the scheduler and less of its bandwidth.
+# pickled outcomes. What does not fit (a large result) goes with the chunk's
+# result, by dask's gather, which keeps nothing on the scheduler. Larger lets more
+# of a dask worker's outcomes survive the death of its whole host (the journal
+# keeps them otherwise); smaller holds less memory on the scheduler.
 REPORT_MAX_BYTES = 64 * 1024
 # A kept pool that no chunk used for this long is ended by the next chunk run on
 # the node (its client went away without releasing it, say).
