@@ -2,24 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from corral._core import _linux
+
+from . import leaks
+
 TIMEOUT = 120
 
 
 def corral_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Run ``corral *args``; fail if any process it started outlives it.
+
+    A process that dies with (just after) the command comes back to this test
+    process, a subreaper, and is reaped here: in a shell, PID 1 would. One still
+    running after ``LEAK_GRACE`` is an orphan, and fails the call."""
+    before = set(_linux.children_of(os.getpid()))
+    done = subprocess.run(
         [sys.executable, "-m", "corral", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         check=False,
     )
+
+    def came_back() -> set[int]:
+        return set(_linux.children_of(os.getpid())) - before
+
+    def alive() -> set[int]:
+        return {p for p in came_back() if _linux.proc_state(p) not in (None, "Z")}
+
+    def settled() -> bool:
+        for pid in came_back():
+            if _linux.proc_state(pid) == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        return not came_back()
+
+    leaks.wait_until(settled, leaks.LEAK_GRACE)
+    orphans = sorted(alive())
+    assert not orphans, f"outlived `corral {' '.join(args)}`: {leaks.describe(orphans)}"
+    return done
 
 
 @pytest.mark.parametrize("name", ["zombies", "orphans", "tree-kill", "daemon-children", "result"])
