@@ -107,6 +107,43 @@ def slow_counted_big_from_3(x: int, where: str) -> bytes:
     return bytes([x % 256]) * (1 << 20 if x >= 3 else 8)
 
 
+class PickleCounted:
+    """10 KB of data that notes each time it is pickled, in whatever process: a
+    line with its index in ``where/pickled`` (one small O_APPEND write)."""
+
+    def __init__(self, index: int, where: str):
+        self.index = index
+        self.where = where
+        self.data = bytes(10_000)
+
+    def __reduce__(self) -> Any:
+        fd = os.open(os.path.join(self.where, "pickled"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{self.index}\n".encode())
+        finally:
+            os.close(fd)
+        return (_rebuilt, (self.index, self.where, self.data))
+
+
+def _rebuilt(index: int, where: str, data: bytes) -> PickleCounted:
+    value = PickleCounted(index, where)
+    value.data = data
+    return value
+
+
+def pickle_counted(x: int, where: str) -> PickleCounted:
+    return PickleCounted(x, where)
+
+
+def times_pickled(where: str, n: int) -> list[int]:
+    """How many times each of the values 0..n-1 of ``pickle_counted`` was pickled."""
+    counts = [0] * n
+    with open(os.path.join(where, "pickled")) as f:
+        for line in f:
+            counts[int(line)] += 1
+    return counts
+
+
 def counted_on_node(x: int, where: str) -> int:
     """``counted``, after writing the dask worker that runs the item (the pool
     worker's parent) to ``where/node``."""

@@ -300,6 +300,9 @@ def _run_items(
     it = view._imap(fn, todo, None, mode, True, None, False, None, commit_seconds=interval)
     outcomes: list[tuple[bool, Any]] = []
     reported = 0
+    # Outcomes a report may try, once one had to be cut to REPORT_MAX_BYTES: twice
+    # what the last one carried, so that a backlog is not pickled again and again.
+    most: int | None = None
     next_poll = started + STOP_POLL
     next_report = started  # the first outcome is reported at once
     while True:
@@ -324,11 +327,14 @@ def _run_items(
         now = time.monotonic()
         if now >= next_report and len(outcomes) > reported:
             retried = pool.statistics().tasks_retried - retried_before
-            now_reported = _report(worker, token, key, reported, outcomes, retried)
-            # Nothing fitted (the next outcome is too large to go through the
-            # scheduler): the rest of the chunk goes with its result.
-            next_report = now + interval if now_reported > reported else float("inf")
-            reported = now_reported
+            sent, cut = _report(worker, token, key, reported, outcomes, retried, most)
+            if sent:
+                reported += sent
+                next_report = now + interval
+                if cut or most is not None:
+                    most = 2 * sent
+            else:  # the next outcome is too large for the scheduler: the rest of the
+                next_report = float("inf")  # chunk goes with its result
         if now >= next_poll:
             stopped, everything = _stopped(variable, chunk.job_id)
             if stopped:
@@ -403,31 +409,35 @@ def _report(
     reported: int,
     outcomes: list[tuple[bool, Any]],
     retried: int,
-) -> int:
+    most: int | None,
+) -> tuple[int, bool]:
     """Send the outcomes after ``reported`` (and the retries so far) to the client
     now, through the scheduler (a dask event): if this dask worker dies before the
     chunk ends, the client has them, and runs again only the items after them.
     Each report names this worker's host: should it die, the client prefers that
     host for the chunk's rest, since the chunk's journal is there.
 
-    A report holds the new outcomes from the first on, as many as fit in
-    ``REPORT_MAX_BYTES`` pickled (halved until they do). Returns the new count
-    reported: unchanged if not even the first fits."""
-    end = len(outcomes)
+    A report holds the new outcomes from the first on, at most ``most`` of them
+    (None: all), and no more than fit in ``REPORT_MAX_BYTES`` pickled (halved
+    until they do). Returns how many it sent (0: not even the first fits), and
+    whether it had to halve."""
+    end = len(outcomes) if most is None else min(len(outcomes), reported + most)
     if end <= reported:
-        return reported
+        return 0, False
     from distributed.comm.addressing import get_address_host
 
+    cut = False
     while True:
         payload = _encode_outcomes(outcomes[reported:end], 0.0, retried)  # ("done", records..)
         if len(payload) <= REPORT_MAX_BYTES:
             break
+        cut = True
         end = reported + (end - reported) // 2
         if end == reported:
-            return reported
+            return 0, True
     host = get_address_host(worker.address)
     worker.log_event(f"corral-{token}", (key, reported, payload, host))
-    return end
+    return end - reported, cut
 
 
 def forget_reports(dask_scheduler: Any, topic: str) -> None:
