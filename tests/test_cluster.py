@@ -204,7 +204,7 @@ def test_a_pickling_error_each_way_fails_its_item_alone(
     n = len(items)
     with corral.Pool(cluster=dask.address) as pool:
         out = _each(pool.imap(functools.partial(fn, where=where), items, chunksize=n))
-        assert pool.apply(targets.square, (5,)) == 25  # the pool goes on
+        assert pool.apply_async(targets.square, (5,)).get(CALL_TIMEOUT) == 25  # the pool goes on
     assert [o for x, o in enumerate(out) if x != bad] == [x * x for x in range(n) if x != bad]
     err = out[bad]
     assert isinstance(err, raised), err
@@ -225,7 +225,7 @@ def test_a_function_that_exits_unpickling_on_the_node_fails_its_items_clearly(
     )
     with corral.Pool(cluster=dask.address) as pool:
         out = _each(pool.imap(fn, range(4), chunksize=4))
-        assert pool.apply(targets.square, (5,)) == 25
+        assert pool.apply_async(targets.square, (5,)).get(CALL_TIMEOUT) == 25
         stats = pool.statistics()
     assert all(isinstance(o, RuntimeError) for o in out), out
     assert all("could not be unpickled on the node" in str(o) for o in out), out
@@ -362,7 +362,12 @@ def test_task_timeout_kills_the_items_tree_on_the_node(dask: DaskCluster, tmp_pa
         (pids,) = targets.markers(str(tmp_path), "running-")
         item_pid, grandchild = pids[0], pids[1]
         assert wait_until(lambda: not targets.pids_alive([item_pid, grandchild]), 5.0)
-        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]  # the pool goes on
+        assert pool.map_async(targets.square, range(4)).get(CALL_TIMEOUT) == [
+            0,
+            1,
+            4,
+            9,
+        ]  # the pool goes on
 
 
 # Where the timeout is set (the pool, or the call) x retries: a timed-out item is
@@ -594,7 +599,7 @@ def test_a_finished_chunk_whose_result_died_with_its_worker_runs_nothing_again(
             go.set()
         assert result.get(CALL_TIMEOUT) == [x * x for x in range(n)]
         # The pool still works after it.
-        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]
+        assert pool.map_async(targets.square, range(4)).get(CALL_TIMEOUT) == [0, 1, 4, 9]
         stats = pool.statistics()
     assert targets.runs(where, n) == [1] * n
     assert stats.tasks_retried == 0
@@ -614,7 +619,7 @@ def test_large_outcomes_go_with_the_result_not_through_the_scheduler(
     fn = functools.partial(targets.slow_counted_big_from_3, where=where)
     with corral.Pool(cluster=dask.address) as pool:
         token = pool._engine.token  # type: ignore[attr-defined]
-        out = pool.map(fn, range(n), chunksize=n)
+        out = pool.map_async(fn, range(n), chunksize=n).get(CALL_TIMEOUT)
         sizes = dask.client.run_on_scheduler(targets.report_sizes, topic=f"corral-{token}")
     assert [len(v) for v in out] == [8 if x < 3 else 1 << 20 for x in range(n)]
     assert all(v == bytes([x]) * len(v) for x, v in enumerate(out))
@@ -633,9 +638,8 @@ def test_a_backlog_of_outcomes_is_not_pickled_again_for_every_report(
     where = str(tmp_path)
     n = 2000
     with corral.Pool(cluster=dask.address) as pool:
-        out = pool.map(
-            functools.partial(targets.pickle_counted, where=where), range(n), chunksize=n
-        )
+        fn = functools.partial(targets.pickle_counted, where=where)
+        out = pool.map_async(fn, range(n), chunksize=n).get(CALL_TIMEOUT)
     assert [v.index for v in out] == list(range(n))
     counts = targets.times_pickled(where, n)
     # Each value: its commit and its journal record in the node's pool, the
@@ -772,7 +776,12 @@ def test_a_task_that_kills_every_node_it_runs_on_is_given_up(
         stats = pool.statistics()
         assert dask.reap_orphans(before) == []
         dask.wait_for_workers()
-        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]  # the pool goes on
+        assert pool.map_async(targets.square, range(4)).get(CALL_TIMEOUT) == [
+            0,
+            1,
+            4,
+            9,
+        ]  # the pool goes on
     # Run once, then once per resubmit; the node pool's retries never saw a crash.
     assert targets.runs(str(tmp_path), 8)[7] == 2
     assert stats.workers_restarted == 2
