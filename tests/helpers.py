@@ -296,3 +296,11 @@ def corral_fds_kept_across_exec(*shared: Any) -> list[str]:
         if ours and os.get_inheritable(n):
             kept.append(f"{n} -> {target}")
     return kept
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+class IntSubclass(int):
+    """An int of another type: its outcome must keep the type (no scalar shortcut)."""

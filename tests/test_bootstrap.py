@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import threading
 from typing import Any
 
 import pytest
 
 import corral
+from corral import _process
 from corral._core import _bootstrap, _lifeline
 from corral._core._fdpass import FdHandle
 from corral._core._native import speedups
@@ -45,6 +47,7 @@ def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if path == "pure":  # (a fork child inherits the module state)
         monkeypatch.setattr(_bootstrap, "_child_setup", None)
         monkeypatch.setattr(_bootstrap, "_has_children", None)
+        monkeypatch.setattr(_process, "_pickle_scalar", None)
 
 
 @pytest.mark.parametrize(("start_method", "path"), SETUP_ROWS)
@@ -140,6 +143,83 @@ def test_results_of_every_size_come_back_whole(ctx: corral.CorralContext, nbytes
     p = ctx.Process(target=helpers.bytes_of, args=(nbytes,))
     p.start()
     assert p.result(timeout=TIMEOUT) == helpers.bytes_of(nbytes)
+
+
+# Returned values, by how the child encodes them: the scalars that the C extension
+# pickles without a Pickler (``_speedups.pickle_scalar``), at each edge of each
+# opcode, and the values that go through pickle on either path.
+RETURNED = {
+    "None": None,
+    "True": True,
+    "False": False,
+    "zero": 0,
+    "255": 255,
+    "256": 256,
+    "minus-one": -1,
+    "int32-max+1": 2**31,
+    "int32-min-1": -(2**31) - 1,
+    "int64-max": 2**63 - 1,
+    "int64-min": -(2**63),
+    "past-int64": 2**63,
+    "huge-negative": -(2**200),
+    "float": 1.5,
+    "minus-zero": -0.0,
+    "inf": float("inf"),
+    "empty-str": "",
+    "unicode": "h\u00e9llo \u2713 \U0001f600",
+    "lone-surrogate": "a\ud800b",
+    "str-255": "x" * 255,
+    "str-256": "y" * 256,
+    "long-str": "z" * 10_000,
+    "empty-bytes": b"",
+    "bytes": bytes(range(256)) * 3,
+    "tuple": (1, "a", None),
+    "list": [1, [2]],
+    "int-subclass": helpers.IntSubclass(7),
+}
+
+
+@pytest.mark.parametrize(("start_method", "path"), SETUP_ROWS)
+def test_returned_values_come_back_equal_and_of_their_type(
+    start_method: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "pure":
+        monkeypatch.setenv("CORRAL_PURE_PYTHON", "1")
+    _use_path(path, monkeypatch)
+    values = list(RETURNED.values())
+    p = corral.get_context(start_method).Process(target=helpers.identity, args=(values,))
+    p.start()
+    assert p.result(timeout=TIMEOUT) == values  # (the whole list: one pickle, as before)
+    for name, value in RETURNED.items():  # one child per value: each its own outcome
+        p = corral.get_context(start_method).Process(target=helpers.identity, args=(value,))
+        p.start()
+        got = p.result(timeout=TIMEOUT)
+        assert type(got) is type(value), name
+        assert repr(got) == repr(value), name  # (-0.0 against 0.0; equal values)
+
+
+@_NEED_C
+@pytest.mark.parametrize("name", list(RETURNED))
+def test_pickle_scalar_reads_back_as_its_value(name: str) -> None:
+    """``_speedups.pickle_scalar``: what ``pickle.loads`` reads back as the value,
+    of its exact type; None for what it leaves to pickle."""
+    assert speedups is not None
+    value = RETURNED[name]
+    data = speedups.pickle_scalar(value)
+    left = name in {
+        "past-int64",
+        "huge-negative",
+        "lone-surrogate",
+        "long-str",
+        "tuple",
+        "list",
+        "int-subclass",
+    }
+    assert (data is None) == left
+    if data is not None:
+        got = pickle.loads(data)
+        assert type(got) is type(value)
+        assert repr(got) == repr(value)
 
 
 def test_parent_process_sees_its_parent(ctx: corral.CorralContext, start_method: str) -> None:

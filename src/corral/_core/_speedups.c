@@ -1227,7 +1227,36 @@ done:
     return ret;
 }
 
+/* pickle_scalar(value) -> bytes | None
+ *
+ * The pickle of an int (64-bit), float, bool, None, str or bytes of exact type, as
+ * pickle.loads reads it, made without a Pickler; None for any other value. For an
+ * outcome written once by a fresh fork child: a Pickler's buffers and memo are
+ * objects and pages that child would write (copy-on-write faults), for a few bytes. */
+static PyObject *
+pickle_scalar_py(PyObject *Py_UNUSED(mod), PyObject *v)
+{
+    unsigned char small[32];
+    Py_ssize_t room = sizeof(small);
+    if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v)) {
+        Py_ssize_t len = PyBytes_CheckExact(v) ? PyBytes_GET_SIZE(v) : PyUnicode_GET_LENGTH(v) * 4;
+        if (len > 4096)
+            Py_RETURN_NONE; /* (a large one: pickle's own way costs no more) */
+        room = len + 16;
+    }
+    unsigned char *out = room <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)room);
+    if (out == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t n = pickle_scalar(v, out, room);
+    PyObject *ret = n > 0 ? PyBytes_FromStringAndSize((const char *)out, n) : Py_NewRef(Py_None);
+    if (out != small)
+        PyMem_Free(out);
+    return ret;
+}
+
 static PyMethodDef module_methods[] = {
+    {"pickle_scalar", pickle_scalar_py, METH_O,
+     "pickle_scalar(value) -> bytes | None: see the C source"},
     {"map_tracked", (PyCFunction)(void (*)(void))map_tracked, METH_FASTCALL,
      "map_tracked(fn, items, start, end, values, words, slot, base): see the C source"},
     {"map_logged", (PyCFunction)(void (*)(void))map_logged, METH_FASTCALL,
