@@ -44,7 +44,9 @@ SETUP_ROWS = [
 
 
 def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if path == "pure":  # (a fork child inherits the module state)
+    if path == "pure":  # (a spawned child reads the environment; a fork child
+        # inherits the module state)
+        monkeypatch.setenv("CORRAL_PURE_PYTHON", "1")
         monkeypatch.setattr(_bootstrap, "_child_setup", None)
         monkeypatch.setattr(_bootstrap, "_has_children", None)
         monkeypatch.setattr(_process, "_pickle_scalar", None)
@@ -54,8 +56,6 @@ def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_child_is_set_up_alike_on_either_path(
     start_method: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if path == "pure":
-        monkeypatch.setenv("CORRAL_PURE_PYTHON", "1")
     _use_path(path, monkeypatch)
     p = corral.get_context(start_method).Process(target=helpers.lifeline_state)
     p.start()
@@ -183,8 +183,6 @@ RETURNED = {
 def test_returned_values_come_back_equal_and_of_their_type(
     start_method: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if path == "pure":
-        monkeypatch.setenv("CORRAL_PURE_PYTHON", "1")
     _use_path(path, monkeypatch)
     values = list(RETURNED.values())
     p = corral.get_context(start_method).Process(target=helpers.identity, args=(values,))
