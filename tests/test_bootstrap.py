@@ -177,6 +177,7 @@ RETURNED = {
     "list": [1, [2]],
     "int-subclass": helpers.IntSubclass(7),
 }
+SAMPLED = ("None", "int64-min", "past-int64", "unicode", "bytes", "int-subclass")
 
 
 @pytest.mark.parametrize(("start_method", "path"), SETUP_ROWS)
@@ -188,7 +189,12 @@ def test_returned_values_come_back_equal_and_of_their_type(
     p = corral.get_context(start_method).Process(target=helpers.identity, args=(values,))
     p.start()
     assert p.result(timeout=TIMEOUT) == values  # (the whole list: one pickle, as before)
-    for name, value in RETURNED.items():  # one child per value: each its own outcome
+    # One child per value, each its own outcome: every value under fork; a few under
+    # the slower methods (the encoding is the same; what differs is only how the
+    # child came by the C extension, or not).
+    names = RETURNED if start_method == "fork" else SAMPLED
+    for name in names:
+        value = RETURNED[name]
         p = corral.get_context(start_method).Process(target=helpers.identity, args=(value,))
         p.start()
         got = p.result(timeout=TIMEOUT)
