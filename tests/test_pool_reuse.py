@@ -85,6 +85,7 @@ def test_abandoning_a_call_stops_its_tasks_but_keeps_the_pool(
     # waiting on a worker that the call above did not need (it can run on one): the
     # count is taken once nothing of the pool's is in flight.
     pool = _executor._kept_pool(2, {"context": ctx})  # (the pool that served both)
+    assert pool.statistics().tasks_completed > 0  # (not a new one: the wait would be moot)
     assert wait_until(lambda: pool.statistics().tasks_in_flight == 0, TIMEOUT)
     ran = sum(runs(path).values())
     assert ran < 30, ran

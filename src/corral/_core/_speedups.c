@@ -1229,7 +1229,8 @@ done:
 
 /* pickle_scalar(value) -> bytes | None
  *
- * The pickle of an int (64-bit), float, bool, None, str or bytes of exact type, as
+ * The pickle of an int (64-bit), float, bool, None, bytes (up to 4 KiB) or str (up
+ * to 1,024 characters: 4 bytes each at most in UTF-8) of exact type, as
  * pickle.loads reads it, made without a Pickler; None for any other value. For an
  * outcome written once by a fresh fork child: a Pickler's buffers and memo are
  * objects and pages that child would write (copy-on-write faults), for a few bytes. */
