@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 import corral
+from corral import _process
 from corral._core import _lifeline, _linux, _reaper, _supervisor
 
 from . import leaks
@@ -36,9 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
     _linux.set_child_subreaper(True)
     # Long-lived helpers belong to the session, not to the first test that happens
     # to start them: the stdlib's forkserver, and corral's per-process lifeline pipe
-    # (made once, on the first start(), and kept for the life of the process).
+    # (made once, on the first start(), and kept for the life of the process), and
+    # the /dev/null reader that fork children take as their stdin (the same).
     multiprocessing.forkserver.ensure_running()
     _lifeline.child_end()
+    _process._prepare_stdin()  # (the /dev/null reader for fork children, kept too)
     # corral's supervisor of this process (started on the first start(), kept for
     # the life of the process) is the session's too; only the current one, so a
     # supervisor a test leaves behind (say, after making this one restart) is a leak.

@@ -304,3 +304,62 @@ def identity(x: Any) -> Any:
 
 class IntSubclass(int):
     """An int of another type: its outcome must keep the type (no scalar shortcut)."""
+
+
+def stdin_view() -> dict[str, Any]:
+    """A child's ``sys.stdin``, as the stdlib's child bootstrap leaves it (a text
+    reader of /dev/null that reads nothing), without its fd number."""
+    stdin = sys.stdin
+    if stdin is None:
+        return {"stdin": None}
+    fd = stdin.fileno()
+    st, null = os.fstat(fd), os.stat(os.devnull)
+    raw = stdin.buffer.raw  # type: ignore[attr-defined]
+    return {
+        "types": [type(stdin).__name__, type(stdin.buffer).__name__, type(raw).__name__],  # type: ignore[attr-defined]
+        "encoding": stdin.encoding,
+        "errors": stdin.errors,
+        "mode": stdin.mode,
+        "closefd": raw.closefd,
+        "name is its fd": stdin.name == fd,
+        "is /dev/null": (st.st_mode, st.st_rdev) == (null.st_mode, null.st_rdev),
+        "inheritable": os.get_inheritable(fd),
+        "read": stdin.read(),
+        "closed": stdin.closed,
+    }
+
+
+def send_stdin_view(conn: Connection) -> None:
+    conn.send(stdin_view())
+    conn.close()
+
+
+def stdlib_stdin_view(method: str, timeout: float) -> dict[str, Any]:
+    """``stdin_view()`` from a child of the stdlib's own, under ``method``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(method)
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=send_stdin_view, args=(w,))
+    p.start()
+    w.close()
+    try:
+        if not r.poll(timeout):
+            raise TimeoutError(f"no stdin view from a stdlib child within {timeout} s")
+        view: dict[str, Any] = r.recv()
+    finally:
+        r.close()
+        p.join(timeout)
+        if p.exitcode is None:
+            p.kill()
+            p.join(timeout)
+    return view
+
+
+def stdin_views_below(method: str, timeout: float) -> list[dict[str, Any]]:
+    """This child's ``stdin_view()``, then those of a corral child and a stdlib child
+    of its own, under ``method``."""
+    p = corral.get_context(method).Process(target=stdin_view)
+    p.start()
+    below = p.result(timeout=timeout)
+    return [stdin_view(), below, stdlib_stdin_view(method, timeout)]

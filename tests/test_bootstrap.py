@@ -13,8 +13,11 @@ child a subreaper. What the lifeline does at a parent's death is
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pickle
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -264,3 +267,117 @@ def test_no_corral_fd_is_kept_across_a_childs_exec(
     p.start()
     assert p.result(timeout=TIMEOUT) == []
     queue.close()
+
+
+# -- the stdlib's child steps that a corral fork child does another way
+# (``_process._prepare_stdin``, ``Process._after_fork``): the same effect, checked
+# against a child of the stdlib's own.
+
+
+def test_a_childs_stdin_is_the_stdlibs(ctx: corral.CorralContext, start_method: str) -> None:
+    """A child's ``sys.stdin`` is what the stdlib gives its children: a utf-8 text
+    reader of /dev/null that reads nothing. Under fork it was built in the parent."""
+    p = ctx.Process(target=helpers.stdin_view)
+    p.start()
+    got = p.result(timeout=TIMEOUT)
+    assert got == helpers.stdlib_stdin_view(start_method, TIMEOUT)
+    assert got["is /dev/null"]
+    assert got["read"] == ""
+    assert not got["closed"]
+
+
+def test_a_childs_own_children_get_a_stdin_of_their_own(
+    ctx: corral.CorralContext, start_method: str
+) -> None:
+    """A child's fork children, corral's and the stdlib's, get a working stdin too:
+    not the reader the child itself took (a fork child closes the stdin it
+    inherits, which would then be its new one)."""
+    p = ctx.Process(target=helpers.stdin_views_below, args=("fork", TIMEOUT))
+    p.start()
+    views = p.result(timeout=TIMEOUT)
+    expected = helpers.stdlib_stdin_view("fork", TIMEOUT)
+    assert views == [expected] * 3
+    assert not expected["closed"]
+
+
+def test_a_child_of_a_parent_without_stdin_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", None)
+    p = corral.get_context("fork").Process(target=helpers.stdin_view)
+    p.start()
+    assert p.result(timeout=TIMEOUT) == {"stdin": None}
+
+
+def test_a_replaced_close_stdin_is_the_one_a_fork_child_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program (or a tool) that replaced ``multiprocessing.util._close_stdin`` gets
+    its own in corral's fork children, as in the stdlib's."""
+    from multiprocessing import util
+
+    monkeypatch.setattr(util, "_close_stdin", lambda: setattr(sys, "stdin", None))
+    p = corral.get_context("fork").Process(target=helpers.stdin_view)
+    p.start()
+    assert p.result(timeout=TIMEOUT) == {"stdin": None}
+
+
+def test_after_fork_functions_still_run_in_a_fork_child() -> None:
+    """``multiprocessing.util.register_after_fork`` functions run in a fork child (a
+    corral child skips only the walk of an empty registry)."""
+    from multiprocessing import util
+
+    class Marker:
+        ran = False
+
+    marker = Marker()
+    util.register_after_fork(marker, lambda m: setattr(m, "ran", True))
+    p = corral.get_context("fork").Process(target=lambda: marker.ran)
+    p.start()
+    assert p.result(timeout=TIMEOUT) is True
+    assert not marker.ran  # (in the child only; the registry holds it weakly)
+
+
+# Run in a child interpreter: it closes the prepared reader's fd, which in the test
+# process would change what the leak check sees.
+_STDIN_FD_REUSED = r"""
+import json, os, sys
+import corral
+from corral import _process
+
+def read_stdin():
+    return [sys.stdin.read(), os.fstat(sys.stdin.fileno()).st_rdev]
+
+def start_and_read():
+    p = corral.get_context("fork").Process(target=read_stdin)
+    p.start()
+    return p.result(timeout=60)
+
+first = start_and_read()
+old = _process._stdin_fd
+r, w = os.pipe()
+os.close(old)  # as a program's os.closerange() would
+os.dup2(r, old)  # the number now names a pipe, with data waiting
+os.write(w, b"not stdin")
+second = start_and_read()
+os.set_blocking(old, False)
+print(json.dumps({
+    "first": first, "second": second, "null": os.stat(os.devnull).st_rdev,
+    "new fd": _process._stdin_fd not in (-1, old), "left in the pipe": os.read(old, 64).decode(),
+}))
+"""
+
+
+def test_a_closed_or_reused_stdin_fd_is_never_a_childs_stdin() -> None:
+    """The parent's prepared /dev/null reader is checked before each fork: when the
+    program closed its fd and the number now names something else, a new one is
+    made, and the child reads /dev/null, not the other file."""
+    out = subprocess.run(
+        [sys.executable, "-c", _STDIN_FD_REUSED],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    ).stdout
+    got = json.loads(out.splitlines()[-1])
+    assert got["first"] == got["second"] == ["", got["null"]]
+    assert got["new fd"]
+    assert got["left in the pipe"] == "not stdin"
