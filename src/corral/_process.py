@@ -105,9 +105,9 @@ os.register_at_fork(after_in_child=_reinit_after_fork)
 
 # -- Two steps of the stdlib's child bootstrap, cheaper in a fork child.
 #
-# In a fresh fork child the first write to a page copies it (copy-on-write): about
-# 5 us a page on the machines measured here, and a fork child's start-to-exit path
-# is what join() waits for. Two steps of BaseProcess._bootstrap write many more
+# In a fresh fork child the first write to a page copies it (copy-on-write): 2 to
+# 10 us a page on the machines measured here (docs/linux-facts.md), and a fork
+# child's start-to-exit path is what join() waits for. Two steps of BaseProcess._bootstrap write many more
 # pages than their work needs, so a corral fork child does them another way, to
 # the same effect:
 #
