@@ -107,14 +107,15 @@ os.register_at_fork(after_in_child=_reinit_after_fork)
 #
 # In a fresh fork child the first write to a page copies it (copy-on-write): 2 to
 # 10 us a page on the machines measured here (docs/linux-facts.md), and a fork
-# child's start-to-exit path is what join() waits for. Two steps of BaseProcess._bootstrap write many more
-# pages than their work needs, so a corral fork child does them another way, to
-# the same effect:
+# child's start-to-exit path is what join() waits for. Two steps of
+# BaseProcess._bootstrap write many more pages than their work needs, so a corral
+# fork child does them another way, to the same effect:
 #
 # - util._close_stdin() builds a new reader of /dev/null in the child: os.open,
-#   then open()'s FileIO, BufferedReader, TextIOWrapper and its decoder (about 25
-#   page faults). Here the same reader is built in the parent, before the fork
-#   (_prepare_stdin), and the child only swaps it in (_close_stdin_prepared).
+#   then open()'s FileIO, BufferedReader, TextIOWrapper and its decoder (some 25
+#   pages that nothing else in the child writes). Here the same reader is built
+#   in the parent, before the fork (_prepare_stdin), and the child only swaps it
+#   in (_close_stdin_prepared).
 # - BaseProcess._after_fork() walks util's after-fork registry, a
 #   WeakValueDictionary, through Python-level iteration guards, even when it holds
 #   nothing, the usual case (about 14 faults): Process._after_fork skips the walk
