@@ -314,9 +314,10 @@ def stdin_view() -> dict[str, Any]:
         return {"stdin": None}
     fd = stdin.fileno()
     st, null = os.fstat(fd), os.stat(os.devnull)
-    raw = stdin.buffer.raw  # type: ignore[attr-defined]
+    buffer: Any = stdin.buffer
+    raw = buffer.raw
     return {
-        "types": [type(stdin).__name__, type(stdin.buffer).__name__, type(raw).__name__],  # type: ignore[attr-defined]
+        "types": [type(stdin).__name__, type(buffer).__name__, type(raw).__name__],
         "encoding": stdin.encoding,
         "errors": stdin.errors,
         "mode": stdin.mode,
@@ -338,7 +339,7 @@ def stdlib_stdin_view(method: str, timeout: float) -> dict[str, Any]:
     """``stdin_view()`` from a child of the stdlib's own, under ``method``."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     r, w = ctx.Pipe(duplex=False)
     p = ctx.Process(target=send_stdin_view, args=(w,))
     p.start()
