@@ -6,8 +6,9 @@ ROW is one of ``orphan_targets.HOSTILE`` (one hostile corral child with a hostil
 grandchild), ``storm`` (ARG: the storm's depth) or ``manager`` (a corral.Manager()).
 It prints ``READY pid...`` (the pids the test must see die) and waits to be killed.
 With ``--starve=CPU``, every thread of this parent first moves to that CPU alone,
-at the idle scheduling policy, where busy processes on that CPU keep it from
-running (and so from exiting, once SIGKILLed) for seconds.
+at the idle scheduling policy, and its main thread spins there, where busy
+processes on that CPU keep it from running (and so from exiting, once SIGKILLed)
+for seconds.
 """
 
 from __future__ import annotations
@@ -43,10 +44,18 @@ def main() -> None:
     if not r.poll(60):
         raise TimeoutError("the child did not report within 60 s")
     reported = r.recv()
+    starving = False
     for arg in sys.argv[4:]:
         if arg.startswith("--starve="):
             _starve(int(arg.split("=")[1]))
+            starving = True
     print("READY", *reported, flush=True)
+    if starving:
+        # Runnable rather than asleep: a sleeper woken by the SIGKILL may be placed
+        # ahead of the busy processes (the lag it kept while asleep, under EEVDF)
+        # and run at once; a runnable idle-policy task waits its turn, seconds away.
+        while True:
+            pass
     helpers.sleep_forever()
 
 
