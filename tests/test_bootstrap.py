@@ -12,6 +12,7 @@ child a subreaper. What the lifeline does at a parent's death is
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -305,6 +306,23 @@ def test_a_child_of_a_parent_without_stdin_has_none(monkeypatch: pytest.MonkeyPa
     p = corral.get_context("fork").Process(target=helpers.stdin_view)
     p.start()
     assert p.result(timeout=TIMEOUT) == {"stdin": None}
+
+
+def test_a_fork_child_builds_its_own_stdin_when_the_parent_could_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OSError while the parent prepares the reader (no fd left, say) does not
+    fail start(): the child builds its own, as the stdlib's child does."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(_process, "_stdin_reader", None)
+    monkeypatch.setattr(_process, "open", refuse, raising=False)
+    p = corral.get_context("fork").Process(target=helpers.stdin_view)
+    p.start()
+    assert p.result(timeout=TIMEOUT) == helpers.stdlib_stdin_view("fork", TIMEOUT)
+    assert _process._stdin_reader is None  # (nothing was kept)
 
 
 def test_a_replaced_close_stdin_is_the_one_a_fork_child_runs(

@@ -136,7 +136,8 @@ def _prepare_stdin() -> None:
     """Have a /dev/null reader ready for the next fork child, built as
     ``util._close_stdin`` builds it. Its fd is this process's for life, as the
     lifeline pipe is; one that no longer names /dev/null (closed by the program, its
-    number reused) is replaced. On an error (no fd left) the child builds its own."""
+    number reused) is replaced. On an OSError (no fd left, no /dev/null) the child
+    builds its own, as the stdlib's does: start() never fails for this."""
     global _stdin_reader, _stdin_fd, _stdin_id
     with _stdin_lock:
         if _stdin_reader is not None:
@@ -154,6 +155,9 @@ def _prepare_stdin() -> None:
         try:
             st = os.fstat(fd)
             reader = open(fd, encoding="utf-8", closefd=False)  # noqa: SIM115
+        except OSError:
+            os.close(fd)
+            return
         except BaseException:
             os.close(fd)
             raise
