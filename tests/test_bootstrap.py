@@ -370,7 +370,7 @@ def start_and_read():
     return p.result(timeout=60)
 
 first = start_and_read()
-old = _process._stdin_fd
+old = _process._stdin_reader.fileno()
 r, w = os.pipe()
 os.close(old)  # as a program's os.closerange() would
 os.dup2(r, old)  # the number now names a pipe, with data waiting
@@ -379,7 +379,7 @@ second = start_and_read()
 os.set_blocking(old, False)
 print(json.dumps({
     "first": first, "second": second, "null": os.stat(os.devnull).st_rdev,
-    "new fd": _process._stdin_fd not in (-1, old), "left in the pipe": os.read(old, 64).decode(),
+    "new fd": _process._stdin_reader.fileno() != old, "left in the pipe": os.read(old, 64).decode(),
 }))
 """
 

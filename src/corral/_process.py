@@ -128,8 +128,7 @@ os.register_at_fork(after_in_child=_reinit_after_fork)
 _STDLIB_CLOSE_STDIN = _mp_util._close_stdin  # type: ignore[attr-defined]
 _stdin_lock = threading.Lock()
 _stdin_reader: Any = None  # what the next fork child takes as its sys.stdin
-_stdin_fd = -1
-_stdin_id = (0, 0)  # (st_dev, st_ino) of /dev/null, as _stdin_fd was opened
+_stdin_id = (0, 0)  # (st_dev, st_ino) of /dev/null, as the reader's fd was opened
 
 
 def _prepare_stdin() -> None:
@@ -138,11 +137,11 @@ def _prepare_stdin() -> None:
     lifeline pipe is; one that no longer names /dev/null (closed by the program, its
     number reused) is replaced. On an OSError (no fd left, no /dev/null) the child
     builds its own, as the stdlib's does: start() never fails for this."""
-    global _stdin_reader, _stdin_fd, _stdin_id
+    global _stdin_reader, _stdin_id
     with _stdin_lock:
         if _stdin_reader is not None:
             try:
-                st = os.fstat(_stdin_fd)
+                st = os.fstat(_stdin_reader.fileno())
                 if (st.st_dev, st.st_ino) == _stdin_id:
                     return
             except OSError:
@@ -161,15 +160,15 @@ def _prepare_stdin() -> None:
         except BaseException:
             os.close(fd)
             raise
-        _stdin_reader, _stdin_fd, _stdin_id = reader, fd, (st.st_dev, st.st_ino)
+        _stdin_reader, _stdin_id = reader, (st.st_dev, st.st_ino)
 
 
 def _close_stdin_prepared() -> None:
     """``util._close_stdin`` in a corral fork child: the reader made by
     ``_prepare_stdin`` swapped in. Once: this process's own children, corral's or
     the stdlib's, go back to the stdlib's (the reader is this process's stdin now)."""
-    global _stdin_reader, _stdin_fd
-    reader, _stdin_reader, _stdin_fd = _stdin_reader, None, -1
+    global _stdin_reader
+    reader, _stdin_reader = _stdin_reader, None
     _mp_util._close_stdin = _STDLIB_CLOSE_STDIN  # type: ignore[attr-defined]
     if reader is None or sys.stdin is None:
         _STDLIB_CLOSE_STDIN()
