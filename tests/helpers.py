@@ -159,7 +159,7 @@ def lifeline_state() -> dict[str, Any]:
     from corral._core import _bootstrap, _lifeline
 
     f_getown_ex = 16  # (fcntl has no constant for it)
-    fd = _lifeline._armed_fd
+    fd = _lifeline.armed_fd()
     assert fd is not None
     owner_type, owner = struct.unpack("ii", fcntl.fcntl(fd, f_getown_ex, bytes(8)))
     pipe = os.readlink(f"/proc/self/fd/{fd}")

@@ -105,7 +105,7 @@ def test_an_arena_received_twice_is_held_once() -> None:
 def test_a_block_freed_by_the_collector_mid_allocation_waits_its_turn() -> None:
     block = allocate(64)
     arena, used = block.arena, block.arena.used
-    with _started.lock:
+    with _started.state().lock:
         _arena._busy = True  # (as if the collector ran inside allocate())
         try:
             block.close()

@@ -32,6 +32,7 @@ from multiprocessing import util as _mp_util
 
 from ._core import _bootstrap, _lifeline, _native
 from ._core._fdpass import FdHandle
+from ._core._forkstate import PerFork
 from ._exceptions import CorralError, ProcessDied
 
 # typing costs a few ms at import, and every spawned child imports this module.
@@ -53,7 +54,7 @@ __all__ = ["Process", "process_class_for"]
 if not getattr(_mp_process.current_process(), "_inheriting", False):
     from ._core import _launch as _launch
 
-_collect_lock = threading.Lock()
+_collect_lock = PerFork(threading.Lock)  # (a fork child's own: made on first use)
 
 
 class _StartSupport:
@@ -95,14 +96,6 @@ def _cleanup() -> None:
     _mp_process._cleanup()  # type: ignore[attr-defined]
 
 
-def _reinit_after_fork() -> None:
-    global _collect_lock, _stdin_lock
-    _collect_lock = threading.Lock()
-    _stdin_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)
-
 # -- Two steps of the stdlib's child bootstrap, cheaper in a fork child.
 #
 # In a fresh fork child the first write to a page copies it (copy-on-write): 2 to
@@ -126,7 +119,7 @@ os.register_at_fork(after_in_child=_reinit_after_fork)
 # CPU time 0.26 ms less (docs/design.md, "Fifth look").
 
 _STDLIB_CLOSE_STDIN = _mp_util._close_stdin  # type: ignore[attr-defined]
-_stdin_lock = threading.Lock()
+_stdin_lock = PerFork(threading.Lock)
 _stdin_reader: Any = None  # what the next fork child takes as its sys.stdin
 _stdin_id = (0, 0)  # (st_dev, st_ino) of /dev/null, as the reader's fd was opened
 
@@ -138,7 +131,7 @@ def _prepare_stdin() -> None:
     number reused) is replaced. On an OSError (no fd left, no /dev/null) the child
     builds its own, as the stdlib's does: start() never fails for this."""
     global _stdin_reader, _stdin_id
-    with _stdin_lock:
+    with _stdin_lock.get():
         if _stdin_reader is not None:
             try:
                 st = os.fstat(_stdin_reader.fileno())
@@ -340,7 +333,7 @@ class Process(_mp_process.BaseProcess):
 
     def _corral_collect(self) -> None:
         """Read the child's outcome out of the result memfd, once, and close it."""
-        with _collect_lock:
+        with _collect_lock.get():
             handle, self._corral_result_fd = self._corral_result_fd, None
             if handle is None:
                 return
@@ -378,7 +371,7 @@ class Process(_mp_process.BaseProcess):
         assert lifeline is not None
         assert result_fd is not None
         try:
-            _bootstrap.setup(lifeline)
+            armed = _bootstrap.setup(lifeline)
         except BaseException:
             # Nothing of the stdlib's error reporting has run yet.
             import traceback
@@ -405,7 +398,7 @@ class Process(_mp_process.BaseProcess):
         self.run = run_and_capture  # type: ignore[method-assign]
         try:
             if parent_sentinel is None:  # (fork: the lifeline is the parent's sentinel)
-                parent_sentinel = _lifeline.armed_fd()
+                parent_sentinel = armed
                 if _mp_util._close_stdin is _STDLIB_CLOSE_STDIN:  # type: ignore[attr-defined]
                     _mp_util._close_stdin = _close_stdin_prepared  # type: ignore[attr-defined]
             code: int = super()._bootstrap(parent_sentinel)  # type: ignore[misc]
@@ -479,9 +472,11 @@ def _write_outcome(handle: FdHandle, outcome: list[tuple[str, Any]]) -> None:
             # One write for a small record (the start-to-exit path counts every
             # syscall); a large one is not copied to prepend its length.
             for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(handle.fd, view) :]
+                done = os.write(handle.fd, part)
+                if done < len(part):  # (never for a memfd, but for a full one)
+                    view = memoryview(part)[done:]
+                    while view:
+                        view = view[os.write(handle.fd, view) :]
     finally:
         handle.close()
 

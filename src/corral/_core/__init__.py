@@ -8,6 +8,8 @@ Nothing here knows about Process, Queue, Lock or Pool, or imports anything from
                    check (pid + start time).
 - ``_native``:     the optional C extension ``_speedups`` (built from ``_speedups.c``),
                    or None.
+- ``_forkstate``:  what an ``os.fork()`` child lets go of: the fds only the forking
+                   process may hold (at once, first thing), the rest on first use.
 - ``_shm``:        anonymous shared memory (memfd + mmap).
 - ``_arena``:      many small objects (locks, values) in one memfd: one fd per arena.
 - ``_started``:    the children started and not yet collected, by start number (what

@@ -195,7 +195,7 @@ class Block:
         self.what = what
         self.address = arena.address + offset
         self.closed = False
-        self.born = _started.count  # children started before it can't have it
+        self.born = _started.state().count  # children started before it can't have it
 
     @property
     def fd(self) -> int:
@@ -243,7 +243,7 @@ class Block:
 
 # -- this process's allocator
 
-# Everything below is guarded by ``_started.lock``. Reentrant, because a block may
+# Everything below is guarded by ``_started.state().lock``. Reentrant, because a block may
 # be freed by the garbage collector while this thread is inside allocate(): _busy
 # then says the free list is mid-change, and the free waits in _pending until
 # allocate() is done.
@@ -284,7 +284,7 @@ def allocate(size: int, what: str = "object") -> Block:
     a page up), from this process's arenas (a new one if none has room)."""
     global _busy, _in_use
     size = _round(max(size, 1))
-    with _started.lock:
+    with _started.state().lock:
         _busy = True
         try:
             if size >= BIG:
@@ -308,7 +308,7 @@ def allocate(size: int, what: str = "object") -> Block:
 
 def _free(arena: Arena, offset: int, size: int, born: int) -> None:
     global _in_use
-    with _started.lock:
+    with _started.state().lock:
         _in_use -= 1
         _pending.append((arena, offset, size, born))
         if not _busy:
@@ -316,7 +316,7 @@ def _free(arena: Arena, offset: int, size: int, born: int) -> None:
 
 
 def _on_child_gone() -> None:
-    """(``_started.lock`` held.) A child has gone: the blocks held for it alone go to
+    """(``_started.state().lock`` held.) A child has gone: the blocks held for it alone go to
     the free list."""
     newest = _started.newest()
     ready = [entry for entry in _held if entry[3] >= newest]
@@ -331,7 +331,7 @@ _started.on_gone = _on_child_gone
 
 
 def _drain() -> None:
-    """(``_started.lock`` held, free list not mid-change.) Free the blocks waiting to be."""
+    """(``_started.state().lock`` held, free list not mid-change.) Free the blocks waiting to be."""
     global _busy
     _busy = True
     try:
@@ -372,7 +372,7 @@ def _adopt(handle: FdHandle, size: int) -> Arena:
     """An arena received from another process: the one already known by this
     memfd's identity (the duplicate fd is closed), or a new mapping of it."""
     key = _identity(handle.fd)
-    with _started.lock:
+    with _started.state().lock:
         arena = _known.get(key)
         if arena is not None and not arena.closed:
             if arena.handle is not handle:
@@ -387,14 +387,14 @@ def blocks_in_use() -> int:
     """How many blocks this process allocated and has not freed yet (the leak check
     compares it before and after a test: an arena shared with longer-lived objects
     hides a leaked block from an fd count)."""
-    with _started.lock:
+    with _started.state().lock:
         return _in_use  # (a block freed but held for a child counts as freed)
 
 
 def _after_fork_in_child() -> None:
     # The parent's arenas stay mapped for the objects inherited from it, but they
     # are the parent's to allocate from and to free: this process makes its own.
-    # (``_started`` resets the lock and the start numbers.)
+    # (``_started`` gives the child start numbers and a lock of its own on first use.)
     global _busy, _in_use
     _busy = False
     _pending.clear()

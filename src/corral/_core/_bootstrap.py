@@ -26,6 +26,7 @@ from ._fdpass import FdHandle
 __all__ = ["setup", "teardown"]
 
 _child_setup = getattr(_native.speedups, "child_setup", None)
+_SIGNAL = _lifeline.LIFELINE_SIGNAL
 _has_children = getattr(_native.speedups, "has_children", None)
 
 
@@ -37,21 +38,26 @@ def _die_with_parent(signum: int = 0, frame: object = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def setup(lifeline: FdHandle) -> None:
-    """Subreaper on, then the lifeline armed: consumes ``lifeline``; main thread only."""
+def setup(lifeline: FdHandle) -> int:
+    """Subreaper on, then the lifeline armed: consumes ``lifeline``; main thread
+    only. Returns the armed lifeline's fd (EOF once the parent is gone)."""
     if _child_setup is None:
         # First, so that anything orphaned below us from now on comes back to us.
         _linux.set_child_subreaper(True)
         _lifeline.arm(lifeline, _die_with_parent)
-        return
+        fd = _lifeline.armed_fd()
+        assert fd is not None
+        return fd
     # The handler first (_signal.signal: see _lifeline.arm), then one C call that
-    # sets the subreaper flag, arms the lifeline and checks for EOF, as arm() does.
-    _signal.signal(_lifeline.LIFELINE_SIGNAL, _die_with_parent)
-    fd, parent_gone = _child_setup(lifeline.fd, _lifeline.LIFELINE_SIGNAL)
+    # sets the subreaper flag, arms the lifeline, records it (``_forkstate``) and
+    # checks for EOF, as arm() does.
+    _signal.signal(_SIGNAL, _die_with_parent)
+    armed: int
+    armed, parent_gone = _child_setup(lifeline.fd, _SIGNAL)
     lifeline.fd = -1  # (closed by child_setup)
-    _lifeline.armed(fd)
     if parent_gone:
         _die_with_parent()
+    return armed
 
 
 def teardown() -> None:

@@ -147,6 +147,11 @@ class CorralPopen:
         A wait happens on the sentinel, never under the reap lock, so that nothing
         else (``terminate()`` from another thread, say) waits behind a join().
         """
+        if self._owner != os.getpid():
+            # A fork child's copy of its parent's launcher: the child is not ours
+            # to wait for or reap (its pidfd may even be closed here, by a program
+            # that closed every fd), as the stdlib's waitpid() there finds no child.
+            return self.returncode
         while True:
             if (code := self.returncode) is not None:
                 return code

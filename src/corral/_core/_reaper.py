@@ -15,7 +15,9 @@ while its callback runs, and is closed by the thread itself if someone asks for 
 to be closed meanwhile (the wake pipe tells the thread).
 
 After a fork the child starts with an empty reaper: the thread does not exist
-there, and the parent's children are not the child's to reap.
+there, and the parent's children are not the child's to reap. The fork closes the
+wake pipe and puts /dev/null under the epoll's number (``_forkstate``); the rest
+of the parent's state is dropped on the child's first use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 import select
 import threading
 from collections.abc import Callable
+
+from . import _forkstate
 
 __all__ = ["close_watched", "unwatch", "watch"]
 
@@ -40,7 +44,10 @@ class _Reaper:
     def __init__(self) -> None:
         # Re-entrant: a garbage-collected launcher's finalizer calls close_watched(),
         # and garbage collection can run inside any allocation made under the lock.
-        self._lock = threading.RLock()
+        # Held across os.fork() (_forkstate), so that a fork child never finds the
+        # state half changed (a wake pipe closed but still recorded).
+        self._lock = _forkstate.REAPER_LOCK
+        self._generation = _forkstate.generation()  # the fork generation of this state
         self._watched: dict[int, Callable[[], bool]] = {}
         self._to_close: list[int] = []
         self._running = -1  # the fd whose callback the thread is running, or -1
@@ -57,11 +64,15 @@ class _Reaper:
         # needs no wake-up of the thread: a wake-up costs the starting thread a GIL
         # hand-off (about 0.4 ms of a 4 ms fork start+join on a busy 2-core box).
         with self._lock:
+            self._fresh()
             self._watched[fd] = callback
             self._watches += 1
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                _forkstate.set_fd(_forkstate.REAPER_WAKE_READ, self._wake_r)
+                _forkstate.set_fd(_forkstate.REAPER_WAKE_WRITE, self._wake_w)
                 self._epoll = select.epoll()
+                _forkstate.set_fd(_forkstate.REAPER_EPOLL, self._epoll.fileno())
                 self._epoll.register(self._wake_r, select.EPOLLIN)
                 self._epoll.register(fd, select.EPOLLIN)
                 self._thread = threading.Thread(target=self._run, name="corral-reaper", daemon=True)
@@ -74,6 +85,7 @@ class _Reaper:
         """Stop watching ``fd``, leaving it open: its callback, to :meth:`watch` it again
         with; None if it was not watched or the thread is running its callback now."""
         with self._lock:
+            self._fresh()
             if self._running == fd:
                 return None
             callback = self._watched.pop(fd, None)
@@ -83,6 +95,7 @@ class _Reaper:
 
     def close_watched(self, fd: int) -> None:
         with self._lock:
+            self._fresh()
             if self._watched.pop(fd, None) is None or self._thread is None:
                 os.close(fd)
                 return
@@ -117,6 +130,12 @@ class _Reaper:
                 self._to_close.clear()
                 if not self._watched and idle:
                     assert self._epoll is not None
+                    for slot in (
+                        _forkstate.REAPER_EPOLL,
+                        _forkstate.REAPER_WAKE_READ,
+                        _forkstate.REAPER_WAKE_WRITE,
+                    ):
+                        _forkstate.set_fd(slot, -1)
                     self._epoll.close()
                     os.close(self._wake_r)
                     os.close(self._wake_w)
@@ -168,29 +187,25 @@ class _Reaper:
                 assert self._epoll is not None
                 self._epoll.register(fd, select.EPOLLIN)
 
-    def _reset_after_fork(self) -> None:
-        self._lock = threading.RLock()
+    def _fresh(self) -> None:
+        """(The lock held.) In a fork child, on first use: start empty. The thread
+        does not exist here; the fork closed the wake pipe and put /dev/null under
+        the epoll's number, which is closed here (``_forkstate``)."""
+        generation = _forkstate.generation()
+        if generation == self._generation:
+            return
+        self._generation = generation
         self._watched.clear()
         self._to_close.clear()
         self._running = -1
         self._thread = None
         if self._epoll is not None:
-            self._epoll.close()
+            _forkstate.let_go(self._epoll)
             self._epoll = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
         self._wake_r = self._wake_w = -1
 
 
 _reaper = _Reaper()
-# Hold the lock across fork, so the child never sees the state half-changed (a
-# wake pipe closed but still recorded, say).
-os.register_at_fork(
-    before=lambda: _reaper._lock.acquire(),
-    after_in_parent=lambda: _reaper._lock.release(),
-    after_in_child=_reaper._reset_after_fork,
-)
 
 
 def watch(fd: int, callback: Callable[[], bool]) -> None:

@@ -843,14 +843,38 @@ static PyObject *prctl_(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssiz
     return PyLong_FromLong(res);
 }
 
+/* "/proc/self/fd/<fd>" into ``path`` (32 bytes), by hand: snprintf's deep stack
+ * would cost a fresh fork child a copy-on-write fault or two. */
+static void proc_fd_path(int fd, char *path) {
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    int nd = 0;
+    for (int v = fd; nd == 0 || v > 0; v /= 10) digits[nd++] = (char)('0' + v % 10);
+    size_t at = sizeof(prefix) - 1;
+    memcpy(path, prefix, at);
+    while (nd > 0) path[at++] = digits[--nd];
+    path[at] = '\0';
+}
+
+/* The fork state (see after_fork_child below): each slot's fd, or -1. */
+enum { FORK_SLOTS = 8, FORK_ARMED = 7 };
+static int fork_fds[FORK_SLOTS] = {-1, -1, -1, -1, -1, -1, -1, -1};
+static char fork_owned[FORK_SLOTS]; /* the slot's fd is an object's: /dev/null under it */
+static unsigned long fork_count = 0;
+/* The forking process's armed lifeline, in a fork child: the same number, a
+ * description of our own under it (its parent_process() sentinel); closed once
+ * this process arms a lifeline of its own (child_setup). */
+static int fork_inherited = -1;
+
 /* child_setup(lifeline_fd, signum) -> (armed_fd, parent_gone): everything
  * _bootstrap.setup does in a new child after the signal handler is installed, in
  * one call: subreaper on; the lifeline's read end reopened through /proc/self/fd
  * (an open file description of the child's own), signal-driven I/O armed on it
  * (F_SETOWN_EX to this thread, F_SETSIG to ``signum``, O_ASYNC), then one poll for
  * a parent that died before the arming. The inherited ``lifeline_fd`` is closed
- * once all of that succeeded; on an error (OSError) nothing but the subreaper flag
- * has changed. The same steps as the pure path (_lifeline.arm): in C, the child
+ * once all of that succeeded, and the armed fd recorded as this process's
+ * (fork_fds[FORK_ARMED]; the forking process's, fork_inherited, closed); on an
+ * error (OSError) nothing but the subreaper flag has changed. The same steps as the pure path (_lifeline.arm): in C, the child
  * touches none of the interpreter's objects on the way, and each object touched
  * costs a fresh fork child a copy-on-write page fault (docs/design.md, "Start
  * latency"). Only for the main thread, the one the signal must reach. */
@@ -876,15 +900,8 @@ static PyObject *child_setup(PyObject *Py_UNUSED(mod), PyObject *const *args,
     }
     if (prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0UL, 0UL, 0UL) == -1)
         return PyErr_SetFromErrno(PyExc_OSError);
-    /* "/proc/self/fd/<fd>", by hand: snprintf's deep stack would cost a fresh
-     * child a copy-on-write fault or two. */
-    char path[32] = "/proc/self/fd/";
-    char digits[12];
-    int nd = 0;
-    for (int v = fd; nd == 0 || v > 0; v /= 10) digits[nd++] = (char)('0' + v % 10);
-    size_t at = strlen(path);
-    while (nd > 0) path[at++] = digits[--nd];
-    path[at] = '\0';
+    char path[32];
+    proc_fd_path(fd, path);
     int armed = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (armed == -1) return PyErr_SetFromErrno(PyExc_OSError);
     struct f_owner_ex owner = {.type = F_OWNER_TID, .pid = tid};
@@ -896,11 +913,121 @@ static PyObject *child_setup(PyObject *Py_UNUSED(mod), PyObject *const *args,
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     close(fd);
+    /* This process's armed lifeline now (a fork child of ours gives it a description
+     * of its own); the one inherited from the forking process is not needed any more. */
+    fork_fds[FORK_ARMED] = armed;
+    if (fork_inherited >= 0) {
+        close(fork_inherited);
+        fork_inherited = -1;
+    }
     /* Armed first, checked second: nobody writes to the lifeline, so readable (or
      * hung up) means the parent is gone already. */
     struct pollfd p = {.fd = armed, .events = POLLIN, .revents = 0};
     int gone = poll(&p, 1, 0) > 0;
     return Py_BuildValue("(iO)", armed, gone ? Py_True : Py_False);
+}
+
+/* The fork state (_forkstate.py): the fds of this process that a fork child must
+ * not keep, by slot, and a count of the forks on this process's line.
+ *
+ * after_fork_child() runs first in every os.fork() child (an os.register_at_fork
+ * hook, a builtin: no Python frame, no object made). It closes each slot's fd, so
+ * the child holds none of those files (the supervisor's socket and the lifeline's
+ * write end above all: a child that kept them would keep its parent's death from
+ * being seen); for a slot whose fd a Python object owns (a socket, an epoll),
+ * which would close the number again some day, it puts /dev/null under the number
+ * instead, for the owner to close. It gives the armed lifeline an open file
+ * description of the child's own (see _lifeline.py), and counts one more fork.
+ * The modules drop the rest of their parent's state on first use in the child,
+ * when they see the count moved. */
+
+/* (An open file description of our own for the armed lifeline: reopened through
+ * /proc/self/fd and put under the same number; /dev/null there if that failed.) */
+static void fork_own_description(int fd, int devnull) {
+    char path[32];
+    proc_fd_path(fd, path);
+    int own = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (own >= 0) {
+        dup3(own, fd, O_CLOEXEC);
+        close(own);
+    } else if (devnull >= 0) {
+        dup3(devnull, fd, O_CLOEXEC);
+    }
+}
+
+static PyObject *after_fork_child(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg)) {
+    int saved = errno;
+    int devnull = -1;
+    for (int slot = 0; slot < FORK_SLOTS; slot++) {
+        if (fork_fds[slot] >= 0 && (fork_owned[slot] || slot == FORK_ARMED)) {
+            devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            break;
+        }
+    }
+    for (int slot = 0; slot < FORK_SLOTS; slot++) {
+        int fd = fork_fds[slot];
+        if (fd < 0) continue;
+        if (slot == FORK_ARMED) {
+            fork_own_description(fd, devnull);
+            fork_inherited = fd;
+        } else if (fork_owned[slot] && devnull >= 0)
+            dup3(devnull, fd, O_CLOEXEC);
+        else
+            close(fd); /* (no /dev/null: its owner's close will fail, EBADF, or worse:
+                        * this is open()'s failure in a fresh child, out of fds) */
+        fork_fds[slot] = -1;
+    }
+    if (devnull >= 0) close(devnull);
+    fork_count++;
+    errno = saved;
+    Py_RETURN_NONE;
+}
+
+/* fork_slot(slot, fd, owned) -> None: ``fd`` (-1: none) is the slot's from now on;
+ * ``owned``: a Python object owns it (a fork child gets /dev/null under it). */
+static PyObject *fork_slot(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "fork_slot(slot, fd, owned)");
+        return NULL;
+    }
+    long slot = PyLong_AsLong(args[0]);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    long fd = PyLong_AsLong(args[1]);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    int owned = PyObject_IsTrue(args[2]);
+    if (owned < 0) return NULL;
+    if (slot < 0 || slot >= FORK_SLOTS || fd < -1 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fork_slot: bad slot or fd");
+        return NULL;
+    }
+    fork_owned[slot] = (char)owned;
+    fork_fds[slot] = (int)fd;
+    Py_RETURN_NONE;
+}
+
+/* fork_fd(slot) -> int: the slot's fd, or -1. */
+static PyObject *fork_fd(PyObject *Py_UNUSED(mod), PyObject *arg) {
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    if (slot < 0 || slot >= FORK_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "fork_fd: bad slot");
+        return NULL;
+    }
+    return PyLong_FromLong(fork_fds[slot]);
+}
+
+/* fork_take_inherited() -> int: the forking process's armed lifeline (see
+ * fork_inherited), or -1; the caller owns it from now on. */
+static PyObject *fork_take_inherited(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg)) {
+    int fd = fork_inherited;
+    fork_inherited = -1;
+    return PyLong_FromLong(fd);
+}
+
+/* fork_generation() -> int: how many forks this process's line has seen (its own
+ * fork from its parent, and its parent's, ...: inherited, then counted). */
+static PyObject *fork_generation(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg)) {
+    return PyLong_FromUnsignedLong(fork_count);
 }
 
 /* has_children() -> bool: whether this process has any child at all, exited or
@@ -1269,6 +1396,15 @@ static PyMethodDef module_methods[] = {
      "child_setup(lifeline_fd, signum) -> (armed_fd, parent_gone): see the C source"},
     {"send_pidfd", (PyCFunction)(void (*)(void))send_pidfd, METH_FASTCALL,
      "send_pidfd(sock_fd, pid, pidfd) -> None: one supervisor registration"},
+    {"after_fork_child", after_fork_child, METH_NOARGS,
+     "after_fork_child() -> None: the fork child's at-fork hook (see the C source)"},
+    {"fork_slot", (PyCFunction)(void (*)(void))fork_slot, METH_FASTCALL,
+     "fork_slot(slot, fd, owned) -> None: the fd a fork child lets go of, by slot"},
+    {"fork_fd", fork_fd, METH_O, "fork_fd(slot) -> int: the slot's fd, or -1"},
+    {"fork_take_inherited", fork_take_inherited, METH_NOARGS,
+     "fork_take_inherited() -> int: the forking process's armed lifeline, or -1"},
+    {"fork_generation", fork_generation, METH_NOARGS,
+     "fork_generation() -> int: forks seen on this process's line"},
     {"has_children", has_children, METH_NOARGS,
      "has_children() -> bool: any child at all (waitid, nothing reaped)"},
     {NULL, NULL, 0, NULL},
@@ -1369,6 +1505,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyModule_AddIntConstant(m, "RETURNED_BIT", (long)RETURNED_BIT) < 0 ||
         PyModule_AddIntConstant(m, "LOG_MAX_RECORDS", LOG_MAX_RECORDS) < 0 ||
         PyModule_AddIntConstant(m, "LOG_DATA_START", LOG_DATA_START) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* The fork slots; corral._core._forkstate checks both at import. */
+    if (PyModule_AddIntConstant(m, "FORK_SLOTS", FORK_SLOTS) < 0 ||
+        PyModule_AddIntConstant(m, "FORK_ARMED", FORK_ARMED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -14,8 +14,9 @@ when their parent dies, whatever the children did to themselves.
       stdlib joined the children): close our
       end, wait for the supervisor, reap it
 
-The parent's end is close-on-exec and closed in fork children (at-fork hook), so
-only the parent's death (or its clean exit) closes it. The supervisor is in a
+The parent's end is close-on-exec and closed in every fork child first thing
+(``_forkstate``: /dev/null under its number, for the socket object to close on
+first use there), so only the parent's death (or its clean exit) closes it. The supervisor is in a
 process group of its own and blocks the job-control and termination signals, so a
 Ctrl-C or a ``kill`` of the parent's group leaves it to do its work at the EOF.
 
@@ -33,12 +34,11 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 import warnings
 from multiprocessing import util
 
-from . import _native, _sweep
+from . import _forkstate, _native, _sweep
 
 __all__ = ["close", "ensure_started", "kill_subtree", "pid", "register"]
 
@@ -82,17 +82,20 @@ UNRESPONSIVE_BACKOFF = 5.0
 
 _send_pidfd = getattr(_native.speedups, "send_pidfd", None)
 
-_lock = threading.Lock()
+_lock = _forkstate.SUPERVISOR_LOCK  # (held across os.fork())
 _sock: socket.socket | None = None
 _pid = 0
 _pidfd = -1
 _stalled = False  # the last registration found the socket full
 _unresponsive_until = 0.0  # kill requests skip the supervisor until then
+_generation = _forkstate.generation()  # the fork generation this state belongs to
 
 
 def pid() -> int:
     """This process's supervisor, or 0 if it has none (yet)."""
-    return _pid
+    with _lock:
+        _fresh()
+        return _pid
 
 
 def ensure_started() -> int:
@@ -100,6 +103,7 @@ def ensure_started() -> int:
     does this on its own: this is for owners that want it started early, such as a
     test session, so that it belongs to them rather than to their first test.)"""
     with _lock:
+        _fresh()
         if _sock is None:
             _start()
         return _pid
@@ -114,6 +118,7 @@ def register(child_pid: int, child_pidfd: int) -> None:
     if child_pidfd < 0:
         return
     with _lock:
+        _fresh()
         for attempt in (1, 2):
             sock = _sock if _sock is not None else _start()
             try:
@@ -162,6 +167,7 @@ def kill_subtree(
             )
         ]
         with _lock:
+            _fresh()
             sock = _sock
             if sock is None:
                 return False
@@ -275,7 +281,10 @@ def _start() -> socket.socket:
         raise
     finally:
         theirs.close()
-    _sock, _pid, _pidfd = ours, child, os.pidfd_open(child)
+    _sock, _pid = ours, child
+    _forkstate.set_fd(_forkstate.SUPERVISOR_SOCKET, ours.fileno())
+    _pidfd = os.pidfd_open(child)
+    _forkstate.set_fd(_forkstate.SUPERVISOR_PIDFD, _pidfd)
     util.Finalize(None, close, exitpriority=_EXIT_PRIORITY)
     return ours
 
@@ -289,8 +298,10 @@ def close(timeout: float = EXIT_WAIT) -> None:
     """Let the supervisor go (EOF), wait up to ``timeout`` for it to exit, reap it."""
     global _sock
     with _lock:
+        _fresh()
         if _sock is None:
             return
+        _forkstate.set_fd(_forkstate.SUPERVISOR_SOCKET, -1)
         _sock.close()
         _sock = None
         poller = select.poll()  # (not select(): the pidfd may be past fd 1024)
@@ -302,6 +313,8 @@ def close(timeout: float = EXIT_WAIT) -> None:
 def _forget() -> None:
     """Reap the supervisor if it has exited, and drop it."""
     global _sock, _pid, _pidfd, _stalled, _unresponsive_until
+    _forkstate.set_fd(_forkstate.SUPERVISOR_SOCKET, -1)
+    _forkstate.set_fd(_forkstate.SUPERVISOR_PIDFD, -1)
     if _sock is not None:
         _sock.close()
     if _pidfd >= 0:
@@ -313,22 +326,20 @@ def _forget() -> None:
     _unresponsive_until = 0.0
 
 
-def _after_fork_in_child() -> None:
-    # A fork child must not keep its parent's supervisor alive, nor reap it: it
-    # gets a supervisor of its own when it starts children.
-    global _lock, _sock, _pid, _pidfd, _stalled, _unresponsive_until
-    _lock = threading.Lock()
+def _fresh() -> None:
+    """(``_lock`` held.) In a fork child, on first use: drop the parent's supervisor.
+
+    A fork child must not keep its parent's supervisor alive, nor reap it: the fork
+    closed the pidfd and put /dev/null under the socket's number (``_forkstate``);
+    the child gets a supervisor of its own when it starts children.
+    """
+    global _sock, _pid, _pidfd, _stalled, _unresponsive_until, _generation
+    generation = _forkstate.generation()
+    if generation == _generation:
+        return
+    _generation = generation
     if _sock is not None:
-        _sock.close()
-    if _pidfd >= 0:
-        os.close(_pidfd)
+        _forkstate.let_go(_sock)
     _sock, _pid, _pidfd = None, 0, -1
     _stalled = False
     _unresponsive_until = 0.0
-
-
-os.register_at_fork(
-    before=lambda: _lock.acquire(),
-    after_in_parent=lambda: _lock.release(),
-    after_in_child=_after_fork_in_child,
-)
