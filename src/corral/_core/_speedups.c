@@ -973,8 +973,9 @@ static PyObject *after_fork_child(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(
         } else if (fork_owned[slot] && devnull >= 0)
             dup3(devnull, fd, O_CLOEXEC);
         else
-            close(fd); /* (no /dev/null: its owner's close will fail, EBADF, or worse:
-                        * this is open()'s failure in a fresh child, out of fds) */
+            close(fd); /* (an owned one too if there was no /dev/null, the fd table
+                        * full: its owner, let go of on first use, finds the number
+                        * closed or reused and never closes it: _forkstate.let_go) */
         fork_fds[slot] = -1;
     }
     if (devnull >= 0) close(devnull);

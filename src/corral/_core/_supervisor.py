@@ -16,9 +16,10 @@ when their parent dies, whatever the children did to themselves.
 
 The parent's end is close-on-exec and closed in every fork child first thing
 (``_forkstate``: /dev/null under its number, for the socket object to close on
-first use there), so only the parent's death (or its clean exit) closes it. The supervisor is in a
-process group of its own and blocks the job-control and termination signals, so a
-Ctrl-C or a ``kill`` of the parent's group leaves it to do its work at the EOF.
+first use there), so only the parent's death (or its clean exit) closes it. The
+supervisor is in a process group of its own and blocks the job-control and
+termination signals, so a Ctrl-C or a ``kill`` of the parent's group leaves it to
+do its work at the EOF.
 
 Why from outside: the lifeline (``_lifeline``) is code inside the child. A child
 that exec()s another program, closes its fds, blocks every signal or is stopped
