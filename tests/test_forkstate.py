@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -189,6 +191,8 @@ def test_a_lock_held_by_a_thread_at_the_fork_is_not_the_childs() -> None:
             try:
                 own = _started.state()
                 ok = own is not state and own.lock.acquire(timeout=TIMEOUT)
+                if ok:
+                    own.lock.release()
                 q = corral.get_context("fork").Process(target=int)
                 q.start()
                 ok = ok and q.result(timeout=TIMEOUT) == 0 and own.count == 1
@@ -197,10 +201,14 @@ def test_a_lock_held_by_a_thread_at_the_fork_is_not_the_childs() -> None:
                 _supervisor.close()  # (its own, reaped here: os._exit runs no finalizer)
                 os._exit(0)
         os.close(w)
+        got = b"hung"  # (the child writes before it exits, or never: EOF)
         try:
-            got = os.read(r, 1)  # (the child writes before it exits, or never: EOF)
+            if select.select([r], [], [], 2 * TIMEOUT)[0]:
+                got = os.read(r, 1)
         finally:
             os.close(r)
+            if got == b"hung":
+                os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         assert got == b"1"
         assert _started.state() is state
