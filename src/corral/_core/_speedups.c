@@ -856,6 +856,22 @@ static void proc_fd_path(int fd, char *path) {
     path[at] = '\0';
 }
 
+/* The ``n`` integer arguments of a METH_FASTCALL function, into ``out``: 0, or -1
+ * with TypeError (``usage``: another count) or the conversion's error set. The
+ * ranges are the caller's to check. */
+static int long_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n,
+                     const char *usage, long *out) {
+    if (nargs != n) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyLong_AsLong(args[i]);
+        if (out[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
 /* The fork state (see after_fork_child below): each slot's fd, or -1. */
 enum { FORK_SLOTS = 8, FORK_ARMED = 7 };
 static int fork_fds[FORK_SLOTS] = {-1, -1, -1, -1, -1, -1, -1, -1};
@@ -880,14 +896,9 @@ static int fork_inherited = -1;
  * latency"). Only for the main thread, the one the signal must reach. */
 static PyObject *child_setup(PyObject *Py_UNUSED(mod), PyObject *const *args,
                              Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "child_setup(lifeline_fd, signum)");
-        return NULL;
-    }
-    long fd_arg = PyLong_AsLong(args[0]);
-    if (fd_arg == -1 && PyErr_Occurred()) return NULL;
-    long sig_arg = PyLong_AsLong(args[1]);
-    if (sig_arg == -1 && PyErr_Occurred()) return NULL;
+    long v[2];
+    if (long_args(args, nargs, 2, "child_setup(lifeline_fd, signum)", v) < 0) return NULL;
+    long fd_arg = v[0], sig_arg = v[1];
     if (fd_arg < 0 || fd_arg > INT_MAX || sig_arg < 1 || sig_arg > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "child_setup: bad fd or signal number");
         return NULL;
@@ -987,16 +998,10 @@ static PyObject *after_fork_child(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(
 /* fork_slot(slot, fd, owned) -> None: ``fd`` (-1: none) is the slot's from now on;
  * ``owned``: a Python object owns it (a fork child gets /dev/null under it). */
 static PyObject *fork_slot(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "fork_slot(slot, fd, owned)");
-        return NULL;
-    }
-    long slot = PyLong_AsLong(args[0]);
-    if (slot == -1 && PyErr_Occurred()) return NULL;
-    long fd = PyLong_AsLong(args[1]);
-    if (fd == -1 && PyErr_Occurred()) return NULL;
-    int owned = PyObject_IsTrue(args[2]);
-    if (owned < 0) return NULL;
+    long v[3];
+    if (long_args(args, nargs, 3, "fork_slot(slot, fd, owned)", v) < 0) return NULL;
+    long slot = v[0], fd = v[1];
+    int owned = v[2] != 0;
     if (slot < 0 || slot >= FORK_SLOTS || fd < -1 || fd > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "fork_slot: bad slot or fd");
         return NULL;
@@ -1053,14 +1058,9 @@ static PyObject *has_children(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg)
  * the parent copy-on-write page faults. */
 static PyObject *send_pidfd(PyObject *Py_UNUSED(mod), PyObject *const *args,
                             Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send_pidfd(sock_fd, pid, pidfd)");
-        return NULL;
-    }
     long v[3];
+    if (long_args(args, nargs, 3, "send_pidfd(sock_fd, pid, pidfd)", v) < 0) return NULL;
     for (int i = 0; i < 3; i++) {
-        v[i] = PyLong_AsLong(args[i]);
-        if (v[i] == -1 && PyErr_Occurred()) return NULL;
         if (v[i] < 0 || v[i] > INT_MAX) {
             PyErr_SetString(PyExc_ValueError, "send_pidfd: bad fd or pid");
             return NULL;
