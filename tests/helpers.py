@@ -264,14 +264,18 @@ def raw_fork_parent_view(parent_pid: int) -> tuple[bool, bool, int, int]:
     return bool(seen[0]), bool(seen[1]), seen[2], kept
 
 
-def async_fds_on(target: str) -> int:
-    """How many of this process's fds point at ``target`` with O_ASYNC set."""
+def async_fds_on(target: str | None, pid: int | str = "self") -> int:
+    """How many of ``pid``'s fds (this process's by default) point at ``target``
+    (at anything, if None) with O_ASYNC set."""
     count = 0
-    for n in os.listdir("/proc/self/fd"):
-        if _readlink(f"/proc/self/fd/{n}") != target:
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        if target is not None and _readlink(f"/proc/{pid}/fd/{n}") != target:
             continue
-        with open(f"/proc/self/fdinfo/{n}") as f:
-            flags = next(int(x.split()[1], 8) for x in f if x.startswith("flags:"))
+        try:
+            with open(f"/proc/{pid}/fdinfo/{n}") as f:
+                flags = next(int(x.split()[1], 8) for x in f if x.startswith("flags:"))
+        except OSError:  # (closed meanwhile: the fd listdir itself used, say)
+            continue
         count += bool(flags & 0o20000)  # (O_ASYNC, FASYNC)
     return count
 

@@ -37,7 +37,7 @@ PATHS = [
 
 # Run as ``python -c SCRIPT [closerange]``: prints one JSON line.
 _SCRIPT = r"""
-import json, os, sys, threading
+import json, os, sys
 import corral
 from corral._core import _forkstate, _lifeline, _reaper, _supervisor
 

@@ -208,22 +208,8 @@ def _ready(row: str, reported: list[int], parent_pid: int, depth: int) -> bool:
         # a parent killed before that signals the child, which dies at once, and the
         # grandchild goes to a subreaper out of the supervisor's reach (the window
         # design.md leaves open, "The armed description belongs to the child alone").
-        return _hostile(row, reported[0]) and not _signal_driven_fds(reported[1])
+        return _hostile(row, reported[0]) and helpers.async_fds_on(None, reported[1]) == 0
     return all(_hostile(row, pid) for pid in reported)
-
-
-def _signal_driven_fds(pid: int) -> list[int]:
-    """The fds of ``pid`` with O_ASYNC set."""
-    found = []
-    for name in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{name}") as f:
-                flags = next(int(x.split()[1], 8) for x in f if x.startswith("flags:"))
-        except (OSError, StopIteration):
-            continue
-        if flags & 0o20000:  # (O_ASYNC, FASYNC)
-            found.append(int(name))
-    return found
 
 
 def _run_row(subtree: _Subtree, start_method: str, row: str, depth: int, bound: float) -> float:
