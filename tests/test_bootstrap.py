@@ -86,7 +86,6 @@ def test_a_child_whose_parent_is_already_gone_dies_at_setup(
     _use_path(path, monkeypatch)
     r, w = os.pipe2(os.O_CLOEXEC)
     monkeypatch.setattr(_lifeline, "_read_handle", FdHandle(r, "lifeline"))
-    monkeypatch.setattr(_lifeline, "_write_fd", None)  # as if already lost
     os.close(w)
     ran = corral.get_context("fork").Event()
     p = corral.get_context("fork").Process(target=ran.set)

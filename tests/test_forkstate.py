@@ -39,7 +39,7 @@ PATHS = [
 _SCRIPT = r"""
 import json, os, sys
 import corral
-from corral._core import _forkstate, _lifeline, _reaper, _supervisor
+from corral._core import _forkstate, _reaper, _supervisor
 
 def target(fd):
     try:
@@ -55,7 +55,7 @@ reaper = _reaper._reaper
 slots = {
     "supervisor socket": _supervisor._sock.fileno(),
     "supervisor pidfd": _supervisor._pidfd,
-    "lifeline write end": _lifeline._write_fd,
+    "lifeline write end": _forkstate.fd(_forkstate.LIFELINE_WRITE),
     "reaper epoll": reaper._epoll.fileno(),
     "reaper wake read": reaper._wake_r,
     "reaper wake write": reaper._wake_w,

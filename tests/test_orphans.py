@@ -266,6 +266,67 @@ def test_parent_sigkill_takes_every_hostile_descendant(
     print(f"{row} ({start_method}): subtree gone {took * 1000:.1f} ms after the parent's SIGKILL")
 
 
+# A parent with a corral child and a raw os.fork() of itself that outlives it. The
+# raw fork tells the parent it runs Python (so it is past its at-fork step) before
+# the parent reports.
+_RAW_FORK_PARENT = """
+import os, select, time
+import corral
+from corral._core import _supervisor
+child = corral.get_context("fork").Process(target=time.sleep, args=(600,))
+child.start()
+r, w = os.pipe()
+raw = os.fork()
+if raw == 0:
+    os.write(w, b"x")
+    time.sleep(600)
+    os._exit(0)
+if select.select([r], [], [], 60)[0] and os.read(r, 1) == b"x":
+    print("READY", child.pid, raw, _supervisor.pid(), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            "c", marks=pytest.mark.skipif(speedups is None, reason="the C extension is not built")
+        ),
+        "pure",
+    ],
+)
+def test_a_raw_fork_of_the_parent_never_keeps_its_childs_lifeline(
+    subtree: _Subtree, path: str
+) -> None:
+    """A raw ``os.fork()`` of the parent that outlives it holds no write end of the
+    lifeline (its first step closes it: ``_forkstate``). With the supervisor paused
+    (SIGSTOP), the lifeline alone ends the child at the parent's SIGKILL, while
+    the raw fork lives on; were the write end kept, the child would live as long as
+    the raw fork."""
+    env = dict(os.environ)
+    env.pop("CORRAL_PURE_PYTHON", None)
+    if path == "pure":
+        env["CORRAL_PURE_PYTHON"] = "1"
+    argv = [sys.executable, "-c", _RAW_FORK_PARENT]
+    parent = subtree.own(
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    )
+    assert parent.stdout is not None
+    ready = helpers.read_line(parent.stdout.fileno(), TIMEOUT)
+    assert ready.startswith("READY"), ready
+    child, raw, supervisor = (int(x) for x in ready.split()[1:])
+    pidfds = subtree.pin([child, raw, supervisor])
+    os.kill(supervisor, signal.SIGSTOP)
+    parent.kill()
+    survivors, took = _watch.wait_dead({child: pidfds[child]}, TIMEOUT)
+    assert parent.wait(TIMEOUT) == -signal.SIGKILL
+    assert not survivors, f"the child outlived its parent by {TIMEOUT} s"
+    assert took < ORPHAN_BOUND, f"the child took {took:.3f} s to die"
+    assert _linux.proc_state(raw) not in (None, "Z")  # (it lived on: killed at the end)
+    assert _linux.proc_state(supervisor) == "T"  # (it did nothing: stopped throughout)
+
+
 SPINNER = """
 import os, sys
 os.sched_setaffinity(0, {{{cpu}}})

@@ -73,6 +73,7 @@ __all__ = [
     "SUPERVISOR_SOCKET",
     "PerFork",
     "armed",
+    "fd",
     "generation",
     "let_go",
     "set_armed",
@@ -128,10 +129,15 @@ def set_fd(slot: int, fd: int) -> None:
         _fds[slot] = fd
 
 
+def fd(slot: int) -> int:
+    """The slot's fd, or -1."""
+    return _c_fd(slot) if _c_fd is not None else _fds[slot]
+
+
 def armed() -> int | None:
     """This process's armed lifeline (a corral child's), if it has one."""
-    fd = _c_fd(ARMED) if _c_fd is not None else _fds[ARMED]
-    return None if fd < 0 else fd
+    armed_fd = fd(ARMED)
+    return None if armed_fd < 0 else armed_fd
 
 
 def set_armed(fd: int) -> None:

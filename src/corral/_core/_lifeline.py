@@ -43,19 +43,20 @@ __all__ = ["LIFELINE_SIGNAL", "arm", "armed_fd", "child_end"]
 LIFELINE_SIGNAL: int = signal.SIGRTMIN + 6
 
 _lock = _forkstate.LIFELINE_LOCK  # (held across os.fork())
-_write_fd: int | None = None
 _read_handle: FdHandle | None = None
 _generation = _forkstate.generation()  # the fork generation this state belongs to
 
 
 def child_end() -> FdHandle:
     """The read end to give to a new child, creating the pipe on first use."""
-    global _write_fd, _read_handle
+    global _read_handle
     with _lock:
         _fresh()
         if _read_handle is None:
+            # The write end is ours for life, and known only to the fork state: a
+            # fork child closes it first thing.
             r, w = os.pipe2(os.O_CLOEXEC)
-            _write_fd, _read_handle = w, FdHandle(r, "lifeline")
+            _read_handle = FdHandle(r, "lifeline")
             _forkstate.set_fd(_forkstate.LIFELINE_WRITE, w)
         return _read_handle
 
@@ -65,11 +66,11 @@ def _fresh() -> None:
     fork closed its write end (``_forkstate``): a forked child must not keep its
     parent's lifeline alive. The read end stays open: a corral child about to be
     bootstrapped still needs it."""
-    global _write_fd, _read_handle, _generation
+    global _read_handle, _generation
     generation = _forkstate.generation()
     if generation != _generation:
         _generation = generation
-        _write_fd = _read_handle = None
+        _read_handle = None
 
 
 # A child's armed lifeline is kept by ``_forkstate`` (slot ARMED), which a fork of
