@@ -1200,11 +1200,13 @@ map_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* Pickle opcodes (protocol 4, which pickle.loads reads without a PROTO header). */
 static Py_ssize_t
-pickle_scalar(PyObject *v, unsigned char *out, Py_ssize_t room)
+pickle_scalar_ops(PyObject *v, unsigned char *out, Py_ssize_t room, int stop)
 {
-    /* Write v's pickle at out; its length, 0 if v is not a scalar handled here, or
-     * -1 if it would not fit in room bytes. */
-    unsigned char head[16];
+    /* Write the opcodes that push v at out, then STOP if ``stop``; their length, 0
+     * if v is not a scalar handled here, or -1 if they would not fit in room bytes. */
+    unsigned char local[16];
+    /* the opcode and its argument (at most 10 bytes) go straight to out if they fit */
+    unsigned char *head = room >= (Py_ssize_t)sizeof(local) ? out : local;
     Py_ssize_t n = 0;
     const char *data = NULL;
     Py_ssize_t len = 0;
@@ -1263,14 +1265,22 @@ pickle_scalar(PyObject *v, unsigned char *out, Py_ssize_t room)
     } else {
         return 0;
     }
-    Py_ssize_t total = n + len + 1;
+    Py_ssize_t total = n + len + (stop ? 1 : 0);
     if (total > room)
         return -1;
-    memcpy(out, head, (size_t)n);
+    if (head == local)
+        memcpy(out, local, (size_t)n);
     if (len)
         memcpy(out + n, data, (size_t)len);
-    out[n + len] = '.';
+    if (stop)
+        out[n + len] = '.';
     return total;
+}
+
+static Py_ssize_t
+pickle_scalar(PyObject *v, unsigned char *out, Py_ssize_t room)
+{
+    return pickle_scalar_ops(v, out, room, 1);
 }
 
 static PyObject *
@@ -1383,7 +1393,197 @@ pickle_scalar_py(PyObject *Py_UNUSED(mod), PyObject *v)
     return ret;
 }
 
+/* dump_scalars(list) -> bytes | None
+ *
+ * The pickle of a list whose items are all scalars pickle_scalar handles (EMPTY_LIST,
+ * MARK, the items' opcodes, APPENDS, STOP: what pickle.loads reads back as an equal
+ * list), made without a Pickler; None if an item is of any other kind. For the
+ * pool's chunks and commits of plain values: a Pickler spends about 20 ns an item
+ * on them, this a few. (No memo: two references to one str come back as two equal
+ * strs, as they would from separate pickles.) */
+static PyObject *
+dump_scalars(PyObject *Py_UNUSED(mod), PyObject *list)
+{
+    if (!PyList_CheckExact(list))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    Py_ssize_t room = 16 + 6 * n;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, room);
+    if (out == NULL)
+        return NULL;
+    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(out);
+    Py_ssize_t pos = 0;
+    buf[pos++] = ']';
+    if (n)
+        buf[pos++] = '(';
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        /* (no Python code runs in this loop: the list can't change under it) */
+        Py_ssize_t k;
+        while ((k = pickle_scalar_ops(PyList_GET_ITEM(list, i), buf + pos, room - 2 - pos, 0)) < 0) {
+            room = 2 * room + 64;
+            if (_PyBytes_Resize(&out, room) < 0)
+                return NULL;
+            buf = (unsigned char *)PyBytes_AS_STRING(out);
+        }
+        if (k == 0) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        pos += k;
+    }
+    if (n)
+        buf[pos++] = 'e';
+    buf[pos++] = '.';
+    if (_PyBytes_Resize(&out, pos) < 0)
+        return NULL;
+    return out;
+}
+
+static PyObject *
+load_scalar_op(const unsigned char **at, const unsigned char *end)
+{
+    /* The value of the scalar opcode at *at (one that pickle_scalar_ops writes),
+     * moving *at past it; NULL with no exception set if it is any other opcode or
+     * runs past end. */
+    const unsigned char *p = *at;
+    Py_ssize_t left = end - p;
+    PyObject *v = NULL;
+    Py_ssize_t used = 1, len;
+    if (left < 1)
+        return NULL;
+    switch (p[0]) {
+    case 'N':
+        v = Py_NewRef(Py_None);
+        break;
+    case 0x88:
+        v = Py_NewRef(Py_True);
+        break;
+    case 0x89:
+        v = Py_NewRef(Py_False);
+        break;
+    case 'K':
+        if (left < 2)
+            return NULL;
+        v = PyLong_FromLong(p[1]);
+        used = 2;
+        break;
+    case 'J':
+        if (left < 5)
+            return NULL;
+        v = PyLong_FromLong((int32_t)((uint32_t)p[1] | (uint32_t)p[2] << 8 | (uint32_t)p[3] << 16 |
+                                      (uint32_t)p[4] << 24));
+        used = 5;
+        break;
+    case 0x8a: { /* LONG1 of 8 bytes only: what pickle_scalar_ops writes */
+        if (left < 10 || p[1] != 8)
+            return NULL;
+        uint64_t u = 0;
+        for (int k = 7; k >= 0; k--)
+            u = u << 8 | p[2 + k];
+        v = PyLong_FromLongLong((long long)u);
+        used = 10;
+        break;
+    }
+    case 'G':
+        if (left < 9)
+            return NULL;
+        {
+            double d = PyFloat_Unpack8((const char *)p + 1, 0);
+            if (d == -1.0 && PyErr_Occurred())
+                return NULL;
+            v = PyFloat_FromDouble(d);
+        }
+        used = 9;
+        break;
+    case 0x8c: case 'C': case 'X': case 'B': {
+        int short_len = p[0] == 0x8c || p[0] == 'C';
+        Py_ssize_t head = short_len ? 2 : 5;
+        if (left < head)
+            return NULL;
+        len = short_len ? p[1]
+                        : (Py_ssize_t)((uint32_t)p[1] | (uint32_t)p[2] << 8 | (uint32_t)p[3] << 16 |
+                                       (uint32_t)p[4] << 24);
+        if (len > left - head)
+            return NULL;
+        if (p[0] == 0x8c || p[0] == 'X')
+            v = PyUnicode_DecodeUTF8((const char *)p + head, len, "surrogatepass");
+        else
+            v = PyBytes_FromStringAndSize((const char *)p + head, len);
+        used = head + len;
+        break;
+    }
+    default:
+        return NULL;
+    }
+    *at = p + used;
+    return v;
+}
+
+/* load_scalars_into(data, target, start, count) -> bool
+ *
+ * Read a pickle that dump_scalars made, of ``count`` items, straight into
+ * target[start:start + count] (a list), with no list in between; False, with
+ * target untouched, if data is any other pickle (pickle.loads reads those). */
+static PyObject *
+load_scalars_into(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start, count;
+    if (nargs != 4 || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "load_scalars_into(data, target: list, start, count)");
+        return NULL;
+    }
+    if ((start = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((count = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *target = args[1];
+    if (start < 0 || count < 1 || start > PyList_GET_SIZE(target) - count)
+        Py_RETURN_FALSE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = view.buf, *end = p + view.len;
+    PyObject **got = NULL;
+    Py_ssize_t n = 0;
+    int ok = 0;
+    if (view.len < 4 || p[0] != ']' || p[1] != '(' || end[-2] != 'e' || end[-1] != '.')
+        goto done;
+    got = PyMem_Malloc(sizeof(PyObject *) * (size_t)count);
+    if (got == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    p += 2;
+    end -= 2;
+    while (p < end && n < count) {
+        PyObject *v = load_scalar_op(&p, end);
+        if (v == NULL)
+            goto done;
+        got[n++] = v;
+    }
+    ok = p == end && n == count;
+done:
+    PyBuffer_Release(&view);
+    if (ok) { /* swap in, then let go of the old items (whose __del__ may run code) */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *old = PyList_GET_ITEM(target, start + i);
+            PyList_SET_ITEM(target, start + i, got[i]);
+            got[i] = old;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(got[i]);
+    PyMem_Free(got);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef module_methods[] = {
+    {"dump_scalars", dump_scalars, METH_O,
+     "dump_scalars(list) -> bytes | None: see the C source"},
+    {"load_scalars_into", (PyCFunction)(void (*)(void))load_scalars_into, METH_FASTCALL,
+     "load_scalars_into(data, target, start, count) -> bool: see the C source"},
     {"pickle_scalar", pickle_scalar_py, METH_O,
      "pickle_scalar(value) -> bytes | None: see the C source"},
     {"map_tracked", (PyCFunction)(void (*)(void))map_tracked, METH_FASTCALL,

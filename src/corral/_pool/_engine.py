@@ -48,7 +48,7 @@ from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._segments import Segments
-from ._wire import STOP, Channel, Frame, decode, encode
+from ._wire import STOP, Channel, Frame, decode, dump_scalars, encode
 from ._worker import DECODING, RETURNED, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
@@ -486,9 +486,14 @@ class Engine(EngineBase):
         """Pickle the chunk; on failure split it, or fail the lone item. True if sendable."""
         job = chunk.job
         chunk.seq = next(self.seq)
+        # Items that are plain scalars travel as dump_scalars' bytes (see _wire): in
+        # a few ns an item rather than a Pickler's 20; the worker reads them back.
+        items: Any = chunk.items
+        if dump_scalars is not None:
+            items = dump_scalars(items) or items
         try:
             chunk.frame = encode(
-                (chunk.seq, job.mode, job.fn, chunk.items, job.commit_every, job.commit_seconds),
+                (chunk.seq, job.mode, job.fn, items, job.commit_every, job.commit_seconds),
                 self.segments,
             )
             return True
@@ -516,6 +521,8 @@ class Engine(EngineBase):
 
     def _handle(self, w: LocalWorker, frames: list[Any]) -> None:
         for body, nbuf, fd in frames:
+            if w.pending_commit is not None and not nbuf and self._commit_stored(w, body):
+                continue
             try:
                 msg = decode(body, nbuf, fd, w.channel)
             except BaseException as exc:  # SystemExit from a __reduce__ too
@@ -576,16 +583,42 @@ class Engine(EngineBase):
         final: bool = False,
         retiring: bool = False,
     ) -> None:
+        chunk, at = self._committed(w, len(values), seconds, final, retiring)
+        self._finish(chunk, at, values, errors)
+
+    def _commit_stored(self, w: LocalWorker, body: memoryview) -> bool:
+        """The values of the pending commit, put where they go still pickled, if
+        its job can (``Job.store_pickled``); False to unpickle them as usual."""
+        assert w.pending_commit is not None
+        _, count, records, seconds, final, retiring = w.pending_commit
+        chunk = w.chunks[0]
+        if (
+            records
+            or chunk.indices is not None
+            or not chunk.job.store_pickled(chunk.start + chunk.delivered, count, body)
+        ):
+            return False
+        w.pending_commit = None
+        chunk, _ = self._committed(w, count, seconds, final, retiring)
+        self.completed += count
+        self.event("completed", count)
+        chunk.job.deliver_stored(count)
+        return True
+
+    def _committed(
+        self, w: LocalWorker, count: int, seconds: float, final: bool, retiring: bool
+    ) -> tuple[Chunk, int]:
+        """``count`` more outcomes of ``w``'s head chunk: (the chunk, the first's position)."""
         chunk = w.chunks[0]
         at = chunk.delivered
-        chunk.delivered += len(values)
+        chunk.delivered += count
         chunk.seconds += seconds
         if final:
             w.chunks.popleft()
             w.retiring = w.retiring or retiring
             chunk.job.measured(chunk.delivered, chunk.seconds)
             self._next_head(w)
-        self._finish(chunk, at, values, errors)
+        return chunk, at
 
     def _next_head(self, w: LocalWorker) -> None:
         if w.chunks:

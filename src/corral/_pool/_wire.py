@@ -34,12 +34,13 @@ import struct
 import weakref
 from typing import Any
 
+from .._core._native import speedups
 from .._core._shm import map_fd
 from .._remote import dumps
 from . import _segments
 from ._segments import Segment, Segments
 
-__all__ = ["OOB_MIN_BYTES", "Channel", "Frame", "WorkerEnd", "decode", "encode"]
+__all__ = ["OOB_MIN_BYTES", "Channel", "Frame", "WorkerEnd", "decode", "dump_scalars", "encode"]
 
 # Buffers at least this large travel out of band, in a memfd. Through the socket they
 # would be copied four times (pickle, write, read, unpickle); smaller ones are
@@ -55,6 +56,10 @@ _HEADER = struct.Struct("<QI")
 # The buffer count of a "freed" control frame.
 FREED = 0xFFFFFFFF
 _FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize * 16)
+# A list of plain scalars (ints, floats, str, bytes, bools, None) pickled in C, in
+# a few ns an item, where a Pickler takes about 20: the "100k trivial tasks" case's
+# commits and chunks. What it makes is a pickle that ``pickle.loads`` reads.
+dump_scalars = getattr(speedups, "dump_scalars", None)
 
 
 class Frame:
@@ -115,6 +120,10 @@ def encode(obj: Any, segments: Segments | None = None) -> Frame:
     raises (with a hint to install cloudpickle where that would have helped);
     nothing is left open or lent then.
     """
+    if obj.__class__ is list and dump_scalars is not None:
+        data = dump_scalars(obj)
+        if data is not None:
+            return Frame(_HEADER.pack(len(data), 0) + data)
     buffers: list[memoryview] = []
 
     def keep_apart(buf: pickle.PickleBuffer) -> bool:

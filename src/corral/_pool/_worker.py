@@ -179,6 +179,8 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
         words[setup.slot] = DECODING
         try:
             seq, mode, fn, items, commit_every, commit_seconds = decode(*frame, end)
+            if items.__class__ is bytes:  # plain scalars, as _wire.dump_scalars packs them
+                items = pickle.loads(items)
         except BaseException as exc:
             if _terminating:
                 raise
