@@ -308,3 +308,29 @@ def test_each_workers_running_word_has_a_cache_line_of_its_own(
         assert all(offset % 64 == 0 for offset in offsets)
         assert all(b - a >= 64 for a, b in itertools.pairwise(offsets))
         assert engine.words.size >= offsets[-1] + 8
+
+
+# A map's chunks read their items from the caller's list (``_wire.ItemSlice``), not
+# from a copy: re-queued items (a death, an argument that can't be pickled) must be
+# read back from it right, and none of them run twice.
+MAP_ROWS: dict[str, tuple[type[BaseException], int]] = {
+    "sigkill": (corral.WorkerCrashed, 2),  # with retries=1: run twice, died twice
+    "arg_pickle": (TypeError, 0),
+}
+
+
+@pytest.mark.parametrize("chunksize", [4, None], ids=["chunk4", "auto"])
+@pytest.mark.parametrize("how", list(MAP_ROWS))
+def test_a_map_requeues_from_the_callers_list(
+    ctx: corral.CorralContext, tmp_path: Path, how: str, chunksize: int | None
+) -> None:
+    path = tmp_path / "runs"
+    expected_error, bad_runs = MAP_ROWS[how]
+    with corral.Pool(2, context=ctx, retries=1) as pool:
+        res = pool.map_async(t.counted, items(how, path), chunksize)
+        with pytest.raises(expected_error):
+            res.get(TIMEOUT)
+    ran = runs(path)
+    assert ran[BAD] == bad_runs
+    assert all(n == 1 for x, n in ran.items() if x != BAD), ran
+    assert set(ran) <= set(range(N))

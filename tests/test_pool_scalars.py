@@ -66,6 +66,22 @@ def test_dump_scalars_packs_only_exact_lists_and_the_empty_one() -> None:
 
 
 @_NEED_C
+def test_dump_scalars_of_a_slice_is_the_slices_pickle() -> None:
+    """A chunk's items are packed from the caller's list, by start and stop."""
+    assert speedups is not None
+    items = [v for v in EDGE_VALUES if packs(v)]
+    n = len(items)
+    for start, stop in [(0, n), (0, 0), (3, 4), (5, n), (n, n)]:
+        got = pickle.loads(speedups.dump_scalars(items, start, stop))
+        assert len(got) == stop - start
+        assert all(same(a, b) for a, b in zip(got, items[start:stop], strict=True))
+    assert speedups.dump_scalars([1, 2, [3]], 0, 2) is not None  # (the list stops before)
+    for start, stop in [(-1, 2), (2, 1), (0, n + 1)]:
+        with pytest.raises(IndexError):
+            speedups.dump_scalars(items, start, stop)
+
+
+@_NEED_C
 def test_load_scalars_into_fills_exactly_its_slice() -> None:
     assert speedups is not None
     values = [v for v in EDGE_VALUES if packs(v)]

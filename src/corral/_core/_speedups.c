@@ -1393,20 +1393,34 @@ pickle_scalar_py(PyObject *Py_UNUSED(mod), PyObject *v)
     return ret;
 }
 
-/* dump_scalars(list) -> bytes | None
+/* dump_scalars(list, start=0, stop=len(list)) -> bytes | None
  *
- * The pickle of a list whose items are all scalars pickle_scalar handles (EMPTY_LIST,
+ * The pickle of list[start:stop], its items all scalars pickle_scalar handles (EMPTY_LIST,
  * MARK, the items' opcodes, APPENDS, STOP: what pickle.loads reads back as an equal
  * list), made without a Pickler; None if an item is of any other kind. For the
  * pool's chunks and commits of plain values: a Pickler spends about 20 ns an item
  * on them, this a few. (No memo: two references to one str come back as two equal
  * strs, as they would from separate pickles.) */
 static PyObject *
-dump_scalars(PyObject *Py_UNUSED(mod), PyObject *list)
+dump_scalars(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "dump_scalars(list, start=0, stop=len(list))");
+        return NULL;
+    }
+    PyObject *list = args[0];
     if (!PyList_CheckExact(list))
         Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(list);
+    Py_ssize_t start = 0, stop = PyList_GET_SIZE(list);
+    if (nargs > 1 && (start = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (nargs > 2 && (stop = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (start < 0 || stop < start || stop > PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_IndexError, "dump_scalars: start and stop out of range");
+        return NULL;
+    }
+    Py_ssize_t n = stop - start;
     Py_ssize_t room = 16 + 6 * n;
     PyObject *out = PyBytes_FromStringAndSize(NULL, room);
     if (out == NULL)
@@ -1416,7 +1430,7 @@ dump_scalars(PyObject *Py_UNUSED(mod), PyObject *list)
     buf[pos++] = ']';
     if (n)
         buf[pos++] = '(';
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+    for (Py_ssize_t i = start; i < stop; i++) {
         /* (no Python code runs in this loop: the list can't change under it) */
         Py_ssize_t k;
         while ((k = pickle_scalar_ops(PyList_GET_ITEM(list, i), buf + pos, room - 2 - pos, 0)) < 0) {
@@ -1580,8 +1594,8 @@ done:
 }
 
 static PyMethodDef module_methods[] = {
-    {"dump_scalars", dump_scalars, METH_O,
-     "dump_scalars(list) -> bytes | None: see the C source"},
+    {"dump_scalars", (PyCFunction)(void (*)(void))dump_scalars, METH_FASTCALL,
+     "dump_scalars(list, start=0, stop=len(list)) -> bytes | None: see the C source"},
     {"load_scalars_into", (PyCFunction)(void (*)(void))load_scalars_into, METH_FASTCALL,
      "load_scalars_into(data, target, start, count) -> bool: see the C source"},
     {"pickle_scalar", pickle_scalar_py, METH_O,

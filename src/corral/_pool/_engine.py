@@ -48,7 +48,7 @@ from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._segments import Segments
-from ._wire import STOP, Channel, Frame, decode, dump_scalars, encode
+from ._wire import STOP, Channel, Frame, ItemSlice, decode, encode, pack_items
 from ._worker import DECODING, RETURNED, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
@@ -110,7 +110,9 @@ class Chunk:
         "started_at",
     )
 
-    def __init__(self, job: Job, start: int, items: list[Any], indices: list[int] | None):
+    def __init__(
+        self, job: Job, start: int, items: list[Any] | ItemSlice, indices: list[int] | None
+    ):
         self.job = job
         self.start = start
         self.items = items
@@ -471,7 +473,7 @@ class Engine(EngineBase):
                     n = job.next_size()
                     if maxtasks is not None:
                         n = min(n, maxtasks - w.sent)
-                    start, items = job.take(n)
+                    start, items = job.take_slice(n)
                     chunk = Chunk(job, start, items, None)
             if self._encode(chunk):
                 return chunk
@@ -486,12 +488,10 @@ class Engine(EngineBase):
         """Pickle the chunk; on failure split it, or fail the lone item. True if sendable."""
         job = chunk.job
         chunk.seq = next(self.seq)
-        # Items that are plain scalars travel as dump_scalars' bytes (see _wire): in
-        # a few ns an item rather than a Pickler's 20; the worker reads them back.
-        items: Any = chunk.items
-        if dump_scalars is not None:
-            items = dump_scalars(items) or items
         try:
+            # Items that are plain scalars travel as dump_scalars' bytes (_wire): in
+            # a few ns an item rather than a Pickler's 20.
+            items = pack_items(chunk.items)
             chunk.frame = encode(
                 (chunk.seq, job.mode, job.fn, items, job.commit_every, job.commit_seconds),
                 self.segments,

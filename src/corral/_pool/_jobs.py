@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .._core._native import speedups
 from .._exceptions import CorralError
 from ._progress import Progress
+from ._wire import ItemSlice
 from ._worker import COMMIT_SECONDS, MODE_CALL, commit_policy
 
 if TYPE_CHECKING:
@@ -129,7 +130,18 @@ class Job:
             return self.fixed_chunksize
         return max(1, min(self.chunk, self.balance_cap))
 
+    def take_slice(self, n: int) -> tuple[int, list[Any] | ItemSlice]:
+        """``take``, as an ``ItemSlice`` where the list is only ever read."""
+        if self.owns_items:
+            return self.take(n)
+        start = self.cursor
+        lo = start - self.base
+        n = max(0, min(n, len(self.items) - lo))
+        self.cursor += n
+        return start, ItemSlice(self.items, lo, n)
+
     def take(self, n: int) -> tuple[int, list[Any]]:
+        """The next ``n`` items (fewer at the end): (the first's index, the items)."""
         start = self.cursor
         lo = start - self.base
         chunk = self.items[lo : lo + n]
