@@ -16,13 +16,15 @@ import pytest
 
 import corral
 from corral._core._native import speedups
-from corral._pool import _jobs
+from corral._pool import _jobs, _wire
 from tests import pool_targets as t
 from tests.test_pool_log import EDGE_VALUES, same
 
 TIMEOUT = 60.0
 
 _NEED_C = pytest.mark.skipif(speedups is None, reason="the C extension is not built")
+
+MAX_LEN = getattr(speedups, "DUMP_SCALARS_MAX_LEN", 255)
 
 # The edge values that dump_scalars packs; any other makes a list fall back to pickle.
 SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
@@ -33,6 +35,8 @@ def packs(value: Any) -> bool:
         return False
     if type(value) is int:
         return -(2**63) <= value < 2**63
+    if type(value) in (str, bytes) and len(value) > MAX_LEN:  # long ones: see below
+        return False
     if type(value) is str:
         try:
             value.encode()
@@ -61,8 +65,23 @@ def test_dump_scalars_packs_only_exact_lists_and_the_empty_one() -> None:
     assert pickle.loads(speedups.dump_scalars([])) == []
     assert speedups.dump_scalars((1, 2)) is None  # a tuple is not a list of outcomes
     assert speedups.dump_scalars(type("L", (list,), {})([1])) is None
-    big = ["\u00e9" * 5000, b"b" * 70_000] * 3  # past the first guess of the size
-    assert pickle.loads(speedups.dump_scalars(big)) == big
+    # The widest items it packs, well past its first guess of the size:
+    widest = ["\u00e9" * MAX_LEN, "\U0001f600" * MAX_LEN, b"b" * MAX_LEN] * 50
+    assert pickle.loads(speedups.dump_scalars(widest)) == widest
+
+
+def test_a_long_str_repeated_is_pickled_once() -> None:
+    """No memo in dump_scalars: long str and bytes are left to pickle, which writes
+    a repeated object once (1,000 references to 1 MiB: not 1 GiB on the wire)."""
+    text = "t" * (1 << 20)
+    frame = _wire.encode([text] * 1000)
+    try:
+        assert len(frame.data) < 2 << 20
+        assert pickle.loads(frame.data[_wire._HEADER.size :]) == [text] * 1000
+    finally:
+        frame.discard()
+    assert speedups is None or speedups.dump_scalars(["s" * (MAX_LEN + 1)]) is None
+    assert speedups is None or speedups.dump_scalars([b"s" * (MAX_LEN + 1)]) is None
 
 
 @_NEED_C

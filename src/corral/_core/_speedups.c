@@ -1397,10 +1397,13 @@ pickle_scalar_py(PyObject *Py_UNUSED(mod), PyObject *v)
  *
  * The pickle of list[start:stop], its items all scalars pickle_scalar handles (EMPTY_LIST,
  * MARK, the items' opcodes, APPENDS, STOP: what pickle.loads reads back as an equal
- * list), made without a Pickler; None if an item is of any other kind. For the
- * pool's chunks and commits of plain values: a Pickler spends about 20 ns an item
- * on them, this a few. (No memo: two references to one str come back as two equal
- * strs, as they would from separate pickles.) */
+ * list), made without a Pickler; None if an item is of any other kind, or a str
+ * or bytes longer than DUMP_SCALARS_MAX_LEN. For the pool's chunks and commits of
+ * plain values: a Pickler spends about 20 ns an item on them, this a few. There is
+ * no memo: two references to one str come back as two equal strs, and each is
+ * written out in full, which is why long ones are left to pickle (a list of a
+ * thousand references to one 1 MiB str is 1 MiB pickled, and would be 1 GiB here). */
+#define DUMP_SCALARS_MAX_LEN 255
 static PyObject *
 dump_scalars(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1432,8 +1435,14 @@ dump_scalars(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
         buf[pos++] = '(';
     for (Py_ssize_t i = start; i < stop; i++) {
         /* (no Python code runs in this loop: the list can't change under it) */
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if ((PyUnicode_CheckExact(item) && PyUnicode_GET_LENGTH(item) > DUMP_SCALARS_MAX_LEN) ||
+            (PyBytes_CheckExact(item) && PyBytes_GET_SIZE(item) > DUMP_SCALARS_MAX_LEN)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
         Py_ssize_t k;
-        while ((k = pickle_scalar_ops(PyList_GET_ITEM(list, i), buf + pos, room - 2 - pos, 0)) < 0) {
+        while ((k = pickle_scalar_ops(item, buf + pos, room - 2 - pos, 0)) < 0) {
             room = 2 * room + 64;
             if (_PyBytes_Resize(&out, room) < 0)
                 return NULL;
@@ -1717,7 +1726,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     /* map_logged's log layout; corral._pool._log checks both at import. */
-    if (PyModule_AddIntConstant(m, "RETURNED_BIT", (long)RETURNED_BIT) < 0 ||
+    if (PyModule_AddIntConstant(m, "DUMP_SCALARS_MAX_LEN", DUMP_SCALARS_MAX_LEN) < 0 ||
+        PyModule_AddIntConstant(m, "RETURNED_BIT", (long)RETURNED_BIT) < 0 ||
         PyModule_AddIntConstant(m, "LOG_MAX_RECORDS", LOG_MAX_RECORDS) < 0 ||
         PyModule_AddIntConstant(m, "LOG_DATA_START", LOG_DATA_START) < 0) {
         Py_DECREF(m);

@@ -66,9 +66,10 @@ _HEADER = struct.Struct("<QI")
 # The buffer count of a "freed" control frame.
 FREED = 0xFFFFFFFF
 _FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize * 16)
-# A list of plain scalars (ints, floats, str, bytes, bools, None) pickled in C, in
-# a few ns an item, where a Pickler takes about 20: the "100k trivial tasks" case's
-# commits and chunks. What it makes is a pickle that ``pickle.loads`` reads.
+# A list of plain scalars (ints, floats, bools, None, short str and bytes) pickled
+# in C, in a few ns an item, where a Pickler takes about 20: the "100k trivial
+# tasks" case's commits and chunks. What it makes is a pickle that ``pickle.loads``
+# reads. (Long str and bytes are left to pickle, whose memo writes a repeated one once.)
 dump_scalars = getattr(speedups, "dump_scalars", None)
 
 
