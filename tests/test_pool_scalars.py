@@ -1,7 +1,7 @@
 """Plain scalars on the pool's wire: packed and read back in C, never a Pickler.
 
-``_speedups.dump_scalars`` pickles a list of ints, floats, str, bytes, bools and
-None itself (a chunk's items, a worker's committed values), and the parent reads a
+``_speedups.dump_scalars`` pickles a list of ints, floats, bools, None and short
+str and bytes itself (a chunk's items, a worker's committed values), and the parent reads a
 commit of those straight into ``map``'s result list (``load_scalars_into``). Every
 value must come back equal and of its exact type, whichever path it took; anything
 the C code does not handle must take pickle's path unharmed.
