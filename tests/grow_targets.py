@@ -31,10 +31,12 @@ def check_then_reply(q: corral.Queue, specs: list[tuple[int, int]], reply: int) 
     return right, q._ring.size
 
 
-def get_then_put_big(q: corral.Queue, n: int) -> bool:
-    """Get a message and check it is ``bytearray(pattern(n, 1))``; then put
-    ``bytearray(pattern(n, 2))``. Each way, one message of ``n`` bytes."""
+def get_then_put_big(q: corral.Queue, n: int, taken: corral.Event) -> bool:
+    """Get a message and check it is ``bytearray(pattern(n, 1))``, say so on
+    ``taken``; then put ``bytearray(pattern(n, 2))``. Each way, one message of
+    ``n`` bytes."""
     got = q.get(timeout=TIMEOUT)
+    taken.set()
     ok = isinstance(got, bytearray) and got == pattern(n, 1)
     del got
     q.put(bytearray(pattern(n, 2)), timeout=TIMEOUT)

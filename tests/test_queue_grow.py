@@ -169,9 +169,12 @@ def test_a_default_queue_carries_100_mib_each_way(ctx: corral.CorralContext) -> 
     gives the memory back after it (beyond RETAIN_BYTES)."""
     n = 100 * MIB
     q: corral.Queue[bytearray] = ctx.Queue()
-    child = ctx.Process(target=gt.get_then_put_big, args=(q, n))
+    taken = ctx.Event()
+    child = ctx.Process(target=gt.get_then_put_big, args=(q, n, taken))
     child.start()
     q.put(bytearray(gt.pattern(n, 1)), timeout=TIMEOUT)
+    # Not before the child took it: this get could take back our own message.
+    assert taken.wait(TIMEOUT)
     got = q.get(timeout=TIMEOUT)
     assert child.result(timeout=TIMEOUT) is True
     assert got == gt.pattern(n, 2)
