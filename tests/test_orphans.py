@@ -318,6 +318,10 @@ def test_a_raw_fork_of_the_parent_never_keeps_its_childs_lifeline(
     child, raw, supervisor = (int(x) for x in ready.split()[1:])
     pidfds = subtree.pin([child, raw, supervisor])
     os.kill(supervisor, signal.SIGSTOP)
+    # Stopped, not only sent the signal: on a busy machine a process woken to stop
+    # can wait its turn on a CPU (state R) for a while; the parent is killed only
+    # once the supervisor can no longer act.
+    assert wait_until(lambda: _linux.proc_state(supervisor) == "T", TIMEOUT)
     parent.kill()
     survivors, took = _watch.wait_dead({child: pidfds[child]}, TIMEOUT)
     assert parent.wait(TIMEOUT) == -signal.SIGKILL
