@@ -509,3 +509,17 @@ def filled(item: tuple[int, float]) -> Any:
 
     n, value = item
     return np.full(n, value)
+
+
+def gated(x: int, where: str) -> int:
+    """Record the run of item ``x`` (``where``/runs) and the worker's pid
+    (``where``/started-x), then wait until the test creates ``where``/go."""
+    _count_run(os.path.join(where, "runs"), x)
+    started = os.path.join(where, f"started-{x}")
+    with open(started + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(started + ".tmp", started)
+    go = os.path.join(where, "go")
+    while not os.path.exists(go):
+        time.sleep(0.005)  # the task's own wait; the test never sleeps on it
+    return x * 2

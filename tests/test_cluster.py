@@ -79,6 +79,21 @@ def test_pool_map_imap_apply_on_the_cluster(dask: DaskCluster) -> None:
     assert events["failed"] == events["retried"] == events["worker_died"] == 0
 
 
+def test_a_list_shortened_while_the_call_runs_fails_it(dask: DaskCluster, tmp_path: Path) -> None:
+    """As on a local pool (test_pool_borrowed): the call's list is read in place, and
+    one cut while the call runs fails it with an error saying so; the pool goes on."""
+    fn = functools.partial(pool_targets.gated, where=str(tmp_path))
+    items = list(range(20))
+    with corral.Pool(cluster=dask.address) as pool:
+        res = pool.map_async(fn, items, chunksize=1)
+        assert wait_until(lambda: any(tmp_path.glob("started-*")), CALL_TIMEOUT)
+        del items[2:]
+        (tmp_path / "go").touch()
+        with pytest.raises(corral.CorralError, match="shortened from 20 to 2 items"):
+            res.get(CALL_TIMEOUT)
+        assert pool.map(targets.square, range(5)) == [0, 1, 4, 9, 16]
+
+
 def test_a_repeated_call_skips_the_chunk_ramp(dask: DaskCluster) -> None:
     """A call starts with chunks of 16 items, growing at most 8-fold per measurement (a
     dask round trip each); the next call of the same function on the pool starts one

@@ -256,6 +256,7 @@ class ClusterEngine(EngineBase):
             self._submit(chunk)
 
     def _next_chunk(self) -> RemoteChunk | None:
+        failed = None
         with self.lock:
             while self.jobs and (
                 self.jobs[0].stopped or (not self.jobs[0].has_work() and self.jobs[0].input_done)
@@ -264,7 +265,15 @@ class ClusterEngine(EngineBase):
             for job in self.jobs:
                 if job.has_work() and job.start_chunk():
                     start, items = job.take(self._size(job))
-                    return RemoteChunk(job, start, items)
+                    if job.failure is None:
+                        return RemoteChunk(job, start, items)
+                    failed = job  # (the caller shortened the list it lent)
+                    break
+        if failed is not None:
+            failure = failed.take_failure()
+            if failure is not None:
+                failed.abort(failure)
+            return self._next_chunk()
         return None
 
     def _size(self, job: Job) -> int:
@@ -273,7 +282,7 @@ class ClusterEngine(EngineBase):
         size = self._current_size(job)
         if job.input_done:  # all items known: chunks shrink as the end nears, so no
             # slot idles while another runs a long last chunk (guided self-scheduling)
-            left = job.base + len(job.items) - job.cursor
+            left = job.known_end() - job.cursor
             per_item = self.per_item.get(job)
             floor = int(MIN_TAIL_SECONDS / per_item) if per_item else 1
             size = min(size, max(1, floor, -(-left // (2 * self.processes))))

@@ -475,6 +475,9 @@ class Engine(EngineBase):
                         n = min(n, maxtasks - w.sent)
                     start, items = job.take_slice(n)
                     chunk = Chunk(job, start, items, None)
+            if job.failure is not None:  # (the caller shortened the list it lent)
+                self._end_failed(job)
+                continue
             if self._encode(chunk):
                 return chunk
 
@@ -498,7 +501,9 @@ class Engine(EngineBase):
             )
             return True
         except BaseException as exc:  # SystemExit from a __reduce__ too: that task's error
-            if len(chunk.items) > 1:
+            if job.shortened():  # (as the chunk was read: not the items' fault)
+                self._end_failed(job)
+            elif len(chunk.items) > 1:
                 self._requeue(chunk, range(len(chunk.items)))
             else:
                 exc.add_note(
@@ -507,9 +512,17 @@ class Engine(EngineBase):
                 self._finish(chunk, 0, [None], {0: exc})
             return False
 
+    def _end_failed(self, job: Job) -> None:
+        """End a job that failed by itself (``Job.shortened``) with its error."""
+        failure = job.take_failure()
+        if failure is not None:
+            job.abort(failure)
+
     def _requeue(self, chunk: Chunk, positions: range) -> None:
         """Queue some of a chunk's items to run one by one, ahead of new work; uncharged."""
         job = chunk.job
+        if job.shortened():  # the items to run again are gone from the caller's list
+            self._end_failed(job)
         if job.stopped or not positions:
             return
         with self.lock:

@@ -95,6 +95,12 @@ class Job:
         self.items: list[Any] = []  # items[i] is item base + i
         # May items handed out be dropped from the list? Not from a caller's list.
         self.owns_items = True
+        # A caller's list is read in place while the call runs (``borrow``): ``end``
+        # is its length at the call, the items this call runs; None for our own.
+        self.end: int | None = None
+        # Why the call ended by itself, found under the engine's lock; the engine
+        # aborts the job with it outside the lock (``take_failure``).
+        self.failure: BaseException | None = None
         self.base = 0
         self.cursor = 0  # next item (absolute index) not handed out yet
         self.solo: collections.deque[tuple[int, Any]] = collections.deque()  # run alone
@@ -120,8 +126,35 @@ class Job:
 
     # -- asked by the engine (scheduler thread, under the engine's lock for take) --
 
+    def borrow(self, items: list[Any]) -> None:
+        """Run the items of the caller's ``items`` as they are at the call, read in
+        place while the call runs: no copy. Items the caller appends later are not
+        part of the call; a list the caller shortens fails it (``shortened``)."""
+        self.items, self.owns_items, self.base, self.end = items, False, 0, len(items)
+
     def has_work(self) -> bool:
-        return not self.stopped and (bool(self.solo) or self.cursor < self.base + len(self.items))
+        return not self.stopped and (bool(self.solo) or self.cursor < self.known_end())
+
+    def shortened(self) -> bool:
+        """Did the caller shorten the list this call borrowed? Then the items it
+        still had to read are gone: the call stops, and fails with an error saying so
+        (``take_failure``), where multiprocessing's ``map`` would wait for them for
+        ever. Cheap (a length), so it is asked wherever an item is read again."""
+        if self.end is None or len(self.items) >= self.end:
+            return False
+        if self.failure is None:
+            self.failure = CorralError(
+                f"the list given to {self.name}'s map was shortened from {self.end} to "
+                f"{len(self.items)} items while the map ran; the pool reads it in place "
+                "(as multiprocessing does): pass a copy if it may change"
+            )
+        self.stopped = True
+        return True
+
+    def take_failure(self) -> BaseException | None:
+        """The error the call ended with by itself (``shortened``), once."""
+        failure, self.failure = self.failure, None
+        return failure
 
     def next_size(self) -> int:
         if self.timeout is not None:
@@ -135,16 +168,21 @@ class Job:
         if self.owns_items:
             return self.take(n)
         start = self.cursor
-        lo = start - self.base
-        n = max(0, min(n, len(self.items) - lo))
+        n = 0 if self.shortened() else max(0, min(n, self.known_end() - start))
         self.cursor += n
-        return start, ItemSlice(self.items, lo, n)
+        return start, ItemSlice(self.items, start - self.base, n)
+
+    def known_end(self) -> int:
+        """The index after the last item this call runs that is known so far."""
+        return self.base + len(self.items) if self.end is None else self.end
 
     def take(self, n: int) -> tuple[int, list[Any]]:
         """The next ``n`` items (fewer at the end): (the first's index, the items)."""
         start = self.cursor
         lo = start - self.base
-        chunk = self.items[lo : lo + n]
+        if self.shortened():
+            return start, []
+        chunk = self.items[lo : lo + min(n, self.known_end() - start)]
         self.cursor += len(chunk)
         if (
             self.owns_items
@@ -319,8 +357,7 @@ class MapJob(Job):
         progress: Progress | None,
     ):
         super().__init__(engine, fn, mode, chunksize, timeout, retries, progress)
-        self.items = items  # possibly the caller's own list: only ever read
-        self.owns_items = False
+        self.borrow(items)  # possibly the caller's own list: only ever read
         self.result = result
         result._job = self
         self.single = single
@@ -505,7 +542,7 @@ class IMapJob(Job):
         self.ordered = ordered
         self.pulled = 0
         if type(source) is list:  # all in memory already: read it in place, as map does
-            self.items, self.owns_items = source, False
+            self.borrow(source)
             self.source, self.input_done, self.pulled = None, True, len(source)
         self.consumed = 0
         self.done: dict[int, tuple[list[Any], dict[int, BaseException]]] = {}

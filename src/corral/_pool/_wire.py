@@ -93,10 +93,26 @@ class ItemSlice:
     def __getitem__(self, i: int) -> Any:
         if not 0 <= i < self.n:
             raise IndexError(i)
+        if self.lo + i >= len(self.source):
+            return GONE  # the caller shortened its list (the job fails: Job.shortened)
         return self.source[self.lo + i]
 
     def copy(self) -> list[Any]:
-        return self.source[self.lo : self.lo + self.n]
+        items = self.source[self.lo : self.lo + self.n]
+        if len(items) < self.n:
+            raise IndexError("the list was shortened while it was read")
+        return items
+
+
+class _Gone:
+    """What an ``ItemSlice`` reads where the caller's list no longer has an item:
+    shown in an error's description, never run."""
+
+    def __repr__(self) -> str:
+        return "<gone from the shortened list>"
+
+
+GONE = _Gone()
 
 
 def pack_items(items: list[Any] | ItemSlice) -> list[Any] | bytes:
