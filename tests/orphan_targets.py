@@ -144,6 +144,10 @@ def starts_with_a_paused_supervisor(method: str, n: int) -> tuple[int, float, in
     longest = 0.0
     pids: list[int] = []
     os.kill(sup, signal.SIGSTOP)
+    # (stopped, not only signalled: on a busy box it may wait for a CPU to stop)
+    deadline = time.monotonic() + 60
+    while _linux.proc_state(sup) != "T" and time.monotonic() < deadline:
+        time.sleep(0.001)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

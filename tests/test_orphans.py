@@ -622,6 +622,10 @@ if __name__ == "__main__":
     sys.stdin.readline()  # the test pinned the subtree
     if {paused!r}:
         os.kill(_supervisor.pid(), signal.SIGSTOP)
+        # (stopped, not only signalled: on a busy box it may wait for a CPU to stop)
+        deadline = time.monotonic() + 60
+        while _linux.proc_state(_supervisor.pid()) != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
     t0 = time.monotonic()
     by_supervisor = p._popen._kill_by_supervisor() is not None
     asked = time.monotonic() - t0
