@@ -146,3 +146,8 @@ def wait_for_path(path: str, timeout: float) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def wait_for_path_carrying(path: str, timeout: float, cargo: object) -> bool:
+    """``wait_for_path``, with ``cargo`` along (an argument that acts while pickled)."""
+    return wait_for_path(path, timeout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing.pool
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,46 @@ def test_executor_workers_start_on_demand_and_idle_ones_are_reused(
         assert all(f.result(TIMEOUT) for f in blocked)
         assert len(ex._processes) <= 4
         assert list(ex.map(abs, range(-8, 0))) == list(range(8, 0, -1))
+
+
+class _Stall:
+    """An argument whose pickling (in the pool's scheduler thread, as the task is
+    sent to a worker) says so and waits for the test; it arrives as 0."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.entered.set()
+        self.release.wait(TIMEOUT)
+        return (int, ())
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_task_being_sent_to_the_idle_worker_keeps_it_from_the_next_submit(
+    method: str, tmp_path: Path
+) -> None:
+    """On demand, a submit starts a worker unless an idle one can take its task. The
+    one idle worker, while a task is being pickled and sent to it, can't: the next
+    task gets a worker of its own and finishes while the first still runs (it used
+    to wait behind it, the worker seen idle and the task being sent seen nowhere)."""
+    ctx = corral.get_context(method)
+    gate = str(tmp_path / "gate")
+    stall = _Stall()
+    with corral.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert ex.submit(t.mul, 6, 7).result(TIMEOUT) == 42  # one worker, idle again
+        first = ex.submit(t.wait_for_path_carrying, gate, TIMEOUT, stall)
+        try:
+            assert stall.entered.wait(TIMEOUT)  # being sent to the idle worker
+            second = ex.submit(t.mul, 2, 3)
+        finally:
+            stall.release.set()
+        assert second.result(TIMEOUT) == 6
+        assert not first.done()
+        open(gate, "w").close()
+        assert first.result(TIMEOUT) is True
+        assert len(ex._processes) == 2
 
 
 @pytest.mark.parametrize("chunksize", [None, 1, 2, 4])

@@ -201,6 +201,12 @@ class Engine(EngineBase):
         self.running = self.words.buf.cast("q")
         self._free_indices = collections.deque(range(self.processes))  # slots not in use
         self._starting = 0  # workers being started for add_job, outside the lock
+        # A chunk the scheduler thread took (from a job or the stash) and has not yet
+        # put in a worker's ``chunks`` or back in the stash: 0 or 1, changed under
+        # the lock with the move, so ``_wants_worker`` always sees it somewhere (while
+        # it was encoded and sent, its task seemed to run nowhere, the worker about to
+        # run it seemed idle, and a submit then started no worker for its own task).
+        self._held = 0
         if not options.start_on_demand:
             for _ in range(self.processes):
                 self.workers.append(self._start_worker(self._free_indices.popleft()))
@@ -250,11 +256,13 @@ class Engine(EngineBase):
         idle = self._starting + sum(
             1 for w in self.workers if not w.chunks and not w.retiring and w.kill_reason is None
         )
-        waiting = len(self.stash) + sum(  # (a stashed chunk waits for an idle worker)
+        # (A stashed chunk waits for an idle worker; a held one is about to take one.)
+        jobs = sum(
             1 if not j.prefetchable else self.processes
             for j in self.jobs
             if j.has_work() or not (j.input_done or j.stopped)
         )
+        waiting = self._held + len(self.stash) + jobs
         return idle < waiting
 
     def _start_on_demand(self) -> None:
@@ -418,17 +426,22 @@ class Engine(EngineBase):
             if w.chunks and (
                 len(chunk.frame.data) > PREFETCH_MAX_BYTES or not chunk.job.prefetchable
             ):
-                self.stash.appendleft(chunk)  # for the next idle worker
+                with self.lock:
+                    self.stash.appendleft(chunk)  # for the next idle worker
+                    self._held = 0
                 break
             if not chunk.job.start_chunk():
                 chunk.frame.discard()
+                self._held = 0
                 continue
             w.channel.send(chunk.frame)
             chunk.frame = None
             w.sent += len(chunk.items)
             if not w.chunks:
                 chunk.started_at = time.monotonic()
-            w.chunks.append(chunk)
+            with self.lock:
+                w.chunks.append(chunk)
+                self._held = 0
 
     def _slots(self, w: LocalWorker) -> int:
         if not w.chunks:
@@ -444,18 +457,24 @@ class Engine(EngineBase):
     def _next_chunk(self, w: LocalWorker) -> Chunk | None:
         maxtasks = self.options.maxtasksperchild
         while self.stash:
-            chunk = self.stash.popleft()
+            with self.lock:
+                chunk = self.stash.popleft()
+                self._held = 1
             if chunk.job.stopped:
                 if chunk.frame is not None:
                     chunk.frame.discard()
+                self._held = 0
                 continue
             if maxtasks is not None and len(chunk.items) > maxtasks - w.sent:
                 if chunk.frame is not None:
                     chunk.frame.discard()
                 self._requeue(chunk, range(len(chunk.items)))
+                self._held = 0
                 continue
             if w.chunks and chunk.job.timeout is not None:
-                self.stash.appendleft(chunk)
+                with self.lock:
+                    self.stash.appendleft(chunk)
+                    self._held = 0
                 return None
             return chunk
         while True:
@@ -475,11 +494,14 @@ class Engine(EngineBase):
                         n = min(n, maxtasks - w.sent)
                     start, items = job.take_slice(n)
                     chunk = Chunk(job, start, items, None)
+                self._held = 1
             if job.failure is not None:  # (the caller shortened the list it lent)
+                self._held = 0
                 self._end_failed(job)
                 continue
             if self._encode(chunk):
                 return chunk
+            self._held = 0  # (failed alone, or its items re-queued)
 
     def _drop_finished_jobs(self) -> None:
         while self.jobs and (
