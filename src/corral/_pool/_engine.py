@@ -48,7 +48,7 @@ from ._jobs import Job
 from ._log import LogReader, new_log
 from ._options import PoolOptions
 from ._segments import Segments
-from ._wire import STOP, Channel, Frame, ItemSlice, decode, encode, pack_items
+from ._wire import GONE, STOP, Channel, Frame, ItemSlice, decode, encode, pack_items
 from ._worker import DECODING, RETURNED, WorkerSetup, worker_main
 
 __all__ = ["Engine", "PoolStatistics"]
@@ -543,12 +543,16 @@ class Engine(EngineBase):
     def _requeue(self, chunk: Chunk, positions: range) -> None:
         """Queue some of a chunk's items to run one by one, ahead of new work; uncharged."""
         job = chunk.job
-        if job.shortened():  # the items to run again are gone from the caller's list
-            self._end_failed(job)
         if job.stopped or not positions:
             return
+        # Read before the check: a list cut meanwhile (by the caller's thread) reads
+        # GONE, even if it has grown back since.
+        again = [(chunk.index(i), chunk.items[i]) for i in positions]
+        if job.shortened(any(item is GONE for _, item in again)):
+            self._end_failed(job)  # the items to run again are gone from the list
+            return
         with self.lock:
-            job.solo.extendleft(reversed([(chunk.index(i), chunk.items[i]) for i in positions]))
+            job.solo.extendleft(reversed(again))
             if job not in self.jobs:
                 self.jobs.appendleft(job)
 

@@ -135,12 +135,13 @@ class Job:
     def has_work(self) -> bool:
         return not self.stopped and (bool(self.solo) or self.cursor < self.known_end())
 
-    def shortened(self) -> bool:
-        """Did the caller shorten the list this call borrowed? Then the items it
-        still had to read are gone: the call stops, and fails with an error saying so
-        (``take_failure``), where multiprocessing's ``map`` would wait for them for
-        ever. Cheap (a length), so it is asked wherever an item is read again."""
-        if self.end is None or len(self.items) >= self.end:
+    def shortened(self, seen: bool = False) -> bool:
+        """Did the caller shorten the list this call borrowed (or was it ``seen``
+        shortened)? Then the items it still had to read are gone: the call stops, and
+        fails with an error saying so (``take_failure``), where multiprocessing's
+        ``map`` would wait for them for ever. Cheap (a length), so it is asked
+        wherever an item is read again."""
+        if self.end is None or (len(self.items) >= self.end and not seen):
             return False
         if self.failure is None:
             self.failure = CorralError(
