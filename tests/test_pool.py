@@ -426,6 +426,31 @@ def test_terminate_fails_unfinished_results(ctx: corral.CorralContext) -> None:
         res.get(TIMEOUT)
 
 
+def test_a_scheduler_failing_while_it_sends_a_task_fails_that_task(
+    ctx: corral.CorralContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the scheduler thread fails every caller and hangs none: the task it
+    was sending when it failed too (taken from its job, in no worker's list yet)."""
+    from corral._pool import _wire
+
+    send = _wire.Channel.send
+    failed: list[bool] = []
+
+    def fail_once(self: Any, frame: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a scheduler bug, made by the test")
+        return send(self, frame)
+
+    with corral.Pool(1, context=ctx) as pool:
+        assert pool.apply(t.double, (1,)) == 2  # the worker is up and idle
+        monkeypatch.setattr(_wire.Channel, "send", fail_once)
+        res = pool.apply_async(t.double, (2,))
+        with pytest.raises(corral.CorralError):  # (a hang: multiprocessing's TimeoutError)
+            res.get(TIMEOUT)
+    assert failed
+
+
 def test_all_names_exported() -> None:
     for name in ("Pool", "WorkerCrashed", "TaskTimeout", "AsyncResult", "PoolStatistics"):
         assert name in corral.__all__

@@ -201,12 +201,13 @@ class Engine(EngineBase):
         self.running = self.words.buf.cast("q")
         self._free_indices = collections.deque(range(self.processes))  # slots not in use
         self._starting = 0  # workers being started for add_job, outside the lock
-        # A chunk the scheduler thread took (from a job or the stash) and has not yet
-        # put in a worker's ``chunks`` or back in the stash: 0 or 1, changed under
-        # the lock with the move, so ``_wants_worker`` always sees it somewhere (while
-        # it was encoded and sent, its task seemed to run nowhere, the worker about to
-        # run it seemed idle, and a submit then started no worker for its own task).
-        self._held = 0
+        # The chunk the scheduler thread took (from a job or the stash) and has not
+        # yet put in a worker's ``chunks`` or back in the stash, set and cleared under
+        # the lock with the move: ``_wants_worker`` always sees it somewhere (while it
+        # was encoded and sent, its task seemed to run nowhere, the worker about to
+        # run it seemed idle, and a submit then started no worker for its own task),
+        # and so does ``_abort_all`` if the scheduler fails meanwhile.
+        self._held: Chunk | None = None
         if not options.start_on_demand:
             for _ in range(self.processes):
                 self.workers.append(self._start_worker(self._free_indices.popleft()))
@@ -262,7 +263,7 @@ class Engine(EngineBase):
             for j in self.jobs
             if j.has_work() or not (j.input_done or j.stopped)
         )
-        waiting = self._held + len(self.stash) + jobs
+        waiting = (self._held is not None) + len(self.stash) + jobs
         return idle < waiting
 
     def _start_on_demand(self) -> None:
@@ -335,6 +336,10 @@ class Engine(EngineBase):
         except BaseException as exc:  # a bug here must not leave callers hanging
             self.broken = exc
             traceback.print_exc()
+            # Its frames' locals (this engine, a worker) would keep the workers'
+            # files open through a cycle until the garbage collector runs; the
+            # traceback itself stays, for the callers' errors.
+            traceback.clear_frames(exc.__traceback__)
         finally:
             self._abort_all(CorralError("the pool was terminated before this task finished"))
             self._shutdown_workers(kill=True)
@@ -428,11 +433,11 @@ class Engine(EngineBase):
             ):
                 with self.lock:
                     self.stash.appendleft(chunk)  # for the next idle worker
-                    self._held = 0
+                    self._held = None
                 break
             if not chunk.job.start_chunk():
                 chunk.frame.discard()
-                self._held = 0
+                self._held = None
                 continue
             w.channel.send(chunk.frame)
             chunk.frame = None
@@ -441,7 +446,7 @@ class Engine(EngineBase):
                 chunk.started_at = time.monotonic()
             with self.lock:
                 w.chunks.append(chunk)
-                self._held = 0
+                self._held = None
 
     def _slots(self, w: LocalWorker) -> int:
         if not w.chunks:
@@ -459,22 +464,22 @@ class Engine(EngineBase):
         while self.stash:
             with self.lock:
                 chunk = self.stash.popleft()
-                self._held = 1
+                self._held = chunk
             if chunk.job.stopped:
                 if chunk.frame is not None:
                     chunk.frame.discard()
-                self._held = 0
+                self._held = None
                 continue
             if maxtasks is not None and len(chunk.items) > maxtasks - w.sent:
                 if chunk.frame is not None:
                     chunk.frame.discard()
                 self._requeue(chunk, range(len(chunk.items)))
-                self._held = 0
+                self._held = None
                 continue
             if w.chunks and chunk.job.timeout is not None:
                 with self.lock:
                     self.stash.appendleft(chunk)
-                    self._held = 0
+                    self._held = None
                 return None
             return chunk
         while True:
@@ -494,14 +499,14 @@ class Engine(EngineBase):
                         n = min(n, maxtasks - w.sent)
                     start, items = job.take_slice(n)
                     chunk = Chunk(job, start, items, None)
-                self._held = 1
+                self._held = chunk
             if job.failure is not None:  # (the caller shortened the list it lent)
-                self._held = 0
+                self._held = None
                 self._end_failed(job)
                 continue
             if self._encode(chunk):
                 return chunk
-            self._held = 0  # (failed alone, or its items re-queued)
+            self._held = None  # (failed alone, or its items re-queued)
 
     def _drop_finished_jobs(self) -> None:
         while self.jobs and (
@@ -901,7 +906,8 @@ class Engine(EngineBase):
             jobs = list(self.jobs)
             self.jobs.clear()
         seen = set()
-        for chunk in itertools.chain(self.stash, *(w.chunks for w in self.workers)):
+        held = [self._held] if self._held is not None else []
+        for chunk in itertools.chain(held, self.stash, *(w.chunks for w in self.workers)):
             jobs.append(chunk.job)
             if chunk.frame is not None:
                 chunk.frame.discard()
