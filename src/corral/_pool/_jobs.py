@@ -145,9 +145,9 @@ class Job:
             return False
         if self.failure is None:
             self.failure = CorralError(
-                f"the list given to {self.name}'s map was shortened from {self.end} to "
-                f"{len(self.items)} items while the map ran; the pool reads it in place "
-                "(as multiprocessing does): pass a copy if it may change"
+                f"the list given to this call of {self.name} was shortened from "
+                f"{self.end} to {len(self.items)} items while the call ran; the pool "
+                "reads it in place (as multiprocessing does): pass a copy if it may change"
             )
         self.stopped = True
         return True
